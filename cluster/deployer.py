@@ -1,0 +1,54 @@
+"""The deployer interface: one uniquely named engine per trial, always torn down."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from cluster.engines import EngineProfile
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Everything a backend needs to deploy one trial's engine."""
+
+    experiment: str
+    trial_id: str
+    profile: EngineProfile
+    executable: str
+    model_path: str
+    served_name: str
+    flags: dict[str, Any]  # canonical flag -> value, fixed task flags merged with the trial's
+    workdir: Path  # the trial's folder: logs go here
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class Deployer:
+    """Backends implement deploy / wait_ready / endpoint / teardown; `deployed` ties them together."""
+
+    def deploy(self, spec: EngineSpec) -> Any:
+        raise NotImplementedError
+
+    def wait_ready(self, deployment: Any, deadline: float) -> None:
+        """Return once the engine serves; raise DeploymentError on failure or at `deadline`
+        (a time.monotonic() value)."""
+        raise NotImplementedError
+
+    def endpoint(self, deployment: Any) -> str:
+        raise NotImplementedError
+
+    def teardown(self, deployment: Any) -> None:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def deployed(self, spec: EngineSpec, ready_timeout_s: float) -> Iterator[str]:
+        """Deploy, wait until ready, yield the base URL; tear down on every exit path."""
+        deployment = self.deploy(spec)
+        try:
+            self.wait_ready(deployment, time.monotonic() + ready_timeout_s)
+            yield self.endpoint(deployment)
+        finally:
+            self.teardown(deployment)

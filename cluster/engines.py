@@ -1,0 +1,139 @@
+"""Engine profiles: how a trial's parameter dict becomes a launch argv for each engine.
+
+A profile knows its engine's launcher, the flags the tuner sets itself (model, host, port, served
+name), short aliases, how booleans are spelled, the health path and which flags decide the
+resources a server needs. Flags it does not know pass through as `--flag value`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from tuner.task import check_value
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Where and what an engine serves, independent of which flags are tuned."""
+
+    executable: str  # llama-server binary, python interpreter (SGLang) or vllm CLI
+    model_path: str
+    served_name: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class EngineProfile:
+    name: str
+    health_path: str
+    api_backend: str  # genai-bench backend; sglang/vllm send ignore_eos, so answers have fixed length
+    aliases: dict[str, str] = field(default_factory=dict)  # short or alternative name -> canonical
+    # Boolean flags spelled with a value or a negative form instead of presence/absence.
+    bool_spelling: dict[str, tuple[list[str], list[str]]] = field(default_factory=dict)
+    gpu_flags: tuple[str, ...] = ()  # canonical flags whose product is the GPU count
+    cpu_flag: str | None = None  # canonical flag whose value is the CPU threads claimed
+
+    def canonical(self, key: str) -> str:
+        bare = key.lstrip("-").replace("_", "-")
+        return self.aliases.get(bare, bare)
+
+    def merged(self, fixed: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+        """Fixed task flags overlaid by the trial's, keyed by canonical name; None = engine default."""
+        merged: dict[str, Any] = {}
+        for key, value in list(fixed.items()) + list(params.items()):
+            merged[self.canonical(key)] = value
+        return {key: value for key, value in merged.items() if value is not None}
+
+    def flag_argv(self, flags: dict[str, Any]) -> list[str]:
+        argv: list[str] = []
+        for name, value in flags.items():
+            flag = f"--{name}"
+            if isinstance(value, bool):
+                on, off = self.bool_spelling.get(name, ([flag], []))
+                argv += on if value else off
+            else:
+                check_value(value)  # defence in depth: the task was checked, but argv is the boundary
+                argv += [flag, str(value)]
+        return argv
+
+    def argv(self, launch: Launch, flags: dict[str, Any]) -> list[str]:
+        return self._launcher(launch) + self.flag_argv(flags)
+
+    def _launcher(self, launch: Launch) -> list[str]:
+        raise NotImplementedError
+
+    def resources(self, flags: dict[str, Any], node_cpus: int | None = None) -> dict[str, float]:
+        """What one server with these flags claims: GPUs = product of the parallel sizes."""
+        gpus = 1
+        for name in self.gpu_flags:
+            gpus *= int(flags.get(name, 1))
+        if self.cpu_flag is not None:
+            threads = int(flags.get(self.cpu_flag, 0))
+            cpus = threads if threads > 0 else (node_cpus or os.cpu_count() or 1)
+            return {"CPU": float(cpus)}
+        return {"CPU": 1.0, "GPU": float(gpus)}
+
+
+class LlamaCppProfile(EngineProfile):
+    def _launcher(self, launch: Launch) -> list[str]:
+        return [launch.executable, "--model", launch.model_path, "--host", launch.host,
+                "--port", str(launch.port), "--alias", launch.served_name]
+
+
+class SGLangProfile(EngineProfile):
+    def _launcher(self, launch: Launch) -> list[str]:
+        return [launch.executable, "-m", "sglang.launch_server", "--model-path", launch.model_path,
+                "--host", launch.host, "--port", str(launch.port), "--served-model-name", launch.served_name]
+
+
+class VLLMProfile(EngineProfile):
+    def _launcher(self, launch: Launch) -> list[str]:
+        return [launch.executable, "serve", launch.model_path, "--host", launch.host,
+                "--port", str(launch.port), "--served-model-name", launch.served_name]
+
+
+def _negatable(*names: str) -> dict[str, tuple[list[str], list[str]]]:
+    return {name: ([f"--{name}"], [f"--no-{name}"]) for name in names}
+
+
+LLAMA_CPP = LlamaCppProfile(
+    name="llama.cpp",
+    health_path="/health",
+    api_backend="sglang",
+    aliases={"np": "parallel", "t": "threads", "tb": "threads-batch", "b": "batch-size",
+             "ub": "ubatch-size", "fa": "flash-attn", "c": "ctx-size", "ctk": "cache-type-k",
+             "ctv": "cache-type-v", "cb": "cont-batching", "ngl": "n-gpu-layers"},
+    bool_spelling={"flash-attn": (["--flash-attn", "on"], ["--flash-attn", "off"])}
+    | _negatable("cont-batching", "mmap", "kv-unified"),
+    cpu_flag="threads",
+)
+
+SGLANG = SGLangProfile(
+    name="sglang",
+    health_path="/health",
+    api_backend="sglang",
+    aliases={"tp": "tp-size", "tensor-parallel-size": "tp-size", "dp": "dp-size",
+             "data-parallel-size": "dp-size", "pp": "pp-size", "pipeline-parallel-size": "pp-size",
+             "mem-frac": "mem-fraction-static"},
+    gpu_flags=("tp-size", "dp-size", "pp-size"),
+)
+
+VLLM = VLLMProfile(
+    name="vllm",
+    health_path="/health",
+    api_backend="vllm",
+    aliases={"tp": "tensor-parallel-size", "pp": "pipeline-parallel-size", "dp": "data-parallel-size"},
+    bool_spelling=_negatable("enable-chunked-prefill", "enable-prefix-caching", "async-scheduling"),
+    gpu_flags=("tensor-parallel-size", "pipeline-parallel-size", "data-parallel-size"),
+)
+
+PROFILES = {profile.name: profile for profile in (LLAMA_CPP, SGLANG, VLLM)}
+
+
+def default_executable(engine: str) -> str:
+    """The launcher when the task names none; llama.cpp's is resolved by the setup step."""
+    return {"sglang": sys.executable, "vllm": "vllm"}.get(engine, "llama-server")

@@ -1,0 +1,97 @@
+"""Process identity: a PID plus its start time names one process, even after the PID is reused."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from typing import IO
+
+
+def start_time(pid: int) -> int | None:
+    """Clock ticks since boot when `pid` started (field 22 of /proc/PID/stat), or None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            # The command name (field 2) may hold spaces; the fields after its ')' are fixed.
+            fields = stat.read().rsplit(b")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+    return int(fields[19])
+
+
+def kill_group(pgid: int, started: int | None, sig: int = signal.SIGKILL) -> bool:
+    """Signal the process group led by (pgid, started); never a group whose leader PID was reused.
+
+    A PID stays reserved while any process still uses it as its group id, so when the leader is
+    gone but members remain, the group is still ours.
+    """
+    current = start_time(pgid)
+    if current is not None and started is not None and current != started:
+        return False  # the PID now belongs to an unrelated process
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+class ProcessGroup:
+    """A child started in its own session, killed as a whole group by `stop()` or, should this
+    process die first, by a watchdog (see cluster/watchdog.py).
+
+    Everything a trial starts (engine, load generator) goes through here, so nothing it started
+    can outlive it: not on an ASHA stop, an error, Ctrl-C, or a SIGKILL of the worker.
+    """
+
+    def __init__(self, argv: list[str], *, log_path: str, env: dict[str, str] | None = None,
+                 cwd: str | None = None):
+        self.argv = argv
+        self.log_path = log_path
+        with open(log_path, "ab") as log:
+            self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True,
+                                            env=env, cwd=cwd)
+        self.pgid = self.process.pid
+        self.started = start_time(self.pgid)
+        self._watchdog_pipe = _start_watchdog(self.pgid, self.started)
+
+    def poll(self) -> int | None:
+        return self.process.poll()
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """SIGTERM the group at once, give it `grace_s` to exit, then SIGKILL what is left."""
+        kill_group(self.pgid, self.started, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+        kill_group(self.pgid, self.started, signal.SIGKILL)
+        try:
+            self.process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass  # unkillable (D state); the watchdog stays armed on it
+        else:
+            self._watchdog_pipe.close()
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(0, os.SEEK_END)
+                log.seek(max(0, log.tell() - 16384))
+                text = log.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def _start_watchdog(pgid: int, started: int | None) -> IO[bytes]:
+    read_end, write_end = os.pipe()
+    try:
+        launcher = subprocess.Popen(
+            [sys.executable, "-m", "cluster.watchdog", str(pgid), str(started or 0)],
+            stdin=read_end, stdout=subprocess.DEVNULL, start_new_session=True)
+        launcher.wait(timeout=30)  # it forks the real watchdog and exits at once
+    finally:
+        os.close(read_end)
+    return os.fdopen(write_end, "wb")

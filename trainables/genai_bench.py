@@ -1,0 +1,163 @@
+"""Benchmark runner: genai-bench as a subprocess, one invocation per trial for all stages.
+
+Importing genai_bench monkey-patches the process with gevent, which hangs Ray, so it only ever
+runs as a child process. It writes one JSON file per (scenario, concurrency) as soon as that run
+ends; we watch for them and yield each stage's metrics at once, so the trial can report it and
+ASHA can stop the trial before the next stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from cluster.procs import ProcessGroup
+from tuner.errors import BenchmarkError
+from tuner.task import Benchmark
+
+POLL_S = 0.25
+STARTUP_ALLOWANCE_S = 120.0  # genai-bench imports transformers, pandas and locust before stage 1
+API_KEY_ENV = "AUTOTUNER_API_KEY"  # the engine's API key, if it wants one; never written anywhere
+_STAGE_FILE = re.compile(r"_num_concurrency_(\d+)_time_[\d.]+s\.json$")
+
+
+@dataclass(frozen=True)
+class Stage:
+    index: int  # 1-based; the trial reports it as ASHA's time attribute
+    concurrency: int
+    scenario: str
+
+
+def stages(benchmark: Benchmark) -> list[Stage]:
+    return [Stage(i, c, benchmark.traffic_scenario) for i, c in enumerate(benchmark.concurrency, 1)]
+
+
+def parse_stage_file(path: Path) -> dict:
+    """One genai-bench result file -> our stage metrics (seconds, tokens/s, our own error rate)."""
+    aggregated = json.loads(path.read_text())["aggregated_metrics"]
+    stats = aggregated["stats"]
+    requests = aggregated.get("num_requests") or 0
+    errors = aggregated.get("num_error_requests") or 0
+    metrics = {
+        "concurrency": aggregated["num_concurrency"],
+        "duration_s": aggregated.get("run_duration"),
+        "output_throughput": aggregated["mean_output_throughput_tokens_per_s"],
+        "total_throughput": aggregated["mean_total_tokens_throughput_tokens_per_s"],
+        "requests_per_second": aggregated["requests_per_second"],
+        "num_requests": requests,
+        "num_completed_requests": aggregated.get("num_completed_requests"),
+        "num_errors": errors,
+        # genai-bench's own error_rate is always 0 (0.0.5); compute it.
+        "error_rate": errors / requests if requests else 1.0,
+    }
+    for ours, theirs in (("ttft", "ttft"), ("tpot", "tpot"), ("e2e", "e2e_latency")):
+        for stat in ("mean", "p50", "p90", "p99"):
+            metrics[f"{ours}_{stat}"] = stats[theirs][stat]
+    return metrics
+
+
+def genai_bench_executable() -> str:
+    beside = Path(sys.executable).parent / "genai-bench"
+    found = str(beside) if beside.exists() else shutil.which("genai-bench")
+    if not found:
+        raise BenchmarkError("genai-bench is not installed: pip install genai-bench")
+    return found
+
+
+class GenaiBenchRunner:
+    def __init__(self, benchmark: Benchmark, tokenizer: str, api_backend: str):
+        self.benchmark = benchmark
+        self.tokenizer = tokenizer
+        self.api_backend = api_backend
+
+    def argv(self, base_url: str, model_name: str, out_dir: Path) -> list[str]:
+        argv = [genai_bench_executable(), "benchmark", "--api-backend", self.api_backend,
+                "--api-base", base_url, "--api-key", os.environ.get(API_KEY_ENV, "none"),
+                "--api-model-name", model_name, "--model-tokenizer", self.tokenizer,
+                "--task", "text-to-text", "--traffic-scenario", self.benchmark.traffic_scenario]
+        for concurrency in self.benchmark.concurrency:
+            argv += ["--num-concurrency", str(concurrency)]
+        return argv + ["--max-time-per-run", str(self.benchmark.max_minutes_per_stage),
+                       "--max-requests-per-run", str(self.benchmark.max_requests_per_stage),
+                       "--experiment-base-dir", str(out_dir), "--experiment-folder-name", "run",
+                       "--log-dir", str(out_dir / "logs")]
+
+    @contextlib.contextmanager
+    def run(self, base_url: str, model_name: str, workdir: Path) -> Iterator[Iterator[tuple[Stage, dict]]]:
+        """Start genai-bench; yield an iterator of (stage, metrics) as each stage finishes.
+        genai-bench is killed on leaving the block, whether or not every stage ran."""
+        out_dir = workdir / "genai-bench"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "ENABLE_UI": "false", "HF_HUB_OFFLINE": "1",
+               "TRANSFORMERS_OFFLINE": "1", "MPLCONFIGDIR": str(out_dir / "mpl")}
+        group = ProcessGroup(self.argv(base_url, model_name, out_dir),
+                             log_path=str(workdir / "genai-bench.log"), env=env, cwd=str(out_dir))
+        try:
+            yield self._stage_results(group, out_dir / "run")
+        finally:
+            group.stop(grace_s=5.0)
+            _scrub_api_key(out_dir / "run")
+
+    def _stage_results(self, group: ProcessGroup, run_dir: Path) -> Iterator[tuple[Stage, dict]]:
+        deadline = time.monotonic() + STARTUP_ALLOWANCE_S + self.benchmark.stage_timeout_s
+        for stage in stages(self.benchmark):
+            yield stage, self._wait_for_stage(group, run_dir, stage, deadline)
+            deadline = time.monotonic() + self.benchmark.stage_timeout_s
+
+    def _wait_for_stage(self, group: ProcessGroup, run_dir: Path, stage: Stage, deadline: float) -> dict:
+        while True:
+            exited = group.poll()  # read before the file, so a file written just before exit counts
+            metrics = _read_stage(run_dir, stage.concurrency)
+            if metrics is not None:
+                return metrics
+            if exited is not None:
+                raise BenchmarkError(f"genai-bench exited with code {exited} before stage {stage.index} "
+                                     f"(concurrency {stage.concurrency}) finished: {_reason(group)}")
+            if time.monotonic() >= deadline:
+                raise BenchmarkError(f"stage {stage.index} (concurrency {stage.concurrency}) gave no "
+                                     "result before its deadline (benchmark.stage_timeout_s)")
+            time.sleep(POLL_S)
+
+
+def _read_stage(run_dir: Path, concurrency: int) -> dict | None:
+    """The stage's metrics once its file is complete; None while it is missing or half written."""
+    path = _stage_file(run_dir, concurrency)
+    if path is None:
+        return None
+    try:
+        return parse_stage_file(path)
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return None
+
+
+def _stage_file(run_dir: Path, concurrency: int) -> Path | None:
+    if not run_dir.is_dir():
+        return None
+    for path in run_dir.glob("*.json"):
+        match = _STAGE_FILE.search(path.name)
+        if match and int(match.group(1)) == concurrency:
+            return path
+    return None
+
+
+def _reason(group: ProcessGroup) -> str:
+    """The most telling line of genai-bench's log: its last error, else its last line."""
+    lines = [line.strip() for line in group.log_tail(40).splitlines() if line.strip()]
+    errors = [line for line in lines if "Error" in line or "error" in line]
+    return (errors or lines or ["no output"])[-1][-300:]
+
+
+def _scrub_api_key(run_dir: Path) -> None:
+    """genai-bench stores the API key in plain text in experiment_metadata.json; remove it."""
+    key = os.environ.get(API_KEY_ENV)
+    metadata = run_dir / "experiment_metadata.json"
+    if key and metadata.is_file():
+        metadata.write_text(metadata.read_text().replace(key, "***"))

@@ -1,0 +1,78 @@
+"""One trial: deploy its engine, wait until ready, benchmark stage by stage, report, tear down.
+
+After every stage the trial calls `tune.report`; when ASHA stops the trial, that call raises
+SystemExit, and the `with` blocks below kill genai-bench and the engine on the way out (their
+first step is a signal, before any wait: Ray ends the worker about 0.1 s later, and the
+watchdogs finish the job if it does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from cluster.deployer import Deployer, EngineSpec
+from cluster.engines import PROFILES
+from cluster.local import LocalDeployer
+from trainables.genai_bench import GenaiBenchRunner
+from tuner.errors import AutotunerError
+from tuner.objective import INFEASIBLE_SCORE, score_stages
+from tuner.task import Task
+
+# Config key marking the baseline trial (engine defaults). No flag name can start with '_'.
+BASELINE_KEY = "__baseline__"
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What the driver resolved once for all trials: binaries, model and tokenizer paths."""
+
+    executable: str
+    model_path: str
+    served_name: str
+    tokenizer: str
+
+
+def trial_params(config: dict[str, Any]) -> dict[str, Any]:
+    """The engine parameters of a trial config (None = leave the engine's default)."""
+    return {key: value for key, value in config.items() if key != BASELINE_KEY}
+
+
+def engine_spec(task: Task, resolved: Resolved, params: dict[str, Any], trial_id: str,
+                workdir: Path) -> EngineSpec:
+    profile = PROFILES[task.engine.name]
+    return EngineSpec(experiment=task.name, trial_id=trial_id, profile=profile,
+                      executable=resolved.executable, model_path=resolved.model_path,
+                      served_name=resolved.served_name, flags=profile.merged(task.engine.args, params),
+                      workdir=workdir, env=dict(task.engine.env))
+
+
+def make_deployer(task: Task) -> Deployer:
+    return LocalDeployer()
+
+
+def run_trial(config: dict[str, Any], task: Task, resolved: Resolved) -> None:
+    """The Ray Tune function trainable."""
+    context = tune.get_context()
+    workdir = Path(context.get_trial_dir())
+    spec = engine_spec(task, resolved, trial_params(config), context.get_trial_id(), workdir)
+    runner = GenaiBenchRunner(task.benchmark, resolved.tokenizer,
+                              task.benchmark.api_backend or spec.profile.api_backend)
+    measured: list[dict] = []
+    try:
+        with make_deployer(task).deployed(spec, task.deployment.ready_timeout_s) as base_url:
+            with runner.run(base_url, resolved.served_name, workdir) as results:
+                for stage, metrics in results:
+                    measured.append(metrics)
+                    score = score_stages(measured, task.objective.metric, task.slos)
+                    tune.report({"stage": stage.index, "score": score.score, "objective": score.value,
+                                 "violation": score.violation, "error": None, "metrics": metrics})
+                    if not score.feasible:
+                        return  # an SLO broken at this load only gets worse at higher loads
+    except AutotunerError as error:
+        # Reported, not raised: the searcher then learns this config is bad, and the search goes on.
+        tune.report({"stage": len(measured), "score": INFEASIBLE_SCORE, "objective": None,
+                     "violation": None, "error": f"{type(error).__name__}: {error}", "metrics": None})

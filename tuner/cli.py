@@ -1,0 +1,102 @@
+"""The `autotuner` command. Exit codes: 0 ok, 1 the run failed, 2 bad input (one line, no traceback)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from tuner.errors import AutotunerError, TaskError
+from tuner.task import load_task
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autotuner", description="Tune LLM inference engine flags with Ray Tune.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="tune the engine described by a task file")
+    run.add_argument("task", help="task file (YAML or JSON)")
+    run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    run.add_argument("--num-samples", type=int, help="override search.num_samples")
+
+    validate = commands.add_parser("validate", help="check a task file and exit")
+    validate.add_argument("task")
+
+    render = commands.add_parser("render", help="print what N sampled trials would launch, deploying nothing")
+    render.add_argument("task")
+    render.add_argument("--trials", type=int, default=3)
+
+    report = commands.add_parser("report", help="print the summary of a finished or partial run")
+    report.add_argument("results_dir", help="results/<task-name>")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except TaskError as error:
+        print(f"autotuner: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except AutotunerError as error:
+        print(f"autotuner: {error}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _run(args) -> int:
+    if args.num_samples is not None and args.num_samples < 1:
+        raise TaskError(f"--num-samples: must be at least 1 (got {args.num_samples})")
+    task = load_task(args.task)
+    from tuner import driver, results
+
+    summary = driver.run(task, address=args.address, num_samples=args.num_samples)
+    print()
+    print(results.table(summary))
+    print(f"\nResults: {task.results_path}/ (results.json, trials.csv, best_command.txt)")
+    return EXIT_OK if summary["best_result"] else EXIT_FAILED
+
+
+def _validate(args) -> int:
+    task = load_task(args.task)
+    print(f"{args.task}: ok ({task.engine.name}, {len(task.search_space)} parameters, "
+          f"{len(task.benchmark.concurrency)} stages, {task.search.num_samples} trials)")
+    return EXIT_OK
+
+
+def _render(args) -> int:
+    if args.trials < 1:
+        raise TaskError(f"--trials: must be at least 1 (got {args.trials})")
+    task = load_task(args.task)
+    from cluster.engines import PROFILES, Launch, default_executable
+    from tuner.space import sample
+
+    profile = PROFILES[task.engine.name]
+    executable = task.engine.binary or default_executable(task.engine.name)
+    launch = Launch(executable, task.model.path, task.model.name or "model", "127.0.0.1", 8080)
+    for number in range(1, args.trials + 1):
+        flags = profile.merged(task.engine.args, sample(task.search_space))
+        print(f"# trial {number}: claims {profile.resources(flags)}")
+        print(shlex.join(profile.argv(launch, flags)))
+    return EXIT_OK
+
+
+def _report(args) -> int:
+    from tuner.results import table
+
+    path = Path(args.results_dir) / "results.json"
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise TaskError(f"{path}: cannot read results ({error})") from None
+    print(table(summary))
+    return EXIT_OK
+
+
+_COMMANDS = {"run": _run, "validate": _validate, "render": _render, "report": _report}
+
+if __name__ == "__main__":
+    sys.exit(main())

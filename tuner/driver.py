@@ -1,0 +1,144 @@
+"""The driver: resolve what trials need, start (or join) Ray, run Ray Tune, write the results."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+
+from cluster.engines import PROFILES, default_executable
+from trainables.trial import Resolved, run_trial
+from tuner import results as results_io
+from tuner.errors import TaskError
+from tuner.search import METRIC, MODE, build_scheduler, build_searcher
+from tuner.space import to_ray
+from tuner.task import FloatRange, IntRange, Task
+
+BUILTIN_MODELS = {"builtin:smollm2"}
+RAY_EXPERIMENT_NAME = "tune"
+
+
+def resolve(task: Task) -> Resolved:
+    """Find (or build) the engine binary, the model and the tokenizer once, before any trial."""
+    from cluster import llamacpp_setup
+
+    path = task.model.path
+    if path in BUILTIN_MODELS:
+        path = str(_setup(llamacpp_setup.smollm2_gguf))
+    if task.engine.name == "llama.cpp":
+        if not Path(path).is_file():
+            raise TaskError(f"model.path: {path} is not a file (llama.cpp serves a GGUF file)")
+        executable = task.engine.binary or str(_setup(llamacpp_setup.ensure_llama_server))
+    else:
+        executable = task.engine.binary or default_executable(task.engine.name)
+    tokenizer = task.model.tokenizer
+    if tokenizer is None:
+        tokenizer = str(_setup(llamacpp_setup.ensure_tokenizer, Path(path))) if path.endswith(".gguf") else path
+    served = task.model.name or Path(path).name.removesuffix(".gguf")
+    return Resolved(executable=executable, model_path=path, served_name=served, tokenizer=tokenizer)
+
+
+def _setup(step, *args):
+    from cluster.llamacpp_setup import SetupError
+
+    try:
+        return step(*args)
+    except SetupError as error:
+        raise TaskError(str(error)) from None
+
+
+def trial_resources(task: Task, node_cpus: int):
+    profile = PROFILES[task.engine.name]
+
+    def claim(config: dict[str, Any]) -> tune.PlacementGroupFactory:
+        params = {k: v for k, v in config.items() if not k.startswith("__")}
+        demand = profile.resources(profile.merged(task.engine.args, params), node_cpus)
+        return tune.PlacementGroupFactory([{k: v for k, v in demand.items() if v}])
+
+    return claim
+
+
+def smallest_claim(task: Task, node_cpus: int) -> dict[str, float]:
+    """The claim of the cheapest config in the space: it bounds how many trials fit at once."""
+    profile = PROFILES[task.engine.name]
+    cheapest: dict[str, Any] = {}
+    for name, spec in task.search_space.items():
+        if isinstance(spec, (IntRange, FloatRange)):
+            cheapest[name] = spec.min
+        else:
+            numbers = [v for v in spec if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            cheapest[name] = min(numbers) if numbers else spec[0]
+    return profile.resources(profile.merged(task.engine.args, cheapest), node_cpus)
+
+
+def capacity(available: dict[str, float], claim: dict[str, float]) -> int:
+    fits = [math.floor(available.get(kind, 0) / need) for kind, need in claim.items() if need > 0]
+    return max(1, min(fits, default=1))
+
+
+def start_ray(address: str | None) -> None:
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        # Trials on other nodes need our packages; the engines and genai-bench must be installed there.
+        import cluster, trainables, tuner
+
+        ray.init(address=address, runtime_env={"py_modules": [cluster, trainables, tuner]})
+    else:
+        ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
+
+
+def prepare_results_dir(task: Task) -> Path:
+    """A fresh results/<task>/; an earlier run's folder is moved aside, never overwritten."""
+    path = task.results_path.absolute()
+    if path.exists() and any(path.iterdir()):
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(path.stat().st_mtime))
+        aside = path.with_name(f"{path.name}.{stamp}")
+        path.rename(aside)
+        print(f"[autotuner] the previous run's results were moved to {aside}")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def run(task: Task, *, address: str | None = None, num_samples: int | None = None) -> dict:
+    """Tune `task`; return the results summary (also written to results/<task>/)."""
+    if num_samples is not None:
+        task = task.model_copy(update={"search": task.search.model_copy(update={"num_samples": num_samples})})
+    resolved = resolve(task)
+    results_dir = prepare_results_dir(task)
+    start_ray(address)
+    available = ray.cluster_resources()
+    node_cpus = int(available.get("CPU", os.cpu_count() or 1))
+    max_concurrent = task.search.max_concurrent or capacity(available, smallest_claim(task, node_cpus))
+    trainable = tune.with_resources(tune.with_parameters(run_trial, task=task, resolved=resolved),
+                                    trial_resources(task, node_cpus))
+    num_trials = task.search.num_samples + (1 if task.search.baseline else 0)
+    tuner = tune.Tuner(
+        trainable,
+        param_space=to_ray(task.search_space),
+        tune_config=tune.TuneConfig(
+            metric=METRIC, mode=MODE, num_samples=num_trials,
+            search_alg=build_searcher(task, max_concurrent),
+            scheduler=build_scheduler(task),
+            max_concurrent_trials=max_concurrent,
+        ),
+        run_config=tune.RunConfig(
+            name=RAY_EXPERIMENT_NAME, storage_path=str(results_dir),
+            failure_config=tune.FailureConfig(max_failures=0),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            verbose=1,
+        ),
+    )
+    print(f"[autotuner] {task.name}: {num_trials} trials of {task.engine.name}, up to {max_concurrent} at once, "
+          f"{len(task.benchmark.concurrency)} stages each (concurrency {task.benchmark.concurrency})", flush=True)
+    grid = tuner.fit()
+    summary = results_io.summarize(task, resolved, results_io.from_result_grid(grid),
+                                   str(results_dir / RAY_EXPERIMENT_NAME))
+    results_io.write(results_dir, summary)
+    return summary

@@ -1,0 +1,17 @@
+"""The project's exceptions: one root, subclasses named by what the user should do next."""
+
+
+class AutotunerError(Exception):
+    """Root of every error this tool raises on purpose."""
+
+
+class TaskError(AutotunerError):
+    """The task file is wrong. The message is one line naming the field; the CLI exits 2."""
+
+
+class DeploymentError(AutotunerError):
+    """An engine could not be started or did not become ready; the trial fails with this reason."""
+
+
+class BenchmarkError(AutotunerError):
+    """The load generator failed; the trial fails with this reason."""

@@ -1,0 +1,204 @@
+"""Turn a finished (or interrupted) Ray Tune run into results.json, trials.csv, best_command.txt
+and a summary table."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cluster.engines import PROFILES, Launch
+from trainables.trial import BASELINE_KEY, Resolved, trial_params
+from tuner.objective import gain, maximize
+from tuner.task import Task
+
+COMPLETED, STOPPED_EARLY, INFEASIBLE, FAILED = "completed", "stopped-early", "infeasible", "failed"
+LAUNCH_LINE_PORT = 8080
+
+
+@dataclass
+class TrialRecord:
+    trial_id: str
+    parameters: dict[str, Any]
+    baseline: bool
+    reports: list[dict]  # every tune.report of the trial, in order
+    ray_error: str | None = None
+    experiment_id: int = 0
+    stages: list[dict] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.stages = [r["metrics"] for r in self.reports if r.get("metrics")]
+
+    @property
+    def last(self) -> dict:
+        return self.reports[-1] if self.reports else {}
+
+    @property
+    def error(self) -> str | None:
+        return self.ray_error or self.last.get("error")
+
+    def status(self, num_stages: int) -> str:
+        if self.error or not self.stages:
+            return FAILED
+        if self.last.get("violation"):
+            return INFEASIBLE
+        return COMPLETED if len(self.stages) >= num_stages else STOPPED_EARLY
+
+    @property
+    def objective(self) -> float | None:
+        return self.last.get("objective")
+
+    @property
+    def score(self) -> float:
+        return self.last.get("score", float("-inf"))
+
+
+def read_reports(trial_dir: str | os.PathLike) -> list[dict]:
+    """The trial's reports from Ray Tune's result.json (one JSON object per line)."""
+    path = Path(trial_dir) / "result.json"
+    if not path.is_file():
+        return []
+    reports = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            reports.append(json.loads(line))
+    return reports
+
+
+def from_result_grid(grid) -> list[TrialRecord]:
+    records = []
+    for result in grid:
+        config = result.config or {}
+        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
+        records.append(TrialRecord(
+            trial_id=trial_id,
+            parameters=trial_params(config),
+            baseline=bool(config.get(BASELINE_KEY)),
+            reports=read_reports(result.path),
+            ray_error=_first_line(result.error) if result.error else None,
+        ))
+    # Ray's trial ids end in a zero-padded creation counter: number the trials in that order.
+    records.sort(key=lambda record: record.trial_id)
+    for number, record in enumerate(records, 1):
+        record.experiment_id = number
+    return records
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[-1] if text else ''}"
+
+
+def launch_line(task: Task, resolved: Resolved, parameters: dict[str, Any]) -> list[str]:
+    profile = PROFILES[task.engine.name]
+    launch = Launch(resolved.executable, resolved.model_path, resolved.served_name, "127.0.0.1", LAUNCH_LINE_PORT)
+    return profile.argv(launch, profile.merged(task.engine.args, parameters))
+
+
+def summarize(task: Task, resolved: Resolved, records: list[TrialRecord], experiment_dir: str) -> dict:
+    num_stages = len(task.benchmark.concurrency)
+    metric = task.objective.metric
+    finished = [r for r in records if r.status(num_stages) == COMPLETED]
+    best = max(finished, key=lambda r: r.score, default=None)
+    baseline = next((r for r in records if r.baseline), None)
+    baseline_ok = baseline is not None and baseline.status(num_stages) == COMPLETED
+
+    def brief(record: TrialRecord) -> dict:
+        return {"experiment_id": record.experiment_id, "trial_id": record.trial_id,
+                "parameters": record.parameters, "objective_score": record.objective,
+                "command": shlex.join(launch_line(task, resolved, record.parameters))}
+
+    return {
+        "task_name": task.name,
+        "engine": task.engine.name,
+        "objective": {"metric": metric, "direction": "maximize" if maximize(metric) else "minimize"},
+        "slos": task.slos,
+        "stages": [{"stage": i, "concurrency": c, "traffic_scenario": task.benchmark.traffic_scenario}
+                   for i, c in enumerate(task.benchmark.concurrency, 1)],
+        "total_experiments": len(records),
+        "successful_experiments": sum(r.status(num_stages) in (COMPLETED, STOPPED_EARLY) for r in records),
+        "best_result": brief(best) if best else None,
+        "baseline": brief(baseline) | {"status": baseline.status(num_stages)} if baseline else None,
+        "gain_over_baseline": (gain(best.objective, baseline.objective, metric)
+                               if best and baseline_ok else None),
+        "all_results": [{
+            "experiment_id": r.experiment_id,
+            "trial_id": r.trial_id,
+            "baseline": r.baseline,
+            "parameters": r.parameters,
+            "status": r.status(num_stages),
+            "objective_score": r.objective,
+            "stages_completed": len(r.stages),
+            "stages": r.stages,
+            "slo_violation": r.last.get("violation"),
+            "error": r.error,
+        } for r in records],
+        "ray_experiment_dir": experiment_dir,
+    }
+
+
+def write(results_dir: Path, summary: dict) -> None:
+    """results.json, trials.csv and best_command.txt, each replaced atomically."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write(results_dir / "results.json", json.dumps(summary, indent=2, default=str) + "\n")
+    _atomic_write(results_dir / "trials.csv", trials_csv(summary))
+    best = summary.get("best_result")
+    if best:
+        _atomic_write(results_dir / "best_command.txt", best["command"] + "\n")
+
+
+def trials_csv(summary: dict) -> str:
+    names = sorted({name for row in summary["all_results"] for name in row["parameters"]})
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["experiment_id", "trial_id", "baseline", "status", "stages_completed",
+                     "objective_score", *names, "slo_violation", "error"])
+    for row in summary["all_results"]:
+        writer.writerow([row["experiment_id"], row["trial_id"], row["baseline"], row["status"],
+                         row["stages_completed"], row["objective_score"],
+                         *[row["parameters"].get(name) for name in names],
+                         row["slo_violation"], row["error"]])
+    return buffer.getvalue()
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def table(summary: dict) -> str:
+    """The summary a run prints: one line per trial, then the best config and its gain."""
+    metric = summary["objective"]["metric"]
+    rows = summary["all_results"]
+    names = sorted({name for row in rows for name in row["parameters"]})
+    header = ["#", "status", "stages", metric, *names]
+    lines = [header]
+    for row in rows:
+        value = row["objective_score"]
+        params = ["default" if row["baseline"] else _fmt(row["parameters"].get(name)) for name in names]
+        lines.append([str(row["experiment_id"]), row["status"], str(row["stages_completed"]),
+                      "-" if value is None else f"{value:.4g}", *params])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text = "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)) for line in lines)
+    best = summary["best_result"]
+    if best is None:
+        return text + "\nNo trial completed every stage; see results.json for the errors."
+    text += f"\n\nBest: experiment {best['experiment_id']}  {metric} = {best['objective_score']:.4g}"
+    if summary["gain_over_baseline"] is not None:
+        text += f"  ({summary['gain_over_baseline']:+.1%} vs. engine defaults " \
+                f"{summary['baseline']['objective_score']:.4g})"
+    return text + f"\nLaunch: {best['command']}"
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

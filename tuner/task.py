@@ -1,0 +1,263 @@
+"""The task file: what to tune, how to load it, what to optimise. Validated before anything starts.
+
+A task is YAML (JSON is YAML too). Any problem becomes a `TaskError` whose message is one line
+naming the field, e.g. `search_space.threads.min: must be below max (4 >= 2)`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tuner.errors import TaskError
+from tuner.objective import OBJECTIVE_METRICS, SLO_METRICS
+
+Scalar = Union[bool, int, float, str]
+
+# A value becomes one argv element after a flag. It must not look like a flag itself or carry
+# whitespace or control characters, so a task value can never smuggle in another flag.
+_SAFE_VALUE = re.compile(r"^[^\s\-\x00-\x1f][^\s\x00-\x1f]*$")
+_FLAG_NAME = re.compile(r"^-{0,2}[A-Za-z][A-Za-z0-9_-]*$")
+_TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_SCENARIO = re.compile(r"^[A-Z]\([0-9.,]+\)(/\([0-9.,]+\))?$")
+
+
+def check_value(value: Scalar) -> Scalar:
+    if isinstance(value, str) and not _SAFE_VALUE.match(value):
+        raise ValueError(f"value {value!r} is not allowed (no leading '-', spaces or control characters)")
+    return value
+
+
+def check_flag_name(name: str) -> str:
+    if not _FLAG_NAME.match(name):
+        raise ValueError(f"{name!r} is not a flag name (letters, digits, '-' and '_')")
+    return name
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IntRange(_Strict):
+    """An integer range, inclusive, optionally stepped or sampled on a log scale."""
+
+    type: Literal["int"]
+    min: int
+    max: int
+    step: int | None = Field(default=None, gt=0)
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "IntRange":
+        _check_range(self.min, self.max, self.log, self.step)
+        return self
+
+
+class FloatRange(_Strict):
+    """A float range, uniform or on a log scale, optionally quantised by step."""
+
+    type: Literal["float"]
+    min: float
+    max: float
+    step: float | None = Field(default=None, gt=0)
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "FloatRange":
+        _check_range(self.min, self.max, self.log, self.step)
+        return self
+
+
+def _check_range(low: float, high: float, log: bool, step: float | None) -> None:
+    if low >= high:
+        raise ValueError(f"min must be below max ({low} >= {high})")
+    if log and low <= 0:
+        raise ValueError(f"a log range needs min > 0 (got {low})")
+    if step is not None and step > high - low:
+        raise ValueError(f"step {step} is larger than the range {low}..{high}")
+
+
+Range = Annotated[Union[IntRange, FloatRange], Field(discriminator="type")]
+Choices = Annotated[list[Scalar], Field(min_length=1)]
+
+
+class Model(_Strict):
+    path: str = Field(description="model file or directory, a hub id, or 'builtin:smollm2'")
+    name: str | None = Field(default=None, description="served model name; default from the path")
+    tokenizer: str | None = Field(default=None, description="Hugging Face tokenizer for genai-bench")
+
+
+class Engine(_Strict):
+    name: Literal["llama.cpp", "sglang", "vllm"]
+    binary: str | None = Field(default=None, description="llama-server path; default: found or built")
+    args: dict[str, Scalar] = Field(default_factory=dict, description="flags every trial gets")
+    env: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("args")
+    @classmethod
+    def _safe_args(cls, args: dict[str, Scalar]) -> dict[str, Scalar]:
+        for name, value in args.items():
+            check_flag_name(name)
+            check_value(value)
+        return args
+
+
+class Deployment(_Strict):
+    backend: Literal["local"] = "local"
+    ready_timeout_s: float = Field(default=300.0, gt=0)
+
+
+class Benchmark(_Strict):
+    traffic_scenario: str = "D(100,64)"
+    concurrency: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)] = [1, 4, 8]
+    max_requests_per_stage: int = Field(default=16, ge=1)
+    max_minutes_per_stage: int = Field(default=1, ge=1, description="genai-bench takes whole minutes")
+    stage_timeout_s: float = Field(default=300.0, gt=0, description="deadline for one stage")
+    api_backend: Literal["openai", "sglang", "vllm"] | None = None
+
+    @field_validator("traffic_scenario")
+    @classmethod
+    def _scenario(cls, value: str) -> str:
+        if not _SCENARIO.match(value):
+            raise ValueError(f"{value!r} is not a genai-bench scenario such as D(100,64) or N(480,240)/(300,150)")
+        return value
+
+    @field_validator("concurrency")
+    @classmethod
+    def _rising(cls, values: list[int]) -> list[int]:
+        if len(set(values)) != len(values):
+            raise ValueError(f"each stage needs its own concurrency (got {values})")
+        return values
+
+
+class Objective(_Strict):
+    metric: str = "output_throughput"
+
+    @field_validator("metric")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        return _known_metric(value, OBJECTIVE_METRICS)
+
+
+class Search(_Strict):
+    algorithm: Literal["hyperopt", "random"] = "hyperopt"
+    num_samples: int = Field(default=12, ge=1, description="trials the searcher proposes")
+    max_concurrent: int | None = Field(default=None, ge=1, description="default: what Ray's resources allow")
+    seed: int | None = None
+    scheduler: Literal["asha", "none"] = "asha"
+    grace_period: int = Field(default=1, ge=1, description="stages every trial runs before ASHA may stop it")
+    reduction_factor: int = Field(default=2, ge=2)
+    baseline: bool = Field(default=True, description="also measure the engine's defaults, never stopped")
+
+
+class Task(_Strict):
+    name: str
+    description: str | None = None
+    model: Model
+    engine: Engine
+    deployment: Deployment = Deployment()
+    search_space: dict[str, Union[Range, Choices]]
+    benchmark: Benchmark = Benchmark()
+    objective: Objective = Objective()
+    slos: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
+    search: Search = Search()
+    results_dir: str = "results"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _TASK_NAME.match(value):
+            raise ValueError(f"{value!r} must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return value
+
+    @field_validator("search_space")
+    @classmethod
+    def _space(cls, space: dict) -> dict:
+        if not space:
+            raise ValueError("needs at least one parameter to tune")
+        for name, domain in space.items():
+            check_flag_name(name)
+            if isinstance(domain, list):
+                for value in domain:
+                    check_value(value)
+                if len(set(map(repr, domain))) != len(domain):
+                    raise ValueError(f"{name}: repeated choices {domain}")
+        return space
+
+    @field_validator("slos")
+    @classmethod
+    def _slos(cls, slos: dict[str, float]) -> dict[str, float]:
+        for metric in slos:
+            _known_metric(metric, SLO_METRICS)
+        return slos
+
+    @property
+    def results_path(self) -> Path:
+        return Path(self.results_dir) / self.name
+
+
+def _known_metric(value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        close = difflib.get_close_matches(value, allowed, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ValueError(f"unknown metric '{value}'; {hint}choose one of {', '.join(allowed)}")
+    return value
+
+
+def parse_task(data: Any, source: str = "task") -> Task:
+    if not isinstance(data, dict):
+        raise TaskError(f"{source}: the task must be a mapping of keys to values, got {type(data).__name__}")
+    try:
+        return Task.model_validate(data)
+    except ValidationError as error:
+        raise TaskError(f"{source}: {_one_line(error)}") from None
+
+
+def load_task(path: str | Path) -> Task:
+    """Read and validate a task file; raise TaskError with a one-line message on any problem."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise TaskError(f"{path}: cannot read the task file ({error.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise TaskError(f"{path}: not valid YAML or JSON{where}: {getattr(error, 'problem', error)}") from None
+    return parse_task(data, str(path))
+
+
+def _one_line(error: ValidationError) -> str:
+    """The first validation problem as `field.path: what is wrong`."""
+    first = error.errors()[0]
+    # Union members add their type name to the location; drop those to keep the user's path.
+    loc = [str(part) for part in first["loc"] if part not in ("IntRange", "FloatRange", "int", "float")]
+    loc = [part for part in loc if not part.startswith(("list[", "function-after", "union["))]
+    field = ".".join(loc) or "task"
+    if first["type"] == "extra_forbidden":
+        return f"{field}: unknown key{_did_you_mean(first['loc'])}"
+    if first["type"] == "missing":
+        return f"{field}: required key is missing"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] in ("literal_error", "union_tag_invalid") or "input" not in first:
+        return f"{field}: {message}"
+    return f"{field}: {message} (got {first['input']!r})"
+
+
+def _did_you_mean(loc: tuple) -> str:
+    model: Any = Task
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return ""
+        model = field.annotation
+    fields = getattr(model, "model_fields", {})
+    close = difflib.get_close_matches(str(loc[-1]), list(fields), n=1)
+    return f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(fields)}"
