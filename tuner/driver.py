@@ -15,6 +15,7 @@ from cluster.engines import PROFILES, default_executable
 from trainables.trial import Resolved, run_trial
 from tuner import results as results_io
 from tuner.errors import TaskError
+from tuner.progress import ProgressPrinter
 from tuner.search import METRIC, MODE, build_scheduler, build_searcher
 from tuner.space import to_ray
 from tuner.task import FloatRange, IntRange, Task
@@ -132,7 +133,8 @@ def run(task: Task, *, address: str | None = None, num_samples: int | None = Non
             name=RAY_EXPERIMENT_NAME, storage_path=str(results_dir),
             failure_config=tune.FailureConfig(max_failures=0),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            verbose=1,
+            callbacks=[ProgressPrinter(task.objective.metric, len(task.benchmark.concurrency))],
+            verbose=0,
         ),
     )
     print(f"[autotuner] {task.name}: {num_trials} trials of {task.engine.name}, up to {max_concurrent} at once, "

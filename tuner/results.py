@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,12 +82,16 @@ def from_result_grid(grid) -> list[TrialRecord]:
             baseline=bool(config.get(BASELINE_KEY)),
             reports=read_reports(result.path),
             ray_error=_first_line(result.error) if result.error else None,
+            experiment_id=_creation_number(result.path, trial_id),
         ))
-    # Ray's trial ids end in a zero-padded creation counter: number the trials in that order.
-    records.sort(key=lambda record: record.trial_id)
-    for number, record in enumerate(records, 1):
-        record.experiment_id = number
+    # Number the trials in creation order: Ray puts that counter after the id in the folder name.
+    records.sort(key=lambda record: record.experiment_id)
     return records
+
+
+def _creation_number(trial_dir: str, trial_id: str) -> int:
+    match = re.search(rf"_{re.escape(trial_id)}_(\d+)_", Path(trial_dir).name)
+    return int(match.group(1)) if match else 0
 
 
 def _first_line(error: BaseException) -> str:
@@ -190,7 +195,9 @@ def table(summary: dict) -> str:
     if best is None:
         return text + "\nNo trial completed every stage; see results.json for the errors."
     text += f"\n\nBest: experiment {best['experiment_id']}  {metric} = {best['objective_score']:.4g}"
-    if summary["gain_over_baseline"] is not None:
+    if best["experiment_id"] == (summary["baseline"] or {}).get("experiment_id"):
+        text += "  (the engine defaults: no tuned config beat them)"
+    elif summary["gain_over_baseline"] is not None:
         text += f"  ({summary['gain_over_baseline']:+.1%} vs. engine defaults " \
                 f"{summary['baseline']['objective_score']:.4g})"
     return text + f"\nLaunch: {best['command']}"

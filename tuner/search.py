@@ -47,6 +47,13 @@ class BaselineFirst(Searcher):
         if trial_id != self.baseline_trial_id:
             self.searcher.on_trial_complete(trial_id, result=result, error=error)
 
+    # Ray saves each wrapper's state and the innermost searcher separately (SearchGenerator).
+    def get_state(self) -> dict:
+        return {"baseline": self.baseline, "baseline_trial_id": self.baseline_trial_id}
+
+    def set_state(self, state: dict) -> None:
+        self.baseline, self.baseline_trial_id = state["baseline"], state["baseline_trial_id"]
+
     def save(self, checkpoint_path: str) -> None:
         self.searcher.save(checkpoint_path)
 
@@ -104,4 +111,10 @@ class _RandomSearcher(Searcher):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         pass
+
+    def get_state(self) -> dict:
+        return {"random": self._random.getstate()}
+
+    def set_state(self, state: dict) -> None:
+        self._random.setstate(state["random"])
 

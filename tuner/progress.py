@@ -1,0 +1,61 @@
+"""One line per event while tuning: a trial starts, finishes a stage, is stopped, fails."""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+
+from ray.tune import Callback
+
+from trainables.trial import BASELINE_KEY, trial_params
+
+
+class ProgressPrinter(Callback):
+    def __init__(self, metric: str, num_stages: int, stream=sys.stdout):
+        self.metric = metric
+        self.num_stages = num_stages
+        self.stream = stream
+        self.started = time.monotonic()
+        self.last_stage: dict[str, int] = {}
+
+    def _say(self, trial, text: str) -> None:
+        elapsed = time.monotonic() - self.started
+        print(f"[{elapsed:6.0f}s] trial {_number(trial)}: {text}", file=self.stream, flush=True)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        config = trial.config
+        what = "engine defaults (baseline)" if config.get(BASELINE_KEY) else \
+            " ".join(f"{k}={v}" for k, v in trial_params(config).items())
+        self._say(trial, f"start  {what}")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.last_stage[trial.trial_id] = result.get("stage", 0)
+        if result.get("error"):
+            return  # said by on_trial_complete
+        stage_metrics = result.get("metrics") or {}
+        line = (f"stage {result['stage']}/{self.num_stages} (concurrency {stage_metrics.get('concurrency')}): "
+                f"{self.metric} {stage_metrics.get(self.metric, float('nan')):.4g}")
+        if result.get("violation"):
+            line += f"  SLO broken: {result['violation']}"
+        self._say(trial, line)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        result = trial.last_result or {}
+        stage = self.last_stage.get(trial.trial_id, 0)
+        if result.get("error"):
+            self._say(trial, f"FAILED {result['error'].splitlines()[0][:200]}")
+        elif result.get("violation"):
+            self._say(trial, "infeasible, stopped")
+        elif stage < self.num_stages:
+            self._say(trial, f"stopped early by the scheduler after stage {stage}")
+        else:
+            self._say(trial, f"done   {self.metric} {result.get('objective', float('nan')):.4g} (mean of stages)")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._say(trial, "FAILED (see results.json for the error)")
+
+
+def _number(trial) -> str:
+    match = re.search(r"^(\d+)_", getattr(trial, "experiment_tag", "") or "")
+    return match.group(1) if match else trial.trial_id
