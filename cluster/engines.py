@@ -42,11 +42,13 @@ class EngineProfile:
         return self.aliases.get(bare, bare)
 
     def merged(self, fixed: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-        """Fixed task flags overlaid by the trial's, keyed by canonical name; None = engine default."""
+        """Fixed task flags overlaid by the trial's, keyed by canonical name. A trial value of None
+        (the baseline) keeps the fixed flag if there is one, else the engine's own default."""
         merged: dict[str, Any] = {}
         for key, value in list(fixed.items()) + list(params.items()):
-            merged[self.canonical(key)] = value
-        return {key: value for key, value in merged.items() if value is not None}
+            if value is not None:
+                merged[self.canonical(key)] = value
+        return merged
 
     def flag_argv(self, flags: dict[str, Any]) -> list[str]:
         argv: list[str] = []

@@ -12,7 +12,7 @@ import ray
 from ray import tune
 
 from cluster.engines import PROFILES, default_executable
-from trainables.trial import Resolved, run_trial
+from trainables.trial import Resolved, run_trial, trial_params
 from tuner import results as results_io
 from tuner.errors import TaskError
 from tuner.progress import ProgressPrinter
@@ -53,20 +53,28 @@ def _setup(step, *args):
         raise TaskError(str(error)) from None
 
 
-def trial_resources(task: Task, node_cpus: int):
+def claim(task: Task, params: dict[str, Any], node_cpus: int) -> dict[str, float]:
+    """What one trial holds in Ray: the engine's demand plus the CPUs of its load generator.
+
+    The CPU claim is capped at one node's CPUs, or the trial could never be placed. On a small
+    machine this runs CPU trials one after another, which keeps them from distorting each
+    other's measurements.
+    """
     profile = PROFILES[task.engine.name]
+    demand = profile.resources(profile.merged(task.engine.args, params), node_cpus)
+    demand["CPU"] = min(demand.get("CPU", 0) + task.benchmark.client_cpus, node_cpus)
+    return {kind: amount for kind, amount in demand.items() if amount}
 
-    def claim(config: dict[str, Any]) -> tune.PlacementGroupFactory:
-        params = {k: v for k, v in config.items() if not k.startswith("__")}
-        demand = profile.resources(profile.merged(task.engine.args, params), node_cpus)
-        return tune.PlacementGroupFactory([{k: v for k, v in demand.items() if v}])
 
-    return claim
+def trial_resources(task: Task, node_cpus: int):
+    def placement(config: dict[str, Any]) -> tune.PlacementGroupFactory:
+        return tune.PlacementGroupFactory([claim(task, trial_params(config), node_cpus)])
+
+    return placement
 
 
 def smallest_claim(task: Task, node_cpus: int) -> dict[str, float]:
     """The claim of the cheapest config in the space: it bounds how many trials fit at once."""
-    profile = PROFILES[task.engine.name]
     cheapest: dict[str, Any] = {}
     for name, spec in task.search_space.items():
         if isinstance(spec, (IntRange, FloatRange)):
@@ -74,7 +82,7 @@ def smallest_claim(task: Task, node_cpus: int) -> dict[str, float]:
         else:
             numbers = [v for v in spec if isinstance(v, (int, float)) and not isinstance(v, bool)]
             cheapest[name] = min(numbers) if numbers else spec[0]
-    return profile.resources(profile.merged(task.engine.args, cheapest), node_cpus)
+    return claim(task, cheapest, node_cpus)
 
 
 def capacity(available: dict[str, float], claim: dict[str, float]) -> int:
@@ -115,7 +123,8 @@ def run(task: Task, *, address: str | None = None, num_samples: int | None = Non
     results_dir = prepare_results_dir(task)
     start_ray(address)
     available = ray.cluster_resources()
-    node_cpus = int(available.get("CPU", os.cpu_count() or 1))
+    node_cpus = max((int(node["Resources"].get("CPU", 0)) for node in ray.nodes() if node["Alive"]),
+                    default=os.cpu_count() or 1)
     max_concurrent = task.search.max_concurrent or capacity(available, smallest_claim(task, node_cpus))
     trainable = tune.with_resources(tune.with_parameters(run_trial, task=task, resolved=resolved),
                                     trial_resources(task, node_cpus))

@@ -76,9 +76,10 @@ def build_searcher(task: Task, max_concurrent: int) -> Searcher:
         # HyperOpt samples at random for its first n points; 20 (its default) would be the whole
         # budget of a small run, so start modelling after a third of it.
         inner: Searcher = HyperOptSearch(n_initial_points=max(2, min(20, search.num_samples // 3)),
-                                         random_state_seed=search.seed)
+                                         random_state_seed=search.seed,
+                                         points_to_evaluate=[dict(p) for p in search.initial_points] or None)
     else:
-        inner = _RandomSearcher(search.seed)
+        inner = _RandomSearcher(search.seed, search.initial_points)
     searcher: Searcher = ConcurrencyLimiter(inner, max_concurrent=max_concurrent)
     if search.baseline:
         searcher = BaselineFirst(searcher, {name: None for name in task.search_space} | {BASELINE_KEY: True})
@@ -96,9 +97,10 @@ def build_scheduler(task: Task) -> TrialScheduler:
 class _RandomSearcher(Searcher):
     """Plain random sampling as a Searcher, so it composes with the wrappers above."""
 
-    def __init__(self, seed: int | None):
+    def __init__(self, seed: int | None, initial_points: list[dict]):
         super().__init__()
         self._random = random.Random(seed)
+        self._pending = [dict(point) for point in initial_points]
         self._space: dict = {}
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
@@ -106,6 +108,8 @@ class _RandomSearcher(Searcher):
         return True
 
     def suggest(self, trial_id: str) -> dict:
+        if self._pending:
+            return self._pending.pop(0)
         return {name: domain.sample(random_state=self._random.randint(0, 2**31 - 1))
                 for name, domain in self._space.items()}
 
@@ -113,8 +117,9 @@ class _RandomSearcher(Searcher):
         pass
 
     def get_state(self) -> dict:
-        return {"random": self._random.getstate()}
+        return {"random": self._random.getstate(), "pending": self._pending}
 
     def set_state(self, state: dict) -> None:
         self._random.setstate(state["random"])
+        self._pending = state["pending"]
 

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError,
+                      field_validator, model_validator)
 
 from tuner.errors import TaskError
 from tuner.objective import OBJECTIVE_METRICS, SLO_METRICS
@@ -82,8 +83,23 @@ def _check_range(low: float, high: float, log: bool, step: float | None) -> None
         raise ValueError(f"step {step} is larger than the range {low}..{high}")
 
 
+def _check_choices(values: list[Scalar]) -> list[Scalar]:
+    if len(set(map(repr, values))) != len(values):
+        raise ValueError(f"repeated choices {values}")
+    return values
+
+
+SafeScalar = Annotated[Scalar, AfterValidator(check_value)]
+FlagName = Annotated[str, AfterValidator(check_flag_name)]
 Range = Annotated[Union[IntRange, FloatRange], Field(discriminator="type")]
-Choices = Annotated[list[Scalar], Field(min_length=1)]
+Choices = Annotated[list[SafeScalar], Field(min_length=1), AfterValidator(_check_choices)]
+# A list is a set of choices, a mapping is a range; anything else is neither.
+Domain = Annotated[
+    Union[Annotated[Choices, Tag("choices")], Annotated[Range, Tag("range")]],
+    Discriminator(lambda v: "choices" if isinstance(v, list) else "range" if isinstance(v, dict) else None,
+                  custom_error_type="domain", custom_error_message=
+                  "must be a list of choices or a range such as {type: int, min: 1, max: 8}"),
+]
 
 
 class Model(_Strict):
@@ -95,16 +111,8 @@ class Model(_Strict):
 class Engine(_Strict):
     name: Literal["llama.cpp", "sglang", "vllm"]
     binary: str | None = Field(default=None, description="llama-server path; default: found or built")
-    args: dict[str, Scalar] = Field(default_factory=dict, description="flags every trial gets")
+    args: dict[FlagName, SafeScalar] = Field(default_factory=dict, description="flags every trial gets")
     env: dict[str, str] = Field(default_factory=dict)
-
-    @field_validator("args")
-    @classmethod
-    def _safe_args(cls, args: dict[str, Scalar]) -> dict[str, Scalar]:
-        for name, value in args.items():
-            check_flag_name(name)
-            check_value(value)
-        return args
 
 
 class Deployment(_Strict):
@@ -119,6 +127,7 @@ class Benchmark(_Strict):
     max_minutes_per_stage: int = Field(default=1, ge=1, description="genai-bench takes whole minutes")
     stage_timeout_s: float = Field(default=300.0, gt=0, description="deadline for one stage")
     api_backend: Literal["openai", "sglang", "vllm"] | None = None
+    client_cpus: float = Field(default=1.0, ge=0, description="CPUs genai-bench uses, added to each trial's claim")
 
     @field_validator("traffic_scenario")
     @classmethod
@@ -153,6 +162,8 @@ class Search(_Strict):
     grace_period: int = Field(default=1, ge=1, description="stages every trial runs before ASHA may stop it")
     reduction_factor: int = Field(default=2, ge=2)
     baseline: bool = Field(default=True, description="also measure the engine's defaults, never stopped")
+    initial_points: list[dict[str, Scalar]] = Field(
+        default_factory=list, description="configs to try first (each counts toward num_samples)")
 
 
 class Task(_Strict):
@@ -161,10 +172,11 @@ class Task(_Strict):
     model: Model
     engine: Engine
     deployment: Deployment = Deployment()
-    search_space: dict[str, Union[Range, Choices]]
+    search_space: dict[FlagName, Domain]
     benchmark: Benchmark = Benchmark()
     objective: Objective = Objective()
-    slos: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
+    slos: dict[Annotated[str, AfterValidator(lambda m: _known_metric(m, SLO_METRICS))],
+               Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
     search: Search = Search()
     results_dir: str = "results"
 
@@ -180,21 +192,23 @@ class Task(_Strict):
     def _space(cls, space: dict) -> dict:
         if not space:
             raise ValueError("needs at least one parameter to tune")
-        for name, domain in space.items():
-            check_flag_name(name)
-            if isinstance(domain, list):
-                for value in domain:
-                    check_value(value)
-                if len(set(map(repr, domain))) != len(domain):
-                    raise ValueError(f"{name}: repeated choices {domain}")
         return space
 
-    @field_validator("slos")
-    @classmethod
-    def _slos(cls, slos: dict[str, float]) -> dict[str, float]:
-        for metric in slos:
-            _known_metric(metric, SLO_METRICS)
-        return slos
+    @model_validator(mode="after")
+    def _initial_points_in_space(self) -> "Task":
+        for number, point in enumerate(self.search.initial_points):
+            for name, value in point.items():
+                where = f"search.initial_points.{number}.{name}"
+                domain = self.search_space.get(name)
+                if domain is None:
+                    raise ValueError(f"{where}: not a parameter of search_space")
+                inside = value in domain if isinstance(domain, list) else domain.min <= value <= domain.max
+                if not inside:
+                    raise ValueError(f"{where}: {value!r} is outside the search space")
+            missing = set(self.search_space) - set(point)
+            if missing:
+                raise ValueError(f"search.initial_points.{number}: missing {', '.join(sorted(missing))}")
+        return self
 
     @property
     def results_path(self) -> Path:
@@ -237,18 +251,27 @@ def load_task(path: str | Path) -> Task:
 def _one_line(error: ValidationError) -> str:
     """The first validation problem as `field.path: what is wrong`."""
     first = error.errors()[0]
-    # Union members add their type name to the location; drop those to keep the user's path.
-    loc = [str(part) for part in first["loc"] if part not in ("IntRange", "FloatRange", "int", "float")]
-    loc = [part for part in loc if not part.startswith(("list[", "function-after", "union["))]
-    field = ".".join(loc) or "task"
+    # Unions add their member names to the location ("range", "int", "tagged-union[...]"); keep
+    # only the user's own path.
+    loc = [str(part) for part in first["loc"]
+           if not (isinstance(part, str) and ("[" in part or part in _UNION_TAGS))]
+    field = ".".join(loc)
+    message = first["msg"].removeprefix("Value error, ")
+    if not field:  # a whole-task check: its message names the field itself
+        return message
     if first["type"] == "extra_forbidden":
         return f"{field}: unknown key{_did_you_mean(first['loc'])}"
     if first["type"] == "missing":
         return f"{field}: required key is missing"
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] in ("literal_error", "union_tag_invalid") or "input" not in first:
+    if first["type"] == "union_tag_not_found":  # a range without `type`
+        return f"{field}: a range needs 'type: int' or 'type: float'"
+    got = first.get("input")
+    if first["type"] in ("literal_error", "value_error") or isinstance(got, (dict, list)) or got is None:
         return f"{field}: {message}"
-    return f"{field}: {message} (got {first['input']!r})"
+    return f"{field}: {message} (got {got!r})"
+
+
+_UNION_TAGS = {"choices", "range", "int", "float", "bool", "str", "IntRange", "FloatRange"}
 
 
 def _did_you_mean(loc: tuple) -> str:

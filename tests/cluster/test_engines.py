@@ -1,0 +1,59 @@
+"""Engine profiles: parameter dicts become argv lists with each engine's own spelling."""
+
+import pytest
+
+from cluster.engines import LLAMA_CPP, SGLANG, VLLM, Launch
+
+LAUNCH = Launch("llama-server", "/models/m.gguf", "m", "127.0.0.1", 9000)
+
+
+def test_llama_cpp_argv_with_aliases_and_bool_spelling():
+    flags = LLAMA_CPP.merged({"ctx-size": 4096}, {"np": 4, "threads": 2, "flash-attn": False, "cont_batching": True})
+    argv = LLAMA_CPP.argv(LAUNCH, flags)
+    assert argv[:10] == ["llama-server", "--model", "/models/m.gguf", "--host", "127.0.0.1",
+                         "--port", "9000", "--alias", "m", "--ctx-size"]
+    assert argv[10:] == ["4096", "--parallel", "4", "--threads", "2", "--flash-attn", "off", "--cont-batching"]
+
+
+def test_trial_value_overrides_fixed_flag_and_none_means_default():
+    flags = LLAMA_CPP.merged({"threads": 1, "t": 3}, {"threads": None, "parallel": 2})
+    assert flags == {"threads": 3, "parallel": 2}
+    assert LLAMA_CPP.merged({}, {"threads": None}) == {}
+
+
+def test_unknown_flags_pass_through_and_booleans_are_bare():
+    argv = SGLANG.flag_argv({"enable-mixed-chunk": True, "disable-radix-cache": False, "some-new-flag": 7})
+    assert argv == ["--enable-mixed-chunk", "--some-new-flag", "7"]
+
+
+def test_sglang_launch_and_gpu_count():
+    flags = SGLANG.merged({}, {"tp": 2, "dp_size": 2, "mem_fraction_static": 0.85, "schedule-policy": "lpm"})
+    argv = SGLANG.argv(Launch("/usr/bin/python3", "Qwen/Qwen3-8B", "qwen", "0.0.0.0", 30000), flags)
+    assert argv[:4] == ["/usr/bin/python3", "-m", "sglang.launch_server", "--model-path"]
+    assert "--tp-size" in argv and argv[argv.index("--tp-size") + 1] == "2"
+    assert argv[argv.index("--mem-fraction-static") + 1] == "0.85"
+    assert SGLANG.resources(flags) == {"CPU": 1.0, "GPU": 4.0}
+    assert SGLANG.resources({}) == {"CPU": 1.0, "GPU": 1.0}
+
+
+def test_vllm_launch_negative_booleans_and_gpu_count():
+    flags = VLLM.merged({}, {"tp": 2, "pp": 2, "enable-prefix-caching": False, "max-num-seqs": 128})
+    argv = VLLM.argv(Launch("vllm", "meta/llama", "llama", "127.0.0.1", 8000), flags)
+    assert argv[:3] == ["vllm", "serve", "meta/llama"]
+    assert "--no-enable-prefix-caching" in argv
+    assert VLLM.resources(flags)["GPU"] == 4.0
+
+
+def test_llama_cpp_claims_its_threads_as_cpus():
+    assert LLAMA_CPP.resources({"threads": 2}) == {"CPU": 2.0}
+    assert LLAMA_CPP.resources({}, node_cpus=8) == {"CPU": 8.0}
+
+
+@pytest.mark.parametrize("value", ["--api-key", "a b", "x\ny", "-1x"])
+def test_values_that_could_smuggle_a_flag_are_refused(value):
+    with pytest.raises(ValueError):
+        LLAMA_CPP.flag_argv({"alias": value})
+
+
+def test_negative_numbers_are_values_not_flags():
+    assert LLAMA_CPP.flag_argv({"parallel": -1}) == ["--parallel", "-1"]

@@ -1,0 +1,106 @@
+"""The local backend against the real llama-server: ready, serve, tear down; fail fast and clearly."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from cluster.deployer import EngineSpec
+from cluster.engines import LLAMA_CPP
+from cluster.local import LocalDeployer
+from cluster.procs import start_time
+from tuner.errors import DeploymentError
+from tests.conftest import engine_processes
+
+DATA = Path(__file__).parent.parent / "data"
+
+
+def spec(tmp_path, executable, model, flags):
+    return EngineSpec(experiment="test", trial_id="t1", profile=LLAMA_CPP, executable=executable,
+                      model_path=model, served_name=f"smol-{tmp_path.name}", flags=flags, workdir=tmp_path)
+
+
+def gone(pid: int, within_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if start_time(pid) is None:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_engine_serves_and_is_killed_on_exit(tmp_path, llama_server, smollm2):
+    with LocalDeployer().deployed(spec(tmp_path, llama_server, smollm2, {"ctx-size": 1024, "parallel": 2}), 60) as url:
+        with urllib.request.urlopen(url + "/v1/models", timeout=10) as response:
+            served = json.load(response)
+        started = engine_processes(f"smol-{tmp_path.name}")
+        assert len(started) == 1
+    assert f"smol-{tmp_path.name}" in json.dumps(served)
+    assert gone(started.pop())
+    argv = json.loads((tmp_path / "engine_argv.json").read_text())
+    assert argv[argv.index("--parallel") + 1] == "2"
+
+
+def test_engine_is_killed_when_the_block_raises(tmp_path, llama_server, smollm2):
+    with pytest.raises(KeyboardInterrupt):
+        with LocalDeployer().deployed(spec(tmp_path, llama_server, smollm2, {"ctx-size": 1024}), 60):
+            started = engine_processes(f"smol-{tmp_path.name}")
+            raise KeyboardInterrupt
+    assert len(started) == 1 and gone(started.pop())
+
+
+def test_a_rejected_flag_fails_at_once_with_the_engines_words(tmp_path, llama_server, smollm2):
+    began = time.monotonic()
+    with pytest.raises(DeploymentError) as caught:
+        with LocalDeployer().deployed(spec(tmp_path, llama_server, smollm2, {"no-such-flag": 3}), 120):
+            pass
+    assert time.monotonic() - began < 30  # not the 120 s deadline
+    assert "exited with code" in str(caught.value)
+    assert "no-such-flag" in str(caught.value)
+
+
+def test_a_missing_executable_is_a_deployment_error(tmp_path, smollm2):
+    with pytest.raises(DeploymentError, match="cannot start /nonexistent/llama-server"):
+        LocalDeployer().deploy(spec(tmp_path, "/nonexistent/llama-server", smollm2, {}))
+
+
+def test_readiness_has_a_deadline_and_the_engine_is_killed(tmp_path):
+    deployer = LocalDeployer()
+    script = tmp_path / "engine"
+    script.write_text(f"#!{sys.executable}\nimport runpy, sys\nrunpy.run_path({str(DATA / 'fake_engine_never_ready.py')!r}, run_name='__main__')\n")
+    script.chmod(0o755)
+    never_ready = spec(tmp_path, str(script), "unused", {})
+    deployment = deployer.deploy(never_ready)
+    began = time.monotonic()
+    try:
+        with pytest.raises(DeploymentError, match="not ready .* before the deadline"):
+            deployer.wait_ready(deployment, time.monotonic() + 2.0)
+        assert 1.9 < time.monotonic() - began < 10
+    finally:
+        deployer.teardown(deployment)
+    assert gone(deployment.group.pgid)
+
+
+def test_watchdog_kills_the_engine_when_its_owner_is_sigkilled(tmp_path):
+    owner = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\n"
+         "from cluster.procs import ProcessGroup\n"
+         f"group = ProcessGroup(['sleep', '300'], log_path={str(tmp_path / 'log')!r})\n"
+         "print(group.pgid, flush=True)\n"
+         "time.sleep(300)\n"],
+        stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
+    try:
+        pgid = int(owner.stdout.readline())
+        assert start_time(pgid) is not None
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(timeout=10)
+        assert gone(pgid, within_s=10)
+    finally:
+        owner.kill()

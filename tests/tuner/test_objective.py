@@ -1,0 +1,43 @@
+"""Scoring: mean of the stages so far, latencies negated, a broken SLO gives the worst score."""
+
+import pytest
+
+from tuner.objective import INFEASIBLE_SCORE, gain, score_stages
+
+
+def stage(concurrency, tps, ttft_p90, error_rate=0.0):
+    return {"concurrency": concurrency, "output_throughput": tps, "ttft_p90": ttft_p90, "error_rate": error_rate}
+
+
+def test_throughput_is_the_mean_over_stages_and_maximised():
+    score = score_stages([stage(1, 100.0, 0.2), stage(4, 140.0, 0.5)], "output_throughput", {})
+    assert score.value == pytest.approx(120.0)
+    assert score.score == pytest.approx(120.0)
+    assert score.feasible
+
+
+def test_latency_is_minimised_by_negating_the_score():
+    score = score_stages([stage(1, 100.0, 0.2), stage(4, 140.0, 0.6)], "ttft_p90", {})
+    assert score.value == pytest.approx(0.4)
+    assert score.score == pytest.approx(-0.4)
+    faster = score_stages([stage(1, 100.0, 0.1), stage(4, 140.0, 0.3)], "ttft_p90", {})
+    assert faster.score > score.score
+
+
+def test_a_broken_slo_makes_the_trial_infeasible_and_names_the_limit():
+    score = score_stages([stage(1, 100.0, 0.2), stage(8, 300.0, 1.42)], "output_throughput", {"ttft_p90": 1.0})
+    assert not score.feasible
+    assert score.score == INFEASIBLE_SCORE
+    assert score.value is None
+    assert score.violation == "ttft_p90 1.42 s > 1 s at concurrency 8"
+
+
+def test_error_rate_slo():
+    score = score_stages([stage(1, 100.0, 0.2, error_rate=0.25)], "output_throughput", {"error_rate": 0.05})
+    assert score.violation.startswith("error_rate 0.25 > 0.05")
+
+
+def test_gain_is_positive_when_better_in_either_direction():
+    assert gain(120.0, 100.0, "output_throughput") == pytest.approx(0.2)
+    assert gain(0.8, 1.0, "ttft_p90") == pytest.approx(0.2)
+    assert gain(1.0, 0.0, "output_throughput") is None

@@ -1,0 +1,121 @@
+"""Task-file validation: every mistake is one line naming the field; exit 2 from the CLI."""
+
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tuner.errors import TaskError
+from tuner.task import FloatRange, IntRange, load_task, parse_task
+
+VALID = {
+    "name": "t",
+    "model": {"path": "builtin:smollm2"},
+    "engine": {"name": "llama.cpp"},
+    "search_space": {"threads": [1, 2], "ubatch-size": {"type": "int", "min": 32, "max": 512, "step": 32}},
+}
+
+
+def with_change(**change):
+    task = copy.deepcopy(VALID)
+    task.update(change)
+    return task
+
+
+def test_valid_task_gets_defaults():
+    task = parse_task(VALID)
+    assert task.objective.metric == "output_throughput"
+    assert task.search.algorithm == "hyperopt" and task.search.scheduler == "asha"
+    assert task.benchmark.concurrency == [1, 4, 8]
+    assert isinstance(task.search_space["ubatch-size"], IntRange)
+    assert task.search_space["threads"] == [1, 2]
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"engine": {"name": "llamacpp"}}, "engine.name: Input should be 'llama.cpp', 'sglang' or 'vllm'"),
+    ({"search_spac": {}}, "search_spac: unknown key; did you mean 'search_space'?"),
+    ({"search_space": {}}, "search_space: needs at least one parameter"),
+    ({"search_space": {"t": {"type": "int", "min": 4, "max": 2}}}, "search_space.t: min must be below max (4 >= 2)"),
+    ({"search_space": {"t": {"type": "int", "min": 2, "max": 2}}}, "search_space.t: min must be below max"),
+    ({"search_space": {"t": {"min": 1, "max": 2}}}, "search_space.t: a range needs 'type: int' or 'type: float'"),
+    ({"search_space": {"t": {"type": "int", "min": 1, "max": 8, "stepp": 1}}}, "search_space.t.stepp: unknown key"),
+    ({"search_space": {"t": {"type": "float", "min": 0, "max": 1, "log": True}}}, "search_space.t: a log range needs min > 0"),
+    ({"search_space": {"t": {"type": "int", "min": 1, "max": 4, "step": 8}}}, "search_space.t: step 8 is larger than the range"),
+    ({"search_space": {"t": []}}, "search_space.t: List should have at least 1 item"),
+    ({"search_space": {"t": 4}}, "search_space.t: must be a list of choices or a range"),
+    ({"search_space": {"t": [1, 1]}}, "search_space.t: repeated choices"),
+    ({"search_space": {"t": ["--evil"]}}, "search_space.t.0: value '--evil' is not allowed"),
+    ({"search_space": {"t": ["a b"]}}, "search_space.t.0: value 'a b' is not allowed"),
+    ({"search_space": {"bad flag": [1]}}, "is not a flag name"),
+    ({"engine": {"name": "llama.cpp", "args": {"x": "1;rm -rf /"}}}, "engine.args.x: value '1;rm -rf /' is not allowed"),
+    ({"objective": {"metric": "ttft_p95"}}, "objective.metric: unknown metric 'ttft_p95'; did you mean 'ttft_p99'?"),
+    ({"slos": {"tft_p90": 1}}, "slos.tft_p90: unknown metric 'tft_p90'; did you mean 'ttft_p90'?"),
+    ({"slos": {"ttft_p90": -1}}, "slos.ttft_p90: Input should be greater than 0"),
+    ({"benchmark": {"concurrency": [0]}}, "benchmark.concurrency.0: Input should be greater than or equal to 1"),
+    ({"benchmark": {"concurrency": [4, 4]}}, "benchmark.concurrency: each stage needs its own concurrency"),
+    ({"benchmark": {"traffic_scenario": "D(100, 64)"}}, "benchmark.traffic_scenario: 'D(100, 64)' is not a genai-bench scenario"),
+    ({"search": {"num_samples": "many"}}, "search.num_samples: Input should be a valid integer"),
+    ({"search": {"reduction_factor": 1}}, "search.reduction_factor: Input should be greater than or equal to 2"),
+    ({"search": {"initial_points": [{"threads": 3, "ubatch-size": 64}]}}, "search.initial_points.0.threads: 3 is outside"),
+    ({"search": {"initial_points": [{"threads": 1}]}}, "search.initial_points.0: missing ubatch-size"),
+    ({"name": "bad name"}, "name: 'bad name' must be 1-63 letters"),
+    ({"model": {}}, "model.path: required key is missing"),
+])
+def test_bad_task_names_the_field(change, expected):
+    with pytest.raises(TaskError) as caught:
+        parse_task(with_change(**change), "task.yaml")
+    message = str(caught.value)
+    assert message.startswith("task.yaml: ")
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_ranges_are_parsed_by_type():
+    task = parse_task(with_change(search_space={"m": {"type": "float", "min": 0.5, "max": 0.9}}))
+    assert isinstance(task.search_space["m"], FloatRange)
+
+
+def test_json_is_accepted(tmp_path):
+    path = tmp_path / "task.json"
+    path.write_text(json.dumps(VALID))
+    assert load_task(path).name == "t"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("name: [unclosed", "not valid YAML or JSON at line 1"),
+    ("- just\n- a list\n", "the task must be a mapping"),
+])
+def test_unreadable_files(tmp_path, text, expected):
+    path = tmp_path / "task.yaml"
+    path.write_text(text)
+    with pytest.raises(TaskError, match=expected):
+        load_task(path)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "tuner.cli", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_cli_bad_input_exits_2_with_one_line(tmp_path):
+    path = tmp_path / "task.yaml"
+    path.write_text(json.dumps(with_change(objective={"metric": "speed"})))
+    for command in ("validate", "run"):
+        result = _cli(command, str(path))
+        assert result.returncode == 2
+        assert result.stderr.strip().count("\n") == 0
+        assert "objective.metric: unknown metric 'speed'" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_cli_missing_file_exits_2():
+    result = _cli("validate", "/nonexistent/task.yaml")
+    assert result.returncode == 2
+    assert "cannot read the task file" in result.stderr
+
+
+def test_cli_validates_the_shipped_example():
+    result = _cli("validate", "examples/quickstart-cpu.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "ok (llama.cpp, 5 parameters, 3 stages, 12 trials)" in result.stdout
