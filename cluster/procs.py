@@ -36,6 +36,9 @@ def kill_group(pgid: int, started: int | None, sig: int = signal.SIGKILL) -> boo
         return False
 
 
+KILL_WAIT_S = 10.0
+
+
 class ProcessGroup:
     """A child started in its own session, killed as a whole group by `stop()` or, should this
     process die first, by a watchdog (see cluster/watchdog.py).
@@ -60,15 +63,17 @@ class ProcessGroup:
         return self.process.poll()
 
     def stop(self, grace_s: float = 10.0) -> None:
-        """SIGTERM the group at once, give it `grace_s` to exit, then SIGKILL what is left."""
-        kill_group(self.pgid, self.started, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            pass
+        """SIGTERM the group at once, give it `grace_s` to exit, then SIGKILL what is left
+        (at once when `grace_s` is 0)."""
+        if grace_s > 0:
+            kill_group(self.pgid, self.started, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                pass
         kill_group(self.pgid, self.started, signal.SIGKILL)
         try:
-            self.process.wait(timeout=grace_s)
+            self.process.wait(timeout=KILL_WAIT_S)
         except subprocess.TimeoutExpired:
             pass  # unkillable (D state); the watchdog stays armed on it
         else:

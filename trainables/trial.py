@@ -8,6 +8,8 @@ watchdogs finish the job if it does).
 
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ class Resolved:
     model_path: str
     served_name: str
     tokenizer: str
+    trials_dir: str  # results/<task>/trials: one folder per trial with its logs and timeline
 
 
 def trial_params(config: dict[str, Any]) -> dict[str, Any]:
@@ -54,18 +57,37 @@ def make_deployer(task: Task) -> Deployer:
     return LocalDeployer()
 
 
+class Timeline:
+    """Wall-clock marks of a trial's phases, kept in its folder (timeline.json): where time goes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.marks: dict[str, float] = {}
+
+    def mark(self, name: str) -> None:
+        self.marks[name] = time.time()
+        self.path.write_text(json.dumps(self.marks))
+
+
 def run_trial(config: dict[str, Any], task: Task, resolved: Resolved) -> None:
     """The Ray Tune function trainable."""
     context = tune.get_context()
-    workdir = Path(context.get_trial_dir())
+    # Our own folder per trial, not Ray's trial dir: with reused actors, Ray 2.60 hands later trials
+    # a staging dir that is never synced to the results (measured), and their logs would be lost.
+    workdir = Path(resolved.trials_dir) / context.get_trial_id()
+    workdir.mkdir(parents=True, exist_ok=True)
+    timeline = Timeline(workdir / "timeline.json")
+    timeline.mark("trial_start")
     spec = engine_spec(task, resolved, trial_params(config), context.get_trial_id(), workdir)
     runner = GenaiBenchRunner(task.benchmark, resolved.tokenizer,
                               task.benchmark.api_backend or spec.profile.api_backend)
     measured: list[dict] = []
     try:
         with make_deployer(task).deployed(spec, task.deployment.ready_timeout_s) as base_url:
+            timeline.mark("engine_ready")
             with runner.run(base_url, resolved.served_name, workdir) as results:
                 for stage, metrics in results:
+                    timeline.mark(f"stage_{stage.index}_done")
                     measured.append(metrics)
                     score = score_stages(measured, task.objective.metric, task.slos)
                     tune.report({"stage": stage.index, "score": score.score, "objective": score.value,
@@ -76,3 +98,5 @@ def run_trial(config: dict[str, Any], task: Task, resolved: Resolved) -> None:
         # Reported, not raised: the searcher then learns this config is bad, and the search goes on.
         tune.report({"stage": len(measured), "score": INFEASIBLE_SCORE, "objective": None,
                      "violation": None, "error": f"{type(error).__name__}: {error}", "metrics": None})
+    finally:
+        timeline.mark("trial_end")

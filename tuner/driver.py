@@ -24,7 +24,7 @@ BUILTIN_MODELS = {"builtin:smollm2"}
 RAY_EXPERIMENT_NAME = "tune"
 
 
-def resolve(task: Task) -> Resolved:
+def resolve(task: Task, trials_dir: Path) -> Resolved:
     """Find (or build) the engine binary, the model and the tokenizer once, before any trial."""
     from cluster import llamacpp_setup
 
@@ -41,7 +41,8 @@ def resolve(task: Task) -> Resolved:
     if tokenizer is None:
         tokenizer = str(_setup(llamacpp_setup.ensure_tokenizer, Path(path))) if path.endswith(".gguf") else path
     served = task.model.name or Path(path).name.removesuffix(".gguf")
-    return Resolved(executable=executable, model_path=path, served_name=served, tokenizer=tokenizer)
+    return Resolved(executable=executable, model_path=path, served_name=served, tokenizer=tokenizer,
+                    trials_dir=str(trials_dir))
 
 
 def _setup(step, *args):
@@ -119,7 +120,7 @@ def run(task: Task, *, address: str | None = None, num_samples: int | None = Non
     """Tune `task`; return the results summary (also written to results/<task>/)."""
     if num_samples is not None:
         task = task.model_copy(update={"search": task.search.model_copy(update={"num_samples": num_samples})})
-    resolved = resolve(task)
+    resolved = resolve(task, task.results_path.absolute() / "trials")  # bad input fails before any change
     results_dir = prepare_results_dir(task)
     start_ray(address)
     available = ray.cluster_resources()
@@ -137,6 +138,7 @@ def run(task: Task, *, address: str | None = None, num_samples: int | None = Non
             search_alg=build_searcher(task, max_concurrent),
             scheduler=build_scheduler(task),
             max_concurrent_trials=max_concurrent,
+            reuse_actors=True,  # a new actor per trial costs seconds of process start and imports
         ),
         run_config=tune.RunConfig(
             name=RAY_EXPERIMENT_NAME, storage_path=str(results_dir),
