@@ -91,6 +91,9 @@ def test_best_command_and_trials_csv(run):
     rows = list(csv.DictReader((results_dir / "trials.csv").open()))
     assert len(rows) == 4 and {"parallel", "threads", "status", "objective_score"} <= set(rows[0])
     assert (results_dir / "tune").is_dir()
+    assert (results_dir / "stages.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for trial in json.loads((results_dir / "results.json").read_text())["all_results"]:
+        assert (results_dir / "trials" / trial["trial_id"] / "engine.log").is_file()
 
 
 def test_no_engine_is_left_running(run):

@@ -56,7 +56,10 @@ def _run(args) -> int:
     summary = driver.run(task, address=args.address, num_samples=args.num_samples)
     print()
     print(results.table(summary))
-    print(f"\nResults: {task.results_path}/ (results.json, trials.csv, best_command.txt)")
+    print(f"\nResults: {task.results_path}/ (results.json, trials.csv, best_command.txt, stages.png)")
+    if summary["interrupted"]:
+        print("The run was interrupted: the results above cover the trials measured so far.")
+        return EXIT_FAILED
     return EXIT_OK if summary["best_result"] else EXIT_FAILED
 
 

@@ -15,6 +15,7 @@ from cluster.engines import PROFILES, default_executable
 from trainables.trial import Resolved, run_trial, trial_params
 from tuner import results as results_io
 from tuner.errors import TaskError
+from tuner.plots import write_stage_plot
 from tuner.progress import ProgressPrinter
 from tuner.search import METRIC, MODE, build_scheduler, build_searcher
 from tuner.space import to_ray
@@ -130,6 +131,7 @@ def run(task: Task, *, address: str | None = None, num_samples: int | None = Non
     trainable = tune.with_resources(tune.with_parameters(run_trial, task=task, resolved=resolved),
                                     trial_resources(task, node_cpus))
     num_trials = task.search.num_samples + (1 if task.search.baseline else 0)
+    progress = ProgressPrinter(task.objective.metric, len(task.benchmark.concurrency))
     tuner = tune.Tuner(
         trainable,
         param_space=to_ray(task.search_space),
@@ -144,14 +146,15 @@ def run(task: Task, *, address: str | None = None, num_samples: int | None = Non
             name=RAY_EXPERIMENT_NAME, storage_path=str(results_dir),
             failure_config=tune.FailureConfig(max_failures=0),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[ProgressPrinter(task.objective.metric, len(task.benchmark.concurrency))],
+            callbacks=[progress],
             verbose=0,
         ),
     )
     print(f"[autotuner] {task.name}: {num_trials} trials of {task.engine.name}, up to {max_concurrent} at once, "
           f"{len(task.benchmark.concurrency)} stages each (concurrency {task.benchmark.concurrency})", flush=True)
-    grid = tuner.fit()
-    summary = results_io.summarize(task, resolved, results_io.from_result_grid(grid),
+    grid = tuner.fit()  # on Ctrl-C Ray stops the trials (our teardown runs) and returns what it has
+    summary = results_io.summarize(task, resolved, results_io.from_result_grid(grid, progress.ended),
                                    str(results_dir / RAY_EXPERIMENT_NAME))
     results_io.write(results_dir, summary)
+    write_stage_plot(summary, results_dir / "stages.png")
     return summary

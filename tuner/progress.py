@@ -12,12 +12,15 @@ from trainables.trial import BASELINE_KEY, trial_params
 
 
 class ProgressPrinter(Callback):
+    """Prints progress and remembers which trials ended, so an interrupted run can say which did not."""
+
     def __init__(self, metric: str, num_stages: int, stream=sys.stdout):
         self.metric = metric
         self.num_stages = num_stages
         self.stream = stream
         self.started = time.monotonic()
         self.last_stage: dict[str, int] = {}
+        self.ended: set[str] = set()
 
     def _say(self, trial, text: str) -> None:
         elapsed = time.monotonic() - self.started
@@ -41,6 +44,7 @@ class ProgressPrinter(Callback):
         self._say(trial, line)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        self.ended.add(trial.trial_id)
         result = trial.last_result or {}
         stage = self.last_stage.get(trial.trial_id, 0)
         if result.get("error"):
@@ -53,6 +57,7 @@ class ProgressPrinter(Callback):
             self._say(trial, f"done   {self.metric} {result.get('objective', float('nan')):.4g} (mean of stages)")
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self.ended.add(trial.trial_id)
         self._say(trial, "FAILED (see results.json for the error)")
 
 

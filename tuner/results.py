@@ -18,7 +18,8 @@ from trainables.trial import BASELINE_KEY, Resolved, trial_params
 from tuner.objective import gain, maximize
 from tuner.task import Task
 
-COMPLETED, STOPPED_EARLY, INFEASIBLE, FAILED = "completed", "stopped-early", "infeasible", "failed"
+COMPLETED, STOPPED_EARLY, INFEASIBLE, FAILED, INTERRUPTED = (
+    "completed", "stopped-early", "infeasible", "failed", "interrupted")
 LAUNCH_LINE_PORT = 8080
 
 
@@ -30,6 +31,7 @@ class TrialRecord:
     reports: list[dict]  # every tune.report of the trial, in order
     ray_error: str | None = None
     experiment_id: int = 0
+    ended: bool = True  # False when the run was interrupted (Ctrl-C) while this trial ran
     stages: list[dict] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -48,6 +50,8 @@ class TrialRecord:
             return FAILED
         if self.last.get("violation"):
             return INFEASIBLE
+        if not self.ended:
+            return INTERRUPTED
         return COMPLETED if len(self.stages) >= num_stages else STOPPED_EARLY
 
     @property
@@ -71,7 +75,8 @@ def read_reports(trial_dir: str | os.PathLike) -> list[dict]:
     return reports
 
 
-def from_result_grid(grid) -> list[TrialRecord]:
+def from_result_grid(grid, ended: set[str] | None = None) -> list[TrialRecord]:
+    """Records of every trial; those whose id is not in `ended` (when given) were interrupted."""
     records = []
     for result in grid:
         config = result.config or {}
@@ -83,6 +88,7 @@ def from_result_grid(grid) -> list[TrialRecord]:
             reports=read_reports(result.path),
             ray_error=_first_line(result.error) if result.error else None,
             experiment_id=_creation_number(result.path, trial_id),
+            ended=ended is None or trial_id in ended,
         ))
     # Number the trials in creation order: Ray puts that counter after the id in the folder name.
     records.sort(key=lambda record: record.experiment_id)
@@ -127,6 +133,7 @@ def summarize(task: Task, resolved: Resolved, records: list[TrialRecord], experi
                    for i, c in enumerate(task.benchmark.concurrency, 1)],
         "total_experiments": len(records),
         "successful_experiments": sum(r.status(num_stages) in (COMPLETED, STOPPED_EARLY) for r in records),
+        "interrupted": any(not r.ended for r in records),
         "best_result": brief(best) if best else None,
         "baseline": brief(baseline) | {"status": baseline.status(num_stages)} if baseline else None,
         "gain_over_baseline": (gain(best.objective, baseline.objective, metric)
