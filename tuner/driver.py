@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,8 @@ def resolve(task: Task, trials_dir: Path) -> Resolved:
         executable = task.engine.binary or str(_setup(llamacpp_setup.ensure_llama_server))
     else:
         executable = task.engine.binary or default_executable(task.engine.name)
+    if not shutil.which(executable):
+        raise TaskError(f"engine.binary: {executable} is not an executable file or a command on PATH")
     tokenizer = task.model.tokenizer
     if tokenizer is None:
         tokenizer = str(_setup(llamacpp_setup.ensure_tokenizer, Path(path))) if path.endswith(".gguf") else path

@@ -119,3 +119,22 @@ def test_cli_validates_the_shipped_example():
     result = _cli("validate", "examples/quickstart-cpu.yaml")
     assert result.returncode == 0, result.stderr
     assert "ok (llama.cpp, 5 parameters, 3 stages, 12 trials)" in result.stdout
+
+
+def test_cli_run_refuses_a_missing_model_before_starting_anything(tmp_path):
+    path = tmp_path / "task.yaml"
+    path.write_text(json.dumps(with_change(model={"path": str(tmp_path / "missing.gguf")},
+                                           results_dir=str(tmp_path / "results"))))
+    result = _cli("run", str(path))
+    assert result.returncode == 2
+    assert "model.path: " in result.stderr and "is not a file" in result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_cli_run_refuses_a_missing_engine_binary(tmp_path):
+    path = tmp_path / "task.yaml"
+    path.write_text(json.dumps(with_change(engine={"name": "llama.cpp", "binary": "/nonexistent/llama-server"},
+                                           results_dir=str(tmp_path / "results"))))
+    result = _cli("run", str(path))
+    assert result.returncode == 2
+    assert "engine.binary: /nonexistent/llama-server is not an executable" in result.stderr
