@@ -12,10 +12,17 @@ from cluster.engines import EngineProfile
 
 
 @dataclass(frozen=True)
+class Endpoint:
+    url: str  # where this process (the trial) reaches the engine
+    cluster_url: str  # where a pod in the cluster reaches it (a BenchmarkJob); same as url locally
+
+
+@dataclass(frozen=True)
 class EngineSpec:
     """Everything a backend needs to deploy one trial's engine."""
 
     experiment: str
+    run_id: str  # one run of the experiment; labels and records carry it so cleanup can find leftovers
     trial_id: str
     profile: EngineProfile
     executable: str
@@ -37,15 +44,15 @@ class Deployer:
         (a time.monotonic() value)."""
         raise NotImplementedError
 
-    def endpoint(self, deployment: Any) -> str:
+    def endpoint(self, deployment: Any) -> Endpoint:
         raise NotImplementedError
 
     def teardown(self, deployment: Any) -> None:
         raise NotImplementedError
 
     @contextlib.contextmanager
-    def deployed(self, spec: EngineSpec, ready_timeout_s: float) -> Iterator[str]:
-        """Deploy, wait until ready, yield the base URL; tear down on every exit path."""
+    def deployed(self, spec: EngineSpec, ready_timeout_s: float) -> Iterator[Endpoint]:
+        """Deploy, wait until ready, yield its endpoint; tear down on every exit path."""
         deployment = self.deploy(spec)
         try:
             self.wait_ready(deployment, time.monotonic() + ready_timeout_s)

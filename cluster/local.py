@@ -10,9 +10,10 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
-from cluster.deployer import Deployer, EngineSpec
+from cluster.deployer import Deployer, Endpoint, EngineSpec
 from cluster.engines import Launch
 from cluster.procs import ProcessGroup
+from cluster.records import EngineRecord
 from tuner.errors import DeploymentError
 
 HEALTH_POLL_S = 0.25
@@ -28,6 +29,7 @@ class LocalDeployment:
     base_url: str
     health_url: str
     group: ProcessGroup
+    record: EngineRecord
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -51,8 +53,10 @@ class LocalDeployer(Deployer):
                                  env={**os.environ, **spec.env})
         except OSError as error:
             raise DeploymentError(f"cannot start {argv[0]}: {error.strerror}") from None
+        record = EngineRecord(spec.run_id, spec.experiment, spec.trial_id, group.pgid, group.started, argv[0])
+        record.save()
         base_url = f"http://{self.host}:{port}"
-        return LocalDeployment(spec, base_url, base_url + spec.profile.health_path, group)
+        return LocalDeployment(spec, base_url, base_url + spec.profile.health_path, group, record)
 
     def wait_ready(self, deployment: LocalDeployment, deadline: float) -> None:
         while True:
@@ -68,11 +72,12 @@ class LocalDeployer(Deployer):
                                       "last lines of its log:\n" + deployment.group.log_tail())
             time.sleep(HEALTH_POLL_S)
 
-    def endpoint(self, deployment: LocalDeployment) -> str:
-        return deployment.base_url
+    def endpoint(self, deployment: LocalDeployment) -> Endpoint:
+        return Endpoint(deployment.base_url, deployment.base_url)
 
     def teardown(self, deployment: LocalDeployment) -> None:
         deployment.group.stop(TEARDOWN_GRACE_S)
+        deployment.record.forget()
 
 
 def _healthy(url: str) -> bool:

@@ -17,8 +17,9 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
+from cluster.deployer import Endpoint
 from cluster.procs import ProcessGroup
 from tuner.errors import BenchmarkError
 from tuner.task import Benchmark
@@ -107,40 +108,53 @@ class GenaiBenchRunner:
                        "--log-dir", str(out_dir / "logs")]
 
     @contextlib.contextmanager
-    def run(self, base_url: str, model_name: str, workdir: Path) -> Iterator[Iterator[tuple[Stage, dict]]]:
+    def run(self, endpoint: Endpoint, model_name: str, workdir: Path) -> Iterator[Iterator[tuple[Stage, dict]]]:
         """Start genai-bench; yield an iterator of (stage, metrics) as each stage finishes.
         genai-bench is killed on leaving the block, whether or not every stage ran."""
         out_dir = workdir / "genai-bench"
         out_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "ENABLE_UI": "false", "HF_HUB_OFFLINE": "1",
                "TRANSFORMERS_OFFLINE": "1", "MPLCONFIGDIR": str(out_dir / "mpl")}
-        group = ProcessGroup(self.argv(base_url, model_name, out_dir),
+        group = ProcessGroup(self.argv(endpoint.url, model_name, out_dir),
                              log_path=str(workdir / "genai-bench.log"), env=env, cwd=str(out_dir))
         try:
-            yield self._stage_results(group, out_dir / "run")
+            yield watch_stages(self.benchmark, out_dir / "run", lambda: _exit_reason(group),
+                               STARTUP_ALLOWANCE_S)
         finally:
             group.stop(grace_s=0)  # its result files are complete; nothing to shut down cleanly
             _scrub_api_key(out_dir / "run")
 
-    def _stage_results(self, group: ProcessGroup, run_dir: Path) -> Iterator[tuple[Stage, dict]]:
-        deadline = time.monotonic() + STARTUP_ALLOWANCE_S + self.benchmark.stage_timeout_s
-        for stage in stages(self.benchmark):
-            yield stage, self._wait_for_stage(group, run_dir, stage, deadline)
-            deadline = time.monotonic() + self.benchmark.stage_timeout_s
 
-    def _wait_for_stage(self, group: ProcessGroup, run_dir: Path, stage: Stage, deadline: float) -> dict:
-        while True:
-            exited = group.poll()  # read before the file, so a file written just before exit counts
-            metrics = _read_stage(run_dir, stage.concurrency)
-            if metrics is not None:
-                return metrics
-            if exited is not None:
-                raise BenchmarkError(f"genai-bench exited with code {exited} before stage {stage.index} "
-                                     f"(concurrency {stage.concurrency}) finished: {_reason(group)}")
-            if time.monotonic() >= deadline:
-                raise BenchmarkError(f"stage {stage.index} (concurrency {stage.concurrency}) gave no "
-                                     "result before its deadline (benchmark.stage_timeout_s)")
-            time.sleep(POLL_S)
+def watch_stages(benchmark: Benchmark, run_dir: Path, failure: Callable[[], str | None],
+                 startup_s: float) -> Iterator[tuple[Stage, dict]]:
+    """Yield (stage, metrics) as each stage's result file appears under `run_dir`.
+
+    `failure()` says why the load generator ended early (None while it runs); each stage has a
+    deadline, the first one `startup_s` longer.
+    """
+    deadline = time.monotonic() + startup_s + benchmark.stage_timeout_s
+    for stage in stages(benchmark):
+        yield stage, _wait_for_stage(run_dir, stage, failure, deadline)
+        deadline = time.monotonic() + benchmark.stage_timeout_s
+
+
+def _wait_for_stage(run_dir: Path, stage: Stage, failure: Callable[[], str | None], deadline: float) -> dict:
+    while True:
+        ended = failure()  # asked before the file, so a file written just before the end counts
+        metrics = _read_stage(run_dir, stage.concurrency)
+        if metrics is not None:
+            return metrics
+        if ended is not None:
+            raise BenchmarkError(f"{ended} before stage {stage.index} (concurrency {stage.concurrency}) finished")
+        if time.monotonic() >= deadline:
+            raise BenchmarkError(f"stage {stage.index} (concurrency {stage.concurrency}) gave no "
+                                 "result before its deadline (benchmark.stage_timeout_s)")
+        time.sleep(POLL_S)
+
+
+def _exit_reason(group: ProcessGroup) -> str | None:
+    code = group.poll()
+    return None if code is None else f"genai-bench exited with code {code} ({_reason(group)})"
 
 
 def _read_stage(run_dir: Path, concurrency: int) -> dict | None:
@@ -157,7 +171,7 @@ def _read_stage(run_dir: Path, concurrency: int) -> dict | None:
 def _stage_file(run_dir: Path, concurrency: int) -> Path | None:
     if not run_dir.is_dir():
         return None
-    for path in run_dir.glob("*.json"):
+    for path in run_dir.rglob("*.json"):  # a BenchmarkJob nests its run folder one level down
         match = _STAGE_FILE.search(path.name)
         if match and int(match.group(1)) == concurrency:
             return path

@@ -22,7 +22,7 @@ from cluster.local import LocalDeployer
 from trainables.genai_bench import GenaiBenchRunner
 from tuner.errors import AutotunerError
 from tuner.objective import INFEASIBLE_SCORE, score_stages
-from tuner.task import Task
+from tuner.task import OmeDeployment, Task
 
 # Config key marking the baseline trial (engine defaults). No flag name can start with '_'.
 BASELINE_KEY = "__baseline__"
@@ -37,6 +37,7 @@ class Resolved:
     served_name: str
     tokenizer: str
     trials_dir: str  # results/<task>/trials: one folder per trial with its logs and timeline
+    run_id: str  # this run of the experiment: labels, records and cleanup use it
 
 
 def trial_params(config: dict[str, Any]) -> dict[str, Any]:
@@ -47,14 +48,26 @@ def trial_params(config: dict[str, Any]) -> dict[str, Any]:
 def engine_spec(task: Task, resolved: Resolved, params: dict[str, Any], trial_id: str,
                 workdir: Path) -> EngineSpec:
     profile = PROFILES[task.engine.name]
-    return EngineSpec(experiment=task.name, trial_id=trial_id, profile=profile,
+    return EngineSpec(experiment=task.name, run_id=resolved.run_id, trial_id=trial_id, profile=profile,
                       executable=resolved.executable, model_path=resolved.model_path,
                       served_name=resolved.served_name, flags=profile.merged(task.engine.args, params),
                       workdir=workdir, env=dict(task.engine.env))
 
 
 def make_deployer(task: Task) -> Deployer:
+    if isinstance(task.deployment, OmeDeployment):
+        from cluster.ome import OmeDeployer  # the kubernetes client is only needed here
+
+        return OmeDeployer(task.deployment)
     return LocalDeployer()
+
+
+def make_runner(task: Task, resolved: Resolved, api_backend: str):
+    if task.benchmark.runner == "benchmarkjob":
+        from trainables.benchmark_job import BenchmarkJobRunner
+
+        return BenchmarkJobRunner(task, resolved, api_backend)
+    return GenaiBenchRunner(task.benchmark, resolved.tokenizer, api_backend)
 
 
 class Timeline:
@@ -79,13 +92,12 @@ def run_trial(config: dict[str, Any], task: Task, resolved: Resolved) -> None:
     timeline = Timeline(workdir / "timeline.json")
     timeline.mark("trial_start")
     spec = engine_spec(task, resolved, trial_params(config), context.get_trial_id(), workdir)
-    runner = GenaiBenchRunner(task.benchmark, resolved.tokenizer,
-                              task.benchmark.api_backend or spec.profile.api_backend)
+    runner = make_runner(task, resolved, task.benchmark.api_backend or spec.profile.api_backend)
     measured: list[dict] = []
     try:
-        with make_deployer(task).deployed(spec, task.deployment.ready_timeout_s) as base_url:
+        with make_deployer(task).deployed(spec, task.deployment.ready_timeout_s) as endpoint:
             timeline.mark("engine_ready")
-            with runner.run(base_url, resolved.served_name, workdir) as results:
+            with runner.run(endpoint, resolved.served_name, workdir) as results:
                 for stage, metrics in results:
                     timeline.mark(f"stage_{stage.index}_done")
                     measured.append(metrics)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from pathlib import Path
 
@@ -26,9 +25,15 @@ def _parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check a task file and exit")
     validate.add_argument("task")
 
-    render = commands.add_parser("render", help="print what N sampled trials would launch, deploying nothing")
+    render = commands.add_parser("render", help="write what N sampled trials would deploy, contacting nothing")
     render.add_argument("task")
     render.add_argument("--trials", type=int, default=3)
+    render.add_argument("--out", help="folder for the manifests / launch lines (default: print them)")
+
+    cleanup = commands.add_parser("cleanup", help="remove engines and objects left by runs that are over")
+    cleanup.add_argument("task", nargs="?", help="the task whose leftovers to remove")
+    cleanup.add_argument("--all", action="store_true",
+                         help="every experiment's leftovers (local engines; with TASK, its namespace too)")
 
     report = commands.add_parser("report", help="print the summary of a finished or partial run")
     report.add_argument("results_dir", help="results/<task-name>")
@@ -74,16 +79,37 @@ def _render(args) -> int:
     if args.trials < 1:
         raise TaskError(f"--trials: must be at least 1 (got {args.trials})")
     task = load_task(args.task)
-    from cluster.engines import PROFILES, Launch, default_executable
-    from tuner.space import sample
+    from tuner.render import render_trials
 
-    profile = PROFILES[task.engine.name]
-    executable = task.engine.binary or default_executable(task.engine.name)
-    launch = Launch(executable, task.model.path, task.model.name or "model", "127.0.0.1", 8080)
-    for number in range(1, args.trials + 1):
-        flags = profile.merged(task.engine.args, sample(task.search_space))
-        print(f"# trial {number}: claims {profile.resources(flags)}")
-        print(shlex.join(profile.argv(launch, flags)))
+    files = render_trials(task, args.trials)
+    if args.out is None:
+        for name, text in files.items():
+            print(f"# {name}\n{text}")
+        return EXIT_OK
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (out / name).write_text(text)
+    print(f"wrote {len(files)} files to {out}/: {', '.join(files)}")
+    return EXIT_OK
+
+
+def _cleanup(args) -> int:
+    if args.task is None and not args.all:
+        raise TaskError("cleanup: name a TASK, or pass --all")
+    from cluster import records
+
+    task = load_task(args.task) if args.task else None
+    removed = [f"engine process group {r.pgid} ({r.experiment}, trial {r.trial_id})"
+               for r in records.kill_leftover_engines(None if args.all else task.name)]
+    if task is not None and task.deployment.backend == "ome":
+        from cluster.cleanup import delete_labelled
+        from cluster.kube import EXPERIMENT_LABEL, label_value
+
+        selector = "" if args.all else f"{EXPERIMENT_LABEL}={label_value(task.name)}"
+        removed += [f"{kind} {name} in {task.deployment.namespace}"
+                    for kind, name in delete_labelled(task.deployment, selector, skip_live_runs=True)]
+    print("\n".join(f"removed {what}" for what in removed) or "nothing to clean up")
     return EXIT_OK
 
 
@@ -99,7 +125,7 @@ def _report(args) -> int:
     return EXIT_OK
 
 
-_COMMANDS = {"run": _run, "validate": _validate, "render": _render, "report": _report}
+_COMMANDS = {"run": _run, "validate": _validate, "render": _render, "report": _report, "cleanup": _cleanup}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import secrets
 import shutil
 import time
 from pathlib import Path
@@ -12,7 +13,9 @@ from typing import Any
 import ray
 from ray import tune
 
+from cluster import records
 from cluster.engines import PROFILES, default_executable
+from cluster.kube import RUN_LABEL, label_value
 from trainables.trial import Resolved, run_trial, trial_params
 from tuner import results as results_io
 from tuner.errors import TaskError
@@ -20,16 +23,22 @@ from tuner.plots import write_stage_plot
 from tuner.progress import ProgressPrinter
 from tuner.search import METRIC, MODE, build_scheduler, build_searcher
 from tuner.space import to_ray
-from tuner.task import FloatRange, IntRange, Task
+from tuner.task import FloatRange, IntRange, OmeDeployment, Task
 
 BUILTIN_MODELS = {"builtin:smollm2"}
 RAY_EXPERIMENT_NAME = "tune"
+OME_GPU_RESOURCE = "ome_gpu"  # Ray custom resource: the Kubernetes GPUs the trials may hold at once
 
 
-def resolve(task: Task, trials_dir: Path) -> Resolved:
+def resolve(task: Task, trials_dir: Path, run_id: str) -> Resolved:
     """Find (or build) the engine binary, the model and the tokenizer once, before any trial."""
     from cluster import llamacpp_setup
 
+    if isinstance(task.deployment, OmeDeployment):
+        # The runtime's image holds the engine and the controller mounts the model.
+        return Resolved(executable="", model_path=task.model.path or "$(MODEL_PATH)",
+                        served_name=task.model.name, tokenizer=task.model.tokenizer or "",
+                        trials_dir=str(trials_dir), run_id=run_id)
     path = task.model.path
     if path in BUILTIN_MODELS:
         path = str(_setup(llamacpp_setup.smollm2_gguf))
@@ -46,7 +55,7 @@ def resolve(task: Task, trials_dir: Path) -> Resolved:
         tokenizer = str(_setup(llamacpp_setup.ensure_tokenizer, Path(path))) if path.endswith(".gguf") else path
     served = task.model.name or Path(path).name.removesuffix(".gguf")
     return Resolved(executable=executable, model_path=path, served_name=served, tokenizer=tokenizer,
-                    trials_dir=str(trials_dir))
+                    trials_dir=str(trials_dir), run_id=run_id)
 
 
 def _setup(step, *args):
@@ -67,8 +76,14 @@ def claim(task: Task, params: dict[str, Any], node_cpus: int) -> dict[str, float
     """
     profile = PROFILES[task.engine.name]
     demand = profile.resources(profile.merged(task.engine.args, params), node_cpus)
-    demand["CPU"] = min(demand.get("CPU", 0) + task.benchmark.client_cpus, node_cpus)
-    return {kind: amount for kind, amount in demand.items() if amount}
+    if isinstance(task.deployment, OmeDeployment):
+        # The engine runs on Kubernetes nodes, not in Ray: its GPUs come out of the task's budget,
+        # a Ray custom resource, and only the load generator's CPUs are held in Ray.
+        demand = {"CPU": task.benchmark.client_cpus if task.benchmark.runner == "direct" else 0.0,
+                  OME_GPU_RESOURCE: demand.get("GPU", 0.0)}
+    else:
+        demand["CPU"] = min(demand.get("CPU", 0) + task.benchmark.client_cpus, node_cpus)
+    return {kind: amount for kind, amount in demand.items() if amount} or {"CPU": 0.01}
 
 
 def trial_resources(task: Task, node_cpus: int):
@@ -95,17 +110,22 @@ def capacity(available: dict[str, float], claim: dict[str, float]) -> int:
     return max(1, min(fits, default=1))
 
 
-def start_ray(address: str | None) -> None:
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        # Trials on other nodes need our packages; the engines and genai-bench must be installed there.
-        import cluster, trainables, tuner
+def start_ray(task: Task, address: str | None) -> None:
+    budget = task.deployment.gpu_budget if isinstance(task.deployment, OmeDeployment) else None
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS")
+        if address:
+            # Trials on other nodes need our packages; the engines and genai-bench must be installed there.
+            import cluster, templates, trainables, tuner
 
-        ray.init(address=address, runtime_env={"py_modules": [cluster, trainables, tuner]})
-    else:
-        ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
+            ray.init(address=address, runtime_env={"py_modules": [cluster, templates, trainables, tuner]})
+        else:
+            ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False,
+                     resources={OME_GPU_RESOURCE: budget} if budget else None)
+    have = ray.cluster_resources().get(OME_GPU_RESOURCE, 0)
+    if budget and have < budget:
+        raise TaskError(f"deployment.gpu_budget: the Ray cluster offers {have:g} '{OME_GPU_RESOURCE}' but the task "
+                        f"needs {budget}; start the Ray head with --resources '{{\"{OME_GPU_RESOURCE}\": {budget}}}'")
 
 
 def prepare_results_dir(task: Task) -> Path:
@@ -124,9 +144,36 @@ def run(task: Task, *, address: str | None = None, num_samples: int | None = Non
     """Tune `task`; return the results summary (also written to results/<task>/)."""
     if num_samples is not None:
         task = task.model_copy(update={"search": task.search.model_copy(update={"num_samples": num_samples})})
-    resolved = resolve(task, task.results_path.absolute() / "trials")  # bad input fails before any change
+    run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    # Bad input fails here, before anything is changed or started.
+    resolved = resolve(task, task.results_path.absolute() / "trials", run_id)
     results_dir = prepare_results_dir(task)
-    start_ray(address)
+    lock = records.register_run(run_id, task.name)
+    try:
+        return _tune(task, resolved, results_dir, address)
+    finally:
+        lock.unlink(missing_ok=True)
+        sweep(task, run_id)
+
+
+def sweep(task: Task, run_id: str) -> None:
+    """Remove whatever this run left behind: a trial stopped by the scheduler may lose its worker
+    before its teardown finished. Local engines also have watchdogs; this is the backstop."""
+    records.kill_leftover_engines(task.name)
+    if isinstance(task.deployment, OmeDeployment):
+        from cluster.cleanup import delete_labelled
+
+        for kind, name in delete_labelled(task.deployment, f"{RUN_LABEL}={label_value(run_id)}"):
+            print(f"[autotuner] removed leftover {kind} {name}")
+
+
+def _tune(task: Task, resolved: Resolved, results_dir: Path, address: str | None) -> dict:
+    start_ray(task, address)
+    if isinstance(task.deployment, OmeDeployment) and task.deployment.create_runtime is not None:
+        from cluster.ome import ensure_runtime
+
+        if ensure_runtime(task.deployment, task.model.name):
+            print(f"[autotuner] created ClusterServingRuntime {task.deployment.runtime}")
     available = ray.cluster_resources()
     node_cpus = max((int(node["Resources"].get("CPU", 0)) for node in ray.nodes() if node["Alive"]),
                     default=os.cpu_count() or 1)

@@ -103,7 +103,8 @@ Domain = Annotated[
 
 
 class Model(_Strict):
-    path: str = Field(description="model file or directory, a hub id, or 'builtin:smollm2'")
+    path: str | None = Field(default=None, description="model file or directory, a hub id, or "
+                             "'builtin:smollm2'; on OME the controller mounts the model instead")
     name: str | None = Field(default=None, description="served model name; default from the path")
     tokenizer: str | None = Field(default=None, description="Hugging Face tokenizer for genai-bench")
 
@@ -115,9 +116,63 @@ class Engine(_Strict):
     env: dict[str, str] = Field(default_factory=dict)
 
 
-class Deployment(_Strict):
+class LocalDeployment(_Strict):
+    """The engine runs as a process on the trial's Ray node."""
+
     backend: Literal["local"] = "local"
     ready_timeout_s: float = Field(default=300.0, gt=0)
+
+
+K8sName = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=253)]
+
+
+class RuntimeToCreate(_Strict):
+    """A ClusterServingRuntime the tuner creates (and leaves in place) when it does not exist."""
+
+    image: str
+    model_architecture: str | None = None
+    command: list[str] = Field(default_factory=lambda: ["python3", "-m", "sglang.launch_server", "--host",
+                                                        "0.0.0.0", "--port", "8080", "--model-path",
+                                                        "$(MODEL_PATH)"])
+
+
+class OmeDeployment(_Strict):
+    """One OME InferenceService per trial on Kubernetes."""
+
+    backend: Literal["ome"]
+    namespace: K8sName
+    model: K8sName = Field(description="the ClusterBaseModel/BaseModel name (spec.model.name)")
+    runtime: K8sName = Field(description="the (Cluster)ServingRuntime name (spec.runtime.name)")
+    gpu_budget: int = Field(ge=1, description="GPUs the trials may hold at once, all together")
+    endpoint: Literal["auto", "in-cluster", "port-forward", "status-url"] = "auto"
+    port: int = Field(default=8080, ge=1, le=65535)
+    kubeconfig: str | None = None
+    context: str | None = None
+    ready_timeout_s: float = Field(default=1800.0, gt=0)
+    unschedulable_grace_s: float = Field(default=300.0, ge=0)
+    command: list[SafeScalar] | None = Field(default=None, description="replace the runtime's command")
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    create_runtime: RuntimeToCreate | None = None
+
+
+Deployment = Annotated[
+    Union[Annotated[LocalDeployment, Tag("local")], Annotated[OmeDeployment, Tag("ome")]],
+    Discriminator(lambda v: v.get("backend", "local") if isinstance(v, dict) else getattr(v, "backend", None),
+                  custom_error_type="backend", custom_error_message="backend must be 'local' or 'ome'"),
+]
+
+
+class BenchmarkJobSettings(_Strict):
+    """Where an OME BenchmarkJob writes and where the driver reads the same files."""
+
+    output_storage_uri: str = Field(pattern=r"^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?$",
+                                    description="pvc://CLAIM/path the job writes to")
+    results_mount: str = Field(description="where that PVC path is mounted in the driver's pod")
+    image: str | None = None
+    timeout_s: float = Field(default=3600.0, gt=0)
 
 
 class Benchmark(_Strict):
@@ -127,6 +182,9 @@ class Benchmark(_Strict):
     max_minutes_per_stage: int = Field(default=1, ge=1, description="genai-bench takes whole minutes")
     stage_timeout_s: float = Field(default=300.0, gt=0, description="deadline for one stage")
     api_backend: Literal["openai", "sglang", "vllm"] | None = None
+    runner: Literal["direct", "benchmarkjob"] = Field(
+        default="direct", description="direct: genai-bench from the trial; benchmarkjob: an OME BenchmarkJob")
+    benchmark_job: BenchmarkJobSettings | None = None
     client_cpus: float = Field(default=1.0, ge=0, description="CPUs genai-bench uses, added to each trial's claim")
 
     @field_validator("traffic_scenario")
@@ -171,7 +229,7 @@ class Task(_Strict):
     description: str | None = None
     model: Model
     engine: Engine
-    deployment: Deployment = Deployment()
+    deployment: Deployment = LocalDeployment()
     search_space: dict[FlagName, Domain]
     benchmark: Benchmark = Benchmark()
     objective: Objective = Objective()
@@ -193,6 +251,22 @@ class Task(_Strict):
         if not space:
             raise ValueError("needs at least one parameter to tune")
         return space
+
+    @model_validator(mode="after")
+    def _backend_needs(self) -> "Task":
+        local = isinstance(self.deployment, LocalDeployment)
+        if local and not self.model.path:
+            raise ValueError("model.path: required with the local backend")
+        if self.benchmark.runner == "benchmarkjob":
+            if local:
+                raise ValueError("benchmark.runner: benchmarkjob needs deployment.backend: ome")
+            if self.benchmark.benchmark_job is None:
+                raise ValueError("benchmark.benchmark_job: required with runner: benchmarkjob")
+        if not local and not self.model.tokenizer and self.benchmark.runner == "direct":
+            raise ValueError("model.tokenizer: required with the ome backend (a hub id or a local folder)")
+        if not local and not self.model.name:
+            raise ValueError("model.name: required with the ome backend (the runtime's served model name)")
+        return self
 
     @model_validator(mode="after")
     def _initial_points_in_space(self) -> "Task":
@@ -271,7 +345,7 @@ def _one_line(error: ValidationError) -> str:
     return f"{field}: {message} (got {got!r})"
 
 
-_UNION_TAGS = {"choices", "range", "int", "float", "bool", "str", "IntRange", "FloatRange"}
+_UNION_TAGS = {"choices", "range", "local", "ome", "int", "float", "bool", "str", "IntRange", "FloatRange"}
 
 
 def _did_you_mean(loc: tuple) -> str:

@@ -22,7 +22,7 @@ DATA = Path(__file__).parent.parent / "data"
 
 
 def spec(tmp_path, executable, model, flags):
-    return EngineSpec(experiment="test", trial_id="t1", profile=LLAMA_CPP, executable=executable,
+    return EngineSpec(experiment="test", run_id="test-run", trial_id="t1", profile=LLAMA_CPP, executable=executable,
                       model_path=model, served_name=f"smol-{tmp_path.name}", flags=flags, workdir=tmp_path)
 
 
@@ -36,8 +36,8 @@ def gone(pid: int, within_s: float = 10.0) -> bool:
 
 
 def test_engine_serves_and_is_killed_on_exit(tmp_path, llama_server, smollm2):
-    with LocalDeployer().deployed(spec(tmp_path, llama_server, smollm2, {"ctx-size": 1024, "parallel": 2}), 60) as url:
-        with urllib.request.urlopen(url + "/v1/models", timeout=10) as response:
+    with LocalDeployer().deployed(spec(tmp_path, llama_server, smollm2, {"ctx-size": 1024, "parallel": 2}), 60) as endpoint:
+        with urllib.request.urlopen(endpoint.url + "/v1/models", timeout=10) as response:
             served = json.load(response)
         started = engine_processes(f"smol-{tmp_path.name}")
         assert len(started) == 1

@@ -61,7 +61,13 @@ def test_valid_task_gets_defaults():
     ({"search": {"initial_points": [{"threads": 3, "ubatch-size": 64}]}}, "search.initial_points.0.threads: 3 is outside"),
     ({"search": {"initial_points": [{"threads": 1}]}}, "search.initial_points.0: missing ubatch-size"),
     ({"name": "bad name"}, "name: 'bad name' must be 1-63 letters"),
-    ({"model": {}}, "model.path: required key is missing"),
+    ({"model": {}}, "model.path: required with the local backend"),
+    ({"deployment": {"backend": "k8s"}}, "deployment: backend must be 'local' or 'ome'"),
+    ({"deployment": {"backend": "ome", "namespace": "NS", "model": "m", "runtime": "r", "gpu_budget": 1}},
+     "deployment.namespace: String should match pattern"),
+    ({"deployment": {"backend": "ome", "namespace": "ns", "model": "m", "runtime": "r"}},
+     "deployment.gpu_budget: required key is missing"),
+    ({"benchmark": {"runner": "benchmarkjob"}}, "benchmark.runner: benchmarkjob needs deployment.backend: ome"),
 ])
 def test_bad_task_names_the_field(change, expected):
     with pytest.raises(TaskError) as caught:

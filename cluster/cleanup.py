@@ -1,0 +1,47 @@
+"""Find and delete the Kubernetes objects the tuner created, by label."""
+
+from __future__ import annotations
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from cluster import kube
+from cluster.records import run_alive
+from tuner.errors import DeploymentError
+from tuner.task import OmeDeployment
+
+OUR_KINDS = (("InferenceService", "inferenceservices"), ("BenchmarkJob", "benchmarkjobs"))
+
+
+def delete_labelled(settings: OmeDeployment, selector: str = "", *, skip_live_runs: bool = False,
+                    api: client.ApiClient | None = None) -> list[tuple[str, str]]:
+    """Delete our InferenceServices and BenchmarkJobs matching `selector` in the task's namespace;
+    with `skip_live_runs`, keep those whose run is still going. Returns (kind, name) removed."""
+    custom = client.CustomObjectsApi(api or kube.api_client(settings.kubeconfig, settings.context))
+    managed = ",".join(f"{k}={v}" for k, v in kube.MANAGED_BY.items())
+    label_selector = f"{managed},{selector}" if selector else managed
+    removed = []
+    for kind, plural in OUR_KINDS:
+        try:
+            listed = custom.list_namespaced_custom_object(kube.OME_GROUP, kube.OME_VERSION, settings.namespace, plural,
+                                                          label_selector=label_selector,
+                                                          _request_timeout=kube.REQUEST_TIMEOUT_S)
+        except ApiException as error:
+            if error.status == 404:
+                continue  # that kind is not installed: nothing of it to clean
+            raise kube.explain(error, "list", kind, "objects", settings.namespace) from None
+        for item in listed.get("items", []):
+            name = item["metadata"]["name"]
+            run_id = (item["metadata"].get("labels") or {}).get(kube.RUN_LABEL, "")
+            if skip_live_runs and run_alive(run_id):
+                continue
+            try:
+                custom.delete_namespaced_custom_object(
+                    kube.OME_GROUP, kube.OME_VERSION, settings.namespace, plural, name,
+                    body=client.V1DeleteOptions(propagation_policy="Foreground"),
+                    _request_timeout=kube.REQUEST_TIMEOUT_S)
+            except ApiException as error:
+                if error.status != 404:
+                    raise DeploymentError(str(kube.explain(error, "delete", kind, name, settings.namespace))) from None
+            removed.append((kind, name))
+    return removed

@@ -1,0 +1,88 @@
+"""Kubernetes glue: a client from kubeconfig or the pod's service account, names, labels, errors."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from tuner.errors import DeploymentError
+
+OME_GROUP, OME_VERSION = "ome.io", "v1beta1"
+REQUEST_TIMEOUT_S = 30  # every API call has a deadline
+MANAGED_BY = {"app.kubernetes.io/managed-by": "autotuner"}
+EXPERIMENT_LABEL, RUN_LABEL, TRIAL_LABEL = "autotuner.io/experiment", "autotuner.io/run", "autotuner.io/trial"
+_NAME_MAX = 63
+_INVALID = re.compile(r"[^a-z0-9-]+")
+
+
+def in_cluster() -> bool:
+    return "KUBERNETES_SERVICE_HOST" in os.environ
+
+
+def api_client(kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
+    """From the named kubeconfig, else the pod's service account when in a cluster, else ~/.kube/config."""
+    if kubeconfig is None and context is None and in_cluster():
+        configuration = client.Configuration()
+        config.load_incluster_config(client_configuration=configuration)
+        return client.ApiClient(configuration)
+    try:
+        return config.new_client_from_config(config_file=kubeconfig, context=context)
+    except (config.ConfigException, OSError) as error:
+        raise DeploymentError(f"cannot load the Kubernetes configuration: {error}") from None
+
+
+def resource_name(experiment: str, trial_id: str) -> str:
+    """`<experiment>-<trial>` as a valid Kubernetes name, <= 63 characters.
+
+    When sanitising or shortening changed anything, a hash of the original is appended, so two
+    different (experiment, trial) pairs never map to the same name.
+    """
+    original = f"{experiment}-{trial_id}"
+    name = _INVALID.sub("-", original.lower()).strip("-")
+    name = re.sub(r"^[^a-z]+", "", name) or "t"
+    if name == original and len(name) <= _NAME_MAX:
+        return name
+    digest = hashlib.sha256(original.encode()).hexdigest()[:8]
+    return f"{name[:_NAME_MAX - 9].rstrip('-')}-{digest}"
+
+
+def label_value(value: str) -> str:
+    """A label value: <= 63 of [A-Za-z0-9._-], starting and ending alphanumeric."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", value)[:_NAME_MAX]
+    return cleaned.strip("-._") or "x"
+
+
+def labels(experiment: str, run_id: str, trial_id: str | None = None) -> dict[str, str]:
+    result = MANAGED_BY | {EXPERIMENT_LABEL: label_value(experiment), RUN_LABEL: label_value(run_id)}
+    if trial_id is not None:
+        result[TRIAL_LABEL] = label_value(trial_id)
+    return result
+
+
+def explain(error: ApiException, verb: str, kind: str, name: str, namespace: str | None) -> DeploymentError:
+    """An API error as a trial error that says what to do."""
+    where = f" in namespace {namespace}" if namespace else ""
+    if error.status == 409:
+        return DeploymentError(f"{kind} {name} already exists{where}: a leftover of an earlier run? "
+                               "`autotuner cleanup TASK` removes the tuner's leftovers")
+    if error.status == 403:
+        return DeploymentError(f"forbidden to {verb} {kind} {name}{where}: grant the tuner's account the "
+                               "rights in cluster/rbac.yaml (see README, 'Tuning on Kubernetes with OME')")
+    if error.status == 404:
+        return DeploymentError(f"cannot {verb} {kind} {name}{where}: the API answered 404 - is OME installed "
+                               f"(kubectl get crd {kind.lower()}s.ome.io) and does the namespace exist?")
+    reason = error.reason or ""
+    return DeploymentError(f"cannot {verb} {kind} {name}{where}: HTTP {error.status} {reason} {_message(error)}".strip())
+
+
+def _message(error: ApiException) -> str:
+    import json
+
+    try:
+        return json.loads(error.body).get("message", "")
+    except (TypeError, ValueError, AttributeError):
+        return ""

@@ -1,0 +1,235 @@
+"""OME backend: one uniquely named InferenceService per trial, carrying that trial's engine flags.
+
+Ready means the InferenceService's `Ready` condition is True, seen through a watch that is
+re-established whenever the connection drops. Between watch segments the engine pods are
+checked, so a crash loop, an OOM kill, an image that cannot be pulled or a pod that stays
+unschedulable fails the trial at once with the reason, instead of waiting out the deadline.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes import client, watch
+from kubernetes.client.rest import ApiException
+from urllib3.exceptions import HTTPError
+
+from cluster import kube, manifests
+from cluster.deployer import Deployer, Endpoint, EngineSpec
+from cluster.portforward import PortForward
+from tuner.errors import DeploymentError
+from tuner.task import OmeDeployment as OmeSettings
+
+PLURAL, KIND = "inferenceservices", "InferenceService"
+WATCH_SEGMENT_S = 5  # how long one watch runs before the pods are checked again
+FAILED_WAITING_REASONS = {"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError",
+                          "InvalidImageName", "CreateContainerError"}
+DELETE_WAIT_S = 120
+
+
+@dataclass
+class OmeTrialDeployment:
+    name: str
+    namespace: str
+    manifest: dict
+    status: dict = field(default_factory=dict)
+    forward: PortForward | None = None
+
+
+def gpus(spec: EngineSpec) -> int:
+    return int(spec.profile.resources(spec.flags).get("GPU", 0))
+
+
+def render(spec: EngineSpec, settings: OmeSettings) -> dict:
+    """The InferenceService manifest of one trial."""
+    return manifests.inference_service(
+        name=kube.resource_name(spec.experiment, spec.trial_id),
+        namespace=settings.namespace,
+        labels=kube.labels(spec.experiment, spec.run_id, spec.trial_id),
+        model_name=settings.model,
+        runtime_name=settings.runtime,
+        engine_args=spec.profile.flag_argv(spec.flags),
+        gpus=gpus(spec),
+        command=[str(part) for part in settings.command] if settings.command else None,
+        node_selector=settings.node_selector or None,
+        tolerations=settings.tolerations or None,
+        env=(settings.env | spec.env) or None,
+        annotations=settings.annotations or None,
+    )
+
+
+def runtime_manifest(settings: OmeSettings, served_name: str) -> dict:
+    """The ClusterServingRuntime a task asks the tuner to create (deployment.create_runtime)."""
+    wanted = settings.create_runtime
+    return manifests.cluster_serving_runtime(
+        name=settings.runtime, labels=dict(kube.MANAGED_BY), image=wanted.image,
+        model_architecture=wanted.model_architecture, gpus=1,
+        command=[str(part) for part in wanted.command] + ["--served-model-name", served_name])
+
+
+def ensure_runtime(settings: OmeSettings, served_name: str, api: client.ApiClient | None = None) -> bool:
+    """Create the task's ClusterServingRuntime unless it exists; True if created. It is left in place
+    after the run: other InferenceServices may use it."""
+    custom = client.CustomObjectsApi(api or kube.api_client(settings.kubeconfig, settings.context))
+    try:
+        custom.create_cluster_custom_object(kube.OME_GROUP, kube.OME_VERSION, "clusterservingruntimes",
+                                            runtime_manifest(settings, served_name),
+                                            _request_timeout=kube.REQUEST_TIMEOUT_S)
+        return True
+    except ApiException as error:
+        if error.status == 409:
+            return False
+        raise kube.explain(error, "create", "ClusterServingRuntime", settings.runtime, None) from None
+
+
+class OmeDeployer(Deployer):
+    def __init__(self, settings: OmeSettings, api: client.ApiClient | None = None):
+        self.settings = settings
+        self.api = api or kube.api_client(settings.kubeconfig, settings.context)
+        self.custom = client.CustomObjectsApi(self.api)
+        self.core = client.CoreV1Api(self.api)
+
+    def deploy(self, spec: EngineSpec) -> OmeTrialDeployment:
+        manifest = render(spec, self.settings)
+        name, namespace = manifest["metadata"]["name"], self.settings.namespace
+        try:
+            self.custom.create_namespaced_custom_object(kube.OME_GROUP, kube.OME_VERSION, namespace, PLURAL,
+                                                        manifest, _request_timeout=kube.REQUEST_TIMEOUT_S)
+        except ApiException as error:
+            raise kube.explain(error, "create", KIND, name, namespace) from None
+        spec.workdir.mkdir(parents=True, exist_ok=True)
+        (spec.workdir / "inference_service.yaml").write_text(manifests.to_yaml(manifest))
+        return OmeTrialDeployment(name, namespace, manifest)
+
+    def wait_ready(self, deployment: OmeTrialDeployment, deadline: float) -> None:
+        resource_version: str | None = None
+        last_message = "no status yet"
+        unschedulable_since: dict[str, float] = {}
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DeploymentError(f"{KIND} {deployment.name} not Ready before the deadline "
+                                      f"(deployment.ready_timeout_s); last status: {last_message}")
+            try:
+                for event in watch.Watch().stream(
+                        self.custom.list_namespaced_custom_object, kube.OME_GROUP, kube.OME_VERSION,
+                        deployment.namespace, PLURAL, field_selector=f"metadata.name={deployment.name}",
+                        resource_version=resource_version, timeout_seconds=max(1, int(min(remaining, WATCH_SEGMENT_S))),
+                        _request_timeout=WATCH_SEGMENT_S + kube.REQUEST_TIMEOUT_S):
+                    obj = event["object"]
+                    resource_version = obj["metadata"].get("resourceVersion", resource_version)
+                    if event["type"] == "DELETED":
+                        raise DeploymentError(f"{KIND} {deployment.name} was deleted while starting")
+                    ready, last_message = _ready(obj)
+                    if ready:
+                        deployment.status = obj.get("status") or {}
+                        return
+            except ApiException as error:
+                if error.status == 410:  # our resourceVersion expired: start over from now
+                    resource_version = None
+                else:
+                    raise kube.explain(error, "watch", KIND, deployment.name, deployment.namespace) from None
+            except (HTTPError, OSError):
+                pass  # the watch connection dropped: re-establish it from the last resourceVersion
+            failure = self._pod_failure(deployment, unschedulable_since)
+            if failure:
+                raise DeploymentError(f"{KIND} {deployment.name}: {failure}")
+
+    def _engine_pods(self, deployment: OmeTrialDeployment) -> list:
+        try:
+            return self.core.list_namespaced_pod(
+                deployment.namespace, label_selector=f"ome.io/inferenceservice={deployment.name}",
+                _request_timeout=kube.REQUEST_TIMEOUT_S).items
+        except ApiException as error:
+            raise kube.explain(error, "list pods of", KIND, deployment.name, deployment.namespace) from None
+
+    def _pod_failure(self, deployment: OmeTrialDeployment, unschedulable_since: dict[str, float]) -> str | None:
+        for pod in self._engine_pods(deployment):
+            reason = pod_failure(pod)
+            if reason:
+                return reason
+            if _unschedulable(pod):
+                first = unschedulable_since.setdefault(pod.metadata.name, time.monotonic())
+                if time.monotonic() - first >= self.settings.unschedulable_grace_s:
+                    return (f"pod {pod.metadata.name} unschedulable for {self.settings.unschedulable_grace_s:.0f} s: "
+                            f"{_unschedulable(pod)}")
+            else:
+                unschedulable_since.pop(pod.metadata.name, None)
+        return None
+
+    def endpoint(self, deployment: OmeTrialDeployment) -> Endpoint:
+        cluster_url = f"http://{deployment.name}.{deployment.namespace}.svc.cluster.local:{self.settings.port}"
+        mode = self.settings.endpoint
+        if mode == "auto":
+            mode = "in-cluster" if kube.in_cluster() else "port-forward"
+        if mode == "in-cluster":
+            return Endpoint(cluster_url, cluster_url)
+        if mode == "status-url":
+            url = deployment.status.get("url")
+            if not url:
+                raise DeploymentError(f"{KIND} {deployment.name} is Ready but has no status.url")
+            return Endpoint(url.rstrip("/"), cluster_url)
+        pods = [p for p in self._engine_pods(deployment) if (p.status and p.status.phase == "Running")]
+        if not pods:
+            raise DeploymentError(f"{KIND} {deployment.name} is Ready but no engine pod is Running to forward to")
+        deployment.forward = PortForward(self.api, deployment.namespace, pods[0].metadata.name, self.settings.port)
+        return Endpoint(deployment.forward.url, cluster_url)
+
+    def teardown(self, deployment: OmeTrialDeployment) -> None:
+        # The delete goes first: Ray may end this worker moments after a trial is stopped.
+        try:
+            self.custom.delete_namespaced_custom_object(
+                kube.OME_GROUP, kube.OME_VERSION, deployment.namespace, PLURAL, deployment.name,
+                body=client.V1DeleteOptions(propagation_policy="Foreground"),
+                _request_timeout=kube.REQUEST_TIMEOUT_S)
+        except ApiException as error:
+            if error.status != 404:
+                raise kube.explain(error, "delete", KIND, deployment.name, deployment.namespace) from None
+        finally:
+            if deployment.forward is not None:
+                deployment.forward.close()
+        self._wait_deleted(deployment)
+
+    def _wait_deleted(self, deployment: OmeTrialDeployment) -> None:
+        """Wait (bounded) until the object is gone, so its GPUs are free before the next trial claims them."""
+        deadline = time.monotonic() + DELETE_WAIT_S
+        while time.monotonic() < deadline:
+            try:
+                self.custom.get_namespaced_custom_object(kube.OME_GROUP, kube.OME_VERSION, deployment.namespace,
+                                                         PLURAL, deployment.name, _request_timeout=kube.REQUEST_TIMEOUT_S)
+            except ApiException as error:
+                if error.status == 404:
+                    return
+            time.sleep(1.0)
+
+
+def _ready(obj: dict[str, Any]) -> tuple[bool, str]:
+    for condition in (obj.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Ready":
+            message = condition.get("message") or condition.get("reason") or f"Ready={condition.get('status')}"
+            return condition.get("status") == "True", message
+    return False, "no Ready condition yet"
+
+
+def pod_failure(pod) -> str | None:
+    """Why an engine pod cannot come up, if it cannot: crash loop, OOM kill, image pull error."""
+    for status in (pod.status.container_statuses or []) if pod.status else []:
+        waiting = status.state.waiting if status.state else None
+        if waiting and waiting.reason in FAILED_WAITING_REASONS:
+            killed = status.last_state.terminated if status.last_state else None
+            detail = f" (last exit: {killed.reason}, code {killed.exit_code})" if killed and killed.reason else ""
+            return f"pod {pod.metadata.name} container {status.name}: {waiting.reason}{detail} {waiting.message or ''}".strip()
+        for state in (status.state, status.last_state):
+            terminated = state.terminated if state else None
+            if terminated and terminated.reason == "OOMKilled":
+                return f"pod {pod.metadata.name} container {status.name}: OOMKilled (exit code {terminated.exit_code})"
+    return None
+
+
+def _unschedulable(pod) -> str | None:
+    for condition in (pod.status.conditions or []) if pod.status else []:
+        if condition.type == "PodScheduled" and condition.status == "False" and condition.reason == "Unschedulable":
+            return condition.message or "Unschedulable"
+    return None

@@ -1,0 +1,83 @@
+"""What a run started, on disk, so `autotuner cleanup` can finish the job after a crash.
+
+A run writes `runs/<run_id>.json` (the driver's PID and start time) while it lives; each local
+engine writes `engines/<run_id>-<trial>.json` (its process group and start time) while it lives.
+A record whose run is not alive any more is a leftover. Start times make a reused PID harmless.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from cluster.procs import kill_group, start_time
+
+
+def state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "autotuner"
+
+
+@dataclass(frozen=True)
+class EngineRecord:
+    run_id: str
+    experiment: str
+    trial_id: str
+    pgid: int
+    started: int | None
+    argv0: str
+
+    @property
+    def path(self) -> Path:
+        return state_dir() / "engines" / f"{self.run_id}-{self.trial_id}.json"
+
+    def save(self) -> None:
+        _write(self.path, asdict(self))
+
+    def forget(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def register_run(run_id: str, experiment: str) -> Path:
+    path = state_dir() / "runs" / f"{run_id}.json"
+    _write(path, {"run_id": run_id, "experiment": experiment, "pid": os.getpid(), "started": start_time(os.getpid())})
+    return path
+
+
+def run_alive(run_id: str) -> bool:
+    path = state_dir() / "runs" / f"{run_id}.json"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return start_time(record["pid"]) == record["started"]
+
+
+def engine_records() -> list[EngineRecord]:
+    records = []
+    for path in sorted((state_dir() / "engines").glob("*.json")):
+        try:
+            records.append(EngineRecord(**json.loads(path.read_text())))
+        except (OSError, ValueError, TypeError):
+            path.unlink(missing_ok=True)  # unreadable: nothing we could act on
+    return records
+
+
+def kill_leftover_engines(experiment: str | None = None) -> list[EngineRecord]:
+    """Kill engines whose run is over (all experiments, or one); return what was removed."""
+    removed = []
+    for record in engine_records():
+        if (experiment is None or record.experiment == experiment) and not run_alive(record.run_id):
+            kill_group(record.pgid, record.started)
+            record.forget()
+            removed.append(record)
+    return removed
+
+
+def _write(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data))
+    os.replace(partial, path)

@@ -1,0 +1,100 @@
+"""Benchmark runner on OME: a BenchmarkJob per trial runs genai-bench inside the cluster.
+
+The job writes genai-bench's result files to a PVC; the driver's pod mounts the same PVC
+(`benchmark.benchmark_job.results_mount`), so stages are read and scored exactly as the direct
+runner does, each as soon as its file appears. The job targets the engine's in-cluster URL with
+an explicit model name (the controller's `inferenceService` form passes a wrong one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Iterator
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from cluster import kube, manifests
+from cluster.deployer import Endpoint
+from trainables.genai_bench import Stage, watch_stages
+from tuner.errors import BenchmarkError
+
+PLURAL, KIND = "benchmarkjobs", "BenchmarkJob"
+STATE_POLL_S = 2.0
+
+
+class BenchmarkJobRunner:
+    def __init__(self, task, resolved, api_backend: str):
+        self.task = task
+        self.settings = task.benchmark.benchmark_job
+        self.ome = task.deployment
+        self.resolved = resolved
+        self.api_backend = api_backend
+
+    def manifest(self, name: str, trial_id: str, endpoint: Endpoint, model_name: str) -> dict:
+        benchmark = self.task.benchmark
+        return manifests.benchmark_job(
+            name=name, namespace=self.ome.namespace,
+            labels=kube.labels(self.task.name, self.resolved.run_id, trial_id),
+            endpoint_url=endpoint.cluster_url, model_name=model_name,
+            tokenizer=self.task.model.tokenizer, task="text-to-text",
+            traffic_scenarios=[benchmark.traffic_scenario], num_concurrency=list(benchmark.concurrency),
+            max_time_per_iteration=benchmark.max_minutes_per_stage,
+            max_requests_per_iteration=benchmark.max_requests_per_stage,
+            output_storage_uri=f"{self.settings.output_storage_uri.rstrip('/')}/{self.resolved.run_id}/{trial_id}",
+            image=self.settings.image,
+        )
+
+    @contextlib.contextmanager
+    def run(self, endpoint: Endpoint, model_name: str, workdir: Path) -> Iterator[Iterator[tuple[Stage, dict]]]:
+        trial_id = workdir.name  # the trial's folder is named by its id
+        name = kube.resource_name(self.task.name, f"{trial_id}-bench")
+        custom = client.CustomObjectsApi(kube.api_client(self.ome.kubeconfig, self.ome.context))
+        manifest = self.manifest(name, trial_id, endpoint, model_name)
+        (workdir / "benchmark_job.yaml").write_text(manifests.to_yaml(manifest))
+        try:
+            custom.create_namespaced_custom_object(kube.OME_GROUP, kube.OME_VERSION, self.ome.namespace, PLURAL,
+                                                   manifest, _request_timeout=kube.REQUEST_TIMEOUT_S)
+        except ApiException as error:
+            raise BenchmarkError(str(kube.explain(error, "create", KIND, name, self.ome.namespace))) from None
+        results = Path(self.settings.results_mount) / self.resolved.run_id / trial_id
+        try:
+            yield watch_stages(self.task.benchmark, results, _JobState(custom, self.ome.namespace, name),
+                               self.settings.timeout_s)
+        finally:
+            try:
+                custom.delete_namespaced_custom_object(
+                    kube.OME_GROUP, kube.OME_VERSION, self.ome.namespace, PLURAL, name,
+                    body=client.V1DeleteOptions(propagation_policy="Foreground"),
+                    _request_timeout=kube.REQUEST_TIMEOUT_S)
+            except ApiException as error:
+                if error.status != 404:
+                    raise BenchmarkError(str(kube.explain(error, "delete", KIND, name, self.ome.namespace))) from None
+
+
+class _JobState:
+    """Says why the job ended early, or None while it runs; asks the API at most every few seconds."""
+
+    def __init__(self, custom: client.CustomObjectsApi, namespace: str, name: str):
+        self.custom, self.namespace, self.name = custom, namespace, name
+        self.asked = 0.0
+
+    def __call__(self) -> str | None:
+        if time.monotonic() - self.asked < STATE_POLL_S:
+            return None
+        self.asked = time.monotonic()
+        try:
+            job = self.custom.get_namespaced_custom_object(kube.OME_GROUP, kube.OME_VERSION, self.namespace,
+                                                           PLURAL, self.name, _request_timeout=kube.REQUEST_TIMEOUT_S)
+        except ApiException as error:
+            return str(kube.explain(error, "read", KIND, self.name, self.namespace))
+        status = job.get("status") or {}
+        state = status.get("state")
+        if state == "Failed":
+            return f"{KIND} {self.name} failed: {status.get('details') or status.get('message') or 'no details'}"
+        if state == "Completed":
+            # Its files may still be on their way through the volume: give them one more look.
+            return f"{KIND} {self.name} completed, but its results are not under the driver's results_mount"
+        return None
