@@ -39,7 +39,8 @@ class BenchmarkJobRunner:
             name=name, namespace=self.ome.namespace,
             labels=kube.labels(self.task.name, self.resolved.run_id, trial_id),
             endpoint_url=endpoint.cluster_url, model_name=model_name,
-            tokenizer=self.task.model.tokenizer, task="text-to-text",
+            tokenizer=None,  # the CRD has no tokenizer field; the job's genai-bench finds its own
+            task="text-to-text",
             traffic_scenarios=[benchmark.traffic_scenario], num_concurrency=list(benchmark.concurrency),
             max_time_per_iteration=benchmark.max_minutes_per_stage,
             max_requests_per_iteration=benchmark.max_requests_per_stage,

@@ -29,8 +29,9 @@ _SCENARIO = re.compile(r"^[A-Z]\([0-9.,]+\)(/\([0-9.,]+\))?$")
 
 
 def check_value(value: Scalar) -> Scalar:
-    if isinstance(value, str) and not _SAFE_VALUE.match(value):
-        raise ValueError(f"value {value!r} is not allowed (no leading '-', spaces or control characters)")
+    if isinstance(value, str) and (not _SAFE_VALUE.match(value) or "{{" in value or "}}" in value):
+        # '{{' too: OME's controller runs Go templating over the engine's args.
+        raise ValueError(f"value {value!r} is not allowed (no leading '-', spaces, control characters or '{{{{')")
     return value
 
 
