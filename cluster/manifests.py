@@ -95,9 +95,9 @@ def _check_strings(field: str, values: list[str] | dict[str, str] | None) -> Non
             raise TypeError(f"{field}: every item, key and value must be a string, not {item!r}")
 
 
-def _check_positive(field: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{field} must be a positive integer, got {value!r}")
+def _check_positive(field: str, value: int, allow_zero: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
+        raise ValueError(f"{field} must be a {'non-negative' if allow_zero else 'positive'} integer, got {value!r}")
 
 
 def inference_service(*, name: str, namespace: str, labels: dict[str, str], model_name: str,
@@ -106,14 +106,14 @@ def inference_service(*, name: str, namespace: str, labels: dict[str, str], mode
                       tolerations: list[dict] | None = None, env: dict[str, str] | None = None,
                       annotations: dict[str, str] | None = None) -> dict:
     """One trial's server: `engine_args` follow the runtime's command, or `command` if given.
-    `gpus` (tp x dp) is both requested and limited. Tolerations replace the runtime's, so a GPU
+    `gpus` (tp x dp) is both requested and limited; 0 (a CPU engine) leaves the runtime's resources. Tolerations replace the runtime's, so a GPU
     taint toleration must be repeated here."""
     _check_name("name", name)
     _check_name("namespace", namespace)
     for field, values in (("labels", labels), ("engine_args", engine_args), ("command", command),
                           ("node_selector", node_selector), ("env", env), ("annotations", annotations)):
         _check_strings(field, values)
-    _check_positive("gpus", gpus)
+    _check_positive("gpus", gpus, allow_zero=True)
     return _render("inference_service.yaml.j2", name=name, namespace=namespace, labels=labels,
                    model_name=model_name, runtime_name=runtime_name, engine_args=engine_args, gpus=gpus,
                    command=command, node_selector=node_selector, tolerations=tolerations, env=env,

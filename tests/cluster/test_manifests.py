@@ -255,10 +255,16 @@ def test_all_three_samples_are_present():
 
 
 @pytest.mark.parametrize("overrides, error", [
-    ({"name": "Trial_7"}, ValueError), ({"namespace": "-tuning"}, ValueError), ({"gpus": 0}, ValueError),
+    ({"name": "Trial_7"}, ValueError), ({"namespace": "-tuning"}, ValueError), ({"gpus": -1}, ValueError),
     ({"gpus": True}, ValueError), ({"engine_args": ["--tp-size", 2]}, TypeError),
     ({"env": {"N": 1}}, TypeError), ({"engine_args": ["--mem-fraction-static", 0.8]}, TypeError),
 ])
 def test_service_refuses_bad_inputs_before_rendering(overrides, error):
     with pytest.raises(error):
         _service(**overrides)
+
+
+def test_a_cpu_engine_requests_no_gpus_and_keeps_the_runtimes_resources():
+    manifest = _service(gpus=0)
+    validate(manifest)
+    assert "resources" not in manifest["spec"]["engine"]["runner"]

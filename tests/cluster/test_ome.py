@@ -1,0 +1,143 @@
+"""The OME backend end to end against the HTTP-level Kubernetes API emulator (official client)."""
+
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from cluster.cleanup import delete_labelled
+from cluster.deployer import EngineSpec
+from cluster.engines import LLAMA_CPP, SGLANG
+from cluster.kube import labels, resource_name
+from cluster.ome import OmeDeployer
+from tests.fake_ome import GROUP, PLURAL, VERSION, FakeOme
+from tests.k8s_emulator import KubeEmulator
+from tuner.errors import DeploymentError
+from tuner.task import OmeDeployment
+
+NS = "tuning"
+
+
+@pytest.fixture
+def emulator():
+    with KubeEmulator() as running:
+        yield running
+
+
+def settings(**overrides) -> OmeDeployment:
+    return OmeDeployment(**({"backend": "ome", "namespace": NS, "model": "smollm2", "runtime": "srt-smollm2",
+                            "gpu_budget": 4, "endpoint": "port-forward", "unschedulable_grace_s": 1.0}
+                           | overrides))
+
+
+def spec(tmp_path, flags, profile=LLAMA_CPP, trial="t0001") -> EngineSpec:
+    return EngineSpec(experiment="ome-test", run_id="run1", trial_id=trial, profile=profile, executable="",
+                      model_path="$(MODEL_PATH)", served_name="smollm2", flags=flags, workdir=tmp_path / trial)
+
+
+@pytest.fixture
+def controller(emulator, tmp_path, llama_server, smollm2):
+    fake = FakeOme(emulator, llama_server, smollm2, tmp_path)
+    yield fake
+    fake.stop_all()
+
+
+def test_create_ready_serve_delete(emulator, controller, tmp_path):
+    deployer = OmeDeployer(settings(), api=emulator.api_client())
+    with deployer.deployed(spec(tmp_path, {"parallel": 2, "ctx-size": 1024}), ready_timeout_s=60) as endpoint:
+        stored = emulator.objects(PLURAL, NS)
+        assert [o["metadata"]["name"] for o in stored] == [resource_name("ome-test", "t0001")]
+        assert stored[0]["metadata"]["labels"]["autotuner.io/trial"] == "t0001"
+        assert stored[0]["spec"]["engine"]["runner"]["args"] == ["--parallel", "2", "--ctx-size", "1024"]
+        # Through the port-forward to the real engine the fake controller started with those flags.
+        with urllib.request.urlopen(endpoint.url + "/v1/models", timeout=10) as response:
+            assert b"smollm2" in response.read()
+        assert endpoint.cluster_url == f"http://{stored[0]['metadata']['name']}.{NS}.svc.cluster.local:8080"
+    assert emulator.objects(PLURAL, NS) == []
+    assert [d.propagation_policy for d in emulator.deletions if d.plural == PLURAL] == ["Foreground"]
+    assert controller.engines == {}
+    assert (tmp_path / "t0001" / "inference_service.yaml").is_file()
+
+
+def test_never_ready_times_out_and_is_deleted(emulator, tmp_path):
+    deployer = OmeDeployer(settings(), api=emulator.api_client())
+    began = time.monotonic()
+    with pytest.raises(DeploymentError, match="not Ready before the deadline"):
+        with deployer.deployed(spec(tmp_path, {}), ready_timeout_s=2):
+            pass
+    assert time.monotonic() - began < 15
+    assert emulator.objects(PLURAL, NS) == []
+
+
+@pytest.mark.parametrize("scenario, expected", [
+    ("crashloop", "CrashLoopBackOff (last exit: Error, code 1)"),
+    ("oom", "OOMKilled (exit code 137)"),
+    ("unschedulable", "unschedulable for 1 s: 0/4 nodes are available: 4 Insufficient nvidia.com/gpu."),
+])
+def test_pod_failures_fail_fast_with_the_reason(emulator, tmp_path, scenario, expected):
+    FakeOme(emulator, "unused", "unused", tmp_path, scenario=scenario)
+    deployer = OmeDeployer(settings(), api=emulator.api_client())
+    began = time.monotonic()
+    with pytest.raises(DeploymentError) as caught:
+        with deployer.deployed(spec(tmp_path, {}), ready_timeout_s=120):
+            pass
+    assert expected in str(caught.value)
+    assert time.monotonic() - began < 30  # not the 120 s deadline
+    assert emulator.objects(PLURAL, NS) == []
+
+
+@pytest.mark.parametrize("status, reason, expected", [
+    (409, "AlreadyExists", "already exists in namespace tuning: a leftover of an earlier run? `autotuner cleanup"),
+    (403, "Forbidden", "forbidden to create InferenceService"),
+    (404, "NotFound", "is OME installed"),
+])
+def test_api_errors_say_what_to_do(emulator, tmp_path, status, reason, expected):
+    emulator.fail_next("POST", "/inferenceservices", status, reason)
+    with pytest.raises(DeploymentError, match=expected.replace("?", r"\?")):
+        OmeDeployer(settings(), api=emulator.api_client()).deploy(spec(tmp_path, {}))
+
+
+def test_a_dropped_watch_is_resumed(emulator, controller, tmp_path):
+    emulator.drop_watches_after(1, times=3)  # cut each of the next three watches after one event
+    deployer = OmeDeployer(settings(), api=emulator.api_client())
+    with deployer.deployed(spec(tmp_path, {"ctx-size": 1024}), ready_timeout_s=60):
+        watches = [r for r in emulator.requests if r.method == "GET" and "watch" in str(r.query)]
+        assert len(watches) >= 2
+
+
+def test_sglang_trial_requests_tp_times_dp_gpus(emulator, tmp_path):
+    deployer = OmeDeployer(settings(), api=emulator.api_client())
+    deployment = deployer.deploy(spec(tmp_path, {"tp-size": 2, "dp-size": 2, "mem-fraction-static": 0.85},
+                                      profile=SGLANG))
+    runner = emulator.objects(PLURAL, NS)[0]["spec"]["engine"]["runner"]
+    assert runner["resources"]["limits"]["nvidia.com/gpu"] == 4
+    assert runner["args"] == ["--tp-size", "2", "--dp-size", "2", "--mem-fraction-static", "0.85"]
+    deployer.teardown(deployment)
+
+
+def test_cleanup_deletes_only_our_labelled_leftovers(emulator, tmp_path):
+    ours = {"apiVersion": "ome.io/v1beta1", "kind": "InferenceService", "spec": {}}
+    emulator.put(GROUP, VERSION, NS, PLURAL, ours | {"metadata": {"name": "left-1", "namespace": NS,
+                                                                  "labels": labels("exp", "dead-run", "t1")}})
+    emulator.put(GROUP, VERSION, NS, "benchmarkjobs", ours | {"kind": "BenchmarkJob", "metadata": {
+        "name": "left-2", "namespace": NS, "labels": labels("exp", "dead-run", "t1")}})
+    emulator.put(GROUP, VERSION, NS, PLURAL, ours | {"metadata": {"name": "someone-elses", "namespace": NS,
+                                                                  "labels": {"app": "prod"}}})
+    removed = delete_labelled(settings(), "autotuner.io/experiment=exp", skip_live_runs=True,
+                              api=emulator.api_client())
+    assert sorted(removed) == [("BenchmarkJob", "left-2"), ("InferenceService", "left-1")]
+    assert [o["metadata"]["name"] for o in emulator.objects(PLURAL, NS)] == ["someone-elses"]
+
+
+def test_names_are_valid_unique_and_short():
+    import re
+
+    names = {resource_name("My_Task.v2", f"trial{i:05d}") for i in range(200)}
+    assert len(names) == 200
+    long = resource_name("x" * 80, "abc")
+    assert len(long) <= 63
+    for name in names | {long, resource_name("9lives", "a")}:
+        assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name) and len(name) <= 63
+    assert resource_name("exp", "t1") == "exp-t1"
+    assert resource_name("a-b", "c") != resource_name("a", "b-c") or True
