@@ -19,7 +19,11 @@ RELAY_CHUNK = 65536
 
 class PortForward:
     def __init__(self, api: client.ApiClient, namespace: str, pod: str, port: int):
-        self._core = client.CoreV1Api(api)
+        # The client's portforward() swaps its ApiClient's request function while it connects, so
+        # it gets a client of its own (the trial's other API calls must not see the swap) and a
+        # lock (relays connect one at a time).
+        self._core = client.CoreV1Api(client.ApiClient(api.configuration))
+        self._connecting = threading.Lock()
         self.namespace, self.pod, self.port = namespace, pod, port
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -49,8 +53,9 @@ class PortForward:
 
     def _relay(self, local: socket.socket) -> None:
         try:
-            stream = portforward(self._core.connect_get_namespaced_pod_portforward, self.pod,
-                                 self.namespace, ports=str(self.port), _request_timeout=30)
+            with self._connecting:
+                stream = portforward(self._core.connect_get_namespaced_pod_portforward, self.pod,
+                                     self.namespace, ports=str(self.port), _request_timeout=30)
             remote = stream.socket(self.port)
         except Exception:  # noqa: BLE001 - the API may refuse or drop; the client sees a closed connection
             local.close()

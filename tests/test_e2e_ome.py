@@ -1,0 +1,95 @@
+"""A real Ray Tune run with the OME backend against the Kubernetes API emulator.
+
+The emulator's fake OME controller starts a real llama-server per InferenceService with the
+trial's flags, so genai-bench (through a port-forward) measures something real.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import ray
+import yaml
+from ray import tune
+
+from tests.fake_ome import PLURAL, FakeOme
+from tests.k8s_emulator import KubeEmulator
+from tuner.driver import claim, trial_resources
+from tuner.task import parse_task
+
+pytestmark = pytest.mark.e2e
+NS = "tuning"
+
+
+def ome_task(tmp_path, kubeconfig, tokenizer, **search):
+    return {
+        "name": "ome-e2e",
+        "model": {"name": "smollm2", "tokenizer": tokenizer},
+        "engine": {"name": "llama.cpp", "args": {"ctx-size": 2048}},
+        "deployment": {"backend": "ome", "namespace": NS, "model": "smollm2", "runtime": "srt-smollm2",
+                       "gpu_budget": 2, "endpoint": "port-forward", "kubeconfig": str(kubeconfig),
+                       "ready_timeout_s": 120},
+        "search_space": {"parallel": [1, 4], "threads": [1, 2]},
+        "benchmark": {"traffic_scenario": "D(64,32)", "concurrency": [2, 4], "max_requests_per_stage": 8},
+        "search": {"num_samples": 2, "seed": 1} | search,
+        "results_dir": str(tmp_path / "results"),
+    }
+
+
+def test_ray_tune_run_on_ome_against_the_emulator(tmp_path, llama_server, smollm2, tokenizer):
+    with KubeEmulator() as emulator:
+        controller = FakeOme(emulator, llama_server, smollm2, tmp_path)
+        try:
+            kubeconfig = emulator.write_kubeconfig(tmp_path / "kubeconfig")
+            path = tmp_path / "task.yaml"
+            path.write_text(yaml.safe_dump(ome_task(tmp_path, kubeconfig, tokenizer)))
+            completed = subprocess.run([sys.executable, "-m", "tuner.cli", "run", str(path)],
+                                       capture_output=True, text=True, timeout=600)
+            created = [r for r in emulator.requests if r.method == "POST" and r.path.endswith(PLURAL)]
+            remaining = emulator.objects(PLURAL, NS)
+            deletions = [d for d in emulator.deletions if d.plural == PLURAL]
+        finally:
+            controller.stop_all()
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    results = json.loads((tmp_path / "results" / "ome-e2e" / "results.json").read_text())
+    assert results["total_experiments"] == 3 and results["successful_experiments"] == 3
+    for trial in results["all_results"]:
+        assert trial["stages"] and all(s["output_throughput"] > 0 for s in trial["stages"])
+    assert len(created) == 3  # one InferenceService per trial
+    assert remaining == []  # every one deleted
+    assert all(d.propagation_policy == "Foreground" for d in deletions)
+    assert controller.engines == {}
+    trial_dir = tmp_path / "results" / "ome-e2e" / "trials" / results["all_results"][1]["trial_id"]
+    manifest = yaml.safe_load((trial_dir / "inference_service.yaml").read_text())
+    args = manifest["spec"]["engine"]["runner"]["args"]
+    assert args[:2] == ["--ctx-size", "2048"]
+    assert args[args.index("--parallel") + 1] == str(results["all_results"][1]["parameters"]["parallel"])
+
+
+def test_trials_hold_gpus_from_the_budget_so_ray_runs_only_what_fits(tmp_path):
+    task = parse_task({
+        "name": "budget", "model": {"name": "m", "tokenizer": "t"}, "engine": {"name": "sglang"},
+        "deployment": {"backend": "ome", "namespace": NS, "model": "m", "runtime": "r", "gpu_budget": 4},
+        "search_space": {"tp-size": [2]},
+    })
+    assert claim(task, {"tp-size": 2, "dp-size": 2}, node_cpus=2) == {"CPU": 1.0, "ome_gpu": 4.0}
+    assert claim(task, {"tp-size": 2}, node_cpus=2) == {"CPU": 1.0, "ome_gpu": 2.0}
+
+    def hold(config):
+        import time
+
+        tune.report({"started": time.time(), "ended": time.time() + 1.0})
+        time.sleep(1.0)
+
+    ray.init(num_cpus=8, resources={"ome_gpu": 4}, include_dashboard=False, configure_logging=False,
+             log_to_driver=False)
+    try:
+        grid = tune.Tuner(tune.with_resources(hold, trial_resources(task, node_cpus=8)),
+                          param_space={"tp-size": 2}, tune_config=tune.TuneConfig(num_samples=4),
+                          run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0)).fit()
+    finally:
+        ray.shutdown()
+    spans = [(r.metrics["started"], r.metrics["ended"]) for r in grid]
+    most_at_once = max(sum(start <= t < end for start, end in spans) for t, _ in spans)
+    assert most_at_once == 2  # 4 budget GPUs / 2 per trial, though 8 CPUs would allow 4
