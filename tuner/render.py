@@ -28,9 +28,22 @@ def render_trials(task: Task, trials: int) -> dict[str, str]:
                           model_path=task.model.path or "$(MODEL_PATH)", served_name=task.model.name or "model",
                           flags=flags, workdir=Path("."), env=dict(task.engine.env))
         if ome is not None:
+            from cluster import kube
+            from cluster.deployer import Endpoint
             from cluster.ome import render
 
-            files[f"trial-{number}-inferenceservice.yaml"] = manifests.to_yaml(render(spec, ome))
+            manifest = render(spec, ome)
+            files[f"trial-{number}-inferenceservice.yaml"] = manifests.to_yaml(manifest)
+            if task.benchmark.runner == "benchmarkjob":
+                from trainables.benchmark_job import BenchmarkJobRunner
+                from trainables.trial import Resolved
+
+                url = f"http://{manifest['metadata']['name']}.{ome.namespace}.svc.cluster.local:{ome.port}"
+                resolved = Resolved("", spec.model_path, spec.served_name, "", "", RENDER_RUN_ID)
+                job = BenchmarkJobRunner(task, resolved, profile.api_backend).manifest(
+                    kube.resource_name(task.name, f"{spec.trial_id}-bench"), spec.trial_id,
+                    Endpoint(url, url), spec.served_name)
+                files[f"trial-{number}-benchmarkjob.yaml"] = manifests.to_yaml(job)
         else:
             launch = Launch(spec.executable, spec.model_path, spec.served_name, "127.0.0.1", 8080)
             argv = profile.argv(launch, flags)

@@ -1,0 +1,98 @@
+"""`autotuner render` writes valid manifests without a cluster; `autotuner cleanup` removes leftovers."""
+
+import json
+import re
+import signal
+import subprocess
+import sys
+
+import yaml
+
+from cluster.procs import start_time
+from cluster.records import EngineRecord, engine_records
+from tests.cluster.test_manifests import validate
+
+
+def cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "tuner.cli", *args], capture_output=True, text=True,
+                          timeout=120, env=env)
+
+
+def test_render_ome_example_writes_valid_unique_manifests_with_the_trials_flags(tmp_path):
+    result = cli("render", "examples/ome-sglang.yaml", "--trials", "25", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    manifests = [yaml.safe_load(p.read_text()) for p in sorted(tmp_path.glob("trial-*-inferenceservice.yaml"))]
+    assert len(manifests) == 25
+    names = {m["metadata"]["name"] for m in manifests}
+    assert len(names) == 25
+    for manifest in manifests:
+        validate(manifest)
+        assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", manifest["metadata"]["name"])
+        assert len(manifest["metadata"]["name"]) <= 63
+        runner = manifest["spec"]["engine"]["runner"]
+        args = runner["args"]
+        for flag in ("--tp-size", "--mem-fraction-static", "--chunked-prefill-size", "--max-running-requests",
+                     "--schedule-policy"):
+            assert flag in args
+        tp = int(args[args.index("--tp-size") + 1])
+        assert runner["resources"]["limits"]["nvidia.com/gpu"] == tp
+        assert manifest["spec"]["engine"]["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+
+
+def test_render_benchmarkjob_example(tmp_path):
+    result = cli("render", "examples/ome-sglang-benchmarkjob.yaml", "--trials", "3", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    jobs = [yaml.safe_load(p.read_text()) for p in sorted(tmp_path.glob("trial-*-benchmarkjob.yaml"))]
+    assert len(jobs) == 3
+    for job in jobs:
+        validate(job)
+        endpoint = job["spec"]["endpoint"]["endpoint"]
+        assert endpoint["url"].endswith(".llm-tuning.svc.cluster.local:8080")
+        assert endpoint["modelName"] == "meta-llama/Llama-3.1-8B-Instruct"
+        assert job["spec"]["numConcurrency"] == [16, 64]
+        assert job["spec"]["outputLocation"]["storageUri"].startswith("pvc://autotuner-results/benchmarks/render/")
+
+
+def test_render_local_example_writes_launch_lines(tmp_path):
+    result = cli("render", "examples/quickstart-cpu.yaml", "--trials", "2", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    launch = json.loads((tmp_path / "trial-1-launch.json").read_text())
+    assert launch["argv"][0] == "llama-server" and "--parallel" in launch["argv"]
+
+
+def test_render_with_create_runtime_writes_a_valid_runtime(tmp_path):
+    task = yaml.safe_load(open("examples/ome-sglang.yaml"))
+    task["deployment"]["create_runtime"] = {"image": "lmsysorg/sglang:v0.5.5", "model_architecture": "LlamaForCausalLM"}
+    path = tmp_path / "task.yaml"
+    path.write_text(yaml.safe_dump(task))
+    assert cli("render", str(path), "--trials", "1", "--out", str(tmp_path / "out")).returncode == 0
+    runtime = yaml.safe_load((tmp_path / "out" / "cluster-serving-runtime.yaml").read_text())
+    validate(runtime)
+    assert runtime["metadata"]["name"] == "srt-llama-3-1-8b-instruct"
+    assert "meta-llama/Llama-3.1-8B-Instruct" in runtime["spec"]["engineConfig"]["runner"]["command"]
+
+
+def test_cleanup_kills_engines_of_dead_runs_only(tmp_path, monkeypatch):
+    import os
+
+    env = os.environ | {"XDG_STATE_HOME": str(tmp_path)}
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    leftover = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        EngineRecord("dead-run", "quickstart-cpu", "t1", leftover.pid, start_time(leftover.pid), "sleep").save()
+        # A record whose PID was reused by another process must not kill it.
+        EngineRecord("dead-run", "quickstart-cpu", "t2", os.getpid(), 12345, "llama-server").save()
+        result = cli("cleanup", "examples/quickstart-cpu.yaml", env=env)
+        assert result.returncode == 0, result.stderr
+        assert f"removed engine process group {leftover.pid} (quickstart-cpu, trial t1)" in result.stdout
+        assert leftover.wait(timeout=10) == -signal.SIGKILL
+        assert engine_records() == []
+        assert cli("cleanup", "--all", env=env).stdout.strip() == "nothing to clean up"
+    finally:
+        leftover.kill()
+
+
+def test_cleanup_needs_a_task_or_all():
+    result = cli("cleanup")
+    assert result.returncode == 2
+    assert "name a TASK, or pass --all" in result.stderr
