@@ -1,0 +1,410 @@
+"""The Kubernetes API emulator speaks the protocol the official `kubernetes` client expects.
+
+Every test goes through the real client (REST, watch, port-forward, kubeconfig loading), so the
+cluster code tested against the emulator uses the same calls it makes against a real cluster.
+"""
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import urllib3
+from kubernetes import client, config, watch
+from kubernetes.client.rest import ApiException
+from kubernetes.stream import portforward
+
+from tests.k8s_emulator import OME_GROUP, OME_VERSION, KubeEmulator
+
+NS = "tuning"
+ISVC = "inferenceservices"
+AT = (OME_GROUP, OME_VERSION, NS, ISVC)  # where the client finds InferenceServices: group, version, ns, plural
+WAIT = 10  # seconds: the bound on every wait; a healthy run never gets near it
+
+
+@pytest.fixture(autouse=True)
+def bypass_proxies_for_localhost(monkeypatch):
+    """Port-forward (websocket-client) and kubeconfig loading take HTTP_PROXY from the environment."""
+    for variable in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(variable, "127.0.0.1")
+
+
+@pytest.fixture
+def emulator():
+    with KubeEmulator() as emu:
+        yield emu
+
+
+@pytest.fixture
+def api_client(emulator):
+    api = emulator.api_client()
+    yield api
+    api.close()
+
+
+@pytest.fixture
+def custom(api_client):
+    return client.CustomObjectsApi(api_client)
+
+
+@pytest.fixture
+def core(api_client):
+    return client.CoreV1Api(api_client)
+
+
+def isvc(name, **labels):
+    return {
+        "apiVersion": f"{OME_GROUP}/{OME_VERSION}",
+        "kind": "InferenceService",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"model": {"name": "smollm2"}, "engine": {"minReplicas": 1}},
+    }
+
+
+def create(custom, body):
+    return custom.create_namespaced_custom_object(*AT, body)
+
+
+def names(listing):
+    return sorted(item["metadata"]["name"] for item in listing["items"])
+
+
+def test_inference_service_create_get_list_patch_delete(custom, emulator):
+    created = create(custom, isvc("a", app="tuner", trial="1"))
+    create(custom, isvc("b", app="tuner", trial="2"))
+    create(custom, isvc("c", app="other"))
+    meta = created["metadata"]
+    assert meta["uid"] and meta["creationTimestamp"] and meta["generation"] == 1 and meta["namespace"] == NS
+    assert custom.get_namespaced_custom_object(*AT, "a")["spec"]["model"]["name"] == "smollm2"
+
+    def listed(**selectors):
+        return names(custom.list_namespaced_custom_object(*AT, **selectors))
+
+    assert listed() == ["a", "b", "c"]
+    assert listed(label_selector="app=tuner") == ["a", "b"]
+    assert listed(label_selector="app=tuner,trial!=1") == ["b"]
+    assert listed(label_selector="trial") == ["a", "b"]
+    assert listed(label_selector="!trial") == ["c"]
+    assert listed(label_selector="trial in (2,3)") == ["b"]
+    assert listed(field_selector="metadata.name=c") == ["c"]
+    listing = custom.list_namespaced_custom_object(*AT)
+    assert int(listing["metadata"]["resourceVersion"]) >= 3
+
+    ready = {"status": {"conditions": [{"type": "Ready", "status": "True"}], "url": "http://a"}}
+    patched = custom.patch_namespaced_custom_object_status(*AT, "a", ready)
+    assert patched["status"]["conditions"][0]["status"] == "True"
+    assert patched["metadata"]["generation"] == 1  # status does not bump the generation
+    assert int(patched["metadata"]["resourceVersion"]) > int(meta["resourceVersion"])
+    assert custom.get_namespaced_custom_object_status(*AT, "a")["status"]["url"] == "http://a"
+
+    spec_patch = {"spec": {"engine": {"minReplicas": 2}}, "status": {"url": "ignored"}}
+    patched = custom.patch_namespaced_custom_object(*AT, "a", spec_patch)
+    assert patched["spec"]["engine"]["minReplicas"] == 2 and patched["spec"]["model"]["name"] == "smollm2"
+    assert patched["status"]["url"] == "http://a"  # the main resource cannot change the status
+    assert patched["metadata"]["generation"] == 2
+
+    stale = dict(patched, metadata=dict(patched["metadata"], resourceVersion=meta["resourceVersion"]))
+    with pytest.raises(ApiException) as conflict:
+        custom.replace_namespaced_custom_object(*AT, "a", stale)
+    assert conflict.value.status == 409
+    patched["spec"]["engine"]["minReplicas"] = 3
+    replaced = custom.replace_namespaced_custom_object(*AT, "a", patched)
+    assert replaced["spec"]["engine"]["minReplicas"] == 3 and replaced["metadata"]["generation"] == 3
+
+    custom.delete_namespaced_custom_object(
+        *AT, "a", body=client.V1DeleteOptions(propagation_policy="Foreground")
+    )
+    custom.delete_namespaced_custom_object(*AT, "b", propagation_policy="Background")
+    assert [(d.name, d.propagation_policy) for d in emulator.deletions] == [("a", "Foreground"), ("b", "Background")]
+    deletes = [r for r in emulator.requests if r.method == "DELETE"]
+    assert deletes[0].body["propagationPolicy"] == "Foreground" and deletes[0].path.endswith(f"/{NS}/{ISVC}/a")
+    assert [o["metadata"]["name"] for o in emulator.objects(ISVC, NS)] == ["c"]
+    with pytest.raises(ApiException) as missing:
+        custom.get_namespaced_custom_object(*AT, "a")
+    assert missing.value.status == 404
+    with pytest.raises(ApiException) as missing:
+        custom.delete_namespaced_custom_object(*AT, "a")
+    assert missing.value.status == 404
+
+
+def test_json_patch_is_applied(custom):
+    create(custom, isvc("a"))
+    ops = [
+        {"op": "replace", "path": "/spec/engine/minReplicas", "value": 4},
+        {"op": "add", "path": "/metadata/labels/x", "value": "y"},
+    ]
+    patched = custom.patch_namespaced_custom_object(*AT, "a", ops, _content_type="application/json-patch+json")
+    assert patched["spec"]["engine"]["minReplicas"] == 4 and patched["metadata"]["labels"] == {"x": "y"}
+
+
+def test_duplicate_create_is_a_409_already_exists(custom):
+    create(custom, isvc("a"))
+    with pytest.raises(ApiException) as duplicate:
+        create(custom, isvc("a"))
+    assert duplicate.value.status == 409
+    assert '"reason": "AlreadyExists"' in duplicate.value.body
+
+
+@pytest.mark.parametrize(
+    "method, status, reason",
+    [("POST", 403, "Forbidden"), ("POST", 404, "NotFound"), ("POST", 409, "AlreadyExists")],
+)
+def test_injected_faults_surface_as_api_exceptions_once(custom, emulator, method, status, reason):
+    emulator.fail_next(method, rf"/apis/{OME_GROUP}/{OME_VERSION}/namespaces/{NS}/{ISVC}$", status, reason, "injected")
+    with pytest.raises(ApiException) as injected:
+        create(custom, isvc("a"))
+    assert injected.value.status == status
+    assert emulator.objects(ISVC) == []
+    create(custom, isvc("a"))  # times=1: the next request goes through
+    assert len(emulator.objects(ISVC)) == 1
+
+
+def test_injected_fault_on_a_watch_raises_from_the_stream(custom, emulator):
+    emulator.fail_next("GET", f"/{ISVC}$", 403)
+    stream = watch.Watch().stream(custom.list_namespaced_custom_object, *AT, timeout_seconds=1, _request_timeout=WAIT)
+    with pytest.raises(ApiException) as forbidden:
+        next(stream)
+    assert forbidden.value.status == 403
+
+
+def test_watch_sees_added_then_modified_by_a_controller_then_deleted(custom, emulator):
+    since = custom.list_namespaced_custom_object(*AT)["metadata"]["resourceVersion"]
+    emulator.on_create(ISVC, lambda obj: emulator.add_condition(*AT, obj["metadata"]["name"], "Ready", "True"))
+    deleted = threading.Event()
+    emulator.on_delete(ISVC, lambda obj: deleted.set())
+    create(custom, isvc("other", app="unrelated"))
+    create(custom, isvc("a", app="tuner"))
+
+    seen = []
+    w = watch.Watch()
+    for event in w.stream(
+        custom.list_namespaced_custom_object, *AT,
+        label_selector="app=tuner", resource_version=since, timeout_seconds=WAIT, _request_timeout=WAIT,
+    ):
+        obj = event["object"]
+        seen.append((event["type"], obj["metadata"]["name"]))
+        conditions = obj.get("status", {}).get("conditions", [])
+        if event["type"] == "MODIFIED" and conditions[0]["type"] == "Ready" and conditions[0]["status"] == "True":
+            custom.delete_namespaced_custom_object(*AT, "a", propagation_policy="Foreground")
+        if event["type"] == "DELETED":
+            w.stop()
+    assert seen == [("ADDED", "a"), ("MODIFIED", "a"), ("DELETED", "a")]
+    assert deleted.wait(WAIT)
+
+
+def test_watch_without_resource_version_starts_with_the_current_objects(custom, emulator):
+    create(custom, isvc("a"))
+    emulator.set_status(*AT, "a", {"phase": "Running"})
+    stream = watch.Watch().stream(custom.list_namespaced_custom_object, *AT, timeout_seconds=1, _request_timeout=WAIT)
+    events = list(stream)
+    assert [(e["type"], e["object"]["status"]["phase"]) for e in events] == [("ADDED", "Running")]
+
+
+@pytest.mark.parametrize("abrupt", [True, False])
+def test_a_dropped_watch_ends_and_a_new_watch_resumes_from_the_last_resource_version(custom, emulator, abrupt):
+    since = custom.list_namespaced_custom_object(*AT)["metadata"]["resourceVersion"]
+    create(custom, isvc("a"))
+    create(custom, isvc("b"))
+    emulator.drop_watches_after(1, abrupt=abrupt)
+
+    first = watch.Watch()
+    seen = []
+    stream = first.stream(
+        custom.list_namespaced_custom_object, *AT,
+        resource_version=since, timeout_seconds=WAIT, _request_timeout=WAIT,
+    )
+    if abrupt:
+        with pytest.raises(urllib3.exceptions.ProtocolError):
+            for event in stream:
+                seen.append(event["object"]["metadata"]["name"])
+    else:
+        seen = [event["object"]["metadata"]["name"] for event in stream]
+    assert seen == ["a"]
+
+    create(custom, isvc("c"))
+    resumed = watch.Watch().stream(
+        custom.list_namespaced_custom_object, *AT,
+        resource_version=first.resource_version, timeout_seconds=1, _request_timeout=WAIT,
+    )
+    assert [event["object"]["metadata"]["name"] for event in resumed] == ["b", "c"]
+
+
+def test_the_clients_watch_reconnects_by_itself_after_a_clean_drop(custom, emulator):
+    since = custom.list_namespaced_custom_object(*AT)["metadata"]["resourceVersion"]
+    a = create(custom, isvc("a"))
+    create(custom, isvc("b"))
+    emulator.drop_watches_after(1, abrupt=False)
+    w = watch.Watch()
+    seen = []
+    # No timeout_seconds: the client retries from its last resourceVersion (the read timeout bounds a hang).
+    for event in w.stream(custom.list_namespaced_custom_object, *AT, resource_version=since, _request_timeout=WAIT):
+        seen.append(event["object"]["metadata"]["name"])
+        if len(seen) == 2:
+            w.stop()
+    assert seen == ["a", "b"]
+    watches = [r.query for r in emulator.requests if r.query.get("watch") == "true"]
+    assert [q["resourceVersion"] for q in watches] == [since, a["metadata"]["resourceVersion"]]
+
+
+def test_cluster_scoped_custom_objects(custom):
+    runtimes = (OME_GROUP, OME_VERSION, "clusterservingruntimes")
+    body = {"apiVersion": f"{OME_GROUP}/{OME_VERSION}", "kind": "ClusterServingRuntime", "metadata": {"name": "llama"}}
+    custom.create_cluster_custom_object(*runtimes, body)
+    assert "namespace" not in custom.get_cluster_custom_object(*runtimes, "llama")["metadata"]
+    assert names(custom.list_cluster_custom_object(*runtimes)) == ["llama"]
+    custom.delete_cluster_custom_object(*runtimes, "llama")
+    assert names(custom.list_cluster_custom_object(*runtimes)) == []
+
+
+def pod(name, app, **status):
+    return {"metadata": {"name": name, "labels": {"app": app}}, "status": status}
+
+
+def waiting(reason):
+    return {"state": {"waiting": {"reason": reason}}}
+
+
+def test_pods_listed_by_label_show_injected_failures(core, emulator):
+    emulator.put_pod(NS, pod("crash", "isvc-a", containerStatuses=[waiting("CrashLoopBackOff")]))
+    emulator.put_pod(NS, pod("pull", "isvc-a", containerStatuses=[waiting("ImagePullBackOff")]))
+    oom = {"state": {"running": {}}, "lastState": {"terminated": {"reason": "OOMKilled"}}, "restartCount": 3}
+    emulator.put_pod(NS, pod("oom", "isvc-a", containerStatuses=[oom]))
+    unschedulable = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}
+    emulator.put_pod(NS, pod("pending", "isvc-a", phase="Pending", conditions=[unschedulable]))
+    emulator.put_pod(NS, pod("elsewhere", "isvc-b"))
+
+    pods = {p.metadata.name: p for p in core.list_namespaced_pod(NS, label_selector="app=isvc-a").items}
+    assert sorted(pods) == ["crash", "oom", "pending", "pull"]
+    assert pods["crash"].status.container_statuses[0].state.waiting.reason == "CrashLoopBackOff"
+    assert pods["pull"].status.container_statuses[0].state.waiting.reason == "ImagePullBackOff"
+    assert pods["oom"].status.container_statuses[0].last_state.terminated.reason == "OOMKilled"
+    assert pods["pending"].status.conditions[0].reason == "Unschedulable"
+    assert core.read_namespaced_pod("crash", NS).metadata.labels == {"app": "isvc-a"}
+
+
+def test_pod_watch_sees_a_pod_turn_into_crash_loop_and_go(core, emulator):
+    emulator.put_pod(NS, pod("p", "x", phase="Running"))
+    w = watch.Watch()
+    seen = []
+    pods = w.stream(core.list_namespaced_pod, NS, label_selector="app=x", timeout_seconds=WAIT, _request_timeout=WAIT)
+    for event in pods:
+        statuses = event["object"].status.container_statuses or []
+        seen.append((event["type"], statuses[0].state.waiting.reason if statuses else None))
+        if event["type"] == "ADDED":
+            emulator.put_pod(NS, pod("p", "x", containerStatuses=[waiting("CrashLoopBackOff")]))
+        elif event["type"] == "MODIFIED":
+            emulator.delete_pod(NS, "p")
+        else:
+            w.stop()
+    assert seen == [("ADDED", None), ("MODIFIED", "CrashLoopBackOff"), ("DELETED", "CrashLoopBackOff")]
+
+
+def test_events_list_is_empty_until_a_test_adds_one(core, emulator):
+    assert core.list_namespaced_event(NS).items == []
+    emulator.put_event(NS, {"metadata": {"name": "e1"}, "reason": "FailedScheduling", "message": "0/1 nodes available"})
+    assert [e.reason for e in core.list_namespaced_event(NS).items] == ["FailedScheduling"]
+
+
+class _Hello(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = f"hello from {self.path}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format, *args):
+        pass
+
+
+@pytest.fixture
+def local_http_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,))
+    thread.start()
+    yield server.server_address
+    server.shutdown()
+    server.server_close()
+    thread.join(WAIT)
+
+
+def read_to_end(sock):
+    sock.settimeout(WAIT)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_port_forward_relays_an_http_request_to_a_local_server(core, emulator, local_http_server):
+    emulator.put_pod(NS, {"metadata": {"name": "engine-0"}})
+    emulator.set_pod_target(NS, "engine-0", 8080, local_http_server)
+    pf = portforward(core.connect_get_namespaced_pod_portforward, "engine-0", NS, ports="8080")
+    try:
+        sock = pf.socket(8080)
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: engine-0\r\nConnection: close\r\n\r\n")
+        response = read_to_end(sock)
+    finally:
+        pf.close()
+    assert response.startswith(b"HTTP/1.0 200 OK") and response.endswith(b"hello from /metrics")
+    assert pf.error(8080) is None
+
+
+def test_port_forward_reports_an_unreachable_port_on_its_error_channel(core, emulator):
+    emulator.put_pod(NS, {"metadata": {"name": "engine-0"}})
+    pf = portforward(core.connect_get_namespaced_pod_portforward, "engine-0", NS, ports="9090")
+    try:
+        assert read_to_end(pf.socket(9090)) == b""
+    finally:
+        pf.close()
+    assert "error forwarding port 9090" in pf.error(9090)
+
+
+def test_port_forward_to_a_missing_pod_fails(core):
+    with pytest.raises(ApiException, match="404"):
+        portforward(core.connect_get_namespaced_pod_portforward, "nope", NS, ports="8080")
+
+
+@pytest.fixture
+def restore_default_client_configuration():
+    """load_kube_config() changes the process-wide default; put it back for the other tests."""
+    saved = client.Configuration.get_default_copy()
+    yield
+    client.Configuration.set_default(saved)
+
+
+def test_kubeconfig_points_the_default_client_at_the_emulator(emulator, tmp_path, restore_default_client_configuration):
+    path = emulator.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)
+    config.load_kube_config(config_file=str(path))
+    with client.ApiClient() as api:
+        assert client.Configuration.get_default_copy().host == emulator.url
+        created = client.CustomObjectsApi(api).create_namespaced_custom_object(*AT, isvc("a"))
+        assert created["metadata"]["name"] == "a"
+        assert client.VersionApi(api).get_code().git_version.startswith("v1.")
+    _, active = config.list_kube_config_contexts(config_file=str(path))
+    assert active["context"]["namespace"] == NS
+
+
+def test_discovery_endpoints(api_client):
+    assert client.CoreApi(api_client).get_api_versions().versions == ["v1"]
+    assert OME_GROUP in [group.name for group in client.ApisApi(api_client).get_api_versions().groups]
+    assert client.VersionApi(api_client).get_code().major == "1"
+
+
+def emulator_threads():
+    return [t for t in threading.enumerate() if "kube-emulator" in t.name or "process_request_thread" in t.name]
+
+
+def test_stop_ends_open_watches_and_keep_alive_connections():
+    emu = KubeEmulator().start()
+    api = emu.api_client()
+    try:
+        custom = client.CustomObjectsApi(api)
+        events = watch.Watch().stream(custom.list_namespaced_custom_object, *AT, _request_timeout=WAIT)
+        custom.create_namespaced_custom_object(*AT, isvc("a"))  # a pooled keep-alive connection
+        assert next(events)["type"] == "ADDED"  # the watch is open on a second connection
+        assert emulator_threads()
+        emu.stop()
+        assert emulator_threads() == []
+    finally:
+        api.close()
+        emu.stop()
