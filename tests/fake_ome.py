@@ -2,8 +2,8 @@
 
 On each new InferenceService it plays one scenario: `ready` starts a REAL llama-server with the
 flags from the manifest's runner args (so the trial's flags matter), registers it as the target
-of the engine pod's port-forward, and sets Ready=True; `never-ready`, `crashloop`, `oom` and
-`unschedulable` leave the service un-Ready and show that state in its engine pod. On delete it
+of the engine pod's port-forward, and sets Ready=True; `never-ready`, `crashloop`, `oom`,
+`imagepull` and `unschedulable` leave the service un-Ready and show that state in its engine pod. On delete it
 stops the engine.
 """
 
@@ -48,6 +48,10 @@ class FakeOme:
                 "name": "ome-container", "ready": False, "restartCount": 1, "image": "sglang", "imageID": "",
                 "state": {"running": {}},
                 "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}]))
+        elif self.scenario == "imagepull":
+            self.emulator.put_pod(ns, self._pod(isvc, phase="Pending", containerStatuses=[{
+                "name": "ome-container", "ready": False, "restartCount": 0, "image": "sglang:nope", "imageID": "",
+                "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image sglang:nope"}}}]))
         elif self.scenario == "unschedulable":
             self.emulator.put_pod(ns, self._pod(isvc, phase="Pending", conditions=[{
                 "type": "PodScheduled", "status": "False", "reason": "Unschedulable",

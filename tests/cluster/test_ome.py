@@ -73,6 +73,7 @@ def test_never_ready_times_out_and_is_deleted(emulator, tmp_path):
 @pytest.mark.parametrize("scenario, expected", [
     ("crashloop", "CrashLoopBackOff (last exit: Error, code 1)"),
     ("oom", "OOMKilled (exit code 137)"),
+    ("imagepull", "ImagePullBackOff Back-off pulling image sglang:nope"),
     ("unschedulable", "unschedulable for 1 s: 0/4 nodes are available: 4 Insufficient nvidia.com/gpu."),
 ])
 def test_pod_failures_fail_fast_with_the_reason(emulator, tmp_path, scenario, expected):

@@ -1,0 +1,81 @@
+"""The BenchmarkJob runner against the Kubernetes API emulator: create, read stages as they land, delete."""
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from cluster.deployer import Endpoint
+from tests.k8s_emulator import KubeEmulator
+from trainables.benchmark_job import BenchmarkJobRunner
+from trainables.trial import Resolved
+from tuner.errors import BenchmarkError
+from tuner.task import parse_task
+
+NS = "tuning"
+REAL_FILE = Path(__file__).parent.parent / "data" / "D100_64_text-to-text_num_concurrency_4_time_9s.json"
+ENDPOINT = Endpoint("http://127.0.0.1:1", "http://exp-t0001.tuning.svc.cluster.local:8080")
+
+
+@pytest.fixture
+def emulator():
+    with KubeEmulator() as running:
+        yield running
+
+
+def runner_for(emulator, tmp_path) -> BenchmarkJobRunner:
+    task = parse_task({
+        "name": "exp", "model": {"name": "smollm2"}, "engine": {"name": "sglang"},
+        "deployment": {"backend": "ome", "namespace": NS, "model": "m", "runtime": "r", "gpu_budget": 1,
+                       "kubeconfig": str(emulator.write_kubeconfig(tmp_path / "kubeconfig"))},
+        "search_space": {"tp-size": [1]},
+        "benchmark": {"runner": "benchmarkjob", "concurrency": [1, 4], "stage_timeout_s": 20,
+                      "benchmark_job": {"output_storage_uri": "pvc://results/bench", "results_mount": str(tmp_path / "mnt"),
+                                        "timeout_s": 20}},
+    })
+    return BenchmarkJobRunner(task, Resolved("", "", "smollm2", "", str(tmp_path), "run1"), "sglang")
+
+
+def fake_job_controller(emulator, tmp_path, final_state: str, stages_written: list[int]):
+    """On create: write genai-bench result files where the PVC is mounted, one stage at a time, then finish."""
+    def run(job):
+        folder = tmp_path / "mnt" / "run1" / "t0001" / "some-experiment-folder"
+        folder.mkdir(parents=True)
+        for concurrency in stages_written:
+            time.sleep(0.3)
+            data = json.loads(REAL_FILE.read_text())
+            data["aggregated_metrics"]["num_concurrency"] = concurrency
+            (folder / f"D100_64_text-to-text_num_concurrency_{concurrency}_time_9s.json").write_text(json.dumps(data))
+        emulator.set_status("ome.io", "v1beta1", NS, "benchmarkjobs", job["metadata"]["name"],
+                            {"state": final_state, "details": "genai-bench exited with code 1"})
+
+    emulator.on_create("benchmarkjobs", lambda job: threading.Thread(target=run, args=(job,), daemon=True).start())
+
+
+def test_stages_are_read_as_they_land_and_the_job_is_deleted(emulator, tmp_path):
+    fake_job_controller(emulator, tmp_path, "Completed", [1, 4])
+    workdir = tmp_path / "trials" / "t0001"
+    workdir.mkdir(parents=True)
+    with runner_for(emulator, tmp_path).run(ENDPOINT, "smollm2", workdir) as results:
+        measured = [(stage.concurrency, metrics["concurrency"], metrics["output_throughput"] > 0)
+                    for stage, metrics in results]
+    assert measured == [(1, 1, True), (4, 4, True)]
+    job = next(r.body for r in emulator.requests if r.method == "POST")
+    endpoint = job["spec"]["endpoint"]["endpoint"]
+    assert endpoint["url"] == ENDPOINT.cluster_url and endpoint["modelName"] == "smollm2"
+    assert job["spec"]["outputLocation"]["storageUri"] == "pvc://results/bench/run1/t0001"
+    assert emulator.objects("benchmarkjobs", NS) == []
+    assert (workdir / "benchmark_job.yaml").is_file()
+
+
+def test_a_failed_job_fails_the_trial_with_its_details(emulator, tmp_path):
+    fake_job_controller(emulator, tmp_path, "Failed", [1])
+    workdir = tmp_path / "trials" / "t0001"
+    workdir.mkdir(parents=True)
+    with pytest.raises(BenchmarkError, match="failed: genai-bench exited with code 1 before stage 2"):
+        with runner_for(emulator, tmp_path).run(ENDPOINT, "smollm2", workdir) as results:
+            for _ in results:
+                pass
+    assert emulator.objects("benchmarkjobs", NS) == []
