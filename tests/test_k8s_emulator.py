@@ -4,6 +4,7 @@ Every test goes through the real client (REST, watch, port-forward, kubeconfig l
 cluster code tested against the emulator uses the same calls it makes against a real cluster.
 """
 
+import contextlib
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -327,6 +328,16 @@ def local_http_server():
     thread.join(WAIT)
 
 
+@contextlib.contextmanager
+def forwarded(core, pod, port):
+    pf = portforward(core.connect_get_namespaced_pod_portforward, pod, NS, ports=str(port))
+    try:
+        yield pf
+    finally:
+        pf.close()
+        pf.websocket.shutdown()  # websocket-client leaves its socket open when the server closes first
+
+
 def read_to_end(sock):
     sock.settimeout(WAIT)
     data = b""
@@ -338,24 +349,18 @@ def read_to_end(sock):
 def test_port_forward_relays_an_http_request_to_a_local_server(core, emulator, local_http_server):
     emulator.put_pod(NS, {"metadata": {"name": "engine-0"}})
     emulator.set_pod_target(NS, "engine-0", 8080, local_http_server)
-    pf = portforward(core.connect_get_namespaced_pod_portforward, "engine-0", NS, ports="8080")
-    try:
+    with forwarded(core, "engine-0", 8080) as pf:
         sock = pf.socket(8080)
         sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: engine-0\r\nConnection: close\r\n\r\n")
         response = read_to_end(sock)
-    finally:
-        pf.close()
     assert response.startswith(b"HTTP/1.0 200 OK") and response.endswith(b"hello from /metrics")
     assert pf.error(8080) is None
 
 
 def test_port_forward_reports_an_unreachable_port_on_its_error_channel(core, emulator):
     emulator.put_pod(NS, {"metadata": {"name": "engine-0"}})
-    pf = portforward(core.connect_get_namespaced_pod_portforward, "engine-0", NS, ports="9090")
-    try:
+    with forwarded(core, "engine-0", 9090) as pf:
         assert read_to_end(pf.socket(9090)) == b""
-    finally:
-        pf.close()
     assert "error forwarding port 9090" in pf.error(9090)
 
 
