@@ -179,10 +179,14 @@ def _stage_file(run_dir: Path, concurrency: int) -> Path | None:
 
 
 def _reason(group: ProcessGroup) -> str:
-    """The most telling line of genai-bench's log: its last error, else its last line."""
-    lines = [line.strip() for line in group.log_tail(40).splitlines() if line.strip()]
-    errors = [line for line in lines if "Error" in line or "error" in line]
-    return (errors or lines or ["no output"])[-1][-300:]
+    """The most telling line of genai-bench's log."""
+    lines = [line.strip() for line in group.log_tail(60).splitlines() if line.strip()]
+    if any("No request metrics collected" in line for line in lines):
+        # It then skips the stage's file and still exits 0.
+        return "no request finished within benchmark.max_minutes_per_stage: the engine is too slow for this load"
+    problems = [line for line in lines if line.startswith(("ERROR", "CRITICAL")) or "Error:" in line
+                or "Exception" in line]
+    return (problems or lines or ["no output"])[-1][-300:]
 
 
 def _scrub_api_key(run_dir: Path) -> None:

@@ -65,3 +65,20 @@ def test_one_invocation_runs_every_stage_in_order():
     assert pairs == ["1", "4", "8"]
     assert argv[argv.index("--api-base") + 1] == "http://127.0.0.1:9"  # no /v1: genai-bench adds it
     assert argv[argv.index("--traffic-scenario") + 1] == "D(100,64)"
+
+
+@pytest.mark.parametrize("log, expected", [
+    ("INFO start\nWARNING - No request metrics collected, one possible cause\nINFO Saving Error Rates.png\n",
+     "no request finished within benchmark.max_minutes_per_stage"),
+    ("INFO start\nERROR - ValueError: No values found for metric 'ttft'\nINFO bye\n",
+     "ERROR - ValueError: No values found for metric 'ttft'"),
+    ("INFO only this\n", "INFO only this"),
+])
+def test_the_reason_a_failed_run_gives_is_the_telling_line(tmp_path, log, expected):
+    from cluster.procs import ProcessGroup
+    from trainables.genai_bench import _reason
+
+    group = ProcessGroup(["printf", "%s", log], log_path=str(tmp_path / "log"))
+    group.process.wait(timeout=10)
+    group.stop(0)
+    assert _reason(group) == expected
