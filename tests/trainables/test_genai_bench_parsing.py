@@ -81,4 +81,4 @@ def test_the_reason_a_failed_run_gives_is_the_telling_line(tmp_path, log, expect
     group = ProcessGroup(["printf", "%s", log], log_path=str(tmp_path / "log"))
     group.process.wait(timeout=10)
     group.stop(0)
-    assert _reason(group) == expected
+    assert _reason(group).startswith(expected)
