@@ -17,11 +17,12 @@ from cluster import records
 from cluster.engines import PROFILES, default_executable
 from cluster.kube import RUN_LABEL, label_value
 from trainables.trial import Resolved, run_trial, trial_params
+from tuner import registry
 from tuner import results as results_io
 from tuner.errors import TaskError
 from tuner.plots import write_stage_plot
 from tuner.progress import ProgressPrinter
-from tuner.search import METRIC, MODE, build_scheduler, build_searcher
+from tuner.search import METRIC, MODE, NoImprovementStopper, build_scheduler, build_searcher, num_trials
 from tuner.space import to_ray
 from tuner.task import FloatRange, IntRange, OmeDeployment, Task
 
@@ -147,6 +148,7 @@ def run(task: Task, *, address: str | None = None, num_samples: int | None = Non
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     # Bad input fails here, before anything is changed or started.
     resolved = resolve(task, task.results_path.absolute() / "trials", run_id)
+    registry.searcher_class(task.search.algorithm), registry.scheduler_class(task.search.scheduler)
     results_dir = prepare_results_dir(task)
     lock = records.register_run(run_id, task.name)
     try:
@@ -180,15 +182,16 @@ def _tune(task: Task, resolved: Resolved, results_dir: Path, address: str | None
     max_concurrent = task.search.max_concurrent or capacity(available, smallest_claim(task, node_cpus))
     trainable = tune.with_resources(tune.with_parameters(run_trial, task=task, resolved=resolved),
                                     trial_resources(task, node_cpus))
-    num_trials = task.search.num_samples + (1 if task.search.baseline else 0)
+    trials = num_trials(task)
+    searcher, scheduler = build_searcher(task, max_concurrent), build_scheduler(task)
+    stopper = NoImprovementStopper(task.search.patience) if task.search.patience else None
     progress = ProgressPrinter(task.objective.metric, len(task.benchmark.concurrency))
     tuner = tune.Tuner(
         trainable,
         param_space=to_ray(task.search_space),
         tune_config=tune.TuneConfig(
-            metric=METRIC, mode=MODE, num_samples=num_trials,
-            search_alg=build_searcher(task, max_concurrent),
-            scheduler=build_scheduler(task),
+            metric=METRIC, mode=MODE, num_samples=trials, search_alg=searcher, scheduler=scheduler,
+            time_budget_s=task.search.time_budget_s,
             max_concurrent_trials=max_concurrent,
             reuse_actors=True,  # a new actor per trial costs seconds of process start and imports
         ),
@@ -196,11 +199,12 @@ def _tune(task: Task, resolved: Resolved, results_dir: Path, address: str | None
             name=RAY_EXPERIMENT_NAME, storage_path=str(results_dir),
             failure_config=tune.FailureConfig(max_failures=0),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[progress],
+            callbacks=[progress] + ([stopper] if stopper else []),
+            stop=stopper,
             verbose=0,
         ),
     )
-    print(f"[autotuner] {task.name}: {num_trials} trials of {task.engine.name}, up to {max_concurrent} at once, "
+    print(f"[autotuner] {task.name}: {trials} trials of {task.engine.name}, up to {max_concurrent} at once, "
           f"{len(task.benchmark.concurrency)} stages each (concurrency {task.benchmark.concurrency})", flush=True)
     grid = tuner.fit()  # on Ctrl-C Ray stops the trials (our teardown runs) and returns what it has
     summary = results_io.summarize(task, resolved, results_io.from_result_grid(grid, progress.ended),

@@ -14,17 +14,17 @@ from trainables.trial import BASELINE_KEY, trial_params
 class ProgressPrinter(Callback):
     """Prints progress and remembers which trials ended, so an interrupted run can say which did not."""
 
-    def __init__(self, metric: str, num_stages: int, stream=sys.stdout):
+    def __init__(self, metric: str, num_stages: int):
         self.metric = metric
         self.num_stages = num_stages
-        self.stream = stream
         self.started = time.monotonic()
         self.last_stage: dict[str, int] = {}
         self.ended: set[str] = set()
 
     def _say(self, trial, text: str) -> None:
         elapsed = time.monotonic() - self.started
-        print(f"[{elapsed:6.0f}s] trial {_number(trial)}: {text}", file=self.stream, flush=True)
+        # sys.stdout is looked up each time: Ray pickles this callback with the experiment.
+        print(f"[{elapsed:6.0f}s] trial {_number(trial)}: {text}", file=sys.stdout, flush=True)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         config = trial.config

@@ -1,4 +1,4 @@
-"""Search algorithm and scheduler for a task, and the baseline trial that neither may touch.
+"""Search algorithm, scheduler and stopper for a task, and the baseline trial that neither may touch.
 
 The baseline (the engine's own defaults) is the first trial. It is added by wrapping the
 searcher, so the searcher never sees it, and it is exempt from early stopping, so it is measured
@@ -7,15 +7,16 @@ over every stage and the result can show the gain over defaults.
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune import Callback, Stopper
+from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
-from ray.tune.search.hyperopt import HyperOptSearch
 
 from trainables.trial import BASELINE_KEY
-from tuner.task import Task
+from tuner import registry
+from tuner.errors import TaskError
+from tuner.task import Task, grid_points
 
 METRIC, MODE, TIME_ATTR = "score", "max", "stage"
 
@@ -61,25 +62,45 @@ class BaselineFirst(Searcher):
         self.searcher.restore(checkpoint_path)
 
 
-class SparingBaselineASHA(ASHAScheduler):
-    """ASHA over benchmark stages that never stops the baseline trial."""
+def spare_baseline(scheduler_class: type) -> type:
+    """The scheduler, except that it never stops (or pauses) the baseline trial."""
 
-    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        if trial.config.get(BASELINE_KEY):
-            return TrialScheduler.CONTINUE
-        return super().on_trial_result(tune_controller, trial, result)
+    class BaselineSparing(scheduler_class):
+        def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+            if trial.config.get(BASELINE_KEY):
+                return TrialScheduler.CONTINUE
+            return super().on_trial_result(tune_controller, trial, result)
+
+    BaselineSparing.__name__ = BaselineSparing.__qualname__ = f"BaselineSparing{scheduler_class.__name__}"
+    return BaselineSparing
+
+
+def num_trials(task: Task) -> int:
+    """Trials Ray Tune should create: the searched ones (the whole grid for grid) plus the baseline."""
+    searched = len(grid_points(task.search_space)) if task.search.algorithm == "grid" else task.search.num_samples
+    return searched + (1 if task.search.baseline else 0)
 
 
 def build_searcher(task: Task, max_concurrent: int) -> Searcher:
     search = task.search
+    cls = registry.searcher_class(search.algorithm)
+    points = [dict(point) for point in search.initial_points]
+    args = dict(search.algorithm_args)
     if search.algorithm == "hyperopt":
         # HyperOpt samples at random for its first n points; 20 (its default) would be the whole
         # budget of a small run, so start modelling after a third of it.
-        inner: Searcher = HyperOptSearch(n_initial_points=max(2, min(20, search.num_samples // 3)),
-                                         random_state_seed=search.seed,
-                                         points_to_evaluate=[dict(p) for p in search.initial_points] or None)
-    else:
-        inner = _RandomSearcher(search.seed, search.initial_points)
+        args = {"n_initial_points": max(2, min(20, search.num_samples // 3)), "random_state_seed": search.seed,
+                "points_to_evaluate": points or None} | args
+    elif search.algorithm == "optuna":
+        args = {"seed": search.seed, "points_to_evaluate": points or None} | args
+    elif search.algorithm == "random":
+        args = {"seed": search.seed, "points_to_evaluate": points} | args
+    elif search.algorithm == "grid":
+        args = {"points": grid_points(task.search_space)}
+    try:
+        inner: Searcher = cls(**args)
+    except TypeError as error:
+        raise TaskError(f"search.algorithm_args: {search.algorithm} does not take these arguments ({error})") from None
     searcher: Searcher = ConcurrencyLimiter(inner, max_concurrent=max_concurrent)
     if search.baseline:
         searcher = BaselineFirst(searcher, {name: None for name in task.search_space} | {BASELINE_KEY: True})
@@ -88,38 +109,44 @@ def build_searcher(task: Task, max_concurrent: int) -> Searcher:
 
 def build_scheduler(task: Task) -> TrialScheduler:
     search = task.search
-    if search.scheduler == "none":
-        return FIFOScheduler()
-    return SparingBaselineASHA(time_attr=TIME_ATTR, max_t=len(task.benchmark.concurrency),
-                               grace_period=search.grace_period, reduction_factor=search.reduction_factor)
+    cls = spare_baseline(registry.scheduler_class(search.scheduler))
+    stages = len(task.benchmark.concurrency)
+    defaults: dict = {}
+    if search.scheduler in ("asha", "hyperband"):
+        defaults = {"time_attr": TIME_ATTR, "max_t": stages, "grace_period": search.grace_period,
+                    "reduction_factor": search.reduction_factor}
+        if search.scheduler == "hyperband":
+            defaults["brackets"] = 3
+    elif search.scheduler == "median":
+        defaults = {"time_attr": TIME_ATTR, "grace_period": search.grace_period, "min_samples_required": 3}
+    try:
+        return cls(**(defaults | search.scheduler_args))
+    except TypeError as error:
+        raise TaskError(f"search.scheduler_args: {search.scheduler} does not take these arguments ({error})") from None
 
 
-class _RandomSearcher(Searcher):
-    """Plain random sampling as a Searcher, so it composes with the wrappers above."""
+class NoImprovementStopper(Stopper, Callback):
+    """Stops the search once `patience` trials in a row have ended without a new best score."""
 
-    def __init__(self, seed: int | None, initial_points: list[dict]):
-        super().__init__()
-        self._random = random.Random(seed)
-        self._pending = [dict(point) for point in initial_points]
-        self._space: dict = {}
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.best = float("-inf")
+        self.since_best = 0
 
-    def set_search_properties(self, metric, mode, config, **spec) -> bool:
-        self._metric, self._mode, self._space = metric, mode, config
-        return True
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        if trial.config.get(BASELINE_KEY):
+            return
+        score = (trial.last_result or {}).get(METRIC, float("-inf"))
+        if score > self.best:
+            self.best, self.since_best = score, 0
+        else:
+            self.since_best += 1
 
-    def suggest(self, trial_id: str) -> dict:
-        if self._pending:
-            return self._pending.pop(0)
-        return {name: domain.sample(random_state=self._random.randint(0, 2**31 - 1))
-                for name, domain in self._space.items()}
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self.since_best += 1
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        pass
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
 
-    def get_state(self) -> dict:
-        return {"random": self._random.getstate(), "pending": self._pending}
-
-    def set_state(self, state: dict) -> None:
-        self._random.setstate(state["random"])
-        self._pending = state["pending"]
-
+    def stop_all(self) -> bool:
+        return self.since_best >= self.patience

@@ -7,6 +7,7 @@ naming the field, e.g. `search_space.threads.min: must be below max (4 >= 2)`.
 from __future__ import annotations
 
 import difflib
+import itertools
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -212,17 +213,35 @@ class Objective(_Strict):
         return _known_metric(value, OBJECTIVE_METRICS)
 
 
+SEARCHER_NAMES = ("hyperopt", "optuna", "random", "grid")
+SCHEDULER_NAMES = ("asha", "hyperband", "median", "none")
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def _named_or_import_path(value: str, names: tuple[str, ...]) -> str:
+    if value in names or _IMPORT_PATH.match(value):
+        return value
+    close = difflib.get_close_matches(value, names, n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    raise ValueError(f"unknown {value!r}; {hint}choose one of {', '.join(names)} or give package.module:Class")
+
+
 class Search(_Strict):
-    algorithm: Literal["hyperopt", "random"] = "hyperopt"
+    algorithm: Annotated[str, AfterValidator(lambda v: _named_or_import_path(v, SEARCHER_NAMES))] = "hyperopt"
+    algorithm_args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the searcher")
     num_samples: int = Field(default=12, ge=1, description="trials the searcher proposes")
     max_concurrent: int | None = Field(default=None, ge=1, description="default: what Ray's resources allow")
     seed: int | None = None
-    scheduler: Literal["asha", "none"] = "asha"
+    scheduler: Annotated[str, AfterValidator(lambda v: _named_or_import_path(v, SCHEDULER_NAMES))] = "asha"
+    scheduler_args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the scheduler")
     grace_period: int = Field(default=1, ge=1, description="stages every trial runs before ASHA may stop it")
     reduction_factor: int = Field(default=2, ge=2)
     baseline: bool = Field(default=True, description="also measure the engine's defaults, never stopped")
     initial_points: list[dict[str, Scalar]] = Field(
         default_factory=list, description="configs to try first (each counts toward num_samples)")
+    time_budget_s: float | None = Field(default=None, gt=0, description="stop the search after this long")
+    patience: int | None = Field(default=None, ge=1,
+                                 description="stop after this many finished trials in a row without a new best")
 
 
 class Task(_Strict):
@@ -270,6 +289,15 @@ class Task(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _grid_is_discrete(self) -> "Task":
+        if self.search.algorithm == "grid":
+            try:
+                grid_points(self.search_space)
+            except TaskError as error:
+                raise ValueError(str(error)) from None
+        return self
+
+    @model_validator(mode="after")
     def _initial_points_in_space(self) -> "Task":
         for number, point in enumerate(self.search.initial_points):
             for name, value in point.items():
@@ -288,6 +316,23 @@ class Task(_Strict):
     @property
     def results_path(self) -> Path:
         return Path(self.results_dir) / self.name
+
+
+def grid_points(search_space: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every combination of a discrete space, in a fixed order; a float range needs a step."""
+    axes = {}
+    for name, spec in search_space.items():
+        if isinstance(spec, list):
+            axes[name] = list(spec)
+        elif isinstance(spec, IntRange):
+            axes[name] = list(range(spec.min, spec.max + 1, spec.step or 1))
+        elif isinstance(spec, FloatRange) and spec.step:
+            count = int(round((spec.max - spec.min) / spec.step))
+            axes[name] = [round(spec.min + i * spec.step, 10) for i in range(count + 1)]
+        else:
+            raise TaskError(f"search.algorithm: grid needs a discrete space, but search_space.{name} is a float "
+                            "range without a step; give it choices or a step")
+    return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
 
 
 def _known_metric(value: str, allowed: tuple[str, ...]) -> str:

@@ -1,0 +1,78 @@
+"""Every named searcher and scheduler, a custom Searcher and a scheduler by import path, each in a
+small real tuning run on the CPU engine (one Ray instance shared by the runs)."""
+
+import pytest
+import ray
+from ray.tune.search import Searcher
+
+from tuner import driver
+from tuner.task import parse_task
+
+pytestmark = pytest.mark.e2e
+
+
+class ListedSearcher(Searcher):
+    """A custom searcher for the test: hands out the configs it was given, in order."""
+
+    def __init__(self, configs):
+        super().__init__()
+        self.configs = list(configs)
+        self.completed = []
+
+    def set_search_properties(self, metric, mode, config, **spec):
+        self._metric, self._mode = metric, mode
+        return True  # it takes the task's space (and ignores it: its configs are listed)
+
+    def suggest(self, trial_id):
+        return dict(self.configs.pop(0)) if self.configs else Searcher.FINISHED
+
+    def on_trial_complete(self, trial_id, result=None, error=False):
+        self.completed.append(trial_id)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def tune_small(tmp_path, name, **search):
+    task = parse_task({
+        "name": name,
+        "model": {"path": "builtin:smollm2", "name": "smol"},
+        "engine": {"name": "llama.cpp", "args": {"ctx-size": 1024, "threads": 1}},
+        "search_space": {"parallel": [1, 2, 4], "ubatch-size": {"type": "int", "min": 64, "max": 128, "step": 64}},
+        "benchmark": {"traffic_scenario": "D(32,16)", "concurrency": [2, 4], "max_requests_per_stage": 4},
+        "search": {"num_samples": 3, "seed": 5, "baseline": False} | search,
+        "results_dir": str(tmp_path),
+    })
+    summary = driver.run(task)
+    assert summary["total_experiments"] >= 1
+    for trial in summary["all_results"]:
+        assert trial["status"] in ("completed", "stopped-early"), trial["error"]
+        assert trial["stages"][0]["output_throughput"] > 0
+    return summary
+
+
+@pytest.mark.parametrize("algorithm, scheduler", [("optuna", "hyperband"), ("random", "median"), ("hyperopt", "none")])
+def test_named_searchers_and_schedulers(tmp_path, algorithm, scheduler):
+    summary = tune_small(tmp_path, f"{algorithm}-{scheduler}", algorithm=algorithm, scheduler=scheduler)
+    assert summary["total_experiments"] == 3
+    if scheduler == "none":
+        assert all(t["status"] == "completed" for t in summary["all_results"])
+
+
+def test_grid_runs_the_whole_cartesian_product(tmp_path):
+    summary = tune_small(tmp_path, "grid", algorithm="grid", scheduler="none", num_samples=1)
+    tried = sorted((t["parameters"]["parallel"], t["parameters"]["ubatch-size"]) for t in summary["all_results"])
+    assert tried == [(1, 64), (1, 128), (2, 64), (2, 128), (4, 64), (4, 128)]
+
+
+def test_custom_searcher_and_scheduler_by_import_path(tmp_path):
+    configs = [{"parallel": 4, "ubatch-size": 64}, {"parallel": 1, "ubatch-size": 128}]
+    summary = tune_small(tmp_path, "custom", algorithm="tests.tuner.test_search_e2e:ListedSearcher",
+                         algorithm_args={"configs": configs},
+                         scheduler="ray.tune.schedulers:MedianStoppingRule",
+                         scheduler_args={"time_attr": "stage", "grace_period": 1, "min_samples_required": 1})
+    assert [t["parameters"] for t in summary["all_results"]] == configs

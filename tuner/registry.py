@@ -1,0 +1,136 @@
+"""Search algorithms and schedulers by name or by `package.module:Class`, imported only when used.
+
+An unknown name fails listing the valid ones; a missing optional package fails naming what to
+install (Ray Tune's own `create_searcher` does the same).
+"""
+
+from __future__ import annotations
+
+import importlib
+import random
+from typing import Any
+
+from ray.tune.schedulers import TrialScheduler
+from ray.tune.search import Searcher
+
+from tuner.errors import TaskError
+from tuner.task import SCHEDULER_NAMES, SEARCHER_NAMES
+
+# name -> (import path, the PyPI package that provides it); the names are validated in tuner.task
+SEARCHERS = {
+    "hyperopt": ("ray.tune.search.hyperopt:HyperOptSearch", "hyperopt"),
+    "optuna": ("ray.tune.search.optuna:OptunaSearch", "optuna"),
+    "random": ("tuner.registry:RandomSearcher", None),
+    "grid": ("tuner.registry:GridSearcher", None),
+}
+# "hyperband" is asynchronous HyperBand (ASHA over several brackets): the synchronous
+# HyperBandScheduler pauses trials, and a paused engine benchmark cannot resume where it stopped.
+SCHEDULERS = {
+    "asha": "ray.tune.schedulers:ASHAScheduler",
+    "hyperband": "ray.tune.schedulers:AsyncHyperBandScheduler",
+    "median": "ray.tune.schedulers:MedianStoppingRule",
+    "none": "ray.tune.schedulers:FIFOScheduler",
+}
+assert tuple(SEARCHERS) == SEARCHER_NAMES and tuple(SCHEDULERS) == SCHEDULER_NAMES
+
+
+def is_import_path(name: str) -> bool:
+    return ":" in name
+
+
+def load(path: str, field: str, package: str | None = None) -> type:
+    """`package.module:Class` -> the class, or a TaskError naming `field` and what to do."""
+    module_name, _, attribute = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        missing = package or error.name or module_name
+        raise TaskError(f"{field}: cannot import {module_name} ({error}); install it: pip install {missing}") from None
+    try:
+        return getattr(module, attribute)
+    except AttributeError:
+        raise TaskError(f"{field}: {module_name} has no {attribute!r}") from None
+
+
+def searcher_class(name: str) -> type:
+    if is_import_path(name):
+        cls = load(name, "search.algorithm")
+        if not (isinstance(cls, type) and issubclass(cls, Searcher)):
+            raise TaskError(f"search.algorithm: {name} is not a ray.tune.search.Searcher")
+        return cls
+    if name not in SEARCHERS:
+        raise TaskError(f"search.algorithm: unknown {name!r}; choose one of {', '.join(SEARCHERS)} "
+                        "or give package.module:Class")
+    path, package = SEARCHERS[name]
+    return load(path, "search.algorithm", package)
+
+
+def scheduler_class(name: str) -> type:
+    if is_import_path(name):
+        cls = load(name, "search.scheduler")
+        if not (isinstance(cls, type) and issubclass(cls, TrialScheduler)):
+            raise TaskError(f"search.scheduler: {name} is not a ray.tune.schedulers.TrialScheduler")
+        return cls
+    if name not in SCHEDULERS:
+        raise TaskError(f"search.scheduler: unknown {name!r}; choose one of {', '.join(SCHEDULERS)} "
+                        "or give package.module:Class")
+    return load(SCHEDULERS[name], "search.scheduler")
+
+
+class _Sequence(Searcher):
+    """Shared by the plain searchers: configs handed out one by one, state kept for resume."""
+
+    def __init__(self, metric: str | None = None, mode: str | None = None):
+        super().__init__(metric=metric, mode=mode)
+        self._pending: list[dict] = []
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass  # these searchers do not learn
+
+    def get_state(self) -> dict:
+        return {"pending": self._pending}
+
+    def set_state(self, state: dict) -> None:
+        self._pending = state["pending"]
+
+
+class RandomSearcher(_Sequence):
+    """Plain random sampling (seedable) as a Searcher, so it composes with the wrappers."""
+
+    def __init__(self, seed: int | None = None, points_to_evaluate: list[dict] | None = None, **_: Any):
+        super().__init__()
+        self._random = random.Random(seed)
+        self._pending = [dict(point) for point in points_to_evaluate or []]
+        self._space: dict = {}
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        self._metric, self._mode, self._space = metric, mode, config
+        return True
+
+    def suggest(self, trial_id: str) -> dict:
+        if self._pending:
+            return self._pending.pop(0)
+        return {name: domain.sample(random_state=self._random.randint(0, 2**31 - 1))
+                for name, domain in self._space.items()}
+
+    def get_state(self) -> dict:
+        return super().get_state() | {"random": self._random.getstate()}
+
+    def set_state(self, state: dict) -> None:
+        super().set_state(state)
+        self._random.setstate(state["random"])
+
+
+class GridSearcher(_Sequence):
+    """The exhaustive Cartesian product of a discrete space, then FINISHED."""
+
+    def __init__(self, points: list[dict], **_: Any):
+        super().__init__()
+        self._pending = [dict(point) for point in points]
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        self._metric, self._mode = metric, mode
+        return True
+
+    def suggest(self, trial_id: str) -> dict | str:
+        return self._pending.pop(0) if self._pending else Searcher.FINISHED
