@@ -61,6 +61,11 @@ def test_valid_task_gets_defaults():
     ({"search": {"initial_points": [{"threads": 3, "ubatch-size": 64}]}}, "search.initial_points.0.threads: 3 is outside"),
     ({"search": {"initial_points": [{"threads": 1}]}}, "search.initial_points.0: missing ubatch-size"),
     ({"name": "bad name"}, "name: 'bad name' must be 1-63 letters"),
+    ({"search": {"algorithm": "hyperop"}}, "search.algorithm: unknown 'hyperop'; did you mean 'hyperopt'?"),
+    ({"search": {"scheduler": "asha2"}}, "search.scheduler: unknown"),
+    ({"search": {"algorithm": "grid"}, "search_space": {"m": {"type": "float", "min": 0.1, "max": 0.9}}},
+     "search.algorithm: grid needs a discrete space, but search_space.m is a float range without a step"),
+    ({"search": {"patience": 0}}, "search.patience: Input should be greater than or equal to 1"),
     ({"model": {}}, "model.path: required with the local backend"),
     ({"deployment": {"backend": "k8s"}}, "deployment: backend must be 'local' or 'ome'"),
     ({"deployment": {"backend": "ome", "namespace": "NS", "model": "m", "runtime": "r", "gpu_budget": 1}},
@@ -144,3 +149,21 @@ def test_cli_run_refuses_a_missing_engine_binary(tmp_path):
     result = _cli("run", str(path))
     assert result.returncode == 2
     assert "engine.binary: /nonexistent/llama-server is not an executable" in result.stderr
+
+
+def test_grid_points_enumerate_choices_and_stepped_ranges():
+    from tuner.task import grid_points
+
+    task = parse_task(with_change(search_space={"a": [1, 2], "b": {"type": "float", "min": 0.5, "max": 0.7, "step": 0.1}},
+                                  search={"algorithm": "grid"}))
+    assert grid_points(task.search_space) == [{"a": 1, "b": 0.5}, {"a": 1, "b": 0.6}, {"a": 1, "b": 0.7},
+                                              {"a": 2, "b": 0.5}, {"a": 2, "b": 0.6}, {"a": 2, "b": 0.7}]
+
+
+def test_a_custom_searcher_that_cannot_be_imported_says_what_to_install():
+    from tuner import registry
+
+    with pytest.raises(TaskError, match="search.algorithm: cannot import no_such_pkg.mod .*pip install no_such_pkg"):
+        registry.searcher_class("no_such_pkg.mod:Searcher")
+    with pytest.raises(TaskError, match="search.scheduler: ray.tune.search:ConcurrencyLimiter is not a"):
+        registry.scheduler_class("ray.tune.search:ConcurrencyLimiter")
