@@ -20,6 +20,7 @@ from cluster import kube, manifests
 from cluster.deployer import Endpoint
 from trainables.genai_bench import Stage, watch_stages
 from tuner.errors import BenchmarkError
+from tuner.objective import request_limits
 
 PLURAL, KIND = "benchmarkjobs", "BenchmarkJob"
 STATE_POLL_S = 2.0
@@ -63,7 +64,7 @@ class BenchmarkJobRunner:
         results = Path(self.settings.results_mount) / self.resolved.run_id / trial_id
         try:
             yield watch_stages(self.task.benchmark, results, _JobState(custom, self.ome.namespace, name),
-                               self.settings.timeout_s)
+                               self.settings.timeout_s, request_limits(self.task.limits))
         finally:
             try:
                 custom.delete_namespaced_custom_object(

@@ -41,14 +41,16 @@ def stages(benchmark: Benchmark) -> list[Stage]:
     return [Stage(i, c, benchmark.traffic_scenario) for i, c in enumerate(benchmark.concurrency, 1)]
 
 
-def parse_stage_file(path: Path) -> dict:
+def parse_stage_file(path: Path, request_limits: dict[str, float] | None = None) -> dict:
     """One genai-bench result file -> our stage metrics (seconds, tokens/s, our own error rate).
 
     Throughputs are computed from the per-request records over the time the client kept
     `concurrency` requests in flight (sum of end-to-end latencies / concurrency). genai-bench's
     own figures divide by a run duration that ends at its next once-a-second check, up to 1 s
     after the last answer: on a 10 s stage that is a 10% error, enough to rank configs wrongly.
-    They are kept as `*_genai_bench` for reference.
+    They are kept as `*_genai_bench` for reference. `goodput` counts, per second of the same
+    time, the completed requests whose own latencies met every limit in `request_limits`
+    (per-request field -> seconds, from the SLOs).
     """
     data = json.loads(path.read_text())
     aggregated = data["aggregated_metrics"]
@@ -66,6 +68,7 @@ def parse_stage_file(path: Path) -> dict:
         "output_throughput": sum(r["num_output_tokens"] for r in done) / busy_s if busy_s else 0.0,
         "total_throughput": sum(r["total_tokens"] for r in done) / busy_s if busy_s else 0.0,
         "requests_per_second": len(done) / busy_s if busy_s else 0.0,
+        "goodput": _good(done, request_limits or {}) / busy_s if busy_s else 0.0,
         "output_throughput_genai_bench": aggregated["mean_output_throughput_tokens_per_s"],
         "total_throughput_genai_bench": aggregated["mean_total_tokens_throughput_tokens_per_s"],
         "requests_per_second_genai_bench": aggregated["requests_per_second"],
@@ -75,10 +78,15 @@ def parse_stage_file(path: Path) -> dict:
         # genai-bench's own error_rate is always 0 (0.0.5); compute it.
         "error_rate": errors / requests if requests else 1.0,
     }
-    for ours, theirs in (("ttft", "ttft"), ("tpot", "tpot"), ("e2e", "e2e_latency")):
-        for stat in ("mean", "p50", "p90", "p99"):
+    for ours, theirs in (("ttft", "ttft"), ("tpot", "tpot"), ("itl", "tpot"), ("e2e", "e2e_latency")):
+        for stat in ("mean", "p50", "p90", "p95", "p99"):
             metrics[f"{ours}_{stat}"] = stats[theirs][stat]
     return metrics
+
+
+def _good(requests: list[dict], limits: dict[str, float]) -> int:
+    return sum(all((r.get(field) if r.get(field) is not None else float("inf")) <= limit
+                   for field, limit in limits.items()) for r in requests)
 
 
 def genai_bench_executable() -> str:
@@ -90,8 +98,10 @@ def genai_bench_executable() -> str:
 
 
 class GenaiBenchRunner:
-    def __init__(self, benchmark: Benchmark, tokenizer: str, api_backend: str):
+    def __init__(self, benchmark: Benchmark, tokenizer: str, api_backend: str,
+                 request_limits: dict[str, float] | None = None):
         self.benchmark = benchmark
+        self.request_limits = request_limits or {}
         self.tokenizer = tokenizer
         self.api_backend = api_backend
 
@@ -119,14 +129,14 @@ class GenaiBenchRunner:
                              log_path=str(workdir / "genai-bench.log"), env=env, cwd=str(out_dir))
         try:
             yield watch_stages(self.benchmark, out_dir / "run", lambda: _exit_reason(group),
-                               STARTUP_ALLOWANCE_S)
+                               STARTUP_ALLOWANCE_S, self.request_limits)
         finally:
             group.stop(grace_s=0)  # its result files are complete; nothing to shut down cleanly
             _scrub_api_key(out_dir / "run")
 
 
 def watch_stages(benchmark: Benchmark, run_dir: Path, failure: Callable[[], str | None],
-                 startup_s: float) -> Iterator[tuple[Stage, dict]]:
+                 startup_s: float, request_limits: dict[str, float]) -> Iterator[tuple[Stage, dict]]:
     """Yield (stage, metrics) as each stage's result file appears under `run_dir`.
 
     `failure()` says why the load generator ended early (None while it runs); each stage has a
@@ -134,14 +144,15 @@ def watch_stages(benchmark: Benchmark, run_dir: Path, failure: Callable[[], str 
     """
     deadline = time.monotonic() + startup_s + benchmark.stage_timeout_s
     for stage in stages(benchmark):
-        yield stage, _wait_for_stage(run_dir, stage, failure, deadline)
+        yield stage, _wait_for_stage(run_dir, stage, failure, deadline, request_limits)
         deadline = time.monotonic() + benchmark.stage_timeout_s
 
 
-def _wait_for_stage(run_dir: Path, stage: Stage, failure: Callable[[], str | None], deadline: float) -> dict:
+def _wait_for_stage(run_dir: Path, stage: Stage, failure: Callable[[], str | None], deadline: float,
+                    request_limits: dict[str, float]) -> dict:
     while True:
         ended = failure()  # asked before the file, so a file written just before the end counts
-        metrics = _read_stage(run_dir, stage.concurrency)
+        metrics = _read_stage(run_dir, stage.concurrency, request_limits)
         if metrics is not None:
             return metrics
         if ended is not None:
@@ -157,13 +168,13 @@ def _exit_reason(group: ProcessGroup) -> str | None:
     return None if code is None else f"genai-bench exited with code {code} ({_reason(group)})"
 
 
-def _read_stage(run_dir: Path, concurrency: int) -> dict | None:
+def _read_stage(run_dir: Path, concurrency: int, request_limits: dict[str, float] | None = None) -> dict | None:
     """The stage's metrics once its file is complete; None while it is missing or half written."""
     path = _stage_file(run_dir, concurrency)
     if path is None:
         return None
     try:
-        return parse_stage_file(path)
+        return parse_stage_file(path, request_limits)
     except (json.JSONDecodeError, KeyError, TypeError):
         return None
 

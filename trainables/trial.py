@@ -21,7 +21,7 @@ from cluster.engines import PROFILES
 from cluster.local import LocalDeployer
 from trainables.genai_bench import GenaiBenchRunner
 from tuner.errors import AutotunerError
-from tuner.objective import INFEASIBLE_SCORE, score_stages
+from tuner.objective import INFEASIBLE_SCORE, request_limits, score_stages
 from tuner.task import OmeDeployment, Task
 
 # Config key marking the baseline trial (engine defaults). No flag name can start with '_'.
@@ -67,7 +67,7 @@ def make_runner(task: Task, resolved: Resolved, api_backend: str):
         from trainables.benchmark_job import BenchmarkJobRunner
 
         return BenchmarkJobRunner(task, resolved, api_backend)
-    return GenaiBenchRunner(task.benchmark, resolved.tokenizer, api_backend)
+    return GenaiBenchRunner(task.benchmark, resolved.tokenizer, api_backend, request_limits(task.limits))
 
 
 class Timeline:
@@ -94,21 +94,24 @@ def run_trial(config: dict[str, Any], task: Task, resolved: Resolved) -> None:
     spec = engine_spec(task, resolved, trial_params(config), context.get_trial_id(), workdir)
     runner = make_runner(task, resolved, task.benchmark.api_backend or spec.profile.api_backend)
     measured: list[dict] = []
+    gpus = int(spec.profile.resources(spec.flags).get("GPU", 0))  # 0 on the CPU: per-GPU = per server
     try:
         with make_deployer(task).deployed(spec, task.deployment.ready_timeout_s) as endpoint:
             timeline.mark("engine_ready")
             with runner.run(endpoint, resolved.served_name, workdir) as results:
                 for stage, metrics in results:
                     timeline.mark(f"stage_{stage.index}_done")
+                    metrics["output_throughput_per_gpu"] = metrics["output_throughput"] / max(1, gpus)
                     measured.append(metrics)
-                    score = score_stages(measured, task.objective.metric, task.slos)
+                    score = score_stages(measured, task.objective.metric, task.limits, task.benchmark.stage_weights)
                     tune.report({"stage": stage.index, "score": score.score, "objective": score.value,
-                                 "violation": score.violation, "error": None, "metrics": metrics})
+                                 "violation": score.violation, "slos_met": score.slos_met, "error": None,
+                                 "metrics": metrics})
                     if not score.feasible:
                         return  # an SLO broken at this load only gets worse at higher loads
     except AutotunerError as error:
         # Reported, not raised: the searcher then learns this config is bad, and the search goes on.
-        tune.report({"stage": len(measured), "score": INFEASIBLE_SCORE, "objective": None,
-                     "violation": None, "error": f"{type(error).__name__}: {error}", "metrics": None})
+        tune.report({"stage": len(measured), "score": INFEASIBLE_SCORE, "objective": None, "violation": None,
+                     "slos_met": None, "error": f"{type(error).__name__}: {error}", "metrics": None})
     finally:
         timeline.mark("trial_end")

@@ -21,6 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("task", help="task file (YAML or JSON)")
     run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     run.add_argument("--num-samples", type=int, help="override search.num_samples")
+    run.add_argument("--algorithm", help="override search.algorithm (a name or package.module:Class)")
 
     validate = commands.add_parser("validate", help="check a task file and exit")
     validate.add_argument("task")
@@ -53,12 +54,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    if args.num_samples is not None and args.num_samples < 1:
-        raise TaskError(f"--num-samples: must be at least 1 (got {args.num_samples})")
-    task = load_task(args.task)
+    overrides = {key: value for key, value in (("num_samples", args.num_samples), ("algorithm", args.algorithm))
+                 if value is not None}
+    task = load_task(args.task, overrides)
     from tuner import driver, results
 
-    summary = driver.run(task, address=args.address, num_samples=args.num_samples)
+    summary = driver.run(task, address=args.address)
     print()
     print(results.table(summary))
     print(f"\nResults: {task.results_path}/ (results.json, trials.csv, best_command.txt, stages.png)")

@@ -141,10 +141,8 @@ def prepare_results_dir(task: Task) -> Path:
     return path
 
 
-def run(task: Task, *, address: str | None = None, num_samples: int | None = None) -> dict:
+def run(task: Task, *, address: str | None = None) -> dict:
     """Tune `task`; return the results summary (also written to results/<task>/)."""
-    if num_samples is not None:
-        task = task.model_copy(update={"search": task.search.model_copy(update={"num_samples": num_samples})})
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     # Bad input fails here, before anything is changed or started.
     resolved = resolve(task, task.results_path.absolute() / "trials", run_id)

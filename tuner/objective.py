@@ -1,27 +1,33 @@
 """Objective and SLO scoring: the metrics of the stages so far plus the SLOs give one score.
 
 Every score handed to Ray Tune is "higher is better" (latencies are negated), so the scheduler
-and searcher always run in `max` mode and a broken SLO can be given the worst score.
+and searcher always run in `max` mode and a broken hard SLO can be given the worst score.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from statistics import fmean
 
-THROUGHPUT_METRICS = ("output_throughput", "total_throughput", "requests_per_second")
-LATENCY_KINDS = ("ttft", "tpot", "e2e")
-LATENCY_STATS = ("mean", "p50", "p90", "p99")
+# Maximised. goodput: completed requests per second that met every latency SLO (per request).
+THROUGHPUT_METRICS = ("output_throughput", "total_throughput", "requests_per_second", "goodput",
+                      "output_throughput_per_gpu")
+# itl is genai-bench's tpot: a request's time per output token after the first, i.e. its mean
+# inter-token latency; both names are accepted.
+LATENCY_KINDS = ("ttft", "tpot", "itl", "e2e")
+LATENCY_STATS = ("mean", "p50", "p90", "p95", "p99")
 LATENCY_METRICS = tuple(f"{kind}_{stat}" for kind in LATENCY_KINDS for stat in LATENCY_STATS)
 OBJECTIVE_METRICS = THROUGHPUT_METRICS + LATENCY_METRICS
 # An SLO is an upper limit on a latency statistic or on the error rate.
 SLO_METRICS = LATENCY_METRICS + ("error_rate",)
+# The per-request field each latency kind is judged on when counting goodput.
+REQUEST_FIELD = {"ttft": "ttft", "tpot": "tpot", "itl": "tpot", "e2e": "e2e_latency"}
 
 # Worst score: finite, because searchers such as HyperOpt cannot learn from infinities.
 INFEASIBLE_SCORE = -1e9
 
 UNITS = {"output_throughput": "tok/s", "total_throughput": "tok/s", "requests_per_second": "req/s",
-         "error_rate": ""} | {name: "s" for name in LATENCY_METRICS}
+         "goodput": "req/s", "output_throughput_per_gpu": "tok/s/GPU", "error_rate": ""} \
+    | {name: "s" for name in LATENCY_METRICS}
 
 
 def maximize(metric: str) -> bool:
@@ -29,39 +35,69 @@ def maximize(metric: str) -> bool:
 
 
 @dataclass(frozen=True)
+class Limit:
+    """An SLO: `metric` <= `limit`. A hard one makes a trial infeasible; a soft one scales its score."""
+
+    metric: str
+    limit: float
+    hard: bool = True
+
+
+@dataclass(frozen=True)
 class Score:
     """The objective over the stages measured so far."""
 
-    value: float | None  # the objective in its own units (mean over stages); None if infeasible
+    value: float | None  # the objective in its own units (weighted mean over stages); None if infeasible
     score: float  # what Ray Tune sees: higher is better
-    violation: str | None  # the first SLO broken, e.g. "ttft_p90 1.42 s > 1.00 s"
+    violation: str | None  # the first hard SLO broken, e.g. "ttft_p90 1.42 s > 1 s at concurrency 8"
+    slos_met: dict[str, bool]  # every SLO: met at every stage so far?
 
     @property
     def feasible(self) -> bool:
         return self.violation is None
 
 
-def slo_violation(stage: dict, slos: dict[str, float]) -> str | None:
-    """Name the first SLO a stage breaks, or None."""
-    for metric, limit in slos.items():
-        observed = stage.get(metric)
-        if observed is not None and observed > limit:
-            unit = UNITS[metric]
-            return f"{metric} {observed:.3g}{' ' + unit if unit else ''} > {limit:g}{' ' + unit if unit else ''} at concurrency {stage.get('concurrency')}"
-    return None
+def request_limits(limits: list[Limit]) -> dict[str, float]:
+    """Per-request latency limits for goodput: the tightest limit on each latency kind."""
+    per_request: dict[str, float] = {}
+    for limit in limits:
+        kind = limit.metric.split("_")[0]
+        if kind in REQUEST_FIELD:
+            field = REQUEST_FIELD[kind]
+            per_request[field] = min(limit.limit, per_request.get(field, float("inf")))
+    return per_request
 
 
-def score_stages(stages: list[dict], metric: str, slos: dict[str, float]) -> Score:
-    """Mean of the objective over the stages so far, or the worst score if any stage broke an SLO.
+def _describe(metric: str, observed: float, limit: float, concurrency) -> str:
+    unit = UNITS[metric]
+    unit = f" {unit}" if unit else ""
+    return f"{metric} {observed:.3g}{unit} > {limit:g}{unit} at concurrency {concurrency}"
 
-    The mean keeps scores of trials at the same stage comparable, which is what ASHA compares.
+
+def score_stages(stages: list[dict], metric: str, limits: list[Limit], weights: list[float] | None = None) -> Score:
+    """The weighted mean of the objective over the stages so far (so trials at the same stage
+    compare fairly, which is what ASHA does), or the worst score once a hard SLO broke.
+
+    A broken soft SLO keeps the trial feasible but multiplies a maximised objective by
+    limit/observed (divides a minimised one), for each soft limit at its worst stage.
     """
-    for stage in stages:
-        violation = slo_violation(stage, slos)
-        if violation:
-            return Score(value=None, score=INFEASIBLE_SCORE, violation=violation)
-    value = fmean(stage[metric] for stage in stages)
-    return Score(value=value, score=value if maximize(metric) else -value, violation=None)
+    met = {limit.metric: True for limit in limits}
+    penalty = 1.0
+    for limit in limits:
+        worst = max((stage.get(limit.metric) for stage in stages if stage.get(limit.metric) is not None),
+                    default=None)
+        if worst is None or worst <= limit.limit:
+            continue
+        met[limit.metric] = False
+        if limit.hard:
+            stage = next(s for s in stages if s.get(limit.metric) == worst)
+            return Score(None, INFEASIBLE_SCORE, _describe(limit.metric, worst, limit.limit, stage.get("concurrency")), met)
+        penalty *= limit.limit / worst
+    weights = (weights or [1.0] * len(stages))[:len(stages)]
+    value = sum(w * stage[metric] for w, stage in zip(weights, stages)) / sum(weights)
+    if maximize(metric):
+        return Score(value, value * penalty, None, met)
+    return Score(value, -value / penalty, None, met)
 
 
 def gain(best: float, baseline: float, metric: str) -> float | None:

@@ -128,7 +128,7 @@ def summarize(task: Task, resolved: Resolved, records: list[TrialRecord], experi
         "task_name": task.name,
         "engine": task.engine.name,
         "objective": {"metric": metric, "direction": "maximize" if maximize(metric) else "minimize"},
-        "slos": task.slos,
+        "slos": [{"metric": l.metric, "limit": l.limit, "hard": l.hard} for l in task.limits],
         "stages": [{"stage": i, "concurrency": c, "traffic_scenario": task.benchmark.traffic_scenario}
                    for i, c in enumerate(task.benchmark.concurrency, 1)],
         "total_experiments": len(records),
@@ -148,6 +148,7 @@ def summarize(task: Task, resolved: Resolved, records: list[TrialRecord], experi
             "stages_completed": len(r.stages),
             "stages": r.stages,
             "slo_violation": r.last.get("violation"),
+            "slos_met": r.last.get("slos_met"),
             "error": r.error,
         } for r in records],
         "ray_experiment_dir": experiment_dir,

@@ -17,7 +17,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Fiel
                       field_validator, model_validator)
 
 from tuner.errors import TaskError
-from tuner.objective import OBJECTIVE_METRICS, SLO_METRICS
+from tuner.objective import OBJECTIVE_METRICS, SLO_METRICS, Limit
 
 Scalar = Union[bool, int, float, str]
 
@@ -188,6 +188,14 @@ class Benchmark(_Strict):
         default="direct", description="direct: genai-bench from the trial; benchmarkjob: an OME BenchmarkJob")
     benchmark_job: BenchmarkJobSettings | None = None
     client_cpus: float = Field(default=1.0, ge=0, description="CPUs genai-bench uses, added to each trial's claim")
+    stage_weights: list[Annotated[float, Field(gt=0)]] | None = Field(
+        default=None, description="each stage's weight in the objective (default: equal)")
+
+    @model_validator(mode="after")
+    def _weights_per_stage(self) -> "Benchmark":
+        if self.stage_weights is not None and len(self.stage_weights) != len(self.concurrency):
+            raise ValueError(f"stage_weights: {len(self.stage_weights)} weights for {len(self.concurrency)} stages")
+        return self
 
     @field_validator("traffic_scenario")
     @classmethod
@@ -202,6 +210,20 @@ class Benchmark(_Strict):
         if len(set(values)) != len(values):
             raise ValueError(f"each stage needs its own concurrency (got {values})")
         return values
+
+
+class Slo(_Strict):
+    """`limit` alone is a hard SLO; `hard: false` makes it a penalty instead (README, Objectives)."""
+
+    limit: float = Field(gt=0)
+    hard: bool = True
+
+
+# A number is a hard limit; a mapping is an Slo.
+SloValue = Annotated[
+    Union[Annotated[float, Field(gt=0), Tag("limit")], Annotated[Slo, Tag("slo")]],
+    Discriminator(lambda v: "slo" if isinstance(v, (dict, Slo)) else "limit"),
+]
 
 
 class Objective(_Strict):
@@ -254,7 +276,7 @@ class Task(_Strict):
     benchmark: Benchmark = Benchmark()
     objective: Objective = Objective()
     slos: dict[Annotated[str, AfterValidator(lambda m: _known_metric(m, SLO_METRICS))],
-               Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
+               SloValue] = Field(default_factory=dict)
     search: Search = Search()
     results_dir: str = "results"
 
@@ -314,6 +336,11 @@ class Task(_Strict):
         return self
 
     @property
+    def limits(self) -> list[Limit]:
+        return [Limit(metric, slo, True) if isinstance(slo, (int, float)) else Limit(metric, slo.limit, slo.hard)
+                for metric, slo in self.slos.items()]
+
+    @property
     def results_path(self) -> Path:
         return Path(self.results_dir) / self.name
 
@@ -352,8 +379,9 @@ def parse_task(data: Any, source: str = "task") -> Task:
         raise TaskError(f"{source}: {_one_line(error)}") from None
 
 
-def load_task(path: str | Path) -> Task:
-    """Read and validate a task file; raise TaskError with a one-line message on any problem."""
+def load_task(path: str | Path, search_overrides: dict[str, Any] | None = None) -> Task:
+    """Read and validate a task file (with `search` keys overridden, e.g. from the command line);
+    raise TaskError with a one-line message on any problem."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -365,6 +393,8 @@ def load_task(path: str | Path) -> Task:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise TaskError(f"{path}: not valid YAML or JSON{where}: {getattr(error, 'problem', error)}") from None
+    if search_overrides and isinstance(data, dict):
+        data["search"] = {**(data.get("search") or {}), **search_overrides}
     return parse_task(data, str(path))
 
 
@@ -391,7 +421,7 @@ def _one_line(error: ValidationError) -> str:
     return f"{field}: {message} (got {got!r})"
 
 
-_UNION_TAGS = {"choices", "range", "local", "ome", "int", "float", "bool", "str", "IntRange", "FloatRange"}
+_UNION_TAGS = {"choices", "range", "local", "ome", "constrained-float", "Slo", "limit", "slo", "int", "float", "bool", "str", "IntRange", "FloatRange"}
 
 
 def _did_you_mean(loc: tuple) -> str:

@@ -82,3 +82,16 @@ def test_the_reason_a_failed_run_gives_is_the_telling_line(tmp_path, log, expect
     group.process.wait(timeout=10)
     group.stop(0)
     assert _reason(group).startswith(expected)
+
+
+def test_goodput_counts_the_requests_that_met_every_limit_by_hand():
+    data = json.loads(REAL_FILE.read_text())
+    requests = data["individual_request_metrics"]
+    busy = sum(r["e2e_latency"] for r in requests) / 4
+    ttft_limit, e2e_limit = 0.9, 2.3
+    by_hand = [r for r in requests if r["ttft"] <= ttft_limit and r["e2e_latency"] <= e2e_limit]
+    assert 0 < len(by_hand) < len(requests)  # the limits split this real stage
+    metrics = parse_stage_file(REAL_FILE, {"ttft": ttft_limit, "e2e_latency": e2e_limit})
+    assert metrics["goodput"] == pytest.approx(len(by_hand) / busy)
+    assert parse_stage_file(REAL_FILE)["goodput"] == pytest.approx(metrics["requests_per_second"])  # no limits
+    assert metrics["itl_p95"] == data["aggregated_metrics"]["stats"]["tpot"]["p95"]

@@ -50,7 +50,10 @@ def test_valid_task_gets_defaults():
     ({"search_space": {"t": ["a b"]}}, "search_space.t.0: value 'a b' is not allowed"),
     ({"search_space": {"bad flag": [1]}}, "is not a flag name"),
     ({"engine": {"name": "llama.cpp", "args": {"x": "1;rm -rf /"}}}, "engine.args.x: value '1;rm -rf /' is not allowed"),
-    ({"objective": {"metric": "ttft_p95"}}, "objective.metric: unknown metric 'ttft_p95'; did you mean 'ttft_p99'?"),
+    ({"objective": {"metric": "output_throughputt"}},
+     "objective.metric: unknown metric 'output_throughputt'; did you mean 'output_throughput'?"),
+    ({"slos": {"ttft_p90": {"limit": 1.0, "hard": "maybe"}}}, "slos.ttft_p90.hard: Input should be a valid boolean"),
+    ({"benchmark": {"concurrency": [1, 4], "stage_weights": [1.0]}}, "benchmark: stage_weights: 1 weights for 2 stages"),
     ({"slos": {"tft_p90": 1}}, "slos.tft_p90: unknown metric 'tft_p90'; did you mean 'ttft_p90'?"),
     ({"slos": {"ttft_p90": -1}}, "slos.ttft_p90: Input should be greater than 0"),
     ({"benchmark": {"concurrency": [0]}}, "benchmark.concurrency.0: Input should be greater than or equal to 1"),
@@ -167,3 +170,13 @@ def test_a_custom_searcher_that_cannot_be_imported_says_what_to_install():
         registry.searcher_class("no_such_pkg.mod:Searcher")
     with pytest.raises(TaskError, match="search.scheduler: ray.tune.search:ConcurrencyLimiter is not a"):
         registry.scheduler_class("ray.tune.search:ConcurrencyLimiter")
+
+
+def test_cli_overrides_are_validated_like_the_file(tmp_path):
+    path = tmp_path / "task.yaml"
+    path.write_text(json.dumps(VALID))
+    result = _cli("run", str(path), "--algorithm", "hyperop")
+    assert result.returncode == 2
+    assert "search.algorithm: unknown 'hyperop'; did you mean 'hyperopt'?" in result.stderr
+    result = _cli("run", str(path), "--num-samples", "0")
+    assert result.returncode == 2 and "search.num_samples: Input should be greater than or equal to 1" in result.stderr
