@@ -19,6 +19,8 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="tune the engine described by a task file")
     run.add_argument("task", help="task file (YAML or JSON)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the interrupted run in results/<task>/ (finished trials are kept)")
     run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     run.add_argument("--num-samples", type=int, help="override search.num_samples")
     run.add_argument("--algorithm", help="override search.algorithm (a name or package.module:Class)")
@@ -59,7 +61,7 @@ def _run(args) -> int:
     task = load_task(args.task, overrides)
     from tuner import driver, results
 
-    summary = driver.run(task, address=args.address)
+    summary = driver.run(task, address=args.address, resume=args.resume)
     print()
     print(results.table(summary))
     print(f"\nResults: {task.results_path}/ (results.json, trials.csv, best_command.txt, stages.png)")

@@ -141,16 +141,22 @@ def prepare_results_dir(task: Task) -> Path:
     return path
 
 
-def run(task: Task, *, address: str | None = None) -> dict:
-    """Tune `task`; return the results summary (also written to results/<task>/)."""
+def run(task: Task, *, address: str | None = None, resume: bool = False) -> dict:
+    """Tune `task` (or continue its interrupted run); return the results summary, also written to
+    results/<task>/."""
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     # Bad input fails here, before anything is changed or started.
     resolved = resolve(task, task.results_path.absolute() / "trials", run_id)
     registry.searcher_class(task.search.algorithm), registry.scheduler_class(task.search.scheduler)
-    results_dir = prepare_results_dir(task)
+    if resume:
+        results_dir = task.results_path.absolute()
+        if not (results_dir / RAY_EXPERIMENT_NAME / "tuner.pkl").is_file():
+            raise TaskError(f"--resume: no earlier run of {task.name} in {results_dir / RAY_EXPERIMENT_NAME}")
+    else:
+        results_dir = prepare_results_dir(task)
     lock = records.register_run(run_id, task.name)
     try:
-        return _tune(task, resolved, results_dir, address)
+        return _tune(task, resolved, results_dir, address, resume)
     finally:
         lock.unlink(missing_ok=True)
         sweep(task, run_id)
@@ -167,7 +173,7 @@ def sweep(task: Task, run_id: str) -> None:
             print(f"[autotuner] removed leftover {kind} {name}")
 
 
-def _tune(task: Task, resolved: Resolved, results_dir: Path, address: str | None) -> dict:
+def _tune(task: Task, resolved: Resolved, results_dir: Path, address: str | None, resume: bool) -> dict:
     start_ray(task, address)
     if isinstance(task.deployment, OmeDeployment) and task.deployment.create_runtime is not None:
         from cluster.ome import ensure_runtime
@@ -184,6 +190,16 @@ def _tune(task: Task, resolved: Resolved, results_dir: Path, address: str | None
     searcher, scheduler = build_searcher(task, max_concurrent), build_scheduler(task)
     stopper = NoImprovementStopper(task.search.patience) if task.search.patience else None
     progress = ProgressPrinter(task.objective.metric, len(task.benchmark.concurrency))
+    experiment_dir = results_dir / RAY_EXPERIMENT_NAME
+    # The experiment state is saved at most this often; a run killed between two saves would run
+    # its last finished trials again on --resume. Writing it is cheap at our trial counts.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    if resume:
+        # Ray restores the searcher's and the scheduler's state and the run config (callbacks).
+        tuner = tune.Tuner.restore(str(experiment_dir), trainable, resume_unfinished=True,
+                                   restart_errored=True, param_space=to_ray(task.search_space))
+        print(f"[autotuner] {task.name}: resuming {experiment_dir}", flush=True)
+        return _finish(task, resolved, results_dir, tuner.fit())
     tuner = tune.Tuner(
         trainable,
         param_space=to_ray(task.search_space),
@@ -204,9 +220,15 @@ def _tune(task: Task, resolved: Resolved, results_dir: Path, address: str | None
     )
     print(f"[autotuner] {task.name}: {trials} trials of {task.engine.name}, up to {max_concurrent} at once, "
           f"{len(task.benchmark.concurrency)} stages each (concurrency {task.benchmark.concurrency})", flush=True)
-    grid = tuner.fit()  # on Ctrl-C Ray stops the trials (our teardown runs) and returns what it has
-    summary = results_io.summarize(task, resolved, results_io.from_result_grid(grid, progress.ended),
-                                   str(results_dir / RAY_EXPERIMENT_NAME))
+    return _finish(task, resolved, results_dir, tuner.fit())  # on Ctrl-C Ray stops the trials and returns
+
+
+def _finish(task: Task, resolved: Resolved, results_dir: Path, grid) -> dict:
+    experiment_dir = results_dir / RAY_EXPERIMENT_NAME
+    # Trials Ray saved as TERMINATED or ERROR have ended; others were cut off by Ctrl-C.
+    ended = {trial.trial_id for trial in tune.ExperimentAnalysis(str(experiment_dir)).trials
+             if trial.status in ("TERMINATED", "ERROR")}
+    summary = results_io.summarize(task, resolved, results_io.from_result_grid(grid, ended), str(experiment_dir))
     results_io.write(results_dir, summary)
     write_stage_plot(summary, results_dir / "stages.png")
     return summary

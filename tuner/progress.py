@@ -12,14 +12,13 @@ from trainables.trial import BASELINE_KEY, trial_params
 
 
 class ProgressPrinter(Callback):
-    """Prints progress and remembers which trials ended, so an interrupted run can say which did not."""
+    """Prints one line per trial event."""
 
     def __init__(self, metric: str, num_stages: int):
         self.metric = metric
         self.num_stages = num_stages
         self.started = time.monotonic()
         self.last_stage: dict[str, int] = {}
-        self.ended: set[str] = set()
 
     def _say(self, trial, text: str) -> None:
         elapsed = time.monotonic() - self.started
@@ -44,7 +43,6 @@ class ProgressPrinter(Callback):
         self._say(trial, line)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.ended.add(trial.trial_id)
         result = trial.last_result or {}
         stage = self.last_stage.get(trial.trial_id, 0)
         if result.get("error"):
@@ -57,7 +55,6 @@ class ProgressPrinter(Callback):
             self._say(trial, f"done   {self.metric} {result.get('objective', float('nan')):.4g} (mean of stages)")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.ended.add(trial.trial_id)
         self._say(trial, "FAILED (see results.json for the error)")
 
 

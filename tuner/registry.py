@@ -7,6 +7,7 @@ install (Ray Tune's own `create_searcher` does the same).
 from __future__ import annotations
 
 import importlib
+import pickle
 import random
 from typing import Any
 
@@ -92,6 +93,15 @@ class _Sequence(Searcher):
 
     def set_state(self, state: dict) -> None:
         self._pending = state["pending"]
+
+    # Ray saves the innermost searcher through save/restore (the wrappers through get/set_state).
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as file:
+            pickle.dump(self.get_state(), file)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as file:
+            self.set_state(pickle.load(file))
 
 
 class RandomSearcher(_Sequence):

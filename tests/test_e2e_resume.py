@@ -1,0 +1,64 @@
+"""SIGKILL the driver after some trials finished, then `autotuner run --resume`: finished trials
+are not run again, none is missing from results.json, and no engine is left behind."""
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+import yaml
+
+from tests.conftest import engine_processes
+
+pytestmark = pytest.mark.e2e
+
+
+def test_resume_after_sigkill(tmp_path):
+    served = f"resume-{uuid.uuid4().hex[:8]}"
+    task = {
+        "name": "resumed",
+        "model": {"path": "builtin:smollm2", "name": served},
+        "engine": {"name": "llama.cpp", "args": {"ctx-size": 1024, "threads": 2}},
+        "search_space": {"parallel": [1, 2, 4, 8]},
+        "benchmark": {"traffic_scenario": "D(32,16)", "concurrency": [2, 4], "max_requests_per_stage": 4},
+        "search": {"algorithm": "random", "num_samples": 4, "scheduler": "none", "seed": 2},
+        "results_dir": str(tmp_path / "results"),
+    }
+    path = tmp_path / "task.yaml"
+    path.write_text(yaml.safe_dump(task))
+    first = subprocess.Popen([sys.executable, "-m", "tuner.cli", "run", str(path)],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, done = [], set()
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and len(done) < 2:
+            line = first.stdout.readline()
+            lines.append(line)
+            match = re.search(r"trial (\d+): done", line)
+            if match:
+                done.add(match.group(1))
+        assert len(done) == 2, "".join(lines)
+        time.sleep(1.5)  # let Ray save the experiment state (saved every second)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+    finally:
+        first.kill()
+    deadline = time.monotonic() + 15  # the watchdog of the engine that was running kills it
+    while engine_processes(served) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert engine_processes(served) == set()
+
+    second = subprocess.run([sys.executable, "-m", "tuner.cli", "run", str(path), "--resume"],
+                            capture_output=True, text=True, timeout=240)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    started_again = set(re.findall(r"trial (\d+): start", second.stdout))
+    assert not (started_again & done), f"finished trials {done} ran again: {second.stdout}"
+    results = json.loads((tmp_path / "results" / "resumed" / "results.json").read_text())
+    assert results["total_experiments"] == 5  # the baseline and the 4 searched trials, each once
+    assert len({t["trial_id"] for t in results["all_results"]}) == 5
+    assert all(t["status"] == "completed" for t in results["all_results"]), results["all_results"]
+    assert engine_processes(served) == set()
