@@ -29,6 +29,7 @@ def run(tmp_path_factory):
         "engine": {"name": "llama.cpp", "args": {"ctx-size": 2048}},
         "search_space": {"parallel": [1, 2, 4], "threads": [1, 2]},
         "benchmark": {"traffic_scenario": "D(64,32)", "concurrency": [4, 8], "max_requests_per_stage": 12},
+        "objective": {"metric": "output_throughput", "secondary": ["ttft_p90"]},
         "search": {"num_samples": 3, "seed": 3, "grace_period": 1, "reduction_factor": 2,
                    "initial_points": [{"parallel": 4, "threads": 2}, {"parallel": 1, "threads": 1}]},
         "results_dir": str(root / "results"),
@@ -92,6 +93,11 @@ def test_best_command_and_trials_csv(run):
     assert len(rows) == 4 and {"parallel", "threads", "status", "objective_score"} <= set(rows[0])
     assert (results_dir / "tune").is_dir()
     assert (results_dir / "stages.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    front = list(csv.DictReader((results_dir / "pareto.csv").open()))
+    results = json.loads((results_dir / "results.json").read_text())
+    completed = {t["experiment_id"] for t in results["all_results"] if t["status"] == "completed"}
+    assert front and {int(row["experiment_id"]) for row in front} <= completed
+    assert str(results["best_result"]["experiment_id"]) in {row["experiment_id"] for row in front}
     for trial in json.loads((results_dir / "results.json").read_text())["all_results"]:
         assert (results_dir / "trials" / trial["trial_id"] / "engine.log").is_file()
 

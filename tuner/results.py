@@ -111,11 +111,36 @@ def launch_line(task: Task, resolved: Resolved, parameters: dict[str, Any]) -> l
     return profile.argv(launch, profile.merged(task.engine.args, parameters))
 
 
+def objective_values(record: TrialRecord, metrics: list[str], weights: list[float] | None) -> dict[str, float]:
+    """Each objective as the (weighted) mean over the trial's stages."""
+    weights = (weights or [1.0] * len(record.stages))[:len(record.stages)]
+    return {metric: sum(w * stage[metric] for w, stage in zip(weights, record.stages)) / sum(weights)
+            for metric in metrics}
+
+
+def pareto_front(points: dict[int, dict[str, float]]) -> list[int]:
+    """The ids whose objective vectors no other point dominates (at least as good everywhere,
+    better somewhere), in the given order."""
+    def oriented(values: dict[str, float]) -> list[float]:
+        return [value if maximize(metric) else -value for metric, value in values.items()]
+
+    vectors = {key: oriented(values) for key, values in points.items()}
+    return [key for key, mine in vectors.items()
+            if not any(all(o >= m for o, m in zip(other, mine)) and other != mine
+                       for other_key, other in vectors.items() if other_key != key)]
+
+
 def summarize(task: Task, resolved: Resolved, records: list[TrialRecord], experiment_dir: str) -> dict:
     num_stages = len(task.benchmark.concurrency)
     metric = task.objective.metric
     finished = [r for r in records if r.status(num_stages) == COMPLETED]
-    best = max(finished, key=lambda r: r.score, default=None)
+    # The recommended point: the best on the primary objective among trials that met every SLO
+    # (soft ones included); if none did, the best score.
+    met_all = [r for r in finished if all((r.last.get("slos_met") or {}).values())]
+    best = max(met_all or finished, key=lambda r: r.score, default=None)
+    values = {r.experiment_id: objective_values(r, task.objective.metrics, task.benchmark.stage_weights)
+              for r in finished}
+    front = pareto_front(values) if task.objective.secondary else []
     baseline = next((r for r in records if r.baseline), None)
     baseline_ok = baseline is not None and baseline.status(num_stages) == COMPLETED
 
@@ -138,6 +163,10 @@ def summarize(task: Task, resolved: Resolved, records: list[TrialRecord], experi
         "baseline": brief(baseline) | {"status": baseline.status(num_stages)} if baseline else None,
         "gain_over_baseline": (gain(best.objective, baseline.objective, metric)
                                if best and baseline_ok else None),
+        "objectives": task.objective.metrics,
+        "pareto_front": [{"experiment_id": key, "parameters": next(r.parameters for r in finished
+                                                                   if r.experiment_id == key), **values[key]}
+                         for key in front],
         "all_results": [{
             "experiment_id": r.experiment_id,
             "trial_id": r.trial_id,
@@ -146,6 +175,7 @@ def summarize(task: Task, resolved: Resolved, records: list[TrialRecord], experi
             "status": r.status(num_stages),
             "objective_score": r.objective,
             "stages_completed": len(r.stages),
+            "objectives": values.get(r.experiment_id),
             "stages": r.stages,
             "slo_violation": r.last.get("violation"),
             "slos_met": r.last.get("slos_met"),
@@ -163,6 +193,19 @@ def write(results_dir: Path, summary: dict) -> None:
     best = summary.get("best_result")
     if best:
         _atomic_write(results_dir / "best_command.txt", best["command"] + "\n")
+    if summary.get("pareto_front"):
+        _atomic_write(results_dir / "pareto.csv", pareto_csv(summary))
+
+
+def pareto_csv(summary: dict) -> str:
+    names = sorted({name for row in summary["pareto_front"] for name in row["parameters"]})
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["experiment_id", *summary["objectives"], *names])
+    for row in summary["pareto_front"]:
+        writer.writerow([row["experiment_id"], *[row[m] for m in summary["objectives"]],
+                         *[row["parameters"].get(name) for name in names]])
+    return buffer.getvalue()
 
 
 def trials_csv(summary: dict) -> str:
@@ -208,7 +251,13 @@ def table(summary: dict) -> str:
     elif summary["gain_over_baseline"] is not None:
         text += f"  ({summary['gain_over_baseline']:+.1%} vs. engine defaults " \
                 f"{summary['baseline']['objective_score']:.4g})"
-    return text + f"\nLaunch: {best['command']}"
+    text += f"\nLaunch: {best['command']}"
+    if summary.get("pareto_front"):
+        objectives = summary["objectives"]
+        text += f"\n\nPareto front over {', '.join(objectives)} (pareto.csv):"
+        for row in summary["pareto_front"]:
+            text += f"\n  experiment {row['experiment_id']}: " + ", ".join(f"{m} {row[m]:.4g}" for m in objectives)
+    return text
 
 
 def _fmt(value: Any) -> str:

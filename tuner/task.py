@@ -227,12 +227,27 @@ SloValue = Annotated[
 
 
 class Objective(_Strict):
-    metric: str = "output_throughput"
+    metric: str = Field(default="output_throughput", description="the primary objective: what the search optimises")
+    secondary: list[str] = Field(default_factory=list,
+                                 description="more objectives: the results list the Pareto front over all of them")
 
     @field_validator("metric")
     @classmethod
     def _known(cls, value: str) -> str:
         return _known_metric(value, OBJECTIVE_METRICS)
+
+    @field_validator("secondary")
+    @classmethod
+    def _known_secondary(cls, values: list[str]) -> list[str]:
+        for value in values:
+            _known_metric(value, OBJECTIVE_METRICS)
+        if len(set(values)) != len(values):
+            raise ValueError(f"repeated objectives {values}")
+        return values
+
+    @property
+    def metrics(self) -> list[str]:
+        return [self.metric] + [m for m in self.secondary if m != self.metric]
 
 
 SEARCHER_NAMES = ("hyperopt", "optuna", "random", "grid")

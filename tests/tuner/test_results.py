@@ -1,0 +1,50 @@
+"""Results: Pareto front over several objectives, the recommended point, files written."""
+
+import csv
+
+from trainables.trial import Resolved
+from tuner.results import TrialRecord, pareto_front, summarize, write
+from tuner.task import parse_task
+
+RESOLVED = Resolved("llama-server", "/models/m.gguf", "m", "/tok", "/tmp", "run")
+
+
+def task(**objective):
+    return parse_task({"name": "t", "model": {"path": "/models/m.gguf"}, "engine": {"name": "llama.cpp"},
+                       "search_space": {"parallel": [1, 2, 4, 8]}, "benchmark": {"concurrency": [1, 4]},
+                       "objective": {"metric": "output_throughput"} | objective,
+                       "slos": {"ttft_p90": {"limit": 1.0, "hard": False}}})
+
+
+def record(number, parallel, tps, ttft, met=True):
+    stages = [{"concurrency": c, "output_throughput": tps, "ttft_p90": ttft} for c in (1, 4)]
+    reports = [{"stage": i + 1, "score": tps, "objective": tps, "violation": None, "error": None,
+                "slos_met": {"ttft_p90": met}, "metrics": stage} for i, stage in enumerate(stages)]
+    return TrialRecord(f"id{number}", {"parallel": parallel}, False, reports, experiment_id=number)
+
+
+def test_pareto_front_keeps_the_non_dominated_points():
+    points = {1: {"output_throughput": 100, "ttft_p90": 0.5},   # fast answers
+              2: {"output_throughput": 150, "ttft_p90": 0.9},   # more throughput
+              3: {"output_throughput": 120, "ttft_p90": 1.0},   # dominated by 2
+              4: {"output_throughput": 90, "ttft_p90": 0.5}}    # dominated by 1
+    assert pareto_front(points) == [1, 2]
+
+
+def test_summary_lists_the_front_and_recommends_the_best_that_met_every_slo(tmp_path):
+    records = [record(1, 1, 100, 0.5), record(2, 2, 150, 0.9), record(3, 4, 120, 1.0),
+               record(4, 8, 200, 1.5, met=False)]
+    summary = summarize(task(secondary=["ttft_p90"]), RESOLVED, records, "unused")
+    assert [row["experiment_id"] for row in summary["pareto_front"]] == [1, 2, 4]
+    assert summary["best_result"]["experiment_id"] == 2  # 4 is faster but broke the soft TTFT limit
+    write(tmp_path, summary)
+    rows = list(csv.DictReader((tmp_path / "pareto.csv").open()))
+    assert [row["experiment_id"] for row in rows] == ["1", "2", "4"]
+    assert set(rows[0]) == {"experiment_id", "output_throughput", "ttft_p90", "parallel"}
+
+
+def test_no_front_without_secondary_objectives(tmp_path):
+    summary = summarize(task(), RESOLVED, [record(1, 1, 100, 0.5)], "unused")
+    assert summary["pareto_front"] == []
+    write(tmp_path, summary)
+    assert not (tmp_path / "pareto.csv").exists()
