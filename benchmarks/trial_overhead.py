@@ -35,7 +35,8 @@ def main() -> int:
         "engine": {"name": "llama.cpp", "args": {"ctx-size": 2048}},
         "search_space": {"parallel": [2, 4], "threads": [2]},
         "benchmark": {"traffic_scenario": "D(64,32)", "concurrency": [2, 4], "max_requests_per_stage": 8},
-        "search": {"num_samples": args.trials - 1, "scheduler": "none", "max_concurrent": 1, "seed": 0},
+        "search": {"num_samples": args.trials - 1, "scheduler": "none", "max_concurrent": 1, "seed": 0,
+                   "confirm_repeats": 0},
         "results_dir": str(root),
     }
     (root / "task.yaml").write_text(yaml.safe_dump(task))

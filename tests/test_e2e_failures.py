@@ -21,7 +21,7 @@ def run_task(tmp_path, **overrides):
         "engine": {"name": "llama.cpp", "args": {"ctx-size": 1024}},
         "search_space": {"parallel": [2, 4]},
         "benchmark": {"traffic_scenario": "D(32,16)", "concurrency": [2, 4], "max_requests_per_stage": 4},
-        "search": {"num_samples": 1, "seed": 0},
+        "search": {"num_samples": 1, "seed": 0, "confirm_repeats": 0},
         "results_dir": str(tmp_path),
     } | overrides
     path = tmp_path / "task.yaml"

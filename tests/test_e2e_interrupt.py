@@ -23,7 +23,7 @@ def test_ctrl_c_tears_down_and_keeps_finished_trials(tmp_path):
         "engine": {"name": "llama.cpp", "args": {"ctx-size": 2048}},
         "search_space": {"parallel": [2, 4], "threads": [2]},
         "benchmark": {"traffic_scenario": "D(64,32)", "concurrency": [2, 4, 8], "max_requests_per_stage": 8},
-        "search": {"num_samples": 4, "scheduler": "none", "seed": 0},
+        "search": {"num_samples": 4, "scheduler": "none", "seed": 0, "confirm_repeats": 0},
         "results_dir": str(tmp_path / "results"),
     }
     path = tmp_path / "task.yaml"

@@ -31,7 +31,8 @@ def run(tmp_path_factory):
         "benchmark": {"traffic_scenario": "D(64,32)", "concurrency": [4, 8], "max_requests_per_stage": 12},
         "objective": {"metric": "output_throughput", "secondary": ["ttft_p90"]},
         "search": {"num_samples": 3, "seed": 3, "grace_period": 1, "reduction_factor": 2,
-                   "initial_points": [{"parallel": 4, "threads": 2}, {"parallel": 1, "threads": 1}]},
+                   "initial_points": [{"parallel": 4, "threads": 2}, {"parallel": 1, "threads": 1}],
+                   "confirm_top_k": 1, "confirm_repeats": 1},
         "results_dir": str(root / "results"),
     }
     path = root / "task.yaml"
@@ -69,10 +70,15 @@ def test_results_json_holds_every_trial_with_real_metrics(run):
             assert stage["ttft_p50"] > 0 and stage["e2e_p99"] >= stage["e2e_p50"]
         assert [s["concurrency"] for s in trial["stages"]] == [4, 8][:len(trial["stages"])]
     best = results["best_result"]
-    assert best["objective_score"] == max(t["objective_score"] for t in trials if t["status"] == "completed")
+    # The best config was measured twice (the search, then one confirmation run): the mean decides.
+    confirmed = results["confirmation"]
+    assert len(confirmed) == 1 and len(confirmed[0]["measurements"]) == 2
+    assert best["experiment_id"] == confirmed[0]["experiment_id"]
+    assert best["objective_score"] == pytest.approx(sum(best["measurements"]) / 2)
+    assert best["measurements"][0] == max(t["objective_score"] for t in trials if t["status"] == "completed")
     assert results["baseline"]["experiment_id"] == 1
-    assert results["gain_over_baseline"] == pytest.approx(
-        best["objective_score"] / results["baseline"]["objective_score"] - 1)
+    baseline = results["baseline"]["objective_score"]
+    assert results["gain_over_baseline"] == pytest.approx(best["objective_score"] / baseline - 1)
 
 
 def test_asha_stopped_the_weak_config_after_one_stage(run):

@@ -32,7 +32,7 @@ def ome_task(tmp_path, kubeconfig, tokenizer, **search):
                        "ready_timeout_s": 120},
         "search_space": {"parallel": [1, 4], "threads": [1, 2]},
         "benchmark": {"traffic_scenario": "D(64,32)", "concurrency": [2, 4], "max_requests_per_stage": 8},
-        "search": {"num_samples": 2, "seed": 1} | search,
+        "search": {"num_samples": 2, "seed": 1, "confirm_repeats": 0} | search,
         "results_dir": str(tmp_path / "results"),
     }
 

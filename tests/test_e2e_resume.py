@@ -25,7 +25,7 @@ def test_resume_after_sigkill(tmp_path):
         "engine": {"name": "llama.cpp", "args": {"ctx-size": 1024, "threads": 2}},
         "search_space": {"parallel": [1, 2, 4, 8]},
         "benchmark": {"traffic_scenario": "D(32,16)", "concurrency": [2, 4], "max_requests_per_stage": 4},
-        "search": {"algorithm": "random", "num_samples": 4, "scheduler": "none", "seed": 2},
+        "search": {"algorithm": "random", "num_samples": 4, "scheduler": "none", "seed": 2, "confirm_repeats": 0},
         "results_dir": str(tmp_path / "results"),
     }
     path = tmp_path / "task.yaml"

@@ -12,12 +12,14 @@ from typing import Any
 
 import ray
 from ray import tune
+from ray.tune.schedulers import FIFOScheduler
 
 from cluster import records
 from cluster.engines import PROFILES, default_executable
 from cluster.kube import RUN_LABEL, label_value
-from trainables.trial import Resolved, run_trial, trial_params
+from trainables.trial import BASELINE_KEY, Resolved, run_trial, trial_params
 from tuner import registry
+from tuner.registry import GridSearcher
 from tuner import results as results_io
 from tuner.errors import TaskError
 from tuner.plots import write_stage_plot
@@ -28,6 +30,7 @@ from tuner.task import FloatRange, IntRange, OmeDeployment, Task
 
 BUILTIN_MODELS = {"builtin:smollm2"}
 RAY_EXPERIMENT_NAME = "tune"
+CONFIRM_EXPERIMENT_NAME = "confirm"  # the re-measurements of the best configs
 OME_GPU_RESOURCE = "ome_gpu"  # Ray custom resource: the Kubernetes GPUs the trials may hold at once
 
 
@@ -162,6 +165,34 @@ def run(task: Task, *, address: str | None = None, resume: bool = False) -> dict
         sweep(task, run_id)
 
 
+def _confirm(task: Task, trainable, results_dir: Path, trials: list, max_concurrent: int) -> dict[str, list[float]]:
+    """Noise control: re-measure the best configs at full length, so the winner is chosen on the
+    mean of several runs rather than on one lucky one. Returns config key -> objective values."""
+    top = results_io.candidates(task, trials)[:task.search.confirm_top_k]
+    if not top or task.search.confirm_repeats == 0:
+        return {}
+    configs = [dict(r.parameters) | ({BASELINE_KEY: True} if r.baseline else {})
+               for r in top for _ in range(task.search.confirm_repeats)]
+    print(f"[autotuner] confirming the best {len(top)} configs: {task.search.confirm_repeats} more full runs each",
+          flush=True)
+    tuner = tune.Tuner(
+        trainable, param_space=to_ray(task.search_space),
+        tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, num_samples=len(configs),
+                                    search_alg=GridSearcher(points=configs), scheduler=FIFOScheduler(),
+                                    max_concurrent_trials=max_concurrent, reuse_actors=True),
+        run_config=tune.RunConfig(name=CONFIRM_EXPERIMENT_NAME, storage_path=str(results_dir),
+                                  failure_config=tune.FailureConfig(max_failures=0), verbose=0,
+                                  callbacks=[ProgressPrinter(task.objective.metric, len(task.benchmark.concurrency),
+                                                             label="confirm")]),
+    )
+    runs: dict[str, list[float]] = {}
+    num_stages = len(task.benchmark.concurrency)
+    for record in results_io.from_result_grid(tuner.fit()):
+        if record.status(num_stages) == results_io.COMPLETED:
+            runs.setdefault(results_io.config_key(record.parameters, record.baseline), []).append(record.objective)
+    return runs
+
+
 def sweep(task: Task, run_id: str) -> None:
     """Remove whatever this run left behind: a trial stopped by the scheduler may lose its worker
     before its teardown finished. Local engines also have watchdogs; this is the backstop."""
@@ -199,7 +230,7 @@ def _tune(task: Task, resolved: Resolved, results_dir: Path, address: str | None
         tuner = tune.Tuner.restore(str(experiment_dir), trainable, resume_unfinished=True,
                                    restart_errored=True, param_space=to_ray(task.search_space))
         print(f"[autotuner] {task.name}: resuming {experiment_dir}", flush=True)
-        return _finish(task, resolved, results_dir, tuner.fit())
+        return _finish(task, resolved, results_dir, tuner.fit(), trainable, max_concurrent)
     tuner = tune.Tuner(
         trainable,
         param_space=to_ray(task.search_space),
@@ -220,15 +251,19 @@ def _tune(task: Task, resolved: Resolved, results_dir: Path, address: str | None
     )
     print(f"[autotuner] {task.name}: {trials} trials of {task.engine.name}, up to {max_concurrent} at once, "
           f"{len(task.benchmark.concurrency)} stages each (concurrency {task.benchmark.concurrency})", flush=True)
-    return _finish(task, resolved, results_dir, tuner.fit())  # on Ctrl-C Ray stops the trials and returns
+    # On Ctrl-C Ray stops the trials and returns what it has.
+    return _finish(task, resolved, results_dir, tuner.fit(), trainable, max_concurrent)
 
 
-def _finish(task: Task, resolved: Resolved, results_dir: Path, grid) -> dict:
+def _finish(task: Task, resolved: Resolved, results_dir: Path, grid, trainable, max_concurrent: int) -> dict:
     experiment_dir = results_dir / RAY_EXPERIMENT_NAME
     # Trials Ray saved as TERMINATED or ERROR have ended; others were cut off by Ctrl-C.
     ended = {trial.trial_id for trial in tune.ExperimentAnalysis(str(experiment_dir)).trials
              if trial.status in ("TERMINATED", "ERROR")}
-    summary = results_io.summarize(task, resolved, results_io.from_result_grid(grid, ended), str(experiment_dir))
+    trials = results_io.from_result_grid(grid, ended)
+    interrupted = any(not trial.ended for trial in trials)
+    confirmations = {} if interrupted else _confirm(task, trainable, results_dir, trials, max_concurrent)
+    summary = results_io.summarize(task, resolved, trials, str(experiment_dir), confirmations)
     results_io.write(results_dir, summary)
     write_stage_plot(summary, results_dir / "stages.png")
     return summary

@@ -14,7 +14,8 @@ from trainables.trial import BASELINE_KEY, trial_params
 class ProgressPrinter(Callback):
     """Prints one line per trial event."""
 
-    def __init__(self, metric: str, num_stages: int):
+    def __init__(self, metric: str, num_stages: int, label: str = "trial"):
+        self.label = label  # "confirm" for the re-measurements after the search
         self.metric = metric
         self.num_stages = num_stages
         self.started = time.monotonic()
@@ -23,7 +24,7 @@ class ProgressPrinter(Callback):
     def _say(self, trial, text: str) -> None:
         elapsed = time.monotonic() - self.started
         # sys.stdout is looked up each time: Ray pickles this callback with the experiment.
-        print(f"[{elapsed:6.0f}s] trial {_number(trial)}: {text}", file=sys.stdout, flush=True)
+        print(f"[{elapsed:6.0f}s] {self.label} {_number(trial)}: {text}", file=sys.stdout, flush=True)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         config = trial.config

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shlex
+from statistics import fmean, pstdev
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,24 +131,61 @@ def pareto_front(points: dict[int, dict[str, float]]) -> list[int]:
                        for other_key, other in vectors.items() if other_key != key)]
 
 
-def summarize(task: Task, resolved: Resolved, records: list[TrialRecord], experiment_dir: str) -> dict:
+def candidates(task: Task, records: list[TrialRecord]) -> list[TrialRecord]:
+    """Trials that completed every stage, those that met every SLO (soft ones too) if any did,
+    best score first, each config once (a searcher may propose a config twice)."""
+    finished = [r for r in records if r.status(len(task.benchmark.concurrency)) == COMPLETED]
+    met_all = [r for r in finished if all((r.last.get("slos_met") or {}).values())]
+    seen: set[str] = set()
+    distinct = []
+    for record in sorted(met_all or finished, key=lambda r: r.score, reverse=True):
+        key = config_key(record.parameters, record.baseline)
+        if key not in seen:
+            seen.add(key)
+            distinct.append(record)
+    return distinct
+
+
+def config_key(parameters: dict[str, Any], baseline: bool) -> str:
+    return json.dumps([parameters, baseline], sort_keys=True, default=str)
+
+
+def summarize(task: Task, resolved: Resolved, records: list[TrialRecord], experiment_dir: str,
+              confirmations: dict[str, list[float]] | None = None) -> dict:
+    """`confirmations`: config_key -> objective values of the re-measurements after the search.
+    With them the winner is chosen on the mean of all its measurements, not on one lucky run."""
     num_stages = len(task.benchmark.concurrency)
     metric = task.objective.metric
     finished = [r for r in records if r.status(num_stages) == COMPLETED]
+    confirmed = []
+    for record in candidates(task, records):
+        runs = (confirmations or {}).get(config_key(record.parameters, record.baseline))
+        if runs:
+            confirmed.append((record, [record.objective] + runs))
     # The recommended point: the best on the primary objective among trials that met every SLO
-    # (soft ones included); if none did, the best score.
-    met_all = [r for r in finished if all((r.last.get("slos_met") or {}).values())]
-    best = max(met_all or finished, key=lambda r: r.score, default=None)
+    # (soft ones included); if none did, the best score; on the mean when re-measured.
+    sign = 1 if maximize(metric) else -1
+    if confirmed:
+        best, best_runs = max(confirmed, key=lambda pair: sign * fmean(pair[1]))
+    else:
+        best, best_runs = next(iter(candidates(task, records)), None), None
     values = {r.experiment_id: objective_values(r, task.objective.metrics, task.benchmark.stage_weights)
               for r in finished}
     front = pareto_front(values) if task.objective.secondary else []
     baseline = next((r for r in records if r.baseline), None)
     baseline_ok = baseline is not None and baseline.status(num_stages) == COMPLETED
 
-    def brief(record: TrialRecord) -> dict:
-        return {"experiment_id": record.experiment_id, "trial_id": record.trial_id,
-                "parameters": record.parameters, "objective_score": record.objective,
-                "command": shlex.join(launch_line(task, resolved, record.parameters))}
+    def brief(record: TrialRecord, runs: list[float] | None = None) -> dict:
+        result = {"experiment_id": record.experiment_id, "trial_id": record.trial_id,
+                  "parameters": record.parameters, "objective_score": fmean(runs) if runs else record.objective,
+                  "command": shlex.join(launch_line(task, resolved, record.parameters))}
+        if runs:
+            result["measurements"] = runs
+            result["spread"] = {"min": min(runs), "max": max(runs), "stdev": pstdev(runs)}
+        return result
+
+    baseline_runs = next((runs for record, runs in confirmed if record.baseline), None)
+    baseline_value = fmean(baseline_runs) if baseline_runs else (baseline.objective if baseline else None)
 
     return {
         "task_name": task.name,
@@ -159,10 +197,13 @@ def summarize(task: Task, resolved: Resolved, records: list[TrialRecord], experi
         "total_experiments": len(records),
         "successful_experiments": sum(r.status(num_stages) in (COMPLETED, STOPPED_EARLY) for r in records),
         "interrupted": any(not r.ended for r in records),
-        "best_result": brief(best) if best else None,
-        "baseline": brief(baseline) | {"status": baseline.status(num_stages)} if baseline else None,
-        "gain_over_baseline": (gain(best.objective, baseline.objective, metric)
+        "best_result": brief(best, best_runs) if best else None,
+        "baseline": brief(baseline, baseline_runs) | {"status": baseline.status(num_stages)} if baseline else None,
+        "gain_over_baseline": (gain(fmean(best_runs) if best_runs else best.objective, baseline_value, metric)
                                if best and baseline_ok else None),
+        "confirmation": [{"experiment_id": record.experiment_id, "parameters": record.parameters,
+                          "baseline": record.baseline, "measurements": runs, "mean": fmean(runs),
+                          "stdev": pstdev(runs)} for record, runs in confirmed],
         "objectives": task.objective.metrics,
         "pareto_front": [{"experiment_id": key, "parameters": next(r.parameters for r in finished
                                                                    if r.experiment_id == key), **values[key]}
@@ -246,6 +287,8 @@ def table(summary: dict) -> str:
     if best is None:
         return text + "\nNo trial completed every stage; see results.json for the errors."
     text += f"\n\nBest: experiment {best['experiment_id']}  {metric} = {best['objective_score']:.4g}"
+    if best.get("measurements"):
+        text += f" (mean of {len(best['measurements'])} runs, stdev {best['spread']['stdev']:.3g})"
     if best["experiment_id"] == (summary["baseline"] or {}).get("experiment_id"):
         text += "  (the engine defaults: no tuned config beat them)"
     elif summary["gain_over_baseline"] is not None:

@@ -44,7 +44,7 @@ def tune_small(tmp_path, name, **search):
         "engine": {"name": "llama.cpp", "args": {"ctx-size": 1024, "threads": 1}},
         "search_space": {"parallel": [1, 2, 4], "ubatch-size": {"type": "int", "min": 64, "max": 128, "step": 64}},
         "benchmark": {"traffic_scenario": "D(32,16)", "concurrency": [2, 4], "max_requests_per_stage": 4},
-        "search": {"num_samples": 3, "seed": 5, "baseline": False} | search,
+        "search": {"num_samples": 3, "seed": 5, "baseline": False, "confirm_repeats": 0} | search,
         "results_dir": str(tmp_path),
     })
     summary = driver.run(task)
