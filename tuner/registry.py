@@ -27,10 +27,10 @@ SEARCHERS = {
 # "hyperband" is asynchronous HyperBand (ASHA over several brackets): the synchronous
 # HyperBandScheduler pauses trials, and a paused engine benchmark cannot resume where it stopped.
 SCHEDULERS = {
-    "asha": "ray.tune.schedulers:ASHAScheduler",
-    "hyperband": "ray.tune.schedulers:AsyncHyperBandScheduler",
-    "median": "ray.tune.schedulers:MedianStoppingRule",
-    "none": "ray.tune.schedulers:FIFOScheduler",
+    "asha": ("ray.tune.schedulers:ASHAScheduler", None),
+    "hyperband": ("ray.tune.schedulers:AsyncHyperBandScheduler", None),
+    "median": ("ray.tune.schedulers:MedianStoppingRule", None),
+    "none": ("ray.tune.schedulers:FIFOScheduler", None),
 }
 assert tuple(SEARCHERS) == SEARCHER_NAMES and tuple(SCHEDULERS) == SCHEDULER_NAMES
 
@@ -54,28 +54,23 @@ def load(path: str, field: str, package: str | None = None) -> type:
 
 
 def searcher_class(name: str) -> type:
-    if is_import_path(name):
-        cls = load(name, "search.algorithm")
-        if not (isinstance(cls, type) and issubclass(cls, Searcher)):
-            raise TaskError(f"search.algorithm: {name} is not a ray.tune.search.Searcher")
-        return cls
-    if name not in SEARCHERS:
-        raise TaskError(f"search.algorithm: unknown {name!r}; choose one of {', '.join(SEARCHERS)} "
-                        "or give package.module:Class")
-    path, package = SEARCHERS[name]
-    return load(path, "search.algorithm", package)
+    return _plugin(name, SEARCHERS, Searcher, "ray.tune.search.Searcher", "search.algorithm")
 
 
 def scheduler_class(name: str) -> type:
+    return _plugin(name, SCHEDULERS, TrialScheduler, "ray.tune.schedulers.TrialScheduler", "search.scheduler")
+
+
+def _plugin(name: str, table: dict, base: type, base_name: str, field: str) -> type:
     if is_import_path(name):
-        cls = load(name, "search.scheduler")
-        if not (isinstance(cls, type) and issubclass(cls, TrialScheduler)):
-            raise TaskError(f"search.scheduler: {name} is not a ray.tune.schedulers.TrialScheduler")
+        cls = load(name, field)
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            raise TaskError(f"{field}: {name} is not a {base_name}")
         return cls
-    if name not in SCHEDULERS:
-        raise TaskError(f"search.scheduler: unknown {name!r}; choose one of {', '.join(SCHEDULERS)} "
-                        "or give package.module:Class")
-    return load(SCHEDULERS[name], "search.scheduler")
+    if name not in table:
+        raise TaskError(f"{field}: unknown {name!r}; choose one of {', '.join(table)} or give package.module:Class")
+    path, package = table[name]
+    return load(path, field, package)
 
 
 class _Sequence(Searcher):
