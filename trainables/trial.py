@@ -21,7 +21,7 @@ from cluster.engines import PROFILES
 from cluster.local import LocalDeployer
 from trainables.genai_bench import GenaiBenchRunner
 from tuner.errors import AutotunerError
-from tuner.objective import INFEASIBLE_SCORE, request_limits, score_stages
+from tuner.objective import INFEASIBLE_SCORE, request_limits, score_stages, weighted_mean, worst_value
 from tuner.task import OmeDeployment, Task
 
 # Config key marking the baseline trial (engine defaults). No flag name can start with '_'.
@@ -103,15 +103,20 @@ def run_trial(config: dict[str, Any], task: Task, resolved: Resolved) -> None:
                     timeline.mark(f"stage_{stage.index}_done")
                     metrics["output_throughput_per_gpu"] = metrics["output_throughput"] / max(1, gpus)
                     measured.append(metrics)
-                    score = score_stages(measured, task.objective.metric, task.limits, task.benchmark.stage_weights)
+                    weights = task.benchmark.stage_weights
+                    score = score_stages(measured, task.objective.metric, task.limits, weights)
+                    # Each objective on its own, for a multi-objective searcher (worst once infeasible).
+                    objectives = {m: weighted_mean(measured, m, weights) if score.feasible else worst_value(m)
+                                  for m in task.objective.metrics}
                     tune.report({"stage": stage.index, "score": score.score, "objective": score.value,
-                                 "violation": score.violation, "slos_met": score.slos_met, "error": None,
-                                 "metrics": metrics})
+                                 "objectives": objectives, "violation": score.violation,
+                                 "slos_met": score.slos_met, "error": None, "metrics": metrics})
                     if not score.feasible:
                         return  # an SLO broken at this load only gets worse at higher loads
     except AutotunerError as error:
         # Reported, not raised: the searcher then learns this config is bad, and the search goes on.
-        tune.report({"stage": len(measured), "score": INFEASIBLE_SCORE, "objective": None, "violation": None,
+        tune.report({"stage": len(measured), "score": INFEASIBLE_SCORE, "objective": None,
+                     "objectives": {m: worst_value(m) for m in task.objective.metrics}, "violation": None,
                      "slos_met": None, "error": f"{type(error).__name__}: {error}", "metrics": None})
     finally:
         timeline.mark("trial_end")

@@ -73,6 +73,9 @@ def _run(args) -> int:
 
 def _validate(args) -> int:
     task = load_task(args.task)
+    from tuner.driver import preflight
+
+    preflight(task)
     print(f"{args.task}: ok ({task.engine.name}, {len(task.search_space)} parameters, "
           f"{len(task.benchmark.concurrency)} stages, {task.search.num_samples} trials)")
     return EXIT_OK

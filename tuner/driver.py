@@ -34,6 +34,28 @@ CONFIRM_EXPERIMENT_NAME = "confirm"  # the re-measurements of the best configs
 OME_GPU_RESOURCE = "ome_gpu"  # Ray custom resource: the Kubernetes GPUs the trials may hold at once
 
 
+def preflight(task: Task) -> None:
+    """What `validate` and `run` check before building or starting anything: the searcher and the
+    scheduler with their arguments, and the files the task names."""
+    build_searcher(task, 1), build_scheduler(task)
+    if isinstance(task.deployment, OmeDeployment):
+        return
+    if task.engine.name == "llama.cpp" and task.model.path not in BUILTIN_MODELS:
+        _check_model_file(task.model.path)
+    if task.engine.binary:
+        _check_executable(task.engine.binary)
+
+
+def _check_model_file(path: str) -> None:
+    if not Path(path).is_file():
+        raise TaskError(f"model.path: {path} is not a file (llama.cpp serves a GGUF file)")
+
+
+def _check_executable(executable: str) -> None:
+    if not shutil.which(executable):
+        raise TaskError(f"engine.binary: {executable} is not an executable file or a command on PATH")
+
+
 def resolve(task: Task, trials_dir: Path, run_id: str) -> Resolved:
     """Find (or build) the engine binary, the model and the tokenizer once, before any trial."""
     from cluster import llamacpp_setup
@@ -47,13 +69,11 @@ def resolve(task: Task, trials_dir: Path, run_id: str) -> Resolved:
     if path in BUILTIN_MODELS:
         path = str(_setup(llamacpp_setup.smollm2_gguf))
     if task.engine.name == "llama.cpp":
-        if not Path(path).is_file():
-            raise TaskError(f"model.path: {path} is not a file (llama.cpp serves a GGUF file)")
+        _check_model_file(path)
         executable = task.engine.binary or str(_setup(llamacpp_setup.ensure_llama_server))
     else:
         executable = task.engine.binary or default_executable(task.engine.name)
-    if not shutil.which(executable):
-        raise TaskError(f"engine.binary: {executable} is not an executable file or a command on PATH")
+    _check_executable(executable)
     tokenizer = task.model.tokenizer
     if tokenizer is None:
         tokenizer = str(_setup(llamacpp_setup.ensure_tokenizer, Path(path))) if path.endswith(".gguf") else path
@@ -149,12 +169,16 @@ def run(task: Task, *, address: str | None = None, resume: bool = False) -> dict
     results/<task>/."""
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     # Bad input fails here, before anything is changed or started.
+    preflight(task)
     resolved = resolve(task, task.results_path.absolute() / "trials", run_id)
-    registry.searcher_class(task.search.algorithm), registry.scheduler_class(task.search.scheduler)
     if resume:
         results_dir = task.results_path.absolute()
         if not (results_dir / RAY_EXPERIMENT_NAME / "tuner.pkl").is_file():
             raise TaskError(f"--resume: no earlier run of {task.name} in {results_dir / RAY_EXPERIMENT_NAME}")
+        if not registry.can_resume(registry.searcher_class(task.search.algorithm)):
+            # Ray would restore the run without the searcher's state and then wait for it forever.
+            raise TaskError(f"--resume: search.algorithm {task.search.algorithm} has no save/restore, so its "
+                            f"state was not kept; run again without --resume")
     else:
         results_dir = prepare_results_dir(task)
     lock = records.register_run(run_id, task.name)

@@ -93,11 +93,21 @@ def score_stages(stages: list[dict], metric: str, limits: list[Limit], weights: 
             stage = next(s for s in stages if s.get(limit.metric) == worst)
             return Score(None, INFEASIBLE_SCORE, _describe(limit.metric, worst, limit.limit, stage.get("concurrency")), met)
         penalty *= limit.limit / worst
-    weights = (weights or [1.0] * len(stages))[:len(stages)]
-    value = sum(w * stage[metric] for w, stage in zip(weights, stages)) / sum(weights)
+    value = weighted_mean(stages, metric, weights)
     if maximize(metric):
         return Score(value, value * penalty, None, met)
     return Score(value, -value / penalty, None, met)
+
+
+def weighted_mean(stages: list[dict], metric: str, weights: list[float] | None = None) -> float:
+    """A metric over the stages so far: the stage weights' mean (default: equal weights)."""
+    weights = (weights or [1.0] * len(stages))[:len(stages)]
+    return sum(w * stage[metric] for w, stage in zip(weights, stages)) / sum(weights)
+
+
+def worst_value(metric: str) -> float:
+    """What an infeasible or failed trial reports for an objective: finite, as for the score."""
+    return INFEASIBLE_SCORE if maximize(metric) else -INFEASIBLE_SCORE
 
 
 def gain(best: float, baseline: float, metric: str) -> float | None:

@@ -61,6 +61,11 @@ def scheduler_class(name: str) -> type:
     return _plugin(name, SCHEDULERS, TrialScheduler, "ray.tune.schedulers.TrialScheduler", "search.scheduler")
 
 
+def can_resume(searcher: type) -> bool:
+    """Ray keeps a searcher's state across --resume only through its save/restore."""
+    return searcher.save is not Searcher.save and searcher.restore is not Searcher.restore
+
+
 def _plugin(name: str, table: dict, base: type, base_name: str, field: str) -> type:
     if is_import_path(name):
         cls = load(name, field)

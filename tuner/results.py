@@ -16,7 +16,7 @@ from typing import Any
 
 from cluster.engines import PROFILES, Launch
 from trainables.trial import BASELINE_KEY, Resolved, trial_params
-from tuner.objective import gain, maximize
+from tuner.objective import gain, maximize, weighted_mean
 from tuner.task import Task
 
 COMPLETED, STOPPED_EARLY, INFEASIBLE, FAILED, INTERRUPTED = (
@@ -114,9 +114,7 @@ def launch_line(task: Task, resolved: Resolved, parameters: dict[str, Any]) -> l
 
 def objective_values(record: TrialRecord, metrics: list[str], weights: list[float] | None) -> dict[str, float]:
     """Each objective as the (weighted) mean over the trial's stages."""
-    weights = (weights or [1.0] * len(record.stages))[:len(record.stages)]
-    return {metric: sum(w * stage[metric] for w, stage in zip(weights, record.stages)) / sum(weights)
-            for metric in metrics}
+    return {metric: weighted_mean(record.stages, metric, weights) for metric in metrics}
 
 
 def pareto_front(points: dict[int, dict[str, float]]) -> list[int]:

@@ -16,9 +16,11 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 from trainables.trial import BASELINE_KEY
 from tuner import registry
 from tuner.errors import TaskError
+from tuner.objective import maximize
 from tuner.task import Task, grid_points
 
 METRIC, MODE, TIME_ATTR = "score", "max", "stage"
+OBJECTIVES = "objectives"  # each objective's own value in a trial's report, under objectives/<metric>
 
 
 class BaselineFirst(Searcher):
@@ -75,6 +77,18 @@ def spare_baseline(scheduler_class: type) -> type:
     return BaselineSparing
 
 
+def keep_objectives(searcher_class: type) -> type:
+    """The searcher, except that it keeps the objectives it was built with: Ray Tune would hand
+    it the scheduler's single metric ("score")."""
+
+    class KeepsObjectives(searcher_class):
+        def set_search_properties(self, metric, mode, config, **spec) -> bool:
+            return super().set_search_properties(None, None, config, **spec)
+
+    KeepsObjectives.__name__ = KeepsObjectives.__qualname__ = f"MultiObjective{searcher_class.__name__}"
+    return KeepsObjectives
+
+
 def num_trials(task: Task) -> int:
     """Trials Ray Tune should create: the searched ones (the whole grid for grid) plus the baseline."""
     searched = len(grid_points(task.search_space)) if task.search.algorithm == "grid" else task.search.num_samples
@@ -93,6 +107,12 @@ def build_searcher(task: Task, max_concurrent: int) -> Searcher:
                 "points_to_evaluate": points or None} | args
     elif search.algorithm == "optuna":
         args = {"seed": search.seed, "points_to_evaluate": points or None} | args
+        if task.objective.secondary:
+            # Optuna's TPE sampler optimises several objectives at once (MOTPE): it learns the
+            # trade-off, not only the primary objective; each is reported as objectives/<metric>.
+            cls = keep_objectives(cls)
+            args = {"metric": [f"{OBJECTIVES}/{m}" for m in task.objective.metrics],
+                    "mode": ["max" if maximize(m) else "min" for m in task.objective.metrics]} | args
     elif search.algorithm == "random":
         args = {"seed": search.seed, "points_to_evaluate": points} | args
     elif search.algorithm == "grid":

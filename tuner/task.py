@@ -250,6 +250,15 @@ class Objective(_Strict):
         return [self.metric] + [m for m in self.secondary if m != self.metric]
 
 
+# Flags each engine's launcher sets itself (cluster/engines.py): a task value for one would be a
+# second, conflicting copy (the port the tuner health-checks, say).
+MANAGED_FLAGS = {
+    "llama.cpp": {"model", "host", "port", "alias"},
+    "sglang": {"model-path", "model", "host", "port", "served-model-name"},
+    "vllm": {"model", "host", "port", "served-model-name"},
+}
+SECRET_FLAGS = {"api-key", "hf-token", "token"}
+
 SEARCHER_NAMES = ("hyperopt", "optuna", "random", "grid")
 SCHEDULER_NAMES = ("asha", "hyperband", "median", "none")
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -325,6 +334,19 @@ class Task(_Strict):
             raise ValueError("model.tokenizer: required with the ome backend (a hub id or a local folder)")
         if not local and not self.model.name:
             raise ValueError("model.name: required with the ome backend (the runtime's served model name)")
+        return self
+
+    @model_validator(mode="after")
+    def _no_managed_flags(self) -> "Task":
+        managed = MANAGED_FLAGS[self.engine.name]
+        for where, names in (("engine.args", self.engine.args), ("search_space", self.search_space)):
+            for name in names:
+                bare = name.lstrip("-").replace("_", "-")
+                if bare in SECRET_FLAGS:
+                    raise ValueError(f"{where}.{name}: a key in the task file would be copied into the results; "
+                                     f"put it in the environment instead (see the README's Security notes)")
+                if bare in managed:
+                    raise ValueError(f"{where}.{name}: the tuner sets this flag itself for each trial")
         return self
 
     @model_validator(mode="after")
@@ -404,6 +426,8 @@ def load_task(path: str | Path, search_overrides: dict[str, Any] | None = None) 
         text = path.read_text()
     except OSError as error:
         raise TaskError(f"{path}: cannot read the task file ({error.strerror})") from None
+    except UnicodeDecodeError as error:
+        raise TaskError(f"{path}: cannot read the task file (not UTF-8 text: byte {error.start})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:

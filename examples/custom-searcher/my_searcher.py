@@ -8,6 +8,8 @@ so far, waits for those trials, keeps the best, and moves on to the next paramet
 
 from __future__ import annotations
 
+import pickle
+
 from ray.tune.search import Searcher
 
 
@@ -52,3 +54,12 @@ class CoordinateDescent(Searcher):
         score = (result or {}).get(self._metric)
         if config is not None and not error and score is not None and score > self.best_score:
             self.best_score, self.best = score, config
+
+    # What `autotuner run --resume` needs: Ray saves the searcher's state with these and restores it.
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as file:
+            pickle.dump(self.__dict__, file)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as file:
+            self.__dict__.update(pickle.load(file))

@@ -1,6 +1,9 @@
 """Every named searcher and scheduler, a custom Searcher and a scheduler by import path, each in a
 small real tuning run on the CPU engine (one Ray instance shared by the runs)."""
 
+import pickle
+import time
+
 import pytest
 import ray
 from ray.tune.search import Searcher
@@ -37,13 +40,14 @@ def local_ray():
     ray.shutdown()
 
 
-def tune_small(tmp_path, name, **search):
+def tune_small(tmp_path, name, objective_secondary=(), **search):
     task = parse_task({
         "name": name,
         "model": {"path": "builtin:smollm2", "name": "smol"},
         "engine": {"name": "llama.cpp", "args": {"ctx-size": 1024, "threads": 1}},
         "search_space": {"parallel": [1, 2, 4], "ubatch-size": {"type": "int", "min": 64, "max": 128, "step": 64}},
         "benchmark": {"traffic_scenario": "D(32,16)", "concurrency": [2, 4], "max_requests_per_stage": 4},
+        "objective": {"metric": "output_throughput", "secondary": list(objective_secondary)},
         "search": {"num_samples": 3, "seed": 5, "baseline": False, "confirm_repeats": 0} | search,
         "results_dir": str(tmp_path),
     })
@@ -76,3 +80,29 @@ def test_custom_searcher_and_scheduler_by_import_path(tmp_path):
                          scheduler="ray.tune.schedulers:MedianStoppingRule",
                          scheduler_args={"time_attr": "stage", "grace_period": 1, "min_samples_required": 1})
     assert [t["parameters"] for t in summary["all_results"]] == configs
+
+
+def test_optuna_learns_every_objective_when_there_are_several(tmp_path):
+    summary = tune_small(tmp_path, "multi", algorithm="optuna", scheduler="none",
+                         objective_secondary=["ttft_p90"])
+    assert summary["objectives"] == ["output_throughput", "ttft_p90"]
+    assert summary["pareto_front"]
+    # The searcher's saved state: an Optuna study with one direction per objective, told both
+    # values of every trial (what the trial measured, not the primary score alone).
+    state_file = next((tmp_path / "multi" / "tune").glob("searcher-state-*.pkl"))
+    study = pickle.loads(state_file.read_bytes())["_ot_study"]
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    told = sorted(tuple(t.values) for t in study.trials if t.values)
+    measured = sorted((t["objectives"]["output_throughput"], t["objectives"]["ttft_p90"])
+                      for t in summary["all_results"])
+    assert len(told) == 3
+    assert told == pytest.approx(measured)
+
+
+def test_time_budget_ends_the_search(tmp_path):
+    began = time.monotonic()
+    summary = tune_small(tmp_path, "budget", algorithm="random", scheduler="none", num_samples=50,
+                         time_budget_s=20)
+    # Trials here take several seconds each: 50 of them would take minutes.
+    assert 1 <= summary["total_experiments"] < 50
+    assert time.monotonic() - began < 20 + 60  # the budget, plus the last trial's teardown and the results
