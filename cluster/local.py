@@ -9,16 +9,20 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from typing import Callable
 
 from cluster.deployer import Deployer, Endpoint, EngineSpec
 from cluster.engines import Launch
-from cluster.procs import ProcessGroup
+from cluster.procs import ProcessGroup, telling_line
 from cluster.records import EngineRecord
 from tuner.errors import DeploymentError
 
 HEALTH_POLL_S = 0.25
 HEALTH_REQUEST_TIMEOUT_S = 2.0
 TEARDOWN_GRACE_S = 10.0
+PORT_ATTEMPTS = 3
+# How llama-server ("couldn't bind HTTP server socket") and Python servers say their port is taken.
+PORT_TAKEN_WORDS = ("couldn't bind", "address already in use")
 # Health checks go straight to the engine, never through a proxy from the environment.
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -39,11 +43,18 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class LocalDeployer(Deployer):
-    def __init__(self, host: str = "127.0.0.1"):
+    """`pick_port` chooses each engine's port (default: one the OS says is free). Between that
+    choice and the engine's bind, another process may take the port: the engine then exits, and
+    is started again on a new port, up to PORT_ATTEMPTS times."""
+
+    def __init__(self, host: str = "127.0.0.1", pick_port: Callable[[str], int] = free_port):
         self.host = host
+        self.pick_port = pick_port
 
     def deploy(self, spec: EngineSpec) -> LocalDeployment:
-        port = free_port(self.host)
+        return self._start(spec, self.pick_port(self.host))
+
+    def _start(self, spec: EngineSpec, port: int) -> LocalDeployment:
         launch = Launch(spec.executable, spec.model_path, spec.served_name, self.host, port)
         argv = spec.profile.argv(launch, spec.flags)
         spec.workdir.mkdir(parents=True, exist_ok=True)
@@ -59,17 +70,33 @@ class LocalDeployer(Deployer):
         return LocalDeployment(spec, base_url, base_url + spec.profile.health_path, group, record)
 
     def wait_ready(self, deployment: LocalDeployment, deadline: float) -> None:
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                return self._wait(deployment, deadline)
+            except _PortTaken as taken:
+                if attempt == PORT_ATTEMPTS:
+                    raise DeploymentError(f"{taken} ({PORT_ATTEMPTS} ports tried, each taken before the "
+                                          "engine could bind it)") from None
+                self.teardown(deployment)
+                fresh = self._start(deployment.spec, self.pick_port(self.host))
+                deployment.base_url, deployment.health_url = fresh.base_url, fresh.health_url
+                deployment.group, deployment.record = fresh.group, fresh.record
+
+    def _wait(self, deployment: LocalDeployment, deadline: float) -> None:
         while True:
             code = deployment.group.poll()
             if code is not None:
-                raise DeploymentError(
-                    f"engine exited with code {code} before it was ready; last lines of its log:\n"
-                    + deployment.group.log_tail())
+                tail = deployment.group.log_tail()
+                if any(words in tail.lower() for words in PORT_TAKEN_WORDS):
+                    raise _PortTaken(f"engine could not bind {deployment.base_url}: {telling_line(tail)}")
+                raise DeploymentError(f"engine exited with code {code} before it was ready: {telling_line(tail)}"
+                                      f"\nlast lines of its log:\n{tail}")
             if _healthy(deployment.health_url):
                 return
             if time.monotonic() >= deadline:
-                raise DeploymentError(f"engine not ready at {deployment.health_url} before the deadline; "
-                                      "last lines of its log:\n" + deployment.group.log_tail())
+                tail = deployment.group.log_tail()
+                raise DeploymentError(f"engine not ready at {deployment.health_url} before the deadline "
+                                      f"(deployment.ready_timeout_s); last lines of its log:\n{tail}")
             time.sleep(HEALTH_POLL_S)
 
     def endpoint(self, deployment: LocalDeployment) -> Endpoint:
@@ -78,6 +105,10 @@ class LocalDeployer(Deployer):
     def teardown(self, deployment: LocalDeployment) -> None:
         deployment.group.stop(TEARDOWN_GRACE_S)
         deployment.record.forget()
+
+
+class _PortTaken(Exception):
+    pass
 
 
 def _healthy(url: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -52,6 +53,7 @@ class ProcessGroup:
         self.argv = argv
         self.log_path = log_path
         with open(log_path, "ab") as log:
+            self.log_start = log.tell()  # the log may hold an earlier process's lines: not ours
             self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                             stderr=subprocess.STDOUT, start_new_session=True,
                                             env=env, cwd=cwd)
@@ -83,11 +85,23 @@ class ProcessGroup:
         try:
             with open(self.log_path, "rb") as log:
                 log.seek(0, os.SEEK_END)
-                log.seek(max(0, log.tell() - 16384))
+                log.seek(max(self.log_start, log.tell() - 16384))
                 text = log.read().decode("utf-8", "replace")
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+_LLAMA_CPP_ERROR = re.compile(r"^\S+ E ")  # llama.cpp's log lines: "<time> <level> <source> ..."
+
+
+def telling_line(log: str) -> str:
+    """The line of a log that most likely says what went wrong: the first one that mentions an
+    error (later ones tend to be consequences, such as "exiting due to ..."), else the last line."""
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    problems = [line for line in lines if "error" in line.lower() or "exception" in line.lower()
+                or line.startswith(("CRITICAL", "FATAL")) or _LLAMA_CPP_ERROR.match(line)]
+    return (problems[:1] or lines[-1:] or ["no output"])[0][-300:]
 
 
 def _start_watchdog(pgid: int, started: int | None) -> IO[bytes]:

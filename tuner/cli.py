@@ -1,16 +1,18 @@
-"""The `autotuner` command. Exit codes: 0 ok, 1 the run failed, 2 bad input (one line, no traceback)."""
+"""The `autotuner` command. Exit codes: 0 ok, 1 the run failed or was interrupted, 2 bad input (one line,
+no traceback), 130 interrupted twice."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
 from tuner.errors import AutotunerError, TaskError
 from tuner.task import load_task
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,10 +63,22 @@ def _run(args) -> int:
     task = load_task(args.task, overrides)
     from tuner import driver, results
 
-    summary = driver.run(task, address=args.address, resume=args.resume)
+    # SIGTERM (a scheduler, `kill`, a pod shutting down) is handled like Ctrl-C: Ray Tune stops the
+    # trials, their engines are torn down and the results written; a second one tears down at once.
+    signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
+    try:
+        summary = driver.run(task, address=args.address, resume=args.resume)
+    except KeyboardInterrupt:
+        # The second interrupt: driver.run has killed this run's engines on the way out.
+        print(f"autotuner: interrupted twice: engines killed without waiting; {task.results_path}/results.json "
+              "holds the trials that had finished (continue with --resume)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print()
     print(results.table(summary))
     print(f"\nResults: {task.results_path}/ (results.json, trials.csv, best_command.txt, stages.png)")
+    if summary["stopped_because"]:
+        print(f"autotuner: {summary['stopped_because']}", file=sys.stderr)
+        return EXIT_FAILED
     if summary["interrupted"]:
         print("The run was interrupted: the results above cover the trials measured so far.")
         return EXIT_FAILED

@@ -13,6 +13,7 @@ from typing import Any
 import ray
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler
+from ray.tune.stopper import CombinedStopper
 
 from cluster import records
 from cluster.engines import PROFILES, default_executable
@@ -24,7 +25,8 @@ from tuner import results as results_io
 from tuner.errors import TaskError
 from tuner.plots import write_stage_plot
 from tuner.progress import ProgressPrinter
-from tuner.search import METRIC, MODE, NoImprovementStopper, build_scheduler, build_searcher, num_trials
+from tuner.search import (METRIC, MODE, FailureGuard, NoImprovementStopper, build_scheduler, build_searcher,
+                          num_trials)
 from tuner.space import to_ray
 from tuner.task import FloatRange, IntRange, OmeDeployment, Task
 
@@ -243,9 +245,11 @@ def _tune(task: Task, resolved: Resolved, results_dir: Path, address: str | None
                                     trial_resources(task, node_cpus))
     trials = num_trials(task)
     searcher, scheduler = build_searcher(task, max_concurrent), build_scheduler(task)
-    stopper = NoImprovementStopper(task.search.patience) if task.search.patience else None
+    guard = FailureGuard(task.search.max_consecutive_failures)
+    stoppers = [guard] + ([NoImprovementStopper(task.search.patience)] if task.search.patience else [])
     progress = ProgressPrinter(task.objective.metric, len(task.benchmark.concurrency))
     experiment_dir = results_dir / RAY_EXPERIMENT_NAME
+    live = results_io.LiveResults(task, resolved, results_dir, str(experiment_dir))
     # The experiment state is saved at most this often; a run killed between two saves would run
     # its last finished trials again on --resume. Writing it is cheap at our trial counts.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
@@ -254,7 +258,7 @@ def _tune(task: Task, resolved: Resolved, results_dir: Path, address: str | None
         tuner = tune.Tuner.restore(str(experiment_dir), trainable, resume_unfinished=True,
                                    restart_errored=True, param_space=to_ray(task.search_space))
         print(f"[autotuner] {task.name}: resuming {experiment_dir}", flush=True)
-        return _finish(task, resolved, results_dir, tuner.fit(), trainable, max_concurrent)
+        return _finish(task, resolved, results_dir, tuner.fit(), trainable, max_concurrent, None)
     tuner = tune.Tuner(
         trainable,
         param_space=to_ray(task.search_space),
@@ -268,26 +272,30 @@ def _tune(task: Task, resolved: Resolved, results_dir: Path, address: str | None
             name=RAY_EXPERIMENT_NAME, storage_path=str(results_dir),
             failure_config=tune.FailureConfig(max_failures=0),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[progress] + ([stopper] if stopper else []),
-            stop=stopper,
+            callbacks=[progress, live, *stoppers],
+            stop=CombinedStopper(*stoppers),
             verbose=0,
         ),
     )
     print(f"[autotuner] {task.name}: {trials} trials of {task.engine.name}, up to {max_concurrent} at once, "
           f"{len(task.benchmark.concurrency)} stages each (concurrency {task.benchmark.concurrency})", flush=True)
     # On Ctrl-C Ray stops the trials and returns what it has.
-    return _finish(task, resolved, results_dir, tuner.fit(), trainable, max_concurrent)
+    return _finish(task, resolved, results_dir, tuner.fit(), trainable, max_concurrent, guard)
 
 
-def _finish(task: Task, resolved: Resolved, results_dir: Path, grid, trainable, max_concurrent: int) -> dict:
+def _finish(task: Task, resolved: Resolved, results_dir: Path, grid, trainable, max_concurrent: int,
+            guard: FailureGuard | None) -> dict:
     experiment_dir = results_dir / RAY_EXPERIMENT_NAME
     # Trials Ray saved as TERMINATED or ERROR have ended; others were cut off by Ctrl-C.
     ended = {trial.trial_id for trial in tune.ExperimentAnalysis(str(experiment_dir)).trials
              if trial.status in ("TERMINATED", "ERROR")}
     trials = results_io.from_result_grid(grid, ended)
     interrupted = any(not trial.ended for trial in trials)
-    confirmations = {} if interrupted else _confirm(task, trainable, results_dir, trials, max_concurrent)
+    stopped_because = guard.reason if guard else None
+    confirmations = ({} if interrupted or stopped_because
+                     else _confirm(task, trainable, results_dir, trials, max_concurrent))
     summary = results_io.summarize(task, resolved, trials, str(experiment_dir), confirmations)
+    summary["stopped_because"] = stopped_because
     results_io.write(results_dir, summary)
     write_stage_plot(summary, results_dir / "stages.png")
     return summary

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ray.tune import Callback
+
 from cluster.engines import PROFILES, Launch
 from trainables.trial import BASELINE_KEY, Resolved, trial_params
 from tuner.objective import gain, maximize, weighted_mean
@@ -94,6 +96,45 @@ def from_result_grid(grid, ended: set[str] | None = None) -> list[TrialRecord]:
     # Number the trials in creation order: Ray puts that counter after the id in the folder name.
     records.sort(key=lambda record: record.experiment_id)
     return records
+
+
+def from_trials(trials) -> list[TrialRecord]:
+    """Records of the trials that have ended, from Ray Tune's live Trial objects (as a callback sees them)."""
+    records = []
+    for trial in trials:
+        if trial.status not in ("TERMINATED", "ERROR") or not trial.local_path:
+            continue
+        error = trial.get_pickled_error() or trial.get_error() if trial.status == "ERROR" else None
+        config = trial.config or {}
+        records.append(TrialRecord(
+            trial_id=trial.trial_id,
+            parameters=trial_params(config),
+            baseline=bool(config.get(BASELINE_KEY)),
+            reports=read_reports(trial.local_path),
+            ray_error=_first_line(error) if error else ("ray: the trial failed" if trial.status == "ERROR" else None),
+            experiment_id=_creation_number(trial.local_path, trial.trial_id),
+        ))
+    records.sort(key=lambda record: record.experiment_id)
+    return records
+
+
+class LiveResults(Callback):
+    """Rewrites results.json and trials.csv (atomically) each time a trial ends, so a crash at any
+    moment leaves valid files holding every trial finished so far. The run's end writes the final ones."""
+
+    def __init__(self, task: Task, resolved: Resolved, results_dir: Path, experiment_dir: str):
+        self.task, self.resolved, self.results_dir, self.experiment_dir = task, resolved, results_dir, experiment_dir
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._write(trials)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._write(trials)
+
+    def _write(self, trials) -> None:
+        summary = summarize(self.task, self.resolved, from_trials(trials), self.experiment_dir)
+        summary["in_progress"] = True
+        write(self.results_dir, summary)
 
 
 def _creation_number(trial_dir: str, trial_id: str) -> int:
@@ -195,6 +236,8 @@ def summarize(task: Task, resolved: Resolved, records: list[TrialRecord], experi
         "total_experiments": len(records),
         "successful_experiments": sum(r.status(num_stages) in (COMPLETED, STOPPED_EARLY) for r in records),
         "interrupted": any(not r.ended for r in records),
+        "in_progress": False,  # True in the files rewritten after each trial while the run goes on
+        "stopped_because": None,
         "best_result": brief(best, best_runs) if best else None,
         "baseline": brief(baseline, baseline_runs) | {"status": baseline.status(num_stages)} if baseline else None,
         "gain_over_baseline": (gain(fmean(best_runs) if best_runs else best.objective, baseline_value, metric)

@@ -170,3 +170,36 @@ class NoImprovementStopper(Stopper, Callback):
 
     def stop_all(self) -> bool:
         return self.since_best >= self.patience
+
+
+class FailureGuard(Stopper, Callback):
+    """Stops the run after `limit` trials in a row failed (not infeasible: failed to deploy or to
+    measure): then something is wrong beyond any one config, and `reason` says what."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.failures: list[str] = []  # first lines of the errors of the current streak
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        error = (trial.last_result or {}).get("error")
+        self.failures = self.failures + [error.splitlines()[0]] if error else []
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self.failures.append("the trial raised an error (see its error.txt in the Ray experiment folder)")
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return len(self.failures) >= self.limit
+
+    @property
+    def reason(self) -> str | None:
+        if not self.stop_all():
+            return None
+        streak = self.failures[-self.limit:]
+        common = max(set(streak), key=streak.count)
+        if streak.count(common) == len(streak):
+            return (f"stopped: the last {len(streak)} trials all failed with the same error, so the problem is likely "
+                    f"not the configs but the setup (engine, model, benchmark or cluster): {common}")
+        return f"stopped: the last {len(streak)} trials failed (search.max_consecutive_failures); the most common error: {common}"

@@ -288,6 +288,8 @@ class Search(_Strict):
     time_budget_s: float | None = Field(default=None, gt=0, description="stop the search after this long")
     confirm_top_k: int = Field(default=3, ge=0, description="after the search, re-measure this many best configs")
     confirm_repeats: int = Field(default=2, ge=0, description="full-length re-measurements of each (0: none)")
+    max_consecutive_failures: int = Field(default=5, ge=1,
+                                          description="stop the run after this many failed trials in a row")
     patience: int | None = Field(default=None, ge=1,
                                  description="stop after this many finished trials in a row without a new best")
 

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ import pytest
 
 from cluster.deployer import EngineSpec
 from cluster.engines import LLAMA_CPP
-from cluster.local import LocalDeployer
+from cluster.local import LocalDeployer, free_port
 from cluster.procs import start_time
 from tuner.errors import DeploymentError
 from tests.conftest import engine_processes
@@ -63,6 +64,54 @@ def test_a_rejected_flag_fails_at_once_with_the_engines_words(tmp_path, llama_se
     assert time.monotonic() - began < 30  # not the 120 s deadline
     assert "exited with code" in str(caught.value)
     assert "no-such-flag" in str(caught.value)
+
+
+def held_ports(count):
+    """Sockets bound and listening on loopback ports, as another program would hold them."""
+    held = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        held.append(sock)
+    return held
+
+
+def test_a_port_taken_before_the_engine_binds_it_is_replaced(tmp_path, llama_server, smollm2):
+    held = held_ports(2)
+    free = free_port()
+    ports = iter([sock.getsockname()[1] for sock in held] + [free])
+    try:
+        deployer = LocalDeployer(pick_port=lambda host: next(ports))
+        with deployer.deployed(spec(tmp_path, llama_server, smollm2, {"ctx-size": 1024}), 60) as endpoint:
+            with urllib.request.urlopen(endpoint.url + "/health", timeout=10) as response:
+                assert response.status == 200
+            assert endpoint.url == f"http://127.0.0.1:{free}"
+            served = engine_processes(f"smol-{tmp_path.name}")
+            assert len(served) == 1
+        log = (tmp_path / "engine.log").read_text()
+        assert log.count("couldn't bind HTTP server socket") == 2  # both taken ports, then the free one
+        assert gone(served.pop())
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_when_every_port_tried_is_taken_the_reason_says_so(tmp_path, llama_server, smollm2):
+    held = held_ports(3)
+    ports = iter(sock.getsockname()[1] for sock in held)
+    try:
+        with pytest.raises(DeploymentError) as caught:
+            with LocalDeployer(pick_port=lambda host: next(ports)).deployed(
+                    spec(tmp_path, llama_server, smollm2, {"ctx-size": 1024}), 60):
+                pass
+        first = str(caught.value).splitlines()[0]
+        assert f"engine could not bind http://127.0.0.1:{held[-1].getsockname()[1]}" in first
+        assert "couldn't bind HTTP server socket" in first and "3 ports tried" in first
+        assert engine_processes(f"smol-{tmp_path.name}") == set()
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def test_a_missing_executable_is_a_deployment_error(tmp_path, smollm2):
