@@ -6,15 +6,22 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from cluster.engines import EngineProfile
+
+
+def _no_news() -> str | None:
+    return None
 
 
 @dataclass(frozen=True)
 class Endpoint:
     url: str  # where this process (the trial) reaches the engine
     cluster_url: str  # where a pod in the cluster reaches it (a BenchmarkJob); same as url locally
+    # Why the engine stopped serving after it was ready (it exited, say), or None while it serves:
+    # checked while the benchmark runs, so a crash fails the trial at once with the engine's words.
+    failure: Callable[[], str | None] = _no_news
 
 
 @dataclass(frozen=True)

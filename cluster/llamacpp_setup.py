@@ -98,9 +98,15 @@ def _extract_vendored_llama_cpp(sdist: Path, dest: Path) -> Path:
     return roots[0]
 
 
+STEP_TIMEOUT_S = 3600  # a download or build step; the build takes 5-20 minutes on 2 cores
+
+
 def _run(argv: list[str]) -> None:
     # Output streams to the terminal so the user sees the build progress.
-    result = subprocess.run(argv, stdin=subprocess.DEVNULL)
+    try:
+        result = subprocess.run(argv, stdin=subprocess.DEVNULL, timeout=STEP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise SetupError(f"command still running after {STEP_TIMEOUT_S} s, stopped: {' '.join(argv)}") from None
     if result.returncode != 0:
         raise SetupError(f"command failed with exit code {result.returncode}: {' '.join(argv)}")
 

@@ -100,11 +100,18 @@ class LocalDeployer(Deployer):
             time.sleep(HEALTH_POLL_S)
 
     def endpoint(self, deployment: LocalDeployment) -> Endpoint:
-        return Endpoint(deployment.base_url, deployment.base_url)
+        return Endpoint(deployment.base_url, deployment.base_url, failure=lambda: _exit_reason(deployment.group))
 
     def teardown(self, deployment: LocalDeployment) -> None:
         deployment.group.stop(TEARDOWN_GRACE_S)
         deployment.record.forget()
+
+
+def _exit_reason(group: ProcessGroup) -> str | None:
+    code = group.poll()
+    if code is None:
+        return None
+    return f"engine exited with code {code} during the benchmark: {telling_line(group.log_tail())}"
 
 
 class _PortTaken(Exception):

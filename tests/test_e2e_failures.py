@@ -1,8 +1,13 @@
-"""Runs where no trial can win: a broken SLO and a flag the engine rejects. Real engine, real Ray."""
+"""Runs where trials fail: a broken SLO, a flag the engine rejects, genai-bench failing, an engine
+that crashes mid-benchmark, and a run stopped after too many failures in a row. Each failed trial
+keeps a short reason; no engine is left. Real engine, real genai-bench, real Ray."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -54,3 +59,67 @@ def test_a_rejected_flag_fails_each_trial_with_the_engines_reason(tmp_path):
         assert trial["status"] == "failed"
         assert "DeploymentError: engine exited with code" in trial["error"]
         assert "no-such-flag" in trial["error"]
+
+
+def test_after_max_consecutive_failures_the_run_stops_and_says_why(tmp_path):
+    completed, results = run_task(tmp_path, engine={"name": "llama.cpp", "args": {"no-such-flag": 1}},
+                                  search={"num_samples": 8, "max_consecutive_failures": 3, "confirm_repeats": 0})
+    assert completed.returncode == 1
+    assert results["total_experiments"] < 9  # not every trial ran
+    assert sum(t["status"] == "failed" for t in results["all_results"]) >= 3
+    message = completed.stderr.strip().splitlines()[-1]
+    assert message.startswith("autotuner: stopped: the last 3 trials all failed with the same error")
+    assert "no-such-flag" in message
+    assert results["stopped_because"] == message.removeprefix("autotuner: ")
+
+
+def test_genai_bench_failing_fails_the_trial_with_its_reason(tmp_path):
+    tokenizer = tmp_path / "empty-tokenizer"
+    tokenizer.mkdir()
+    completed, results = run_task(tmp_path, model={"path": "builtin:smollm2", "tokenizer": str(tokenizer)},
+                                  search={"num_samples": 1, "baseline": False, "confirm_repeats": 0})
+    assert completed.returncode == 1
+    [trial] = results["all_results"]
+    assert trial["status"] == "failed"
+    assert trial["error"].startswith("BenchmarkError: genai-bench exited with code")
+    assert "tokenizer" in trial["error"].lower(), trial["error"]
+
+
+def test_an_engine_crash_mid_benchmark_fails_that_trial_and_the_search_goes_on(tmp_path):
+    served = f"crash-{uuid.uuid4().hex[:8]}"
+    task = {
+        "name": "crash",
+        "model": {"path": "builtin:smollm2", "name": served},
+        "engine": {"name": "llama.cpp", "args": {"ctx-size": 1024, "threads": 2}},
+        "search_space": {"parallel": [2]},
+        "benchmark": {"traffic_scenario": "D(32,16)", "concurrency": [2, 4, 8], "max_requests_per_stage": 8},
+        "search": {"algorithm": "grid", "scheduler": "none", "confirm_repeats": 0},
+        "results_dir": str(tmp_path),
+    }
+    path = tmp_path / "task.yaml"
+    path.write_text(yaml.safe_dump(task))
+    driver = subprocess.Popen([sys.executable, "-m", "tuner.cli", "run", str(path)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:  # the baseline's engine dies after its first stage
+            line = driver.stdout.readline()
+            lines.append(line)
+            if "trial 1: stage 1/3" in line:
+                break
+        else:
+            pytest.fail("the run never reached a stage:\n" + "".join(lines))
+        for pid in engine_processes(served):
+            os.kill(pid, signal.SIGKILL)
+        output, _ = driver.communicate(timeout=300)
+    finally:
+        driver.kill()
+    output = "".join(lines) + output
+    assert driver.returncode == 0, output[-3000:]
+    results = json.loads((tmp_path / "crash" / "results.json").read_text())
+    crashed, tuned = results["all_results"]
+    assert crashed["status"] == "failed" and crashed["stages_completed"] == 1
+    assert "engine" in crashed["error"], crashed["error"]
+    assert tuned["status"] == "completed"
+    assert engine_processes(served) == set()

@@ -5,8 +5,10 @@ trial's flags, so genai-bench (through a port-forward) measures something real.
 """
 
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import ray
@@ -37,6 +39,28 @@ def ome_task(tmp_path, kubeconfig, tokenizer, **search):
     }
 
 
+def not_granted(requests) -> list[str]:
+    """The requests that the Role in cluster/rbac.yaml would refuse, as 'verb resource'."""
+    role = next(d for d in yaml.safe_load_all(open("cluster/rbac.yaml")) if d["kind"] == "Role")
+    allowed = {(resource, verb) for rule in role["rules"] for resource in rule["resources"] for verb in rule["verbs"]}
+    refused = []
+    for request in requests:
+        parts = request.path.strip("/").split("/")
+        if "namespaces" not in parts:
+            continue  # discovery
+        rest = parts[parts.index("namespaces") + 2:]  # [resource, name?, subresource?]
+        resource = "/".join([rest[0]] + rest[2:3])
+        if request.method == "GET":
+            verb = "watch" if request.query.get("watch") in ("true", "1", "True") else ("get" if len(rest) > 1 else "list")
+        else:
+            verb = {"POST": "create", "DELETE": "delete", "PATCH": "patch", "PUT": "update"}[request.method]
+        if resource.endswith("/portforward"):
+            verb = "create" if verb == "get" else verb  # a WebSocket upgrade; rbac.yaml grants get and create
+        if (resource, verb) not in allowed:
+            refused.append(f"{verb} {resource}")
+    return refused
+
+
 def test_ray_tune_run_on_ome_against_the_emulator(tmp_path, llama_server, smollm2, tokenizer):
     with KubeEmulator() as emulator:
         controller = FakeOme(emulator, llama_server, smollm2, tmp_path)
@@ -46,7 +70,8 @@ def test_ray_tune_run_on_ome_against_the_emulator(tmp_path, llama_server, smollm
             path.write_text(yaml.safe_dump(ome_task(tmp_path, kubeconfig, tokenizer)))
             completed = subprocess.run([sys.executable, "-m", "tuner.cli", "run", str(path)],
                                        capture_output=True, text=True, timeout=600)
-            created = [r for r in emulator.requests if r.method == "POST" and r.path.endswith(PLURAL)]
+            requests = emulator.requests
+            created = [r for r in requests if r.method == "POST" and r.path.endswith(PLURAL)]
             remaining = emulator.objects(PLURAL, NS)
             deletions = [d for d in emulator.deletions if d.plural == PLURAL]
         finally:
@@ -56,6 +81,7 @@ def test_ray_tune_run_on_ome_against_the_emulator(tmp_path, llama_server, smollm
     assert results["total_experiments"] == 3 and results["successful_experiments"] == 3
     for trial in results["all_results"]:
         assert trial["stages"] and all(s["output_throughput"] > 0 for s in trial["stages"])
+    assert not_granted(requests) == []  # cluster/rbac.yaml allows everything the run did
     assert len(created) == 3  # one InferenceService per trial
     assert remaining == []  # every one deleted
     assert all(d.propagation_policy == "Foreground" for d in deletions)
@@ -93,3 +119,48 @@ def test_trials_hold_gpus_from_the_budget_so_ray_runs_only_what_fits(tmp_path):
     spans = [(r.metrics["started"], r.metrics["ended"]) for r in grid]
     most_at_once = max(sum(start <= t < end for start, end in spans) for t, _ in spans)
     assert most_at_once == 2  # 4 budget GPUs / 2 per trial, though 8 CPUs would allow 4
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill"])
+def test_no_inference_service_outlives_an_interrupted_or_killed_driver(tmp_path, llama_server, smollm2, tokenizer,
+                                                                       sig):
+    """Ctrl-C: the trial deletes its InferenceService on the way out. SIGKILL: nobody can, and
+    `autotuner cleanup TASK` finds it by label and deletes it."""
+    with KubeEmulator() as emulator:
+        controller = FakeOme(emulator, llama_server, smollm2, tmp_path)
+        try:
+            kubeconfig = emulator.write_kubeconfig(tmp_path / "kubeconfig")
+            path = tmp_path / "task.yaml"
+            task = ome_task(tmp_path, kubeconfig, tokenizer, num_samples=3, scheduler="none")
+            task["benchmark"]["concurrency"] = [2, 4, 8]
+            path.write_text(yaml.safe_dump(task))
+            driver = subprocess.Popen([sys.executable, "-m", "tuner.cli", "run", str(path)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            lines = []
+            try:
+                deadline = time.monotonic() + 300
+                while time.monotonic() < deadline:
+                    line = driver.stdout.readline()
+                    lines.append(line)
+                    if "trial 2: stage 1/3" in line:  # the first trial finished, the second benchmarks
+                        break
+                else:
+                    pytest.fail("the run never reached trial 2:\n" + "".join(lines))
+                assert len(emulator.objects(PLURAL, NS)) == 1
+                driver.send_signal(sig)
+                output, _ = driver.communicate(timeout=120)
+            finally:
+                driver.kill()
+            output = "".join(lines) + output
+            cleanup = subprocess.run([sys.executable, "-m", "tuner.cli", "cleanup", str(path)],
+                                     capture_output=True, text=True, timeout=120)
+            remaining = emulator.objects(PLURAL, NS)
+        finally:
+            controller.stop_all()
+    assert cleanup.returncode == 0, cleanup.stderr
+    if sig == signal.SIGINT:
+        assert driver.returncode == 1, output[-3000:]
+        assert cleanup.stdout.strip() == "nothing to clean up"  # the trial had deleted it
+    assert remaining == []
+    results = json.loads((tmp_path / "results" / "ome-e2e" / "results.json").read_text())
+    assert results["all_results"][0]["status"] == "completed"  # written when it finished

@@ -107,7 +107,7 @@ class GenaiBenchRunner:
 
     def argv(self, base_url: str, model_name: str, out_dir: Path) -> list[str]:
         argv = [genai_bench_executable(), "benchmark", "--api-backend", self.api_backend,
-                "--api-base", base_url, "--api-key", os.environ.get(API_KEY_ENV, "none"),
+                "--api-base", base_url, "--api-key", "none",  # the real one: MODEL_API_KEY
                 "--api-model-name", model_name, "--model-tokenizer", self.tokenizer,
                 "--task", "text-to-text", "--traffic-scenario", self.benchmark.traffic_scenario]
         for concurrency in self.benchmark.concurrency:
@@ -125,10 +125,15 @@ class GenaiBenchRunner:
         out_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "ENABLE_UI": "false", "HF_HUB_OFFLINE": "1",
                "TRANSFORMERS_OFFLINE": "1", "MPLCONFIGDIR": str(out_dir / "mpl")}
+        # The key goes through genai-bench's environment, not its argv: a command line is visible
+        # to every user of the machine (ps) and gets logged. Only ours: it is the one we scrub.
+        env.pop("MODEL_API_KEY", None)
+        if os.environ.get(API_KEY_ENV):
+            env["MODEL_API_KEY"] = os.environ[API_KEY_ENV]
         group = ProcessGroup(self.argv(endpoint.url, model_name, out_dir),
                              log_path=str(workdir / "genai-bench.log"), env=env, cwd=str(out_dir))
         try:
-            yield watch_stages(self.benchmark, out_dir / "run", lambda: _exit_reason(group),
+            yield watch_stages(self.benchmark, out_dir / "run", lambda: endpoint.failure() or _exit_reason(group),
                                STARTUP_ALLOWANCE_S, self.request_limits)
         finally:
             group.stop(grace_s=0)  # its result files are complete; nothing to shut down cleanly

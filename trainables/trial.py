@@ -20,7 +20,7 @@ from cluster.deployer import Deployer, EngineSpec
 from cluster.engines import PROFILES
 from cluster.local import LocalDeployer
 from trainables.genai_bench import GenaiBenchRunner
-from tuner.errors import AutotunerError
+from tuner.errors import AutotunerError, DeploymentError
 from tuner.objective import INFEASIBLE_SCORE, request_limits, score_stages, weighted_mean, worst_value
 from tuner.task import OmeDeployment, Task
 
@@ -100,6 +100,9 @@ def run_trial(config: dict[str, Any], task: Task, resolved: Resolved) -> None:
             timeline.mark("engine_ready")
             with runner.run(endpoint, resolved.served_name, workdir) as results:
                 for stage, metrics in results:
+                    crashed = endpoint.failure()
+                    if crashed:  # the stage's numbers may hold the crash: not reported
+                        raise DeploymentError(crashed)
                     timeline.mark(f"stage_{stage.index}_done")
                     metrics["output_throughput_per_gpu"] = metrics["output_throughput"] / max(1, gpus)
                     measured.append(metrics)

@@ -324,6 +324,8 @@ def table(summary: dict) -> str:
                       "-" if value is None else f"{value:.4g}", *params])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)) for line in lines)
+    if summary.get("in_progress"):
+        text = "The run is still going, or was cut off: the trials finished so far.\n" + text
     best = summary["best_result"]
     if best is None:
         return text + "\nNo trial completed every stage; see results.json for the errors."

@@ -346,7 +346,7 @@ class Task(_Strict):
                 bare = name.lstrip("-").replace("_", "-")
                 if bare in SECRET_FLAGS:
                     raise ValueError(f"{where}.{name}: a key in the task file would be copied into the results; "
-                                     f"put it in the environment instead (see the README's Security notes)")
+                                     f"put it in the environment instead (see Secrets in the README)")
                 if bare in managed:
                     raise ValueError(f"{where}.{name}: the tuner sets this flag itself for each trial")
         return self

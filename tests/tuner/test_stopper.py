@@ -1,8 +1,9 @@
-"""The patience stopper ends the search after k finished trials in a row without a new best."""
+"""The patience stopper ends the search after k finished trials in a row without a new best; the
+failure guard ends it after k failed trials in a row, naming the likely cause."""
 
 from types import SimpleNamespace
 
-from tuner.search import NoImprovementStopper
+from tuner.search import FailureGuard, NoImprovementStopper
 
 
 def finished(score, baseline=False):
@@ -25,3 +26,28 @@ def test_the_baseline_and_new_bests_do_not_count_against_patience():
     assert not stopper.stop_all()
     stopper.on_trial_error(0, [], finished(None))
     assert stopper.stop_all()  # a failed trial is no improvement
+
+
+def ended(error=None):
+    return SimpleNamespace(config={"parallel": 1}, last_result={"score": -1e9 if error else 5.0, "error": error})
+
+
+def test_failure_guard_stops_after_k_failures_in_a_row_and_names_the_common_error():
+    guard = FailureGuard(limit=3)
+    bad_flag = "DeploymentError: engine exited with code 1 before it was ready: error: invalid argument: --x\nlog..."
+    for trial, stop in [(ended(bad_flag), False), (ended(), False), (ended(bad_flag), False),
+                        (ended(bad_flag), False), (ended(bad_flag), True)]:
+        guard.on_trial_complete(0, [], trial)
+        assert guard.stop_all() is stop
+    assert guard.reason == ("stopped: the last 3 trials all failed with the same error, so the problem is likely "
+                            "not the configs but the setup (engine, model, benchmark or cluster): "
+                            "DeploymentError: engine exited with code 1 before it was ready: error: invalid argument: --x")
+
+
+def test_failure_guard_with_mixed_errors_names_the_most_common_one():
+    guard = FailureGuard(limit=3)
+    for error in ["BenchmarkError: stage 1 timed out", "DeploymentError: out of memory", "DeploymentError: out of memory"]:
+        guard.on_trial_complete(0, [], ended(error))
+    assert guard.reason == ("stopped: the last 3 trials failed (search.max_consecutive_failures); the most common "
+                            "error: DeploymentError: out of memory")
+    assert FailureGuard(limit=3).reason is None
