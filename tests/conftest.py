@@ -1,5 +1,8 @@
 """Shared fixtures: the real CPU engine (llama-server + SmolLM2), prepared by `make test`."""
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,3 +37,36 @@ def engine_processes(marker: str) -> set[int]:
             if argv[0].endswith("llama-server") and marker in argv:
                 pids.add(int(proc.name))
     return pids
+
+
+class Driver:
+    """`autotuner run TASK` in a subprocess, its output read line by line (stderr merged)."""
+
+    def __init__(self, task_path: Path, *extra: str):
+        self.process = subprocess.Popen([sys.executable, "-m", "tuner.cli", "run", str(task_path), *extra],
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+
+    def read_until(self, marker: str, timeout_s: float = 300) -> None:
+        """Read until a line holds `marker`; fail the test with the output if it never comes."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline()
+            self.lines.append(line)
+            if marker in line:
+                return
+            if not line and self.process.poll() is not None:
+                break
+        pytest.fail(f"the run never printed {marker!r}:\n" + "".join(self.lines))
+
+    def finish(self, timeout_s: float = 300) -> str:
+        """Wait for the end; all the output."""
+        rest, _ = self.process.communicate(timeout=timeout_s)
+        return "".join(self.lines) + rest
+
+    def __enter__(self) -> "Driver":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.process.kill()
+        self.process.wait(timeout=30)

@@ -35,7 +35,7 @@ class FakeOme:
                 "status": status}
 
     def _created(self, isvc: dict) -> None:
-        name, ns = isvc["metadata"]["name"], isvc["metadata"]["namespace"]
+        ns = isvc["metadata"]["namespace"]
         if self.scenario == "ready":
             self._start_engine(isvc)
         elif self.scenario == "crashloop":

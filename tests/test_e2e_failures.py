@@ -7,13 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 
 import pytest
 import yaml
 
-from tests.conftest import engine_processes
+from tests.conftest import Driver, engine_processes
 
 pytestmark = pytest.mark.e2e
 
@@ -98,25 +97,12 @@ def test_an_engine_crash_mid_benchmark_fails_that_trial_and_the_search_goes_on(t
     }
     path = tmp_path / "task.yaml"
     path.write_text(yaml.safe_dump(task))
-    driver = subprocess.Popen([sys.executable, "-m", "tuner.cli", "run", str(path)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:  # the baseline's engine dies after its first stage
-            line = driver.stdout.readline()
-            lines.append(line)
-            if "trial 1: stage 1/3" in line:
-                break
-        else:
-            pytest.fail("the run never reached a stage:\n" + "".join(lines))
+    with Driver(path) as driver:
+        driver.read_until("trial 1: stage 1/3")  # then the baseline's engine dies
         for pid in engine_processes(served):
             os.kill(pid, signal.SIGKILL)
-        output, _ = driver.communicate(timeout=300)
-    finally:
-        driver.kill()
-    output = "".join(lines) + output
-    assert driver.returncode == 0, output[-3000:]
+        output = driver.finish()
+    assert driver.process.returncode == 0, output[-3000:]
     results = json.loads((tmp_path / "crash" / "results.json").read_text())
     crashed, tuned = results["all_results"]
     assert crashed["status"] == "failed" and crashed["stages_completed"] == 1

@@ -4,15 +4,13 @@ every case no engine is left and results.json holds every trial finished before 
 
 import json
 import signal
-import subprocess
-import sys
 import time
 import uuid
 
 import pytest
 import yaml
 
-from tests.conftest import engine_processes
+from tests.conftest import Driver, engine_processes
 
 pytestmark = pytest.mark.e2e
 
@@ -30,36 +28,23 @@ def start_and_interrupt(tmp_path, signals):
     }
     path = tmp_path / "task.yaml"
     path.write_text(yaml.safe_dump(task))
-    driver = subprocess.Popen([sys.executable, "-m", "tuner.cli", "run", str(path)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
-    try:
-        deadline = time.monotonic() + 300
+    with Driver(path) as driver:
         # Interrupt while the second trial is benchmarking: the first has finished by then.
-        while time.monotonic() < deadline:
-            line = driver.stdout.readline()
-            lines.append(line)
-            if "trial 2: stage 1/3" in line:
-                break
-        else:
-            pytest.fail("the run never reached trial 2:\n" + "".join(lines))
+        driver.read_until("trial 2: stage 1/3")
         assert engine_processes(served), "trial 2's engine should be running"
         began = time.monotonic()
         for number, sig in enumerate(signals):
             if number:
                 time.sleep(0.2)
-            driver.send_signal(sig)
-        output, _ = driver.communicate(timeout=120)
+            driver.process.send_signal(sig)
+        output = driver.finish(timeout_s=120)
         took = time.monotonic() - began
-    finally:
-        driver.kill()
-    output = "".join(lines) + output
     assert "Traceback" not in output, output[-3000:]
     assert engine_processes(served) == set()
     results = json.loads((tmp_path / "results" / "interrupted" / "results.json").read_text())
     statuses = {r["experiment_id"]: r["status"] for r in results["all_results"]}
     assert statuses[1] == "completed"  # the baseline finished before the signal
-    return driver.returncode, output, results, took
+    return driver.process.returncode, output, results, took
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])

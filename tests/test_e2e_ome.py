@@ -8,13 +8,13 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import ray
 import yaml
 from ray import tune
 
+from tests.conftest import Driver
 from tests.fake_ome import PLURAL, FakeOme
 from tests.k8s_emulator import KubeEmulator
 from tuner.driver import claim, trial_resources
@@ -134,24 +134,11 @@ def test_no_inference_service_outlives_an_interrupted_or_killed_driver(tmp_path,
             task = ome_task(tmp_path, kubeconfig, tokenizer, num_samples=3, scheduler="none")
             task["benchmark"]["concurrency"] = [2, 4, 8]
             path.write_text(yaml.safe_dump(task))
-            driver = subprocess.Popen([sys.executable, "-m", "tuner.cli", "run", str(path)],
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            lines = []
-            try:
-                deadline = time.monotonic() + 300
-                while time.monotonic() < deadline:
-                    line = driver.stdout.readline()
-                    lines.append(line)
-                    if "trial 2: stage 1/3" in line:  # the first trial finished, the second benchmarks
-                        break
-                else:
-                    pytest.fail("the run never reached trial 2:\n" + "".join(lines))
+            with Driver(path) as driver:
+                driver.read_until("trial 2: stage 1/3")  # the first trial finished, the second benchmarks
                 assert len(emulator.objects(PLURAL, NS)) == 1
-                driver.send_signal(sig)
-                output, _ = driver.communicate(timeout=120)
-            finally:
-                driver.kill()
-            output = "".join(lines) + output
+                driver.process.send_signal(sig)
+                output = driver.finish(timeout_s=120)
             cleanup = subprocess.run([sys.executable, "-m", "tuner.cli", "cleanup", str(path)],
                                      capture_output=True, text=True, timeout=120)
             remaining = emulator.objects(PLURAL, NS)
@@ -159,7 +146,7 @@ def test_no_inference_service_outlives_an_interrupted_or_killed_driver(tmp_path,
             controller.stop_all()
     assert cleanup.returncode == 0, cleanup.stderr
     if sig == signal.SIGINT:
-        assert driver.returncode == 1, output[-3000:]
+        assert driver.process.returncode == 1, output[-3000:]
         assert cleanup.stdout.strip() == "nothing to clean up"  # the trial had deleted it
     assert remaining == []
     results = json.loads((tmp_path / "results" / "ome-e2e" / "results.json").read_text())

@@ -12,7 +12,7 @@ import uuid
 import pytest
 import yaml
 
-from tests.conftest import engine_processes
+from tests.conftest import Driver, engine_processes
 
 pytestmark = pytest.mark.e2e
 
@@ -30,23 +30,12 @@ def test_resume_after_sigkill(tmp_path):
     }
     path = tmp_path / "task.yaml"
     path.write_text(yaml.safe_dump(task))
-    first = subprocess.Popen([sys.executable, "-m", "tuner.cli", "run", str(path)],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines, done = [], set()
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and len(done) < 2:
-            line = first.stdout.readline()
-            lines.append(line)
-            match = re.search(r"trial (\d+): done", line)
-            if match:
-                done.add(match.group(1))
-        assert len(done) == 2, "".join(lines)
+    with Driver(path) as first:
+        first.read_until("trial 2: done")  # trials run one at a time here: 1 and 2 have finished
+        done = set(re.findall(r"trial (\d+): done", "".join(first.lines)))
         time.sleep(1.5)  # let Ray save the experiment state (saved every second)
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=30)
-    finally:
-        first.kill()
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait(timeout=30)
     deadline = time.monotonic() + 15  # the watchdog of the engine that was running kills it
     while engine_processes(served) and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -2,7 +2,6 @@
 
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
