@@ -12,6 +12,8 @@ import uuid
 import pytest
 import yaml
 
+from cluster.procs import start_time
+from cluster.records import EngineRecord, engine_records
 from tests.conftest import Driver, engine_processes
 
 pytestmark = pytest.mark.e2e
@@ -109,3 +111,16 @@ def test_an_engine_crash_mid_benchmark_fails_that_trial_and_the_search_goes_on(t
     assert "engine" in crashed["error"], crashed["error"]
     assert tuned["status"] == "completed"
     assert engine_processes(served) == set()
+
+
+def test_a_run_first_kills_what_an_earlier_killed_run_of_the_task_left(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))  # the records, inherited by the run
+    leftover = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        EngineRecord("killed-run", "no-winner", "t1", leftover.pid, start_time(leftover.pid), "llama-server").save()
+        completed, _ = run_task(tmp_path, engine={"name": "llama.cpp", "args": {"no-such-flag": 1}})
+        assert f"killed engine process group {leftover.pid} left by run killed-run" in completed.stdout
+        assert leftover.wait(timeout=10) == -signal.SIGKILL
+        assert engine_records() == []
+    finally:
+        leftover.kill()

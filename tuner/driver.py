@@ -184,6 +184,10 @@ def run(task: Task, *, address: str | None = None, resume: bool = False) -> dict
     else:
         results_dir = prepare_results_dir(task)
     lock = records.register_run(run_id, task.name)
+    # Engines an earlier run of this task left (its driver was killed, say) would take CPUs or
+    # GPUs from the trials and distort their measurements.
+    for leftover in records.kill_leftover_engines(task.name):
+        print(f"[autotuner] killed engine process group {leftover.pgid} left by run {leftover.run_id}")
     try:
         return _tune(task, resolved, results_dir, address, resume)
     finally:
