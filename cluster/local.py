@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import time
 import urllib.error
@@ -111,6 +112,9 @@ def _exit_reason(group: ProcessGroup) -> str | None:
     code = group.poll()
     if code is None:
         return None
+    if code < 0:  # a signal: its log ends mid-work and says nothing about it
+        return (f"engine killed by {signal.Signals(-code).name} during the benchmark "
+                "(the kernel's OOM killer, or from outside)")
     return f"engine exited with code {code} during the benchmark: {telling_line(group.log_tail())}"
 
 
