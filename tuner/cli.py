@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 from pathlib import Path
 
@@ -63,9 +62,6 @@ def _run(args) -> int:
     task = load_task(args.task, overrides)
     from tuner import driver, results
 
-    # SIGTERM (a scheduler, `kill`, a pod shutting down) is handled like Ctrl-C: Ray Tune stops the
-    # trials, their engines are torn down and the results written; a second one tears down at once.
-    signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
     try:
         summary = driver.run(task, address=args.address, resume=args.resume)
     except KeyboardInterrupt:

@@ -6,6 +6,8 @@ import math
 import os
 import secrets
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -236,6 +238,11 @@ def sweep(task: Task, run_id: str) -> None:
 
 def _tune(task: Task, resolved: Resolved, results_dir: Path, address: str | None, resume: bool) -> dict:
     start_ray(task, address)
+    # SIGTERM (a batch scheduler, `kill`, a pod shutting down) is handled like Ctrl-C: Ray Tune
+    # stops the trials, their engines are torn down and the results written; a second one tears
+    # down at once. Set after ray.init, whose own handler would end the process on the spot.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
     if isinstance(task.deployment, OmeDeployment) and task.deployment.create_runtime is not None:
         from cluster.ome import ensure_runtime
 

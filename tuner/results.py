@@ -98,11 +98,13 @@ def from_result_grid(grid, ended: set[str] | None = None) -> list[TrialRecord]:
     return records
 
 
-def from_trials(trials) -> list[TrialRecord]:
-    """Records of the trials that have ended, from Ray Tune's live Trial objects (as a callback sees them)."""
+def from_trials(trials, ended: set[str]) -> list[TrialRecord]:
+    """Records of the trials that have ended, from Ray Tune's live Trial objects (as a callback
+    sees them): those Ray marked as ended, and those in `ended` (ending now: Ray changes their
+    status after the callbacks)."""
     records = []
     for trial in trials:
-        if trial.status not in ("TERMINATED", "ERROR") or not trial.local_path:
+        if (trial.status not in ("TERMINATED", "ERROR") and trial.trial_id not in ended) or not trial.local_path:
             continue
         error = trial.get_pickled_error() or trial.get_error() if trial.status == "ERROR" else None
         config = trial.config or {}
@@ -126,13 +128,13 @@ class LiveResults(Callback):
         self.task, self.resolved, self.results_dir, self.experiment_dir = task, resolved, results_dir, experiment_dir
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._write(trials)
+        self._write(trials, trial.trial_id)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._write(trials)
+        self._write(trials, trial.trial_id)
 
-    def _write(self, trials) -> None:
-        summary = summarize(self.task, self.resolved, from_trials(trials), self.experiment_dir)
+    def _write(self, trials, ending: str) -> None:
+        summary = summarize(self.task, self.resolved, from_trials(trials, {ending}), self.experiment_dir)
         summary["in_progress"] = True
         write(self.results_dir, summary)
 
