@@ -137,7 +137,7 @@ class GenaiBenchRunner:
                                STARTUP_ALLOWANCE_S, self.request_limits)
         finally:
             group.stop(grace_s=0)  # its result files are complete; nothing to shut down cleanly
-            _scrub_api_key(out_dir / "run")
+            scrub_api_key(workdir)  # genai-bench.log and everything under genai-bench/
 
 
 def watch_stages(benchmark: Benchmark, run_dir: Path, failure: Callable[[], str | None],
@@ -205,9 +205,14 @@ def _reason(group: ProcessGroup) -> str:
     return (problems or lines or ["no output"])[-1][-300:]
 
 
-def _scrub_api_key(run_dir: Path) -> None:
-    """genai-bench stores the API key in plain text in experiment_metadata.json; remove it."""
-    key = os.environ.get(API_KEY_ENV)
-    metadata = run_dir / "experiment_metadata.json"
-    if key and metadata.is_file():
-        metadata.write_text(metadata.read_text().replace(key, "***"))
+def scrub_api_key(folder: Path) -> None:
+    """Replace the API key in every file under `folder`. genai-bench writes it in plain text into
+    its log (it logs every option) and its experiment_metadata.json, and no option avoids that."""
+    key = os.environ.get(API_KEY_ENV, "").encode()
+    if not key or not folder.is_dir():
+        return
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            data = path.read_bytes()
+            if key in data:
+                path.write_bytes(data.replace(key, b"***"))

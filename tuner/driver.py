@@ -20,6 +20,7 @@ from ray.tune.stopper import CombinedStopper
 from cluster import records
 from cluster.engines import PROFILES, default_executable
 from cluster.kube import RUN_LABEL, label_value
+from trainables.genai_bench import scrub_api_key
 from trainables.trial import BASELINE_KEY, Resolved, run_trial, trial_params
 from tuner import registry
 from tuner.registry import GridSearcher
@@ -229,6 +230,8 @@ def sweep(task: Task, run_id: str) -> None:
     """Remove whatever this run left behind: a trial stopped by the scheduler may lose its worker
     before its teardown finished. Local engines also have watchdogs; this is the backstop."""
     records.kill_leftover_engines(task.name)
+    # A trial whose worker was killed mid-benchmark could not scrub its genai-bench files.
+    scrub_api_key(task.results_path.absolute() / "trials")
     if isinstance(task.deployment, OmeDeployment):
         from cluster.cleanup import delete_labelled
 
