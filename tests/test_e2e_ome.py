@@ -131,7 +131,7 @@ def test_no_inference_service_outlives_an_interrupted_or_killed_driver(tmp_path,
         try:
             kubeconfig = emulator.write_kubeconfig(tmp_path / "kubeconfig")
             path = tmp_path / "task.yaml"
-            task = ome_task(tmp_path, kubeconfig, tokenizer, num_samples=3, scheduler="none")
+            task = ome_task(tmp_path, kubeconfig, tokenizer, num_samples=3, scheduler="none", max_concurrent=1)
             task["benchmark"]["concurrency"] = [2, 4, 8]
             path.write_text(yaml.safe_dump(task))
             with Driver(path) as driver:
