@@ -49,8 +49,12 @@ class TrialRecord:
         return self.ray_error or self.last.get("error")
 
     def status(self, num_stages: int) -> str:
-        if self.error or not self.stages:
+        if self.error:
             return FAILED
+        if not self.stages:
+            # No error and no stage: the run ended it before its first stage (the time budget,
+            # patience, the failure guard) or Ctrl-C cut it.
+            return STOPPED_EARLY if self.ended else INTERRUPTED
         if self.last.get("violation"):
             return INFEASIBLE
         if not self.ended:

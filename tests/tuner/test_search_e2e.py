@@ -55,7 +55,9 @@ def tune_small(tmp_path, name, objective_secondary=(), **search):
     assert summary["total_experiments"] >= 1
     for trial in summary["all_results"]:
         assert trial["status"] in ("completed", "stopped-early"), trial["error"]
-        assert trial["stages"][0]["output_throughput"] > 0
+        # A trial the time budget cut before its first stage has none.
+        assert all(stage["output_throughput"] > 0 for stage in trial["stages"])
+    assert any(trial["stages"] for trial in summary["all_results"])
     return summary
 
 
@@ -96,7 +98,8 @@ def test_optuna_learns_every_objective_when_there_are_several(tmp_path):
     measured = sorted((t["objectives"]["output_throughput"], t["objectives"]["ttft_p90"])
                       for t in summary["all_results"])
     assert len(told) == 3
-    assert told == pytest.approx(measured)
+    for values, objectives in zip(told, measured):
+        assert list(values) == pytest.approx(list(objectives))
 
 
 def test_time_budget_ends_the_search(tmp_path):
