@@ -86,20 +86,10 @@ def from_result_grid(grid, ended: set[str] | None = None) -> list[TrialRecord]:
     """Records of every trial; those whose id is not in `ended` (when given) were interrupted."""
     records = []
     for result in grid:
-        config = result.config or {}
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
-        records.append(TrialRecord(
-            trial_id=trial_id,
-            parameters=trial_params(config),
-            baseline=bool(config.get(BASELINE_KEY)),
-            reports=read_reports(result.path),
-            ray_error=_first_line(result.error) if result.error else None,
-            experiment_id=_creation_number(result.path, trial_id),
-            ended=ended is None or trial_id in ended,
-        ))
-    # Number the trials in creation order: Ray puts that counter after the id in the folder name.
-    records.sort(key=lambda record: record.experiment_id)
-    return records
+        records.append(_record(trial_id, result.config, result.path, result.error,
+                               ended=ended is None or trial_id in ended))
+    return _in_creation_order(records)
 
 
 def from_trials(trials, ended: set[str]) -> list[TrialRecord]:
@@ -108,20 +98,26 @@ def from_trials(trials, ended: set[str]) -> list[TrialRecord]:
     status after the callbacks)."""
     records = []
     for trial in trials:
-        if (trial.status not in ("TERMINATED", "ERROR") and trial.trial_id not in ended) or not trial.local_path:
-            continue
-        error = trial.get_pickled_error() or trial.get_error() if trial.status == "ERROR" else None
-        config = trial.config or {}
-        records.append(TrialRecord(
-            trial_id=trial.trial_id,
-            parameters=trial_params(config),
-            baseline=bool(config.get(BASELINE_KEY)),
-            reports=read_reports(trial.local_path),
-            ray_error=_first_line(error) if error else ("ray: the trial failed" if trial.status == "ERROR" else None),
-            experiment_id=_creation_number(trial.local_path, trial.trial_id),
-        ))
-    records.sort(key=lambda record: record.experiment_id)
-    return records
+        if trial.local_path and (trial.status in ("TERMINATED", "ERROR") or trial.trial_id in ended):
+            error = None
+            if trial.status == "ERROR":
+                error = (trial.get_pickled_error() or trial.get_error()
+                         or RuntimeError("Ray reported the trial as failed (see its error.txt)"))
+            records.append(_record(trial.trial_id, trial.config, trial.local_path, error, ended=True))
+    return _in_creation_order(records)
+
+
+def _record(trial_id: str, config: dict | None, trial_dir: str, error: BaseException | None,
+            ended: bool) -> TrialRecord:
+    config = config or {}
+    return TrialRecord(trial_id=trial_id, parameters=trial_params(config), baseline=bool(config.get(BASELINE_KEY)),
+                       reports=read_reports(trial_dir), ray_error=_first_line(error) if error else None,
+                       experiment_id=_creation_number(trial_dir, trial_id), ended=ended)
+
+
+def _in_creation_order(records: list[TrialRecord]) -> list[TrialRecord]:
+    # Ray puts a creation counter after the id in each trial's folder name: experiment_id.
+    return sorted(records, key=lambda record: record.experiment_id)
 
 
 class LiveResults(Callback):
