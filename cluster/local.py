@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import time
 import urllib.error
@@ -14,7 +13,7 @@ from typing import Callable
 
 from cluster.deployer import Deployer, Endpoint, EngineSpec
 from cluster.engines import Launch
-from cluster.procs import ProcessGroup, telling_line
+from cluster.procs import ProcessGroup, exit_hint, exit_text, telling_line
 from cluster.records import EngineRecord
 from tuner.errors import DeploymentError
 
@@ -90,7 +89,8 @@ class LocalDeployer(Deployer):
                 tail = deployment.group.log_tail()
                 if any(words in tail.lower() for words in PORT_TAKEN_WORDS):
                     raise _PortTaken(f"engine could not bind {deployment.base_url}: {telling_line(tail)}")
-                raise DeploymentError(f"engine exited with code {code} before it was ready: {telling_line(tail)}"
+                raise DeploymentError(f"engine {exit_text(code)} before it was ready: "
+                                      f"{exit_hint(code, deployment.group.argv[0]) or telling_line(tail)}"
                                       f"\nlast lines of its log:\n{tail}")
             if _healthy(deployment.health_url):
                 return
@@ -113,8 +113,7 @@ def _exit_reason(group: ProcessGroup) -> str | None:
     if code is None:
         return None
     if code < 0:  # a signal: its log ends mid-work and says nothing about it
-        return (f"engine killed by {signal.Signals(-code).name} during the benchmark "
-                "(the kernel's OOM killer, or from outside)")
+        return f"engine {exit_text(code)} during the benchmark ({exit_hint(code, group.argv[0]) or 'from outside'})"
     return f"engine exited with code {code} during the benchmark: {telling_line(group.log_tail())}"
 
 

@@ -39,6 +39,38 @@ def kill_group(pgid: int, started: int | None, sig: int = signal.SIGKILL) -> boo
 
 KILL_WAIT_S = 10.0
 
+# What a signal that ended a process means, and what to tell the user ({program}: its file name).
+_SIGNALS = {
+    signal.SIGILL: ("illegal instruction", "this {program} uses CPU instructions this machine cannot run"),
+    signal.SIGSEGV: ("segmentation fault", "{program} crashed"),
+    signal.SIGBUS: ("bus error", "{program} crashed; a model file truncated or changed while in use does this"),
+    signal.SIGABRT: ("aborted", "{program} stopped on a failed internal check"),
+    signal.SIGFPE: ("arithmetic error", "{program} crashed"),
+    signal.SIGKILL: ("", "the kernel's OOM killer, or from outside"),
+}
+
+
+def exit_text(code: int) -> str:
+    """How a process ended, in words: `exited with code 3`, `killed by SIGILL (illegal instruction)`."""
+    if code >= 0:
+        return f"exited with code {code}"
+    try:
+        sig = signal.Signals(-code)
+    except ValueError:
+        return f"killed by signal {-code}"
+    meaning = _SIGNALS.get(sig, ("", ""))[0]
+    return f"killed by {sig.name}" + (f" ({meaning})" if meaning else "")
+
+
+def exit_hint(code: int, program: str) -> str:
+    """What the signal that ended `program` most likely means for the user, or ''."""
+    if code >= 0:
+        return ""
+    try:
+        return _SIGNALS.get(signal.Signals(-code), ("", ""))[1].format(program=os.path.basename(program))
+    except ValueError:
+        return ""
+
 
 class ProcessGroup:
     """A child started in its own session, killed as a whole group by `stop()` or, should this

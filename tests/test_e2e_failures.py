@@ -30,6 +30,7 @@ def run_task(tmp_path, **overrides):
         "search": {"num_samples": 1, "seed": 0, "confirm_repeats": 0},
         "results_dir": str(tmp_path),
     } | overrides
+    served = task["model"].get("name", served)
     path = tmp_path / "task.yaml"
     path.write_text(yaml.safe_dump(task))
     completed = subprocess.run([sys.executable, "-m", "tuner.cli", "run", str(path)],
@@ -51,27 +52,74 @@ def test_a_broken_slo_makes_every_trial_infeasible(tmp_path):
     assert results["best_result"] is None
 
 
-def test_a_rejected_flag_fails_each_trial_with_the_engines_reason(tmp_path):
-    completed, results = run_task(tmp_path, engine={"name": "llama.cpp", "args": {"no-such-flag": 1}})
-    assert completed.returncode == 1
-    assert "Traceback" not in completed.stderr
-    assert results["total_experiments"] == 2 and results["successful_experiments"] == 0
-    for trial in results["all_results"]:
-        assert trial["status"] == "failed"
-        assert "DeploymentError: engine exited with code" in trial["error"]
-        assert "no-such-flag" in trial["error"]
+def test_a_flag_the_engine_rejects_fails_those_trials_and_the_search_goes_on(tmp_path):
+    completed, results = run_task(tmp_path, search_space={"parallel": [2], "no-such-flag": [1]})
+    assert completed.returncode == 0, completed.stderr
+    baseline, tuned = results["all_results"]
+    assert baseline["status"] == "completed"  # the engine starts without the flag: the config is to blame
+    assert tuned["status"] == "failed"
+    assert "DeploymentError: engine exited with code 1 before it was ready" in tuned["error"]
+    assert "no-such-flag" in tuned["error"]
 
 
-def test_after_max_consecutive_failures_the_run_stops_and_says_why(tmp_path):
+def test_a_fixed_flag_the_engine_rejects_stops_the_run_at_the_first_trial(tmp_path):
     completed, results = run_task(tmp_path, engine={"name": "llama.cpp", "args": {"no-such-flag": 1}},
-                                  search={"num_samples": 8, "max_consecutive_failures": 3, "confirm_repeats": 0})
-    assert completed.returncode == 1
-    assert results["total_experiments"] < 9  # not every trial ran
-    assert sum(t["status"] == "failed" for t in results["all_results"]) >= 3
+                                  search={"num_samples": 6, "seed": 0, "confirm_repeats": 0})
+    assert completed.returncode == 2
+    assert "Traceback" not in completed.stderr
+    assert results["total_experiments"] == 1 and results["all_results"][0]["status"] == "failed"
     message = completed.stderr.strip().splitlines()[-1]
-    assert message.startswith("autotuner: stopped: the last 3 trials all failed with the same error")
+    assert message.startswith("autotuner: stopped: the engine fails at start with no tuned flags (engine.args only): ")
     assert "no-such-flag" in message
-    assert results["stopped_because"] == message.removeprefix("autotuner: ")
+
+
+def truncated_model(tmp_path, smollm2):
+    truncated = tmp_path / "truncated.gguf"
+    truncated.write_bytes(open(smollm2, "rb").read(20 << 20))  # metadata whole, tensors cut off
+    return truncated
+
+
+def test_a_model_no_config_can_load_stops_the_run_at_the_first_trial(tmp_path, smollm2, tokenizer):
+    model = {"path": str(truncated_model(tmp_path, smollm2)), "name": f"cut-{uuid.uuid4().hex[:8]}",
+             "tokenizer": tokenizer}
+    completed, results = run_task(tmp_path, model=model,
+                                  search={"num_samples": 6, "seed": 0, "baseline": False, "confirm_repeats": 0})
+    assert completed.returncode == 2, completed.stderr
+    assert results["total_experiments"] == 1 and results["all_results"][0]["status"] == "failed"
+    message = completed.stderr.strip().splitlines()[-1]
+    assert message.startswith("autotuner: stopped: the engine fails at start whatever its tuned flags "
+                              "(also with engine.args only): engine exited with code 1 before it was ready: "), message
+    assert "model is corrupted or incomplete" in message  # llama.cpp's own words
+
+
+def test_a_model_whose_tokenizer_cannot_be_read_stops_the_run_with_one_line(tmp_path, smollm2):
+    task = tmp_path / "task.yaml"
+    task.write_text(yaml.safe_dump({"name": "cut", "model": {"path": str(truncated_model(tmp_path, smollm2))},
+                                    "engine": {"name": "llama.cpp"}, "search_space": {"parallel": [1, 2]},
+                                    "results_dir": str(tmp_path)}))
+    completed = subprocess.run([sys.executable, "-m", "tuner.cli", "run", str(task)], capture_output=True,
+                               text=True, timeout=300)
+    assert completed.returncode == 2
+    assert completed.stderr.count("\n") == 1, completed.stderr
+    assert completed.stderr.startswith("autotuner: error: model.path: cannot read the tokenizer from ")
+
+
+def test_a_binary_that_dies_by_sigill_stops_the_run_before_its_first_trial(tmp_path):
+    binary = tmp_path / "llama-server"
+    binary.write_text("#!/bin/sh\nkill -ILL $$\n")
+    binary.chmod(0o755)
+    task = tmp_path / "task.yaml"
+    task.write_text(yaml.safe_dump({"name": "sigill", "model": {"path": "builtin:smollm2"},
+                                    "engine": {"name": "llama.cpp"}, "search_space": {"parallel": [1, 2]},
+                                    "results_dir": str(tmp_path)}))
+    completed = subprocess.run([sys.executable, "-m", "tuner.cli", "run", str(task)], capture_output=True,
+                               text=True, timeout=300, env={**os.environ, "LLAMA_SERVER": str(binary)})
+    assert completed.returncode == 2
+    assert completed.stderr.count("\n") == 1, completed.stderr  # one line, no traceback
+    assert completed.stderr.startswith(f"autotuner: error: LLAMA_SERVER={binary} does not run on this machine: ")
+    assert "killed by SIGILL (illegal instruction) at start: this llama-server uses CPU instructions this " \
+           "machine cannot run" in completed.stderr
+    assert not (tmp_path / "sigill" / "trials").exists()  # no trial started
 
 
 def test_genai_bench_failing_fails_the_trial_with_its_reason(tmp_path):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,15 @@ class Resolved:
     tokenizer: str
     trials_dir: str  # results/<task>/trials: one folder per trial with its logs and timeline
     run_id: str  # this run of the experiment: labels, records and cleanup use it
+    # Ray node id -> the engine binary proven on that node (a node's cache may hold another build).
+    node_executables: dict[str, str] = field(default_factory=dict)
+
+    def executable_here(self) -> str:
+        """The binary for the node this code runs on."""
+        import ray
+
+        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+        return self.node_executables.get(node, self.executable)
 
 
 def trial_params(config: dict[str, Any]) -> dict[str, Any]:
@@ -49,7 +58,7 @@ def engine_spec(task: Task, resolved: Resolved, params: dict[str, Any], trial_id
                 workdir: Path) -> EngineSpec:
     profile = PROFILES[task.engine.name]
     return EngineSpec(experiment=task.name, run_id=resolved.run_id, trial_id=trial_id, profile=profile,
-                      executable=resolved.executable, model_path=resolved.model_path,
+                      executable=resolved.executable_here(), model_path=resolved.model_path,
                       served_name=resolved.served_name, flags=profile.merged(task.engine.args, params),
                       workdir=workdir, env=dict(task.engine.env))
 
@@ -95,8 +104,10 @@ def run_trial(config: dict[str, Any], task: Task, resolved: Resolved) -> None:
     runner = make_runner(task, resolved, task.benchmark.api_backend or spec.profile.api_backend)
     measured: list[dict] = []
     gpus = int(spec.profile.resources(spec.flags).get("GPU", 0))  # 0 on the CPU: per-GPU = per server
+    ready = False
     try:
         with make_deployer(task).deployed(spec, task.deployment.ready_timeout_s) as endpoint:
+            ready = True
             timeline.mark("engine_ready")
             with runner.run(endpoint, resolved.served_name, workdir) as results:
                 for stage, metrics in results:
@@ -117,9 +128,39 @@ def run_trial(config: dict[str, Any], task: Task, resolved: Resolved) -> None:
                     if not score.feasible:
                         return  # an SLO broken at this load only gets worse at higher loads
     except AutotunerError as error:
-        # Reported, not raised: the searcher then learns this config is bad, and the search goes on.
+        setup_failure = None
+        if isinstance(error, DeploymentError) and not ready:
+            setup_failure = failure_without_tuned_flags(task, resolved, config, str(error), workdir)
+        # Reported, not raised: the searcher then learns this config is bad, and the search goes on
+        # (unless the setup itself is broken: then the driver stops the run).
         tune.report({"stage": len(measured), "score": INFEASIBLE_SCORE, "objective": None,
                      "objectives": {m: worst_value(m) for m in task.objective.metrics}, "violation": None,
-                     "slos_met": None, "error": f"{type(error).__name__}: {error}", "metrics": None})
+                     "slos_met": None, "error": f"{type(error).__name__}: {error}", "metrics": None,
+                     "setup_failure": setup_failure})
     finally:
         timeline.mark("trial_end")
+
+
+def failure_without_tuned_flags(task: Task, resolved: Resolved, config: dict[str, Any], error: str,
+                                workdir: Path) -> str | None:
+    """Whether an engine that failed before it was ready fails without this trial's flags too.
+
+    If it does (a binary that dies at start, an unreadable model, a bad fixed flag), no config can
+    avoid the failure: return one line saying so, and the driver stops the run rather than feed
+    one failure after another to the searcher. If the engine starts with only the task's fixed
+    flags, this config is to blame: None. Local engines only: a control start on Kubernetes is a
+    whole InferenceService, and its failures of that kind are API errors.
+    """
+    first_line = error.splitlines()[0]
+    if isinstance(task.deployment, OmeDeployment):
+        return None
+    if not any(value is not None for value in trial_params(config).values()):
+        # This trial ran the engine's defaults with the fixed flags: it was the control.
+        return f"the engine fails at start with no tuned flags (engine.args only): {first_line}"
+    control = engine_spec(task, resolved, {}, f"{workdir.name}-control", workdir / "control")
+    try:
+        with LocalDeployer().deployed(control, task.deployment.ready_timeout_s):
+            return None
+    except DeploymentError as control_error:
+        return (f"the engine fails at start whatever its tuned flags (also with engine.args only): "
+                f"{str(control_error).splitlines()[0]}")

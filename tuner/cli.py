@@ -1,5 +1,5 @@
-"""The `autotuner` command. Exit codes: 0 ok, 1 the run failed or was interrupted, 2 bad input (one line,
-no traceback), 130 interrupted twice."""
+"""The `autotuner` command. Exit codes: 0 ok, 1 the run failed or was interrupted, 2 bad input or a broken setup
+(one line, no traceback), 130 interrupted twice."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from tuner.errors import AutotunerError, TaskError
+from tuner.errors import AutotunerError, SetupError, TaskError
 from tuner.task import load_task
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
-    except TaskError as error:
+    except (TaskError, SetupError) as error:
         print(f"autotuner: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except AutotunerError as error:
@@ -71,10 +71,11 @@ def _run(args) -> int:
         return EXIT_INTERRUPTED
     print()
     print(results.table(summary))
-    print(f"\nResults: {task.results_path}/ (results.json, trials.csv, best_command.txt, stages.png)")
+    print(f"\nResults: {task.results_path}/ ({', '.join(results.files_in(task.results_path))})")
     if summary["stopped_because"]:
         print(f"autotuner: {summary['stopped_because']}", file=sys.stderr)
-        return EXIT_FAILED
+        # A broken setup (engine binary, model) is the user's to fix, like bad input.
+        return EXIT_BAD_INPUT if summary.get("setup_failure") else EXIT_FAILED
     if summary["interrupted"]:
         print("The run was interrupted: the results above cover the trials measured so far.")
         return EXIT_FAILED

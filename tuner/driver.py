@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import secrets
@@ -52,8 +53,15 @@ def preflight(task: Task) -> None:
 
 
 def _check_model_file(path: str) -> None:
-    if not Path(path).is_file():
-        raise TaskError(f"model.path: {path} is not a file (llama.cpp serves a GGUF file)")
+    try:
+        with open(path, "rb") as model:
+            magic = model.read(4)
+    except (FileNotFoundError, IsADirectoryError):
+        raise TaskError(f"model.path: {path} is not a file (llama.cpp serves a GGUF file)") from None
+    except OSError as error:
+        raise TaskError(f"model.path: cannot read {path}: {error.strerror}") from None
+    if magic != b"GGUF":
+        raise TaskError(f"model.path: {path} is not a GGUF file (llama.cpp serves GGUF models)")
 
 
 def _check_executable(executable: str) -> None:
@@ -61,8 +69,11 @@ def _check_executable(executable: str) -> None:
         raise TaskError(f"engine.binary: {executable} is not an executable file or a command on PATH")
 
 
-def resolve(task: Task, trials_dir: Path, run_id: str) -> Resolved:
-    """Find (or build) the engine binary, the model and the tokenizer once, before any trial."""
+def resolve(task: Task, trials_dir: Path, run_id: str, *, local_ray: bool = True) -> Resolved:
+    """Find (or build) the engine binary, the model and the tokenizer once, before any trial.
+
+    With a local Ray, the llama-server found is proven here (it serves a completion); on a cluster
+    each node proves its own (`prepare_nodes`), as the driver's host may not run trials at all."""
     from cluster import llamacpp_setup
 
     if isinstance(task.deployment, OmeDeployment):
@@ -72,28 +83,37 @@ def resolve(task: Task, trials_dir: Path, run_id: str) -> Resolved:
                         trials_dir=str(trials_dir), run_id=run_id)
     path = task.model.path
     if path in BUILTIN_MODELS:
-        path = str(_setup(llamacpp_setup.smollm2_gguf))
+        path = str(llamacpp_setup.smollm2_gguf())
     if task.engine.name == "llama.cpp":
         _check_model_file(path)
-        executable = task.engine.binary or str(_setup(llamacpp_setup.ensure_llama_server))
+        if local_ray:
+            executable = str(llamacpp_setup.ensure_llama_server(task.engine.binary))
+        else:
+            executable = task.engine.binary or "llama-server"  # each node's own, from prepare_nodes
     else:
         executable = task.engine.binary or default_executable(task.engine.name)
-    _check_executable(executable)
+    if local_ray or task.engine.name != "llama.cpp":
+        _check_executable(executable)
     tokenizer = task.model.tokenizer
     if tokenizer is None:
-        tokenizer = str(_setup(llamacpp_setup.ensure_tokenizer, Path(path))) if path.endswith(".gguf") else path
+        tokenizer = str(llamacpp_setup.ensure_tokenizer(Path(path))) if path.endswith(".gguf") else path
     served = task.model.name or Path(path).name.removesuffix(".gguf")
     return Resolved(executable=executable, model_path=path, served_name=served, tokenizer=tokenizer,
                     trials_dir=str(trials_dir), run_id=run_id)
 
 
-def _setup(step, *args):
-    from cluster.llamacpp_setup import SetupError
+def prepare_nodes(task: Task, resolved: Resolved, local_ray: bool) -> Resolved:
+    """On a Ray cluster, each node's llama-server proven on that node (the driver's own node, when
+    it is one and was checked in `resolve`, is not checked twice)."""
+    if task.engine.name != "llama.cpp" or isinstance(task.deployment, OmeDeployment):
+        return resolved
+    from tuner.nodes import prepare_nodes as prepare
 
-    try:
-        return step(*args)
-    except SetupError as error:
-        raise TaskError(str(error)) from None
+    skip = {ray.get_runtime_context().get_node_id()} if local_ray else set()
+    binaries = prepare(task.engine.binary, skip)
+    if local_ray:
+        binaries |= {node: resolved.executable for node in skip}
+    return dataclasses.replace(resolved, node_executables=binaries)
 
 
 def claim(task: Task, params: dict[str, Any], node_cpus: int) -> dict[str, float]:
@@ -175,7 +195,8 @@ def run(task: Task, *, address: str | None = None, resume: bool = False) -> dict
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     # Bad input fails here, before anything is changed or started.
     preflight(task)
-    resolved = resolve(task, task.results_path.absolute() / "trials", run_id)
+    local_ray = not (address or os.environ.get("RAY_ADDRESS"))
+    resolved = resolve(task, task.results_path.absolute() / "trials", run_id, local_ray=local_ray)
     if resume:
         results_dir = task.results_path.absolute()
         if not (results_dir / RAY_EXPERIMENT_NAME / "tuner.pkl").is_file():
@@ -192,7 +213,7 @@ def run(task: Task, *, address: str | None = None, resume: bool = False) -> dict
     for leftover in records.kill_leftover_engines(task.name):
         print(f"[autotuner] killed engine process group {leftover.pgid} left by run {leftover.run_id}")
     try:
-        return _tune(task, resolved, results_dir, address, resume)
+        return _tune(task, resolved, results_dir, address, resume, local_ray)
     finally:
         lock.unlink(missing_ok=True)
         sweep(task, run_id)
@@ -239,8 +260,10 @@ def sweep(task: Task, run_id: str) -> None:
             print(f"[autotuner] removed leftover {kind} {name}")
 
 
-def _tune(task: Task, resolved: Resolved, results_dir: Path, address: str | None, resume: bool) -> dict:
+def _tune(task: Task, resolved: Resolved, results_dir: Path, address: str | None, resume: bool,
+          local_ray: bool) -> dict:
     start_ray(task, address)
+    resolved = prepare_nodes(task, resolved, local_ray)
     # SIGTERM (a batch scheduler, `kill`, a pod shutting down) is handled like Ctrl-C: Ray Tune
     # stops the trials, their engines are torn down and the results written; a second one tears
     # down at once. Set after ray.init, whose own handler would end the process on the spot.
@@ -310,6 +333,7 @@ def _finish(task: Task, resolved: Resolved, results_dir: Path, grid, trainable, 
                      else _confirm(task, trainable, results_dir, trials, max_concurrent))
     summary = results_io.summarize(task, resolved, trials, str(experiment_dir), confirmations)
     summary["stopped_because"] = stopped_because
+    summary["setup_failure"] = bool(guard and guard.setup_failure)
     results_io.write(results_dir, summary)
     write_stage_plot(summary, results_dir / "stages.png")
     return summary

@@ -15,3 +15,9 @@ class DeploymentError(AutotunerError):
 
 class BenchmarkError(AutotunerError):
     """The load generator failed; the trial fails with this reason."""
+
+
+class SetupError(AutotunerError):
+    """Something every trial needs (the engine binary, the model, the tokenizer) is missing, broken or
+    could not be prepared: no config can avoid it, so the run stops before (or at) its first trial.
+    The CLI exits 2."""

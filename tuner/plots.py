@@ -15,6 +15,7 @@ def write_stage_plot(summary: dict, path: Path) -> Path | None:
     concurrencies = [stage["concurrency"] for stage in summary["stages"]]
     trials = [t for t in summary["all_results"] if t["stages"]]
     if not trials:
+        path.unlink(missing_ok=True)  # an earlier attempt's plot (a resumed run) would show other trials
         return None
     best_id = (summary.get("best_result") or {}).get("experiment_id")
     figure, axes = plt.subplots(figsize=(8, 5))

@@ -270,15 +270,28 @@ def summarize(task: Task, resolved: Resolved, records: list[TrialRecord], experi
 
 
 def write(results_dir: Path, summary: dict) -> None:
-    """results.json, trials.csv and best_command.txt, each replaced atomically."""
+    """results.json, trials.csv, and best_command.txt and pareto.csv when there is a winner or a
+    front, each replaced atomically; one of those two left from an earlier write that no longer
+    applies (a resumed run) is removed, so the folder never shows a winner the summary has not."""
     results_dir.mkdir(parents=True, exist_ok=True)
     _atomic_write(results_dir / "results.json", json.dumps(summary, indent=2, default=str) + "\n")
     _atomic_write(results_dir / "trials.csv", trials_csv(summary))
     best = summary.get("best_result")
-    if best:
-        _atomic_write(results_dir / "best_command.txt", best["command"] + "\n")
-    if summary.get("pareto_front"):
-        _atomic_write(results_dir / "pareto.csv", pareto_csv(summary))
+    optional = {"best_command.txt": best["command"] + "\n" if best else None,
+                "pareto.csv": pareto_csv(summary) if summary.get("pareto_front") else None}
+    for name, text in optional.items():
+        if text is None:
+            (results_dir / name).unlink(missing_ok=True)
+        else:
+            _atomic_write(results_dir / name, text)
+
+
+RESULT_FILES = ("results.json", "trials.csv", "best_command.txt", "pareto.csv", "stages.png")
+
+
+def files_in(results_dir: Path) -> list[str]:
+    """The result files a run left in `results_dir`, for its closing line."""
+    return [name for name in RESULT_FILES if (results_dir / name).is_file()]
 
 
 def pareto_csv(summary: dict) -> str:

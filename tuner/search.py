@@ -174,15 +174,20 @@ class NoImprovementStopper(Stopper, Callback):
 
 class FailureGuard(Stopper, Callback):
     """Stops the run after `limit` trials in a row failed (not infeasible: failed to deploy or to
-    measure): then something is wrong beyond any one config, and `reason` says what."""
+    measure): then something is wrong beyond any one config, and `reason` says what. A trial that
+    found its failure to be the setup's (`setup_failure`: the engine fails even without the tuned
+    flags) stops the run at once: no config can avoid it."""
 
     def __init__(self, limit: int):
         self.limit = limit
         self.failures: list[str] = []  # first lines of the errors of the current streak
+        self.setup_failure: str | None = None
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        error = (trial.last_result or {}).get("error")
+        result = trial.last_result or {}
+        error = result.get("error")
         self.failures = self.failures + [error.splitlines()[0]] if error else []
+        self.setup_failure = self.setup_failure or result.get("setup_failure")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self.failures.append("the trial raised an error (see its error.txt in the Ray experiment folder)")
@@ -191,10 +196,12 @@ class FailureGuard(Stopper, Callback):
         return False
 
     def stop_all(self) -> bool:
-        return len(self.failures) >= self.limit
+        return self.setup_failure is not None or len(self.failures) >= self.limit
 
     @property
     def reason(self) -> str | None:
+        if self.setup_failure:
+            return f"stopped: {self.setup_failure}"
         if not self.stop_all():
             return None
         streak = self.failures[-self.limit:]

@@ -1,0 +1,81 @@
+"""Prove a `llama-server` binary on this machine: start it on a small model and get one completion.
+
+A binary that looks right can still die at its first instruction the CPU cannot run (a build for
+another CPU, or this llama.cpp version's AMX path), so nothing is trusted until it answered here.
+The check takes 1-3 s on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from cluster.local import PORT_TAKEN_WORDS, free_port
+from cluster.procs import ProcessGroup, exit_hint, exit_text, telling_line
+from tuner.errors import SetupError
+
+CHECK_TIMEOUT_S = 120.0  # model load plus one short completion, on a busy machine
+_POLL_S = 0.1
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class EngineCheckFailed(SetupError):
+    """The binary did not serve a completion; the message says how it ended."""
+
+
+def check_llama_server(binary: str | Path, model: str | Path, timeout_s: float = CHECK_TIMEOUT_S) -> float:
+    """Start `binary` serving `model`, ask for a completion, stop it; the seconds it took.
+
+    Raises EngineCheckFailed naming the signal or exit code (and what it means) when it dies, or
+    the deadline when it never answers.
+    """
+    started = time.monotonic()
+    for _ in range(3):  # the port chosen may be taken before the server binds it
+        with tempfile.TemporaryDirectory(prefix="autotuner-check-") as tmp:
+            log = Path(tmp) / "engine.log"
+            port = free_port()
+            argv = [str(binary), "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
+                    "--ctx-size", "256", "--parallel", "1", "--alias", "autotuner-check"]
+            try:
+                group = ProcessGroup(argv, log_path=str(log))
+            except OSError as error:
+                raise EngineCheckFailed(f"{binary} cannot be started: {error.strerror}") from None
+            try:
+                if _serve_one(group, f"http://127.0.0.1:{port}", started + timeout_s, timeout_s):
+                    return time.monotonic() - started
+            finally:
+                group.stop(grace_s=2.0)
+    raise EngineCheckFailed(f"{binary} could not bind a free port in 3 attempts")
+
+
+def _serve_one(group: ProcessGroup, base: str, deadline: float, timeout_s: float) -> bool:
+    """True once a completion came back; False when the port was taken; raises on failure."""
+    while True:
+        code = group.poll()
+        if code is not None:
+            tail = group.log_tail()
+            if code > 0 and any(words in tail.lower() for words in PORT_TAKEN_WORDS):
+                return False
+            hint = exit_hint(code, group.argv[0]) or telling_line(tail)
+            raise EngineCheckFailed(f"{group.argv[0]} {exit_text(code)} at start: {hint}")
+        if time.monotonic() >= deadline:
+            raise EngineCheckFailed(f"{group.argv[0]} gave no completion within {timeout_s:.0f} s: "
+                                    f"{telling_line(group.log_tail())}")
+        if _completion(base):
+            return True
+        time.sleep(_POLL_S)
+
+
+def _completion(base: str) -> bool:
+    body = json.dumps({"prompt": "The capital of France is", "n_predict": 2}).encode()
+    request = urllib.request.Request(base + "/completion", data=body, headers={"Content-Type": "application/json"})
+    try:
+        with _DIRECT.open(request, timeout=30) as response:
+            answer = json.loads(response.read())
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, json.JSONDecodeError):
+        return False  # not listening yet, or still loading (503)
+    return isinstance(answer.get("content"), str) and answer.get("tokens_predicted", 0) >= 1
