@@ -37,7 +37,7 @@ def measure(binary: str, root: Path, run: int) -> float:
     path.write_text(yaml.safe_dump(task))
     subprocess.run([sys.executable, "-m", "tuner.cli", "run", str(path)], check=True, stdout=subprocess.DEVNULL)
     [trial] = json.loads((root / name / "results.json").read_text())["all_results"]
-    return trial["objective"]
+    return trial["objective_score"]
 
 
 def main() -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
@@ -32,6 +34,8 @@ def delete_labelled(settings: OmeDeployment, selector: str = "", *, skip_live_ru
             raise kube.explain(error, "list", kind, "objects", settings.namespace) from None
         for item in listed.get("items", []):
             name = item["metadata"]["name"]
+            if item["metadata"].get("deletionTimestamp"):
+                continue  # already being deleted (its trial's teardown): see wait_until_gone
             run_id = (item["metadata"].get("labels") or {}).get(kube.RUN_LABEL, "")
             if skip_live_runs and run_alive(run_id):
                 continue
@@ -45,3 +49,27 @@ def delete_labelled(settings: OmeDeployment, selector: str = "", *, skip_live_ru
                     raise DeploymentError(str(kube.explain(error, "delete", kind, name, settings.namespace))) from None
             removed.append((kind, name))
     return removed
+
+
+def wait_until_gone(settings: OmeDeployment, selector: str, timeout_s: float,
+                    api: client.ApiClient | None = None) -> list[str]:
+    """Wait until none of our objects matching `selector` is left (deletions finish on their own,
+    after finalizers and pods' grace periods); the names still there at `timeout_s`."""
+    custom = client.CustomObjectsApi(api or kube.api_client(settings.kubeconfig, settings.context))
+    label_selector = ",".join([*(f"{k}={v}" for k, v in kube.MANAGED_BY.items()), selector])
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = []
+        for kind, plural in OUR_KINDS:
+            try:
+                listed = custom.list_namespaced_custom_object(kube.OME_GROUP, kube.OME_VERSION, settings.namespace,
+                                                              plural, label_selector=label_selector,
+                                                              _request_timeout=kube.REQUEST_TIMEOUT_S)
+            except ApiException as error:
+                if error.status == 404:
+                    continue
+                raise kube.explain(error, "list", kind, "objects", settings.namespace) from None
+            left += [f"{kind} {item['metadata']['name']}" for item in listed.get("items", [])]
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(1.0)

@@ -8,6 +8,7 @@ The check takes 1-3 s on 2 cores.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 import urllib.error
@@ -24,14 +25,18 @@ _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class EngineCheckFailed(SetupError):
-    """The binary did not serve a completion; the message says how it ended."""
+    """The binary died before it served a completion; the message says how it ended."""
+
+
+# The check asks without credentials: an API key the user gave the engine would refuse it.
+_CREDENTIALS = ("LLAMA_API_KEY", "LLAMA_ARG_API_KEY", "LLAMA_ARG_API_KEY_FILE")
 
 
 def check_llama_server(binary: str | Path, model: str | Path, timeout_s: float = CHECK_TIMEOUT_S) -> float:
     """Start `binary` serving `model`, ask for a completion, stop it; the seconds it took.
 
-    Raises EngineCheckFailed naming the signal or exit code (and what it means) when it dies, or
-    the deadline when it never answers.
+    Raises EngineCheckFailed naming the signal or exit code (and what it means) when it dies;
+    SetupError when it never answers within `timeout_s`.
     """
     started = time.monotonic()
     for _ in range(3):  # the port chosen may be taken before the server binds it
@@ -41,7 +46,8 @@ def check_llama_server(binary: str | Path, model: str | Path, timeout_s: float =
             argv = [str(binary), "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
                     "--ctx-size", "256", "--parallel", "1", "--alias", "autotuner-check"]
             try:
-                group = ProcessGroup(argv, log_path=str(log))
+                env = {key: value for key, value in os.environ.items() if key not in _CREDENTIALS}
+                group = ProcessGroup(argv, log_path=str(log), env=env)
             except OSError as error:
                 raise EngineCheckFailed(f"{binary} cannot be started: {error.strerror}") from None
             try:
@@ -63,7 +69,9 @@ def _serve_one(group: ProcessGroup, base: str, deadline: float, timeout_s: float
             hint = exit_hint(code, group.argv[0]) or telling_line(tail)
             raise EngineCheckFailed(f"{group.argv[0]} {exit_text(code)} at start: {hint}")
         if time.monotonic() >= deadline:
-            raise EngineCheckFailed(f"{group.argv[0]} gave no completion within {timeout_s:.0f} s: "
+            # Alive but silent: a loaded machine more likely than a bad build, so not a reason to
+            # try another build.
+            raise SetupError(f"{group.argv[0]} gave no completion within {timeout_s:.0f} s: "
                                     f"{telling_line(group.log_tail())}")
         if _completion(base):
             return True

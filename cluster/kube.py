@@ -9,7 +9,7 @@ import re
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from tuner.errors import DeploymentError
+from tuner.errors import DeploymentError, InfrastructureError
 
 OME_GROUP, OME_VERSION = "ome.io", "v1beta1"
 REQUEST_TIMEOUT_S = 30  # every API call has a deadline
@@ -35,13 +35,19 @@ def api_client(kubeconfig: str | None = None, context: str | None = None) -> cli
         raise DeploymentError(f"cannot load the Kubernetes configuration: {error}") from None
 
 
-def resource_name(experiment: str, trial_id: str) -> str:
-    """`<experiment>-<trial>` as a valid Kubernetes name, <= 63 characters.
+def run_tag(run_id: str) -> str:
+    """The random part of a run id (`20261202-021055-ab12` -> `ab12`): names carry it, so a resumed
+    run (which keeps its trial ids) never collides with an object the killed run left."""
+    return run_id.rsplit("-", 1)[-1]
+
+
+def resource_name(experiment: str, trial_id: str, run_id: str = "") -> str:
+    """`<experiment>-<run tag>-<trial>` as a valid Kubernetes name, <= 63 characters.
 
     When sanitising or shortening changed anything, a hash of the original is appended, so two
-    different (experiment, trial) pairs never map to the same name.
+    different (experiment, run, trial) never map to the same name.
     """
-    original = f"{experiment}-{trial_id}"
+    original = f"{experiment}-{run_tag(run_id)}-{trial_id}" if run_id else f"{experiment}-{trial_id}"
     name = _INVALID.sub("-", original.lower()).strip("-")
     name = re.sub(r"^[^a-z]+", "", name) or "t"
     if name == original and len(name) <= _NAME_MAX:
@@ -70,10 +76,10 @@ def explain(error: ApiException, verb: str, kind: str, name: str, namespace: str
         return DeploymentError(f"{kind} {name} already exists{where}: a leftover of an earlier run? "
                                "`autotuner cleanup TASK` removes the tuner's leftovers")
     if error.status == 403:
-        return DeploymentError(f"forbidden to {verb} {kind} {name}{where}: grant the tuner's account the "
+        return InfrastructureError(f"forbidden to {verb} {kind} {name}{where}: grant the tuner's account the "
                                "rights in cluster/rbac.yaml (see README, 'Tuning on Kubernetes with OME')")
     if error.status == 404:
-        return DeploymentError(f"cannot {verb} {kind} {name}{where}: the API answered 404 - is OME installed "
+        return InfrastructureError(f"cannot {verb} {kind} {name}{where}: the API answered 404 - is OME installed "
                                f"(kubectl get crd {kind.lower()}s.ome.io) and does the namespace exist?")
     reason = error.reason or ""
     return DeploymentError(f"cannot {verb} {kind} {name}{where}: HTTP {error.status} {reason} {_message(error)}".strip())

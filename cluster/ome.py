@@ -45,7 +45,7 @@ def gpus(spec: EngineSpec) -> int:
 def render(spec: EngineSpec, settings: OmeSettings) -> dict:
     """The InferenceService manifest of one trial."""
     return manifests.inference_service(
-        name=kube.resource_name(spec.experiment, spec.trial_id),
+        name=kube.resource_name(spec.experiment, spec.trial_id, spec.run_id),
         namespace=settings.namespace,
         labels=kube.labels(spec.experiment, spec.run_id, spec.trial_id),
         model_name=settings.model,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -74,6 +75,30 @@ def kill_leftover_engines(experiment: str | None = None) -> list[EngineRecord]:
             record.forget()
             removed.append(record)
     return removed
+
+
+def kill_run_engines(run_id: str, wait_s: float = 10.0) -> list[EngineRecord]:
+    """Kill the engines of this run still recorded (trials that ended without finishing their
+    teardown) and wait, up to `wait_s`, until no process of their groups is left."""
+    removed = [record for record in engine_records() if record.run_id == run_id]
+    for record in removed:
+        kill_group(record.pgid, record.started)
+    deadline = time.monotonic() + wait_s
+    for record in removed:
+        while group_alive(record.pgid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        record.forget()
+    return removed
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _write(path: Path, data: dict) -> None:

@@ -4,7 +4,8 @@ On each new InferenceService it plays one scenario: `ready` starts a REAL llama-
 flags from the manifest's runner args (so the trial's flags matter), registers it as the target
 of the engine pod's port-forward, and sets Ready=True; `never-ready`, `crashloop`, `oom`,
 `imagepull` and `unschedulable` leave the service un-Ready and show that state in its engine pod. On delete it
-stops the engine.
+stops the engine, after `termination_grace_s` (a pod's grace period: an engine freeing its memory).
+`lifetimes` records each engine's (InferenceService name, start, exit) wall-clock times.
 """
 
 from __future__ import annotations
@@ -20,10 +21,14 @@ GROUP, VERSION, PLURAL = "ome.io", "v1beta1", "inferenceservices"
 
 
 class FakeOme:
-    def __init__(self, emulator, llama_server: str, model: str, log_dir, scenario: str = "ready"):
+    def __init__(self, emulator, llama_server: str, model: str, log_dir, scenario: str = "ready",
+                 termination_grace_s: float = 0.0):
         self.emulator, self.llama_server, self.model, self.log_dir = emulator, llama_server, model, log_dir
         self.scenario = scenario
+        self.termination_grace_s = termination_grace_s
         self.engines: dict[str, ProcessGroup] = {}
+        self.started: dict[str, float] = {}
+        self.lifetimes: list[tuple[str, float, float]] = []
         self.lock = threading.Lock()
         emulator.on_create(PLURAL, self._created)
         emulator.on_delete(PLURAL, self._deleted)
@@ -67,6 +72,7 @@ class FakeOme:
         group = ProcessGroup(argv, log_path=str(self.log_dir / f"{name}.log"))
         with self.lock:
             self.engines[name] = group
+            self.started[name] = time.time()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and group.poll() is None:
             try:
@@ -84,10 +90,13 @@ class FakeOme:
 
     def _deleted(self, isvc: dict) -> None:
         name, ns = isvc["metadata"]["name"], isvc["metadata"]["namespace"]
+        time.sleep(self.termination_grace_s)  # the engine keeps its GPUs until its pod has terminated
         with self.lock:
             group = self.engines.pop(name, None)
         if group is not None:
             group.stop(5)
+            with self.lock:
+                self.lifetimes.append((name, self.started.pop(name), time.time()))
         try:
             self.emulator.delete_pod(ns, f"{name}-engine-0")
         except KeyError:

@@ -15,10 +15,16 @@ Emulated semantics, deliberately small:
 - Every resource behaves as if it had a status subresource: create and updates of the main
   resource ignore `.status`; `/status` updates change only `.status`. `metadata.generation` grows
   when anything outside metadata and status changes. A no-op update emits no event.
-- Deletion is immediate whatever the propagation policy; the policy is recorded in `deletions`.
+- Deletion is immediate whatever the propagation policy (the policy is recorded in `deletions`),
+  except for plurals given a delay with `set_deletion_delay`: those behave as objects with a
+  finalizer do on a real server (a foreground deletion waits for dependents, an OME
+  InferenceService for its pods' termination grace, 30 s by default): the DELETE returns the
+  object with `metadata.deletionTimestamp` set (MODIFIED), GETs keep returning it, the delete hooks
+  run (the controller's cleanup), and the object is removed (DELETED) once they returned and the
+  delay has passed. A second DELETE meanwhile returns the object unchanged.
 - Port-forwards (websocket-client) and kubeconfig-loaded clients honour HTTP_PROXY from the
   environment; keep 127.0.0.1 in NO_PROXY when a proxy is set.
-- Not emulated: authentication, admission, finalizers, owner-reference garbage collection,
+- Not emulated: authentication, admission, finalizers other than that delay, owner-reference garbage collection,
   `limit`/`continue` paging, watch bookmarks, 410 Gone (every old resourceVersion is accepted).
 """
 
@@ -138,6 +144,7 @@ class KubeEmulator:
         self._hooks: dict[str, dict[str, list[Callable]]] = {"create": defaultdict(list), "delete": defaultdict(list)}
         self._requests: list[RecordedRequest] = []
         self._deletions: list[Deletion] = []
+        self._deletion_delays: dict[str, float] = {}  # plural -> seconds an API delete takes
         self._pod_targets: dict[tuple[str, str, int], tuple[str, int]] = {}
         self._connections: set[socket.socket] = set()
         self._threads: set[threading.Thread] = set()  # handler, relay and hook threads that stop() joins
@@ -254,6 +261,11 @@ class KubeEmulator:
         """Call `callback(obj)` in a background thread after each object of `plural` is deleted."""
         with self._lock:
             self._hooks["delete"][plural].append(callback)
+
+    def set_deletion_delay(self, plural: str, seconds: float) -> None:
+        """Make API deletes of `plural` take `seconds`, as with a finalizer (see the module docstring)."""
+        with self._lock:
+            self._deletion_delays[plural] = seconds
 
     def set_status(self, group: str, version: str, ns: str | None, plural: str, name: str, status: dict) -> dict:
         """Merge `status` into the object's `.status` (JSON merge patch) and emit MODIFIED; KeyError if absent."""
@@ -386,14 +398,38 @@ class KubeEmulator:
         self._emit("MODIFIED", key, new)
         return copy.deepcopy(new)
 
-    def _remove(self, key: _Key) -> dict:
+    def _remove(self, key: _Key, hooks: bool = True) -> dict:
         old = self._get(key)
         del self._objects[key]
         gone = copy.deepcopy(old)
         gone["metadata"]["resourceVersion"] = self._next_rv()
         self._emit("DELETED", key, gone)
-        self._run_hooks("delete", key, gone)
+        if hooks:
+            self._run_hooks("delete", key, gone)
         return copy.deepcopy(gone)
+
+    def _start_slow_deletion(self, key: _Key, delay_s: float) -> dict:
+        """Mark the object as being deleted; remove it once the delete hooks ran and `delay_s` passed."""
+        old = self._get(key)
+        if old["metadata"].get("deletionTimestamp"):
+            return copy.deepcopy(old)
+        new = copy.deepcopy(old)
+        new["metadata"]["deletionTimestamp"] = _now()
+        new["metadata"]["finalizers"] = new["metadata"].get("finalizers", []) + ["emulator.test/deletion-delay"]
+        marked = self._modify(key, new)
+        hooks = list(self._hooks["delete"][key.plural])
+        began = time.monotonic()
+
+        def finish() -> None:
+            for callback in hooks:
+                callback(copy.deepcopy(marked))
+            time.sleep(max(0.0, delay_s - (time.monotonic() - began)))
+            with self._lock:
+                if key in self._objects:
+                    self._remove(key, hooks=False)
+
+        self._spawn(finish)
+        return marked
 
     def _run_hooks(self, kind: str, key: _Key, obj: dict) -> None:
         for callback in self._hooks[kind][key.plural]:
@@ -525,7 +561,11 @@ class KubeEmulator:
         policy = (body if isinstance(body, dict) else {}).get("propagationPolicy") or query.get("propagationPolicy")
         with self._lock:
             self._existing(route)
-            gone = self._remove(route.key(route.name))
+            delay = self._deletion_delays.get(route.plural)
+            if delay is None:
+                gone = self._remove(route.key(route.name))
+            else:
+                gone = self._start_slow_deletion(route.key(route.name), delay)
             self._deletions.append(
                 Deletion(route.group, route.version, route.namespace, route.plural, route.name, policy)
             )

@@ -50,6 +50,10 @@ def test_a_broken_slo_makes_every_trial_infeasible(tmp_path):
         assert trial["slo_violation"].startswith("ttft_p50 ")
         assert trial["slo_violation"].endswith("> 0.0001 s at concurrency 2")
     assert results["best_result"] is None
+    # The closing line names only the files the run wrote: no winner, no launch line.
+    closing = next(line for line in completed.stdout.splitlines() if line.startswith("Results: "))
+    assert "best_command.txt" not in closing and "results.json" in closing
+    assert not (tmp_path / "no-winner" / "best_command.txt").exists()
 
 
 def test_a_flag_the_engine_rejects_fails_those_trials_and_the_search_goes_on(tmp_path):

@@ -151,3 +151,52 @@ def test_no_inference_service_outlives_an_interrupted_or_killed_driver(tmp_path,
     assert remaining == []
     results = json.loads((tmp_path / "results" / "ome-e2e" / "results.json").read_text())
     assert results["all_results"][0]["status"] == "completed"  # written when it finished
+
+
+def test_inference_services_that_take_30_s_to_go_never_overlap_and_the_run_finishes(tmp_path, llama_server, smollm2,
+                                                                                    tokenizer):
+    """As on a real cluster: the DELETE only marks the object (deletionTimestamp, a finalizer), its
+    engine keeps running through its pod's 30 s termination grace, and only then is it gone."""
+    with KubeEmulator() as emulator:
+        emulator.set_deletion_delay(PLURAL, 30.0)
+        controller = FakeOme(emulator, llama_server, smollm2, tmp_path, termination_grace_s=30.0)
+        try:
+            kubeconfig = emulator.write_kubeconfig(tmp_path / "kubeconfig")
+            path = tmp_path / "task.yaml"
+            task = ome_task(tmp_path, kubeconfig, tokenizer, num_samples=3, seed=2, max_concurrent=1,
+                            grace_period=1, reduction_factor=2, confirm_top_k=1, confirm_repeats=1)
+            task["search_space"] = {"parallel": [1, 2, 4], "threads": [1, 2]}
+            # Each trial holds the whole node, as a trial holds its GPUs from the budget on OME.
+            task["benchmark"] = {"traffic_scenario": "D(32,16)", "concurrency": [1, 2], "max_requests_per_stage": 4,
+                                 "client_cpus": 2.0}
+            path.write_text(yaml.safe_dump(task))
+            completed = subprocess.run([sys.executable, "-m", "tuner.cli", "run", str(path)],
+                                       capture_output=True, text=True, timeout=1500)
+            remaining = emulator.objects(PLURAL, NS)
+            lifetimes = sorted(controller.lifetimes, key=lambda life: life[1])
+        finally:
+            controller.stop_all()
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    results = json.loads((tmp_path / "results" / "ome-e2e" / "results.json").read_text())
+    assert results["total_experiments"] == 4  # the baseline and 3 searched trials: none left pending
+    assert len(lifetimes) == 4 + 1  # and the confirmation run: each engine gone when the run ended
+    for (name, _, ended), (later, started, _) in zip(lifetimes, lifetimes[1:]):
+        assert started >= ended, f"{later} started before {name}'s engine was gone: {lifetimes}"
+    assert remaining == []
+
+
+def test_a_forbidden_create_stops_the_run_instead_of_scoring_configs(tmp_path, tokenizer):
+    """RBAC missing is the setup's fault, not the config's: no trial is fed to the searcher as bad."""
+    with KubeEmulator() as emulator:
+        emulator.fail_next("POST", f"/{PLURAL}$", 403, times=10)
+        kubeconfig = emulator.write_kubeconfig(tmp_path / "kubeconfig")
+        path = tmp_path / "task.yaml"
+        path.write_text(yaml.safe_dump(ome_task(tmp_path, kubeconfig, tokenizer, num_samples=4, max_concurrent=1)))
+        completed = subprocess.run([sys.executable, "-m", "tuner.cli", "run", str(path)],
+                                   capture_output=True, text=True, timeout=600)
+        posts = [r for r in emulator.requests if r.method == "POST" and r.path.endswith(PLURAL)]
+    assert completed.returncode == 2, completed.stdout[-3000:] + completed.stderr[-3000:]
+    message = completed.stderr.strip().splitlines()[-1]
+    assert message.startswith("autotuner: stopped: the cluster refused what every trial needs: forbidden to create "
+                              "InferenceService"), message
+    assert len(posts) == 1  # the first trial's: none after it

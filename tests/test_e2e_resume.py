@@ -51,3 +51,10 @@ def test_resume_after_sigkill(tmp_path):
     assert len({t["trial_id"] for t in results["all_results"]}) == 5
     assert all(t["status"] == "completed" for t in results["all_results"]), results["all_results"]
     assert engine_processes(served) == set()
+    # The trial the kill cut off ran again from its start: its reports are this attempt's only,
+    # each stage after its new engine was ready (the killed attempt's files are set aside).
+    trials_dir = tmp_path / "results" / "resumed" / "trials"
+    for trial in results["all_results"]:
+        assert len(trial["stages"]) == 2, trial
+        marks = json.loads((trials_dir / trial["trial_id"] / "timeline.json").read_text())
+        assert marks["trial_start"] < marks["engine_ready"] < marks["stage_1_done"] < marks["stage_2_done"], marks

@@ -52,7 +52,7 @@ class BenchmarkJobRunner:
     @contextlib.contextmanager
     def run(self, endpoint: Endpoint, model_name: str, workdir: Path) -> Iterator[Iterator[tuple[Stage, dict]]]:
         trial_id = workdir.name  # the trial's folder is named by its id
-        name = kube.resource_name(self.task.name, f"{trial_id}-bench")
+        name = kube.resource_name(self.task.name, f"{trial_id}-bench", self.resolved.run_id)
         custom = client.CustomObjectsApi(kube.api_client(self.ome.kubeconfig, self.ome.context))
         manifest = self.manifest(name, trial_id, endpoint, model_name)
         (workdir / "benchmark_job.yaml").write_text(manifests.to_yaml(manifest))

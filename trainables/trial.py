@@ -1,18 +1,18 @@
 """One trial: deploy its engine, wait until ready, benchmark stage by stage, report, tear down.
 
-After every stage the trial calls `tune.report`; when ASHA stops the trial, that call raises
-SystemExit, and the `with` blocks below kill genai-bench and the engine on the way out (their
-first step is a signal, before any wait: Ray ends the worker about 0.1 s later, and the
-watchdogs finish the job if it does).
+Each stage's metrics are one result of the class trainable below, so ASHA can stop the trial
+between stages; every process it starts runs under a watchdog (cluster/procs.py) that kills it
+should the trial's worker die before its teardown.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ray import tune
 
@@ -20,7 +20,7 @@ from cluster.deployer import Deployer, EngineSpec
 from cluster.engines import PROFILES
 from cluster.local import LocalDeployer
 from trainables.genai_bench import GenaiBenchRunner
-from tuner.errors import AutotunerError, DeploymentError
+from tuner.errors import AutotunerError, DeploymentError, InfrastructureError
 from tuner.objective import INFEASIBLE_SCORE, request_limits, score_stages, weighted_mean, worst_value
 from tuner.task import OmeDeployment, Task
 
@@ -40,6 +40,11 @@ class Resolved:
     run_id: str  # this run of the experiment: labels, records and cleanup use it
     # Ray node id -> the engine binary proven on that node (a node's cache may hold another build).
     node_executables: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def stop_file(self) -> str:
+        """Present once the run was told to stop (tuner/interrupt.py): no trial may start an engine."""
+        return str(Path(self.trials_dir) / "STOP")
 
     def executable_here(self) -> str:
         """The binary for the node this code runs on."""
@@ -91,57 +96,111 @@ class Timeline:
         self.path.write_text(json.dumps(self.marks))
 
 
-def run_trial(config: dict[str, Any], task: Task, resolved: Resolved) -> None:
-    """The Ray Tune function trainable."""
-    context = tune.get_context()
-    # Our own folder per trial, not Ray's trial dir: with reused actors, Ray 2.60 hands later trials
-    # a staging dir that is never synced to the results (measured), and their logs would be lost.
-    workdir = Path(resolved.trials_dir) / context.get_trial_id()
-    workdir.mkdir(parents=True, exist_ok=True)
-    timeline = Timeline(workdir / "timeline.json")
-    timeline.mark("trial_start")
-    spec = engine_spec(task, resolved, trial_params(config), context.get_trial_id(), workdir)
-    runner = make_runner(task, resolved, task.benchmark.api_backend or spec.profile.api_backend)
-    measured: list[dict] = []
-    gpus = int(spec.profile.resources(spec.flags).get("GPU", 0))  # 0 on the CPU: per-GPU = per server
-    ready = False
-    try:
-        with make_deployer(task).deployed(spec, task.deployment.ready_timeout_s) as endpoint:
-            ready = True
-            timeline.mark("engine_ready")
-            with runner.run(endpoint, resolved.served_name, workdir) as results:
-                for stage, metrics in results:
-                    crashed = endpoint.failure()
-                    if crashed:  # the stage's numbers may hold the crash: not reported
-                        raise DeploymentError(crashed)
-                    timeline.mark(f"stage_{stage.index}_done")
-                    metrics["output_throughput_per_gpu"] = metrics["output_throughput"] / max(1, gpus)
-                    measured.append(metrics)
-                    weights = task.benchmark.stage_weights
-                    score = score_stages(measured, task.objective.metric, task.limits, weights)
-                    # Each objective on its own, for a multi-objective searcher (worst once infeasible).
-                    objectives = {m: weighted_mean(measured, m, weights) if score.feasible else worst_value(m)
-                                  for m in task.objective.metrics}
-                    tune.report({"stage": stage.index, "score": score.score, "objective": score.value,
-                                 "objectives": objectives, "violation": score.violation,
-                                 "slos_met": score.slos_met, "error": None, "metrics": metrics})
-                    if not score.feasible:
-                        return  # an SLO broken at this load only gets worse at higher loads
-    except AutotunerError as error:
+class TrialTrainable(tune.Trainable):
+    """One trial as a class trainable: one benchmark stage per `step`, the engine torn down
+    synchronously in `cleanup`, which Ray calls however the trial ends (its last stage, an ASHA
+    stop, the run stopping).
+
+    Why a class and a new actor per trial (no actor reuse): Ray frees a trial's resources only
+    once its actor has stopped, and runs `cleanup` to the end before that (up to
+    TUNE_FORCE_TRIAL_CLEANUP_S, 600 s), so a teardown of any length (a GPU engine freeing its
+    memory, an InferenceService waiting out its pods' grace period) finishes before the next trial
+    can claim what this one held: no two engines on one resource. A function trainable's `finally`
+    is cut off 0.1 s after an ASHA stop, and reusing its actor while it tears down hangs Ray 2.60
+    (see docs/benchmarks.md for what the new actor per trial costs).
+    """
+
+    def setup(self, config: dict[str, Any], task: Task, resolved: Resolved) -> None:
+        self.task, self.resolved, self.params = task, resolved, trial_params(config)
+        self.workdir = fresh_workdir(Path(resolved.trials_dir) / self.trial_id)
+        self.timeline = Timeline(self.workdir / "timeline.json")
+        self.timeline.mark("trial_start")
+        self.spec = engine_spec(task, resolved, self.params, self.trial_id, self.workdir)
+        self.runner = make_runner(task, resolved, task.benchmark.api_backend or self.spec.profile.api_backend)
+        self.gpus = int(self.spec.profile.resources(self.spec.flags).get("GPU", 0))  # 0: per-GPU = per server
+        self.measured: list[dict] = []
+        self.running = contextlib.ExitStack()  # the engine, then genai-bench: closed in reverse
+        self.endpoint = None
+        self.stages: Iterator | None = None
+
+    def step(self) -> dict:
+        # The engine is not torn down here when the trial ends: Ray calls `cleanup` (below) before
+        # it frees the trial's resources, and a result returned first reaches the searcher (and
+        # survives a Ctrl-C that comes during the teardown).
+        try:
+            return self._next_stage()
+        except AutotunerError as error:
+            return self._failure(error)
+
+    def _next_stage(self) -> dict:
+        task = self.task
+        if self.stages is None:
+            if Path(self.resolved.stop_file).exists():
+                # Ray was starting this trial as the run was stopped: deploy nothing.
+                return {"stage": 0, "score": INFEASIBLE_SCORE, "interrupted": True, "done": True}
+            self.endpoint = self.running.enter_context(
+                make_deployer(task).deployed(self.spec, task.deployment.ready_timeout_s))
+            self.timeline.mark("engine_ready")
+            self.stages = iter(self.running.enter_context(
+                self.runner.run(self.endpoint, self.resolved.served_name, self.workdir)))
+        stage, metrics = next(self.stages)
+        crashed = self.endpoint.failure()
+        if crashed:  # the stage's numbers may hold the crash: not reported
+            raise DeploymentError(crashed)
+        self.timeline.mark(f"stage_{stage.index}_done")
+        metrics["output_throughput_per_gpu"] = metrics["output_throughput"] / max(1, self.gpus)
+        self.measured.append(metrics)
+        weights = task.benchmark.stage_weights
+        score = score_stages(self.measured, task.objective.metric, task.limits, weights)
+        # Each objective on its own, for a multi-objective searcher (worst once infeasible).
+        objectives = {m: weighted_mean(self.measured, m, weights) if score.feasible else worst_value(m)
+                      for m in task.objective.metrics}
+        # An SLO broken at this load only gets worse at higher loads: the trial ends here.
+        done = stage.index == len(task.benchmark.concurrency) or not score.feasible
+        return {"stage": stage.index, "score": score.score, "objective": score.value, "objectives": objectives,
+                "violation": score.violation, "slos_met": score.slos_met, "error": None, "metrics": metrics,
+                "done": done}
+
+    def _failure(self, error: AutotunerError) -> dict:
+        self._teardown()  # the failed engine first: the control start below needs its resources
         setup_failure = None
-        if isinstance(error, DeploymentError) and not ready:
-            setup_failure = failure_without_tuned_flags(task, resolved, config, str(error), workdir)
+        if isinstance(error, InfrastructureError):
+            setup_failure = f"the cluster refused what every trial needs: {str(error).splitlines()[0]}"
+        elif isinstance(error, DeploymentError) and self.stages is None:
+            setup_failure = failure_without_tuned_flags(self.task, self.resolved, self.params, str(error),
+                                                        self.workdir)
         # Reported, not raised: the searcher then learns this config is bad, and the search goes on
         # (unless the setup itself is broken: then the driver stops the run).
-        tune.report({"stage": len(measured), "score": INFEASIBLE_SCORE, "objective": None,
-                     "objectives": {m: worst_value(m) for m in task.objective.metrics}, "violation": None,
-                     "slos_met": None, "error": f"{type(error).__name__}: {error}", "metrics": None,
-                     "setup_failure": setup_failure})
-    finally:
-        timeline.mark("trial_end")
+        return {"stage": len(self.measured), "score": INFEASIBLE_SCORE, "objective": None,
+                "objectives": {m: worst_value(m) for m in self.task.objective.metrics}, "violation": None,
+                "slos_met": None, "error": f"{type(error).__name__}: {error}", "metrics": None,
+                "setup_failure": setup_failure, "done": True}
+
+    def _teardown(self) -> None:
+        if self.endpoint is not None or self.stages is not None:
+            self.running.close()  # genai-bench killed, then the engine torn down and waited for
+            self.timeline.mark("engine_gone")
+            self.endpoint = self.stages = None
+
+    def cleanup(self) -> None:
+        self._teardown()
+        self.timeline.mark("trial_end")
 
 
-def failure_without_tuned_flags(task: Task, resolved: Resolved, config: dict[str, Any], error: str,
+def fresh_workdir(path: Path) -> Path:
+    """The trial's folder, empty. A restarted trial (--resume) keeps its id; its earlier attempt's
+    files (genai-bench's stage results among them) are moved to `<id>.attempt-N` so that nothing
+    of the killed attempt can be read as this one's."""
+    if path.exists():
+        attempt = 1
+        while path.with_name(f"{path.name}.attempt-{attempt}").exists():
+            attempt += 1
+        path.rename(path.with_name(f"{path.name}.attempt-{attempt}"))
+    path.mkdir(parents=True)
+    return path
+
+
+def failure_without_tuned_flags(task: Task, resolved: Resolved, params: dict[str, Any], error: str,
                                 workdir: Path) -> str | None:
     """Whether an engine that failed before it was ready fails without this trial's flags too.
 
@@ -154,7 +213,7 @@ def failure_without_tuned_flags(task: Task, resolved: Resolved, config: dict[str
     first_line = error.splitlines()[0]
     if isinstance(task.deployment, OmeDeployment):
         return None
-    if not any(value is not None for value in trial_params(config).values()):
+    if not any(value is not None for value in params.values()):
         # This trial ran the engine's defaults with the fixed flags: it was the control.
         return f"the engine fails at start with no tuned flags (engine.args only): {first_line}"
     control = engine_spec(task, resolved, {}, f"{workdir.name}-control", workdir / "control")

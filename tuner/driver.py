@@ -7,8 +7,6 @@ import math
 import os
 import secrets
 import shutil
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,11 +20,12 @@ from cluster import records
 from cluster.engines import PROFILES, default_executable
 from cluster.kube import RUN_LABEL, label_value
 from trainables.genai_bench import scrub_api_key
-from trainables.trial import BASELINE_KEY, Resolved, run_trial, trial_params
+from trainables.trial import BASELINE_KEY, Resolved, TrialTrainable, trial_params
 from tuner import registry
 from tuner.registry import GridSearcher
 from tuner import results as results_io
 from tuner.errors import TaskError
+from tuner.interrupt import Interrupt, TrialEnds
 from tuner.plots import write_stage_plot
 from tuner.progress import ProgressPrinter
 from tuner.search import (METRIC, MODE, FailureGuard, NoImprovementStopper, build_scheduler, build_searcher,
@@ -37,6 +36,8 @@ from tuner.task import FloatRange, IntRange, OmeDeployment, Task
 BUILTIN_MODELS = {"builtin:smollm2"}
 RAY_EXPERIMENT_NAME = "tune"
 CONFIRM_EXPERIMENT_NAME = "confirm"  # the re-measurements of the best configs
+# A benchmark cannot resume mid-stage, so trials keep no checkpoints: a restarted trial starts over.
+NO_TRIAL_CHECKPOINTS = tune.CheckpointConfig(checkpoint_at_end=False, checkpoint_frequency=0)
 OME_GPU_RESOURCE = "ome_gpu"  # Ray custom resource: the Kubernetes GPUs the trials may hold at once
 
 
@@ -219,7 +220,8 @@ def run(task: Task, *, address: str | None = None, resume: bool = False) -> dict
         sweep(task, run_id)
 
 
-def _confirm(task: Task, trainable, results_dir: Path, trials: list, max_concurrent: int) -> dict[str, list[float]]:
+def _confirm(task: Task, trainable, results_dir: Path, trials: list, max_concurrent: int,
+             interrupt: Interrupt) -> dict[str, list[float]]:
     """Noise control: re-measure the best configs at full length, so the winner is chosen on the
     mean of several runs rather than on one lucky one. Returns config key -> objective values."""
     top = results_io.candidates(task, trials)[:task.search.confirm_top_k]
@@ -233,9 +235,10 @@ def _confirm(task: Task, trainable, results_dir: Path, trials: list, max_concurr
         trainable, param_space=to_ray(task.search_space),
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, num_samples=len(configs),
                                     search_alg=GridSearcher(points=configs), scheduler=FIFOScheduler(),
-                                    max_concurrent_trials=max_concurrent, reuse_actors=True),
+                                    max_concurrent_trials=max_concurrent, reuse_actors=False),
         run_config=tune.RunConfig(name=CONFIRM_EXPERIMENT_NAME, storage_path=str(results_dir),
-                                  failure_config=tune.FailureConfig(max_failures=0), verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=0), verbose=0, stop=interrupt,
+                                  checkpoint_config=NO_TRIAL_CHECKPOINTS,
                                   callbacks=[ProgressPrinter(task.objective.metric, len(task.benchmark.concurrency),
                                                              label="confirm")]),
     )
@@ -248,27 +251,41 @@ def _confirm(task: Task, trainable, results_dir: Path, trials: list, max_concurr
 
 
 def sweep(task: Task, run_id: str) -> None:
-    """Remove whatever this run left behind: a trial stopped by the scheduler may lose its worker
-    before its teardown finished. Local engines also have watchdogs; this is the backstop."""
+    """Remove whatever this run left behind, once it is over: engines of other, dead runs of the
+    task too. Local engines also have watchdogs; this is the backstop."""
     records.kill_leftover_engines(task.name)
+    settle(task, run_id)
     # A trial whose worker was killed mid-benchmark could not scrub its genai-bench files.
     scrub_api_key(task.results_path.absolute() / "trials")
-    if isinstance(task.deployment, OmeDeployment):
-        from cluster.cleanup import delete_labelled
 
-        for kind, name in delete_labelled(task.deployment, f"{RUN_LABEL}={label_value(run_id)}"):
+
+def settle(task: Task, run_id: str) -> None:
+    """After a phase (the search, the confirmation runs): make sure none of its engines is left
+    before anything else starts. Ray gives a phase's last trials 10 s to stop when the phase ends,
+    which can cut a teardown short (an InferenceService waiting out its pods' grace period)."""
+    for record in records.kill_run_engines(run_id):
+        print(f"[autotuner] killed engine process group {record.pgid} (trial {record.trial_id}): its teardown "
+              "was cut short")
+    if isinstance(task.deployment, OmeDeployment):
+        from cluster.cleanup import delete_labelled, wait_until_gone
+        from cluster.ome import DELETE_WAIT_S
+
+        selector = f"{RUN_LABEL}={label_value(run_id)}"
+        for kind, name in delete_labelled(task.deployment, selector):
             print(f"[autotuner] removed leftover {kind} {name}")
+        left = wait_until_gone(task.deployment, selector, DELETE_WAIT_S)
+        if left:
+            print(f"[autotuner] still being deleted after {DELETE_WAIT_S} s: {', '.join(left)}")
 
 
 def _tune(task: Task, resolved: Resolved, results_dir: Path, address: str | None, resume: bool,
           local_ray: bool) -> dict:
     start_ray(task, address)
+    # SIGTERM (a batch scheduler, `kill`, a pod shutting down) is handled like Ctrl-C. Set after
+    # ray.init, whose own handler would end the process on the spot.
+    interrupt = Interrupt(Path(resolved.stop_file))
+    interrupt.install()
     resolved = prepare_nodes(task, resolved, local_ray)
-    # SIGTERM (a batch scheduler, `kill`, a pod shutting down) is handled like Ctrl-C: Ray Tune
-    # stops the trials, their engines are torn down and the results written; a second one tears
-    # down at once. Set after ray.init, whose own handler would end the process on the spot.
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
     if isinstance(task.deployment, OmeDeployment) and task.deployment.create_runtime is not None:
         from cluster.ome import ensure_runtime
 
@@ -278,12 +295,13 @@ def _tune(task: Task, resolved: Resolved, results_dir: Path, address: str | None
     node_cpus = max((int(node["Resources"].get("CPU", 0)) for node in ray.nodes() if node["Alive"]),
                     default=os.cpu_count() or 1)
     max_concurrent = task.search.max_concurrent or capacity(available, smallest_claim(task, node_cpus))
-    trainable = tune.with_resources(tune.with_parameters(run_trial, task=task, resolved=resolved),
+    trainable = tune.with_resources(tune.with_parameters(TrialTrainable, task=task, resolved=resolved),
                                     trial_resources(task, node_cpus))
     trials = num_trials(task)
     searcher, scheduler = build_searcher(task, max_concurrent), build_scheduler(task)
     guard = FailureGuard(task.search.max_consecutive_failures)
-    stoppers = [guard] + ([NoImprovementStopper(task.search.patience)] if task.search.patience else [])
+    stoppers = [guard, interrupt] + ([NoImprovementStopper(task.search.patience)] if task.search.patience else [])
+    ends = TrialEnds()
     progress = ProgressPrinter(task.objective.metric, len(task.benchmark.concurrency))
     experiment_dir = results_dir / RAY_EXPERIMENT_NAME
     live = results_io.LiveResults(task, resolved, results_dir, str(experiment_dir))
@@ -295,7 +313,7 @@ def _tune(task: Task, resolved: Resolved, results_dir: Path, address: str | None
         tuner = tune.Tuner.restore(str(experiment_dir), trainable, resume_unfinished=True,
                                    restart_errored=True, param_space=to_ray(task.search_space))
         print(f"[autotuner] {task.name}: resuming {experiment_dir}", flush=True)
-        return _finish(task, resolved, results_dir, tuner.fit(), trainable, max_concurrent, None)
+        return _finish(task, resolved, results_dir, tuner.fit(), trainable, max_concurrent, None, interrupt, ends)
     tuner = tune.Tuner(
         trainable,
         param_space=to_ray(task.search_space),
@@ -303,13 +321,13 @@ def _tune(task: Task, resolved: Resolved, results_dir: Path, address: str | None
             metric=METRIC, mode=MODE, num_samples=trials, search_alg=searcher, scheduler=scheduler,
             time_budget_s=task.search.time_budget_s,
             max_concurrent_trials=max_concurrent,
-            reuse_actors=True,  # a new actor per trial costs seconds of process start and imports
+            reuse_actors=False,  # teardown in cleanup() before the resources are free: see TrialTrainable
         ),
         run_config=tune.RunConfig(
             name=RAY_EXPERIMENT_NAME, storage_path=str(results_dir),
             failure_config=tune.FailureConfig(max_failures=0),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[progress, live, *stoppers],
+            checkpoint_config=NO_TRIAL_CHECKPOINTS,
+            callbacks=[progress, live, ends, guard, *stoppers[2:]],
             stop=CombinedStopper(*stoppers),
             verbose=0,
         ),
@@ -317,21 +335,29 @@ def _tune(task: Task, resolved: Resolved, results_dir: Path, address: str | None
     print(f"[autotuner] {task.name}: {trials} trials of {task.engine.name}, up to {max_concurrent} at once, "
           f"{len(task.benchmark.concurrency)} stages each (concurrency {task.benchmark.concurrency})", flush=True)
     # On Ctrl-C Ray stops the trials and returns what it has.
-    return _finish(task, resolved, results_dir, tuner.fit(), trainable, max_concurrent, guard)
+    return _finish(task, resolved, results_dir, tuner.fit(), trainable, max_concurrent, guard, interrupt, ends)
 
 
 def _finish(task: Task, resolved: Resolved, results_dir: Path, grid, trainable, max_concurrent: int,
-            guard: FailureGuard | None) -> dict:
+            guard: FailureGuard | None, interrupt: Interrupt, ends: TrialEnds) -> dict:
     experiment_dir = results_dir / RAY_EXPERIMENT_NAME
-    # Trials Ray saved as TERMINATED or ERROR have ended; others were cut off by Ctrl-C.
+    # Trials Ray saved as TERMINATED or ERROR have ended (those a killed earlier session left
+    # RUNNING have not), except the ones an interrupt of this session cut off.
     ended = {trial.trial_id for trial in tune.ExperimentAnalysis(str(experiment_dir)).trials
              if trial.status in ("TERMINATED", "ERROR")}
+    if interrupt.requested:
+        ended -= ends.cut
     trials = results_io.from_result_grid(grid, ended)
-    interrupted = any(not trial.ended for trial in trials)
+    for trial in trials:
+        if interrupt.requested and not trial.reports:
+            trial.ended = False  # created but never run: the interrupt, not the search, left it out
     stopped_because = guard.reason if guard else None
-    confirmations = ({} if interrupted or stopped_because
-                     else _confirm(task, trainable, results_dir, trials, max_concurrent))
+    if not (interrupt.requested or stopped_because):
+        settle(task, resolved.run_id)  # the search's last engines are gone before the confirmation runs
+    confirmations = ({} if interrupt.requested or stopped_because
+                     else _confirm(task, trainable, results_dir, trials, max_concurrent, interrupt))
     summary = results_io.summarize(task, resolved, trials, str(experiment_dir), confirmations)
+    summary["interrupted"] = summary["interrupted"] or interrupt.requested is not None
     summary["stopped_because"] = stopped_because
     summary["setup_failure"] = bool(guard and guard.setup_failure)
     results_io.write(results_dir, summary)

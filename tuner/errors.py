@@ -13,6 +13,11 @@ class DeploymentError(AutotunerError):
     """An engine could not be started or did not become ready; the trial fails with this reason."""
 
 
+class InfrastructureError(DeploymentError):
+    """The platform refused or lacks what every trial needs (Kubernetes answered 403 or 404): not
+    this config's fault, so it is not fed to the searcher; the run stops naming the cause."""
+
+
 class BenchmarkError(AutotunerError):
     """The load generator failed; the trial fails with this reason."""
 

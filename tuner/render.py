@@ -41,7 +41,7 @@ def render_trials(task: Task, trials: int) -> dict[str, str]:
                 url = f"http://{manifest['metadata']['name']}.{ome.namespace}.svc.cluster.local:{ome.port}"
                 resolved = Resolved("", spec.model_path, spec.served_name, "", "", RENDER_RUN_ID)
                 job = BenchmarkJobRunner(task, resolved, profile.api_backend).manifest(
-                    kube.resource_name(task.name, f"{spec.trial_id}-bench"), spec.trial_id,
+                    kube.resource_name(task.name, f"{spec.trial_id}-bench", RENDER_RUN_ID), spec.trial_id,
                     Endpoint(url, url), spec.served_name)
                 files[f"trial-{number}-benchmarkjob.yaml"] = manifests.to_yaml(job)
         else:

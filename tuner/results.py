@@ -51,6 +51,8 @@ class TrialRecord:
     def status(self, num_stages: int) -> str:
         if self.error:
             return FAILED
+        if self.last.get("interrupted"):
+            return INTERRUPTED
         if not self.stages:
             # No error and no stage: the run ended it before its first stage (the time budget,
             # patience, the failure guard) or Ctrl-C cut it.

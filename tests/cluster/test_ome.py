@@ -46,7 +46,7 @@ def test_create_ready_serve_delete(emulator, controller, tmp_path):
     deployer = OmeDeployer(settings(), api=emulator.api_client())
     with deployer.deployed(spec(tmp_path, {"parallel": 2, "ctx-size": 1024}), ready_timeout_s=60) as endpoint:
         stored = emulator.objects(PLURAL, NS)
-        assert [o["metadata"]["name"] for o in stored] == [resource_name("ome-test", "t0001")]
+        assert [o["metadata"]["name"] for o in stored] == [resource_name("ome-test", "t0001", "run1")] == ["ome-test-run1-t0001"]
         assert stored[0]["metadata"]["labels"]["autotuner.io/trial"] == "t0001"
         assert stored[0]["spec"]["engine"]["runner"]["args"] == ["--parallel", "2", "--ctx-size", "1024"]
         # Through the port-forward to the real engine the fake controller started with those flags.

@@ -51,3 +51,13 @@ def test_failure_guard_with_mixed_errors_names_the_most_common_one():
     assert guard.reason == ("stopped: the last 3 trials failed (search.max_consecutive_failures); the most common "
                             "error: DeploymentError: out of memory")
     assert FailureGuard(limit=3).reason is None
+
+
+def test_failure_guard_stops_at_the_first_failure_no_config_can_avoid():
+    guard = FailureGuard(limit=5)
+    trial = SimpleNamespace(config={"parallel": 1}, last_result={
+        "score": -1e9, "error": "DeploymentError: engine killed by SIGILL (illegal instruction) before it was ready",
+        "setup_failure": "the engine fails at start whatever its tuned flags (also with engine.args only): x"})
+    guard.on_trial_complete(0, [], trial)
+    assert guard.stop_all()
+    assert guard.reason == "stopped: the engine fails at start whatever its tuned flags (also with engine.args only): x"

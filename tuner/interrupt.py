@@ -1,0 +1,74 @@
+"""Ctrl-C and SIGTERM: the first stops the run where it stands, the second at once.
+
+Ray Tune's own SIGINT handler only ends its loop; what comes after `fit()` (our confirmation
+runs) would still start. So we take the signals ourselves (`TUNE_DISABLE_SIGINT_HANDLER`) and stop
+the experiment through a Stopper: Ray then starts no new trial and stops the running ones, whose
+`cleanup` tears their engines down. The driver asks `requested` before each phase. A second signal
+raises KeyboardInterrupt: the driver kills the engines without waiting (exit 130).
+
+`TrialEnds` tells trials the run cut off from those that ended: Ray marks both TERMINATED, but
+only the latter reach `on_trial_complete` (the scheduler's stops included).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from ray.tune import Callback, Stopper
+
+
+class Interrupt(Stopper):
+    """`stop_file`: touched on the first signal. A trial whose actor Ray was already starting
+    when the signal came reads it before it deploys anything (see TrialTrainable.step), so no
+    engine starts after a stop even in that window."""
+
+    def __init__(self, stop_file: Path) -> None:
+        self.requested: str | None = None  # the signal's name, once one came
+        self.stop_file = stop_file
+        stop_file.unlink(missing_ok=True)  # a resumed run's earlier stop
+
+    def install(self) -> None:
+        """Take SIGINT and SIGTERM (main thread only; call after ray.init, which sets its own)."""
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._handle)
+            signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+        self.stop_file.parent.mkdir(parents=True, exist_ok=True)
+        self.stop_file.touch()
+        print(f"\n[autotuner] {self.requested}: stopping; the running trials' engines are being torn down "
+              "(again to kill them at once)", file=sys.stderr, flush=True)
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.requested is not None
+
+
+class TrialEnds(Callback):
+    def __init__(self) -> None:
+        self.started: set[str] = set()
+        self.ended: set[str] = set()
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self.started.add(trial.trial_id)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self.ended.add(trial.trial_id)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self.ended.add(trial.trial_id)
+
+    @property
+    def cut(self) -> set[str]:
+        """Trials of this session that the run's end (a stop of the whole run) cut off."""
+        return self.started - self.ended
