@@ -46,8 +46,12 @@ def main() -> int:
     while not stopping and server.poll() is None:
         time.sleep(0.05)
     if stopping:
-        server.terminate()
-        server.wait()
+        # The server got the group's SIGTERM too; however long it takes, this exits DELAY_S after it.
+        try:
+            server.wait(timeout=max(0.0, DELAY_S - (time.monotonic() - stopping[0])))
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
         time.sleep(max(0.0, DELAY_S - (time.monotonic() - stopping[0])))
     log("exit")
     return server.returncode or 0
