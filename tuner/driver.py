@@ -170,6 +170,11 @@ def start_ray(task: Task, address: str | None) -> None:
 
             ray.init(address=address, runtime_env={"py_modules": [cluster, templates, trainables, tuner]})
         else:
+            # Ray starts workers at niceness 15: any other work on the machine then starves the
+            # trials' own processes (measured: 40 s to start a trial actor next to two busy loops).
+            # The local Ray is ours, so its workers run at normal priority; engines and genai-bench
+            # are reset to 0 wherever they run (cluster/procs.py).
+            os.environ.setdefault("RAY_worker_niceness", "0")
             ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False,
                      resources={OME_GPU_RESOURCE: budget} if budget else None)
     have = ray.cluster_resources().get(OME_GPU_RESOURCE, 0)

@@ -44,8 +44,11 @@ class Interrupt(Stopper):
         self.requested = signal.Signals(signum).name
         self.stop_file.parent.mkdir(parents=True, exist_ok=True)
         self.stop_file.touch()
-        print(f"\n[autotuner] {self.requested}: stopping; the running trials' engines are being torn down "
-              "(again to kill them at once)", file=sys.stderr, flush=True)
+        try:
+            print(f"\n[autotuner] {self.requested}: stopping; the running trials' engines are being torn down "
+                  "(again to kill them at once)", file=sys.stderr, flush=True)
+        except OSError:
+            pass  # stderr gone (the terminal closed): stopping matters, not saying so
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         return False
