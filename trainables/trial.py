@@ -174,7 +174,7 @@ class TrialTrainable(tune.Trainable):
         return {"stage": len(self.measured), "score": INFEASIBLE_SCORE, "objective": None,
                 "objectives": {m: worst_value(m) for m in self.task.objective.metrics}, "violation": None,
                 "slos_met": None, "error": f"{type(error).__name__}: {error}", "metrics": None,
-                "setup_failure": setup_failure, "done": True}
+                "setup_failure": setup_failure, "infrastructure": isinstance(error, InfrastructureError), "done": True}
 
     def _teardown(self) -> None:
         if self.endpoint is not None or self.stages is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import secrets
@@ -24,7 +25,7 @@ from trainables.trial import BASELINE_KEY, Resolved, TrialTrainable, trial_param
 from tuner import registry
 from tuner.registry import GridSearcher
 from tuner import results as results_io
-from tuner.errors import TaskError
+from tuner.errors import QuietLostWorkers, TaskError
 from tuner.interrupt import Interrupt, TrialEnds
 from tuner.plots import write_stage_plot
 from tuner.progress import ProgressPrinter
@@ -38,6 +39,10 @@ RAY_EXPERIMENT_NAME = "tune"
 CONFIRM_EXPERIMENT_NAME = "confirm"  # the re-measurements of the best configs
 # A benchmark cannot resume mid-stage, so trials keep no checkpoints: a restarted trial starts over.
 NO_TRIAL_CHECKPOINTS = tune.CheckpointConfig(checkpoint_at_end=False, checkpoint_frequency=0)
+# A trial whose worker or node died is run once more (from its start), elsewhere if need be; our
+# trainable reports a config's failures as results, so what Ray sees fail is the infrastructure
+# (or a bug of ours, which then fails twice). A second loss stops the run (FailureGuard).
+RUN_AGAIN_ONCE = tune.FailureConfig(max_failures=1)
 OME_GPU_RESOURCE = "ome_gpu"  # Ray custom resource: the Kubernetes GPUs the trials may hold at once
 
 
@@ -242,7 +247,7 @@ def _confirm(task: Task, trainable, results_dir: Path, trials: list, max_concurr
                                     search_alg=GridSearcher(points=configs), scheduler=FIFOScheduler(),
                                     max_concurrent_trials=max_concurrent, reuse_actors=False),
         run_config=tune.RunConfig(name=CONFIRM_EXPERIMENT_NAME, storage_path=str(results_dir),
-                                  failure_config=tune.FailureConfig(max_failures=0), verbose=0, stop=interrupt,
+                                  failure_config=RUN_AGAIN_ONCE, verbose=0, stop=interrupt,
                                   checkpoint_config=NO_TRIAL_CHECKPOINTS,
                                   callbacks=[ProgressPrinter(task.objective.metric, len(task.benchmark.concurrency),
                                                              label="confirm")]),
@@ -286,6 +291,7 @@ def settle(task: Task, run_id: str) -> None:
 def _tune(task: Task, resolved: Resolved, results_dir: Path, address: str | None, resume: bool,
           local_ray: bool) -> dict:
     start_ray(task, address)
+    logging.getLogger("ray.tune.execution.tune_controller").addFilter(QuietLostWorkers())
     # SIGTERM (a batch scheduler, `kill`, a pod shutting down) is handled like Ctrl-C. Set after
     # ray.init, whose own handler would end the process on the spot.
     interrupt = Interrupt(Path(resolved.stop_file))
@@ -330,7 +336,7 @@ def _tune(task: Task, resolved: Resolved, results_dir: Path, address: str | None
         ),
         run_config=tune.RunConfig(
             name=RAY_EXPERIMENT_NAME, storage_path=str(results_dir),
-            failure_config=tune.FailureConfig(max_failures=0),
+            failure_config=RUN_AGAIN_ONCE,
             checkpoint_config=NO_TRIAL_CHECKPOINTS,
             callbacks=[progress, live, ends, guard, *stoppers[2:]],
             stop=CombinedStopper(*stoppers),

@@ -9,6 +9,7 @@ import time
 from ray.tune import Callback
 
 from trainables.trial import BASELINE_KEY, trial_params
+from tuner.errors import lost_worker, trial_error
 
 
 class ProgressPrinter(Callback):
@@ -55,8 +56,13 @@ class ProgressPrinter(Callback):
         else:
             self._say(trial, f"done   {self.metric} {result.get('objective', float('nan')):.4g} (mean of stages)")
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        lost = lost_worker(trial_error(trial)) or "Ray reported an error (see its error.txt)"
+        self._say(trial, f"{lost}: an infrastructure failure, not the config's; running the trial again")
+
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._say(trial, "FAILED (see results.json for the error)")
+        lost = lost_worker(trial_error(trial))
+        self._say(trial, f"FAILED {lost} again" if lost else "FAILED (see results.json for the error)")
 
 
 def _number(trial) -> str:

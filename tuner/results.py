@@ -18,11 +18,12 @@ from ray.tune import Callback
 
 from cluster.engines import PROFILES, Launch
 from trainables.trial import BASELINE_KEY, Resolved, trial_params
+from tuner.errors import lost_worker, trial_error
 from tuner.objective import gain, maximize, weighted_mean
 from tuner.task import Task
 
-COMPLETED, STOPPED_EARLY, INFEASIBLE, FAILED, INTERRUPTED = (
-    "completed", "stopped-early", "infeasible", "failed", "interrupted")
+COMPLETED, STOPPED_EARLY, INFEASIBLE, FAILED, FAILED_INFRASTRUCTURE, INTERRUPTED = (
+    "completed", "stopped-early", "infeasible", "failed", "failed-infrastructure", "interrupted")
 LAUNCH_LINE_PORT = 8080
 
 
@@ -35,6 +36,8 @@ class TrialRecord:
     ray_error: str | None = None
     experiment_id: int = 0
     ended: bool = True  # False when the run was interrupted (Ctrl-C) while this trial ran
+    infrastructure: bool = False  # it failed for the platform's reason (a lost worker, a 403), not the config's
+    ray_failures: int = 0  # how often Ray saw it fail (a lost worker); it ran it again after each but a last one
     stages: list[dict] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -50,7 +53,7 @@ class TrialRecord:
 
     def status(self, num_stages: int) -> str:
         if self.error:
-            return FAILED
+            return FAILED_INFRASTRUCTURE if self.infrastructure or self.last.get("infrastructure") else FAILED
         if self.last.get("interrupted"):
             return INTERRUPTED
         if not self.stages:
@@ -65,23 +68,35 @@ class TrialRecord:
 
     @property
     def objective(self) -> float | None:
-        return self.last.get("objective")
+        # A failed trial has no value, even if stages came in before its engine or worker was lost.
+        return None if self.error else self.last.get("objective")
 
     @property
     def score(self) -> float:
-        return self.last.get("score", float("-inf"))
+        return float("-inf") if self.error else self.last.get("score", float("-inf"))
 
 
 def read_reports(trial_dir: str | os.PathLike) -> list[dict]:
-    """The trial's reports from Ray Tune's result.json (one JSON object per line)."""
+    """The reports of the trial's last attempt, from Ray Tune's result.json (one JSON object per
+    line). Ray appends a trial it runs again (its worker was lost, --resume) to the same file, and
+    the new attempt counts its iterations from 1 again: what came before belongs to another engine."""
     path = Path(trial_dir) / "result.json"
     if not path.is_file():
         return []
-    reports = []
+    reports: list[dict] = []
     for line in path.read_text().splitlines():
         if line.strip():
-            reports.append(json.loads(line))
+            report = json.loads(line)
+            if reports and report.get("training_iteration", 0) <= reports[-1].get("training_iteration", 0):
+                reports = []
+            reports.append(report)
     return reports
+
+
+def ray_failures(trial_dir: str | os.PathLike) -> int:
+    """How many failures Ray recorded for the trial (one "Failure # N" entry per failure in its error.txt)."""
+    path = Path(trial_dir) / "error.txt"
+    return path.read_text(errors="replace").count("Failure # ") if path.is_file() else 0
 
 
 def from_result_grid(grid, ended: set[str] | None = None) -> list[TrialRecord]:
@@ -103,8 +118,7 @@ def from_trials(trials, ended: set[str]) -> list[TrialRecord]:
         if trial.local_path and (trial.status in ("TERMINATED", "ERROR") or trial.trial_id in ended):
             error = None
             if trial.status == "ERROR":
-                error = (trial.get_pickled_error() or trial.get_error()
-                         or RuntimeError("Ray reported the trial as failed (see its error.txt)"))
+                error = trial_error(trial) or RuntimeError("Ray reported the trial as failed (see its error.txt)")
             records.append(_record(trial.trial_id, trial.config, trial.local_path, error, ended=True))
     return _in_creation_order(records)
 
@@ -112,9 +126,11 @@ def from_trials(trials, ended: set[str]) -> list[TrialRecord]:
 def _record(trial_id: str, config: dict | None, trial_dir: str, error: BaseException | None,
             ended: bool) -> TrialRecord:
     config = config or {}
+    lost = lost_worker(error)
     return TrialRecord(trial_id=trial_id, parameters=trial_params(config), baseline=bool(config.get(BASELINE_KEY)),
-                       reports=read_reports(trial_dir), ray_error=_first_line(error) if error else None,
-                       experiment_id=_creation_number(trial_dir, trial_id), ended=ended)
+                       reports=read_reports(trial_dir), ray_error=lost or (_first_line(error) if error else None),
+                       experiment_id=_creation_number(trial_dir, trial_id), ended=ended,
+                       infrastructure=lost is not None, ray_failures=ray_failures(trial_dir))
 
 
 def _in_creation_order(records: list[TrialRecord]) -> list[TrialRecord]:
@@ -266,6 +282,7 @@ def summarize(task: Task, resolved: Resolved, records: list[TrialRecord], experi
             "slo_violation": r.last.get("violation"),
             "slos_met": r.last.get("slos_met"),
             "error": r.error,
+            "ray_failures": r.ray_failures,
         } for r in records],
         "ray_experiment_dir": experiment_dir,
     }

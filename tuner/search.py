@@ -15,7 +15,7 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from trainables.trial import BASELINE_KEY
 from tuner import registry
-from tuner.errors import TaskError
+from tuner.errors import TaskError, lost_worker, trial_error
 from tuner.objective import maximize
 from tuner.task import Task, grid_points
 
@@ -176,7 +176,9 @@ class FailureGuard(Stopper, Callback):
     """Stops the run after `limit` trials in a row failed (not infeasible: failed to deploy or to
     measure): then something is wrong beyond any one config, and `reason` says what. A trial that
     found its failure to be the setup's (`setup_failure`: the engine fails even without the tuned
-    flags) stops the run at once: no config can avoid it."""
+    flags) stops the run at once: no config can avoid it; so does a trial whose Ray worker was lost
+    again after Ray ran it a second time (a dead node or worker is the infrastructure's failure,
+    not the config's: the searcher only hears that the trial errored, never a score)."""
 
     def __init__(self, limit: int):
         self.limit = limit
@@ -190,7 +192,12 @@ class FailureGuard(Stopper, Callback):
         self.setup_failure = self.setup_failure or result.get("setup_failure")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self.failures.append("the trial raised an error (see its error.txt in the Ray experiment folder)")
+        lost = lost_worker(trial_error(trial))
+        if lost:
+            # Ray ran the trial again once already (FailureConfig) and lost it again: the cluster is failing.
+            self.setup_failure = self.setup_failure or f"{lost}, twice for the same trial; the cluster, not the configs, is failing"
+        else:
+            self.failures.append("the trial raised an error (see its error.txt in the Ray experiment folder)")
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         return False

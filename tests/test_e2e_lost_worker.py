@@ -1,0 +1,67 @@
+"""A lost Ray worker (its process SIGKILLed, as when its node dies or the OOM killer strikes) is the
+infrastructure's failure, not the config's: the trial is run again once, its engine dies with the
+worker, the new attempt's numbers are its own; lost twice, the run stops naming the cause.
+Real Ray, real llama-server, real genai-bench."""
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Driver, engine_processes
+from tests.test_e2e_lifecycle import command_lines, lifetimes, slow_task
+
+pytestmark = pytest.mark.e2e
+
+
+def trial_workers() -> set[int]:
+    """PIDs of the Ray worker processes running a trial's actor (their title is `ray::TrialTrainable...`)."""
+    return {pid for pid, argv in command_lines() if argv.startswith(b"ray::TrialTrainable")}
+
+
+def kill_worker_and_its_engine_goes(served: str) -> None:
+    [worker] = trial_workers()
+    os.kill(worker, signal.SIGKILL)
+    deadline = time.monotonic() + 10  # the watchdog reacts at once; slack for a loaded machine
+    while time.monotonic() < deadline:
+        benches = [pid for pid, argv in command_lines() if b"genai-bench" in argv and served.encode() in argv]
+        if not engine_processes(served) and not benches:
+            return
+        time.sleep(0.1)
+    pytest.fail(f"the engine or genai-bench of a lost worker outlived it by 10 s: {engine_processes(served)}")
+
+
+def test_a_lost_worker_runs_the_trial_again_and_a_second_loss_stops_the_run(tmp_path, llama_server):
+    path, served, log = slow_task(tmp_path, llama_server, "lost", delay_s=0.0, num_samples=3, scheduler="none",
+                                  confirm_repeats=0)
+    with Driver(path) as driver:
+        driver.read_until("trial 1: stage 1/3")
+        kill_worker_and_its_engine_goes(served)
+        driver.read_until("trial 1: Ray lost the trial's worker: its worker process died")
+        driver.read_until("trial 1: done")
+        driver.read_until("trial 2: stage 1/3")
+        kill_worker_and_its_engine_goes(served)
+        driver.read_until("trial 2: stage 1/3")  # its second attempt
+        kill_worker_and_its_engine_goes(served)
+        output = driver.finish(timeout_s=300)
+    assert driver.process.returncode == 2, output[-4000:]
+    assert "Traceback" not in output, output[-4000:]
+    [reason] = [line for line in output.splitlines() if line.startswith("autotuner: stopped")]
+    assert "its worker process died" in reason and "twice for the same trial" in reason, reason
+    results = json.loads((tmp_path / "results" / "lost" / "results.json").read_text())
+    first, second, *rest = results["all_results"]
+    # Run again after the loss: completed, with only its second attempt's stages (one engine's numbers).
+    assert first["status"] == "completed" and first["ray_failures"] == 1, first
+    assert [s["concurrency"] for s in first["stages"]] == [1, 2, 4]
+    assert second["status"] == "failed-infrastructure" and second["objective_score"] is None, second
+    assert "its worker process died" in second["error"]
+    assert all(t["status"] != "completed" for t in rest)  # the run stopped: no trial after the second loss
+    # Each attempt started its own engine, never two at once (the killed ones left no exit line).
+    engines = lifetimes(log)
+    assert len(engines) == 4, engines
+    assert engine_processes(served) == set()
+    attempts = sorted(p.name for p in (tmp_path / "results" / "lost" / "trials").iterdir())
+    assert sum(".attempt-" in name for name in attempts) == 2, attempts  # the lost attempts' files kept apart
