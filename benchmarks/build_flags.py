@@ -35,7 +35,7 @@ def measure(binary: str, root: Path, run: int) -> float:
     }
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(task))
-    subprocess.run([sys.executable, "-m", "tuner.cli", "run", str(path)], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(path)], check=True, stdout=subprocess.DEVNULL)
     [trial] = json.loads((root / name / "results.json").read_text())["all_results"]
     return trial["objective_score"]
 

@@ -61,7 +61,7 @@ def run(root: Path, name: str, search: dict, reuse: bool) -> tuple[dict, float]:
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(task(name, root, search), sort_keys=False))
     began = time.time()
-    subprocess.run([sys.executable, "-m", "tuner.cli", "run", str(path)], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(path)], check=True, stdout=subprocess.DEVNULL)
     known[name] = time.time() - began
     walls.write_text(json.dumps(known))
     return json.loads(results.read_text()), known[name]
@@ -123,7 +123,7 @@ def main() -> int:
         rows.append({
             "seed": seed,
             "trials": found["total_experiments"],
-            "stopped_early": sum(r["status"] == "stopped-early" for r in found["all_results"]),
+            "stopped_early": sum(r["status"] == "stopped-by-scheduler" for r in found["all_results"]),
             "winner": best["parameters"],
             "reached": fmean(runs[winner]) / grid_mean if winner in runs else None,
             "reached_single": measured[winner] / measured[grid_key] if winner in measured else None,

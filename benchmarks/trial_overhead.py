@@ -41,7 +41,7 @@ def main() -> int:
     }
     (root / "task.yaml").write_text(yaml.safe_dump(task))
     began = time.time()
-    subprocess.run([sys.executable, "-m", "tuner.cli", "run", str(root / "task.yaml")], check=True,
+    subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(root / "task.yaml")], check=True,
                    stdout=subprocess.DEVNULL)
     wall = time.time() - began
     results = json.loads((root / "overhead" / "results.json").read_text())

@@ -7,10 +7,10 @@ import time
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from cluster import kube
-from cluster.records import run_alive
-from tuner.errors import DeploymentError
-from tuner.task import OmeDeployment
+from llm_autotuner.cluster import kube
+from llm_autotuner.cluster.records import run_alive
+from llm_autotuner.errors import DeploymentError
+from llm_autotuner.task import OmeDeployment
 
 OUR_KINDS = (("InferenceService", "inferenceservices"), ("BenchmarkJob", "benchmarkjobs"))
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from cluster.engines import EngineProfile
+from llm_autotuner.cluster.engines import EngineProfile
 
 
 def _no_news() -> str | None:

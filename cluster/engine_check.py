@@ -15,9 +15,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from cluster.local import PORT_TAKEN_WORDS, free_port
-from cluster.procs import ProcessGroup, exit_hint, exit_text, telling_line
-from tuner.errors import SetupError
+from llm_autotuner.cluster.local import PORT_TAKEN_WORDS, free_port
+from llm_autotuner.cluster.procs import ProcessGroup, exit_hint, exit_text, telling_line
+from llm_autotuner.errors import SetupError
 
 CHECK_TIMEOUT_S = 120.0  # model load plus one short completion, on a busy machine
 _POLL_S = 0.1

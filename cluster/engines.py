@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuner.task import check_value
+from llm_autotuner.task import check_value
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,9 @@ class EngineProfile:
     bool_spelling: dict[str, tuple[list[str], list[str]]] = field(default_factory=dict)
     gpu_flags: tuple[str, ...] = ()  # canonical flags whose product is the GPU count
     cpu_flag: str | None = None  # canonical flag whose value is the CPU threads claimed
+    # Flags the launcher sets itself for each trial (the port the tuner health-checks, the served
+    # name...): a task value for one would be a second, conflicting copy.
+    managed: frozenset[str] = frozenset()
 
     def canonical(self, key: str) -> str:
         bare = key.lstrip("-").replace("_", "-")
@@ -112,6 +115,7 @@ LLAMA_CPP = LlamaCppProfile(
     bool_spelling={"flash-attn": (["--flash-attn", "on"], ["--flash-attn", "off"])}
     | _negatable("cont-batching", "mmap", "kv-unified"),
     cpu_flag="threads",
+    managed=frozenset({"model", "host", "port", "alias"}),
 )
 
 SGLANG = SGLangProfile(
@@ -122,6 +126,7 @@ SGLANG = SGLangProfile(
              "data-parallel-size": "dp-size", "pp": "pp-size", "pipeline-parallel-size": "pp-size",
              "mem-frac": "mem-fraction-static"},
     gpu_flags=("tp-size", "dp-size", "pp-size"),
+    managed=frozenset({"model-path", "model", "host", "port", "served-model-name"}),
 )
 
 VLLM = VLLMProfile(
@@ -131,6 +136,7 @@ VLLM = VLLMProfile(
     aliases={"tp": "tensor-parallel-size", "pp": "pipeline-parallel-size", "dp": "data-parallel-size"},
     bool_spelling=_negatable("enable-chunked-prefill", "enable-prefix-caching", "async-scheduling"),
     gpu_flags=("tensor-parallel-size", "pipeline-parallel-size", "data-parallel-size"),
+    managed=frozenset({"model", "host", "port", "served-model-name"}),
 )
 
 PROFILES = {profile.name: profile for profile in (LLAMA_CPP, SGLANG, VLLM)}

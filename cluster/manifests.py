@@ -68,7 +68,7 @@ def _filtered_only(value: Any) -> Any:
 
 
 _TEMPLATES = jinja2.Environment(
-    loader=jinja2.PackageLoader("templates", "."),
+    loader=jinja2.PackageLoader("llm_autotuner.templates", "."),
     undefined=jinja2.StrictUndefined,
     autoescape=False,  # the output is YAML, not HTML; the yaml filter does the escaping
     finalize=_filtered_only,

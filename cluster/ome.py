@@ -16,11 +16,11 @@ from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 from urllib3.exceptions import HTTPError
 
-from cluster import kube, manifests
-from cluster.deployer import Deployer, Endpoint, EngineSpec
-from cluster.portforward import PortForward
-from tuner.errors import DeploymentError
-from tuner.task import OmeDeployment as OmeSettings
+from llm_autotuner.cluster import kube, manifests
+from llm_autotuner.cluster.deployer import Deployer, Endpoint, EngineSpec
+from llm_autotuner.cluster.portforward import PortForward
+from llm_autotuner.errors import DeploymentError
+from llm_autotuner.task import OmeDeployment as OmeSettings
 
 PLURAL, KIND = "inferenceservices", "InferenceService"
 WATCH_SEGMENT_S = 5  # how long one watch runs before the pods are checked again

@@ -160,7 +160,7 @@ def _start_watchdog(pgid: int, started: int | None) -> IO[bytes]:
     read_end, write_end = os.pipe()
     try:
         launcher = subprocess.Popen(
-            [sys.executable, "-m", "cluster.watchdog", str(pgid), str(started or 0)],
+            [sys.executable, "-m", "llm_autotuner.cluster.watchdog", str(pgid), str(started or 0)],
             stdin=read_end, stdout=subprocess.DEVNULL, start_new_session=True)
         launcher.wait(timeout=30)  # it forks the real watchdog and exits at once
     finally:

@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cluster.procs import kill_group, start_time
+from llm_autotuner.cluster.procs import kill_group, start_time
 
 
 def state_dir() -> Path:

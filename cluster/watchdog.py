@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 
-from cluster.procs import kill_group
+from llm_autotuner.cluster.procs import kill_group
 
 
 def main(argv: list[str]) -> int:

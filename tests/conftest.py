@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster import llamacpp_setup
+from llm_autotuner.cluster import llamacpp_setup
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +43,7 @@ class Driver:
     """`autotuner run TASK` in a subprocess, its output read line by line (stderr merged)."""
 
     def __init__(self, task_path: Path, *extra: str):
-        self.process = subprocess.Popen([sys.executable, "-m", "tuner.cli", "run", str(task_path), *extra],
+        self.process = subprocess.Popen([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(task_path), *extra],
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
 

@@ -14,8 +14,8 @@ import threading
 import time
 import urllib.request
 
-from cluster.local import free_port
-from cluster.procs import ProcessGroup
+from llm_autotuner.cluster.local import free_port
+from llm_autotuner.cluster.procs import ProcessGroup
 
 GROUP, VERSION, PLURAL = "ome.io", "v1beta1", "inferenceservices"
 

@@ -12,8 +12,8 @@ import uuid
 import pytest
 import yaml
 
-from cluster.procs import start_time
-from cluster.records import EngineRecord, engine_records
+from llm_autotuner.cluster.procs import start_time
+from llm_autotuner.cluster.records import EngineRecord, engine_records
 from tests.conftest import Driver, engine_processes
 
 pytestmark = pytest.mark.e2e
@@ -24,7 +24,7 @@ def run_task(tmp_path, **overrides):
     task = {
         "name": "no-winner",
         "model": {"path": "builtin:smollm2", "name": served},
-        "engine": {"name": "llama.cpp", "args": {"ctx-size": 1024}},
+        "engine": {"name": "llama.cpp", "args": {"ctx-size": 1024, "threads": 1}},
         "search_space": {"parallel": [2, 4]},
         "benchmark": {"traffic_scenario": "D(32,16)", "concurrency": [2, 4], "max_requests_per_stage": 4},
         "search": {"num_samples": 1, "seed": 0, "confirm_repeats": 0},
@@ -33,7 +33,7 @@ def run_task(tmp_path, **overrides):
     served = task["model"].get("name", served)
     path = tmp_path / "task.yaml"
     path.write_text(yaml.safe_dump(task))
-    completed = subprocess.run([sys.executable, "-m", "tuner.cli", "run", str(path)],
+    completed = subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(path)],
                                capture_output=True, text=True, timeout=600)
     results = json.loads((tmp_path / "no-winner" / "results.json").read_text())
     assert engine_processes(served) == set()
@@ -101,7 +101,7 @@ def test_a_model_whose_tokenizer_cannot_be_read_stops_the_run_with_one_line(tmp_
     task.write_text(yaml.safe_dump({"name": "cut", "model": {"path": str(truncated_model(tmp_path, smollm2))},
                                     "engine": {"name": "llama.cpp"}, "search_space": {"parallel": [1, 2]},
                                     "results_dir": str(tmp_path)}))
-    completed = subprocess.run([sys.executable, "-m", "tuner.cli", "run", str(task)], capture_output=True,
+    completed = subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(task)], capture_output=True,
                                text=True, timeout=300)
     assert completed.returncode == 2
     assert completed.stderr.count("\n") == 1, completed.stderr
@@ -116,7 +116,7 @@ def test_a_binary_that_dies_by_sigill_stops_the_run_before_its_first_trial(tmp_p
     task.write_text(yaml.safe_dump({"name": "sigill", "model": {"path": "builtin:smollm2"},
                                     "engine": {"name": "llama.cpp"}, "search_space": {"parallel": [1, 2]},
                                     "results_dir": str(tmp_path)}))
-    completed = subprocess.run([sys.executable, "-m", "tuner.cli", "run", str(task)], capture_output=True,
+    completed = subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(task)], capture_output=True,
                                text=True, timeout=300, env={**os.environ, "LLAMA_SERVER": str(binary)})
     assert completed.returncode == 2
     assert completed.stderr.count("\n") == 1, completed.stderr  # one line, no traceback
@@ -143,7 +143,7 @@ def test_an_engine_crash_mid_benchmark_fails_that_trial_and_the_search_goes_on(t
     task = {
         "name": "crash",
         "model": {"path": "builtin:smollm2", "name": served},
-        "engine": {"name": "llama.cpp", "args": {"ctx-size": 1024, "threads": 2}},
+        "engine": {"name": "llama.cpp", "args": {"ctx-size": 1024, "threads": 1}},
         "search_space": {"parallel": [2]},
         "benchmark": {"traffic_scenario": "D(32,16)", "concurrency": [2, 4, 8], "max_requests_per_stage": 8},
         "search": {"algorithm": "grid", "scheduler": "none", "confirm_repeats": 0},

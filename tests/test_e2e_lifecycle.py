@@ -15,7 +15,7 @@ import yaml
 
 from tests.conftest import Driver, engine_processes
 from tests.data.slow_exit_engine import launcher
-from cluster.procs import niceness
+from llm_autotuner.cluster.procs import niceness
 
 pytestmark = pytest.mark.e2e
 
@@ -41,7 +41,7 @@ def slow_task(tmp_path, llama_server, name, delay_s=EXIT_DELAY_S, **search):
         "name": name,
         "model": {"path": "builtin:smollm2", "name": served},
         "engine": {"name": "llama.cpp", "binary": str(launcher(tmp_path / "engine", llama_server, delay_s)),
-                   "args": {"ctx-size": 1024, "threads": 2}, "env": {"ENGINE_LIFETIMES": str(log)}},
+                   "args": {"ctx-size": 1024, "threads": 1}, "env": {"ENGINE_LIFETIMES": str(log)}},
         "search_space": {"parallel": [1, 2, 4], "batch-size": [64, 256, 2048]},
         "benchmark": {"traffic_scenario": "D(32,16)", "concurrency": [1, 2, 4], "max_requests_per_stage": 4},
         "search": {"algorithm": "random", "seed": 3, "num_samples": 5, "grace_period": 1, "reduction_factor": 2,
@@ -66,8 +66,8 @@ def test_a_search_with_an_engine_slow_to_exit_finishes_and_never_overlaps_engine
     results = json.loads((results_dir / "results.json").read_text())
     assert results["total_experiments"] == 6  # the baseline and 5 searched trials: none left pending
     statuses = [t["status"] for t in results["all_results"]]
-    assert set(statuses) <= {"completed", "stopped-early"}, results["all_results"]
-    assert "stopped-early" in statuses  # ASHA stopped at least one: its teardown is checked below
+    assert set(statuses) <= {"completed", "stopped-by-scheduler"}, results["all_results"]
+    assert "stopped-by-scheduler" in statuses  # ASHA stopped at least one: its teardown is checked below
     confirm_runs = sum(len(c["measurements"]) - 1 for c in results["confirmation"])
     assert confirm_runs >= 1 and "[autotuner] confirming the best" in output
     engines = lifetimes(log)
@@ -78,7 +78,7 @@ def test_a_search_with_an_engine_slow_to_exit_finishes_and_never_overlaps_engine
     # An ASHA-stopped trial's engine is gone within its teardown time of its last stage, during
     # the run (its trial recorded `engine_gone` after the wrapper had exited).
     for trial in results["all_results"]:
-        if trial["status"] == "stopped-early":
+        if trial["status"] == "stopped-by-scheduler":
             marks = timeline(results_dir, trial["trial_id"])
             last_stage = marks[f"stage_{trial['stages_completed']}_done"]
             [exit] = [exit for start, exit in engines if marks["trial_start"] <= start <= last_stage]
@@ -96,18 +96,23 @@ def wait_for_teardown(log: Path, timeout_s: float = 600) -> None:
     pytest.fail("no engine was ever torn down")
 
 
-def run_and_interrupt(tmp_path, llama_server, name, marker, delay_s=EXIT_DELAY_S, **search):
-    """Run the slow-exit task, send SIGINT once `marker` is printed (or, for "teardown", once an
-    engine got its SIGTERM), and check what must hold for any interrupt."""
+def run_and_interrupt(tmp_path, llama_server, name, marker, delay_s=EXIT_DELAY_S, sig=signal.SIGINT,
+                      hang_up=False, **search):
+    """Run the slow-exit task, send `sig` once `marker` is printed (or, for "teardown", once an
+    engine got its SIGTERM), and check what must hold for any interrupt. `hang_up`: first close
+    the driver's output, as a terminal that went away does (its output then cannot be read)."""
     path, served, log = slow_task(tmp_path, llama_server, name, delay_s, **search)
     with Driver(path) as driver:
         if marker == "teardown":
             wait_for_teardown(log)
         else:
             driver.read_until(marker, timeout_s=600)
+        if hang_up:
+            driver.process.stdout.close()
         sent = time.time()
-        driver.process.send_signal(signal.SIGINT)
-        output = driver.finish(timeout_s=120)
+        driver.process.send_signal(sig)
+        output = "(closed)" if hang_up else driver.finish(timeout_s=120)
+        driver.process.wait(timeout=120)
         took = time.time() - sent
     results = json.loads((tmp_path / "results" / name / "results.json").read_text())
     assert driver.process.returncode == 1, output[-4000:]
@@ -129,9 +134,11 @@ def test_ctrl_c_during_a_teardown_stops_at_once(tmp_path, llama_server):
     assert all(t["status"] == "interrupted" and not t["stages"] for t in rest), rest
 
 
-def test_ctrl_c_between_trials_starts_no_new_trial(tmp_path, llama_server):
+def test_sigterm_between_trials_with_the_terminal_gone_starts_no_new_trial(tmp_path, llama_server):
+    # SIGTERM (a batch scheduler, `kill`, a pod stopping) is handled as Ctrl-C is, and the results
+    # are written even though nothing can be printed any more.
     output, results, took, engines = run_and_interrupt(tmp_path, llama_server, "int-between", "trial 1: done",
-                                                       delay_s=0.0)
+                                                       delay_s=0.0, sig=signal.SIGTERM, hang_up=True)
     assert took < 30, took
     assert len(engines) <= 2  # the baseline's, and the next trial's if it started before the signal
     first, *rest = results["all_results"]

@@ -1,8 +1,10 @@
 """End to end on the real CPU engine: `autotuner run` with Ray Tune, llama-server, genai-bench, ASHA.
 
 A small run: the baseline plus three searched trials, two stages each. Two seeded first points
-make the ASHA stop deterministic: a strong config (2 threads, 4 slots) reaches stage 1 first, then
-a weak one (1 thread, 1 slot: about half the throughput at 4 concurrent clients) is cut there.
+make the ASHA stop deterministic: a strong config reaches stage 1 first, then a weak one is cut
+there: 4 slots sharing one thread (slower than one slot here, measured: about 30%) and a
+micro-batch of one token (each prompt takes 64 forward passes). One thread each: llama.cpp's
+threads spin while they wait for each other, which a busy machine turns into minutes.
 """
 
 import csv
@@ -26,18 +28,18 @@ def run(tmp_path_factory):
     task = {
         "name": "e2e-small",
         "model": {"path": "builtin:smollm2", "name": served},
-        "engine": {"name": "llama.cpp", "args": {"ctx-size": 2048}},
-        "search_space": {"parallel": [1, 2, 4], "threads": [1, 2]},
+        "engine": {"name": "llama.cpp", "args": {"ctx-size": 2048, "threads": 1}},
+        "search_space": {"parallel": [1, 4], "ubatch-size": [1, 512]},
         "benchmark": {"traffic_scenario": "D(64,32)", "concurrency": [4, 8], "max_requests_per_stage": 12},
         "objective": {"metric": "output_throughput", "secondary": ["ttft_p90"]},
         "search": {"num_samples": 3, "seed": 3, "grace_period": 1, "reduction_factor": 2,
-                   "initial_points": [{"parallel": 4, "threads": 2}, {"parallel": 1, "threads": 1}],
+                   "initial_points": [{"parallel": 1, "ubatch-size": 512}, {"parallel": 4, "ubatch-size": 1}],
                    "confirm_top_k": 1, "confirm_repeats": 1},
         "results_dir": str(root / "results"),
     }
     path = root / "task.yaml"
     path.write_text(yaml.safe_dump(task))
-    completed = subprocess.run([sys.executable, "-m", "tuner.cli", "run", str(path)],
+    completed = subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(path)],
                                capture_output=True, text=True, timeout=900)
     results_dir = root / "results" / "e2e-small"
     return completed, results_dir, served
@@ -60,9 +62,9 @@ def test_results_json_holds_every_trial_with_real_metrics(run):
     trials = results["all_results"]
     assert [t["experiment_id"] for t in trials] == [1, 2, 3, 4]
     assert trials[0]["baseline"] and trials[0]["status"] == "completed"
-    assert trials[1]["parameters"] == {"parallel": 4, "threads": 2}
+    assert trials[1]["parameters"] == {"parallel": 1, "ubatch-size": 512}
     for trial in trials:
-        assert trial["status"] in ("completed", "stopped-early")
+        assert trial["status"] in ("completed", "stopped-by-scheduler")
         assert trial["error"] is None
         for stage in trial["stages"]:
             assert stage["output_throughput"] > 0
@@ -84,8 +86,8 @@ def test_results_json_holds_every_trial_with_real_metrics(run):
 def test_asha_stopped_the_weak_config_after_one_stage(run):
     _, results_dir, _ = run
     trials = json.loads((results_dir / "results.json").read_text())["all_results"]
-    weak = next(t for t in trials if t["parameters"] == {"parallel": 1, "threads": 1})
-    assert weak["status"] == "stopped-early"
+    weak = next(t for t in trials if t["parameters"] == {"parallel": 4, "ubatch-size": 1})
+    assert weak["status"] == "stopped-by-scheduler"
     assert weak["stages_completed"] == 1
 
 
@@ -96,7 +98,7 @@ def test_best_command_and_trials_csv(run):
     assert command[command.index("--alias") + 1] == served
     assert command[command.index("--ctx-size") + 1] == "2048"
     rows = list(csv.DictReader((results_dir / "trials.csv").open()))
-    assert len(rows) == 4 and {"parallel", "threads", "status", "objective_score"} <= set(rows[0])
+    assert len(rows) == 4 and {"parallel", "ubatch-size", "status", "objective_score"} <= set(rows[0])
     assert (results_dir / "tune").is_dir()
     assert (results_dir / "stages.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     front = list(csv.DictReader((results_dir / "pareto.csv").open()))

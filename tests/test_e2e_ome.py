@@ -17,8 +17,8 @@ from ray import tune
 from tests.conftest import Driver
 from tests.fake_ome import PLURAL, FakeOme
 from tests.k8s_emulator import KubeEmulator
-from tuner.driver import claim, trial_resources
-from tuner.task import parse_task
+from llm_autotuner.tuner.driver import claim, trial_resources
+from llm_autotuner.task import parse_task
 
 pytestmark = pytest.mark.e2e
 NS = "tuning"
@@ -28,11 +28,11 @@ def ome_task(tmp_path, kubeconfig, tokenizer, **search):
     return {
         "name": "ome-e2e",
         "model": {"name": "smollm2", "tokenizer": tokenizer},
-        "engine": {"name": "llama.cpp", "args": {"ctx-size": 2048}},
+        "engine": {"name": "llama.cpp", "args": {"ctx-size": 2048, "threads": 1}},
         "deployment": {"backend": "ome", "namespace": NS, "model": "smollm2", "runtime": "srt-smollm2",
                        "gpu_budget": 2, "endpoint": "port-forward", "kubeconfig": str(kubeconfig),
                        "ready_timeout_s": 120},
-        "search_space": {"parallel": [1, 4], "threads": [1, 2]},
+        "search_space": {"parallel": [1, 4], "ubatch-size": [256, 512]},
         "benchmark": {"traffic_scenario": "D(64,32)", "concurrency": [2, 4], "max_requests_per_stage": 8},
         "search": {"num_samples": 2, "seed": 1, "confirm_repeats": 0} | search,
         "results_dir": str(tmp_path / "results"),
@@ -68,7 +68,7 @@ def test_ray_tune_run_on_ome_against_the_emulator(tmp_path, llama_server, smollm
             kubeconfig = emulator.write_kubeconfig(tmp_path / "kubeconfig")
             path = tmp_path / "task.yaml"
             path.write_text(yaml.safe_dump(ome_task(tmp_path, kubeconfig, tokenizer)))
-            completed = subprocess.run([sys.executable, "-m", "tuner.cli", "run", str(path)],
+            completed = subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(path)],
                                        capture_output=True, text=True, timeout=600)
             requests = emulator.requests
             created = [r for r in requests if r.method == "POST" and r.path.endswith(PLURAL)]
@@ -139,7 +139,7 @@ def test_no_inference_service_outlives_an_interrupted_or_killed_driver(tmp_path,
                 assert len(emulator.objects(PLURAL, NS)) == 1
                 driver.process.send_signal(sig)
                 output = driver.finish(timeout_s=120)
-            cleanup = subprocess.run([sys.executable, "-m", "tuner.cli", "cleanup", str(path)],
+            cleanup = subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "cleanup", str(path)],
                                      capture_output=True, text=True, timeout=120)
             remaining = emulator.objects(PLURAL, NS)
         finally:
@@ -163,14 +163,14 @@ def test_inference_services_that_take_30_s_to_go_never_overlap_and_the_run_finis
         try:
             kubeconfig = emulator.write_kubeconfig(tmp_path / "kubeconfig")
             path = tmp_path / "task.yaml"
-            task = ome_task(tmp_path, kubeconfig, tokenizer, num_samples=3, seed=2, max_concurrent=1,
+            task = ome_task(tmp_path, kubeconfig, tokenizer, num_samples=2, seed=2, max_concurrent=1,
                             grace_period=1, reduction_factor=2, confirm_top_k=1, confirm_repeats=1)
-            task["search_space"] = {"parallel": [1, 2, 4], "threads": [1, 2]}
+            task["search_space"] = {"parallel": [1, 2, 4], "ubatch-size": [256, 512]}
             # Each trial holds the whole node, as a trial holds its GPUs from the budget on OME.
             task["benchmark"] = {"traffic_scenario": "D(32,16)", "concurrency": [1, 2], "max_requests_per_stage": 4,
                                  "client_cpus": 2.0}
             path.write_text(yaml.safe_dump(task))
-            completed = subprocess.run([sys.executable, "-m", "tuner.cli", "run", str(path)],
+            completed = subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(path)],
                                        capture_output=True, text=True, timeout=1500)
             remaining = emulator.objects(PLURAL, NS)
             lifetimes = sorted(controller.lifetimes, key=lambda life: life[1])
@@ -178,8 +178,8 @@ def test_inference_services_that_take_30_s_to_go_never_overlap_and_the_run_finis
             controller.stop_all()
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     results = json.loads((tmp_path / "results" / "ome-e2e" / "results.json").read_text())
-    assert results["total_experiments"] == 4  # the baseline and 3 searched trials: none left pending
-    assert len(lifetimes) == 4 + 1  # and the confirmation run: each engine gone when the run ended
+    assert results["total_experiments"] == 3  # the baseline and 2 searched trials: none left pending
+    assert len(lifetimes) == 3 + 1  # and the confirmation run: each engine gone when the run ended
     for (name, _, ended), (later, started, _) in zip(lifetimes, lifetimes[1:]):
         assert started >= ended, f"{later} started before {name}'s engine was gone: {lifetimes}"
     assert remaining == []
@@ -192,7 +192,7 @@ def test_a_forbidden_create_stops_the_run_instead_of_scoring_configs(tmp_path, t
         kubeconfig = emulator.write_kubeconfig(tmp_path / "kubeconfig")
         path = tmp_path / "task.yaml"
         path.write_text(yaml.safe_dump(ome_task(tmp_path, kubeconfig, tokenizer, num_samples=4, max_concurrent=1)))
-        completed = subprocess.run([sys.executable, "-m", "tuner.cli", "run", str(path)],
+        completed = subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(path)],
                                    capture_output=True, text=True, timeout=600)
         posts = [r for r in emulator.requests if r.method == "POST" and r.path.endswith(PLURAL)]
     assert completed.returncode == 2, completed.stdout[-3000:] + completed.stderr[-3000:]

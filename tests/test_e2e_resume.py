@@ -22,7 +22,7 @@ def test_resume_after_sigkill(tmp_path):
     task = {
         "name": "resumed",
         "model": {"path": "builtin:smollm2", "name": served},
-        "engine": {"name": "llama.cpp", "args": {"ctx-size": 1024, "threads": 2}},
+        "engine": {"name": "llama.cpp", "args": {"ctx-size": 1024, "threads": 1}},
         "search_space": {"parallel": [1, 2, 4, 8]},
         "benchmark": {"traffic_scenario": "D(32,16)", "concurrency": [2, 4], "max_requests_per_stage": 4},
         "search": {"algorithm": "random", "num_samples": 4, "scheduler": "none", "seed": 2, "confirm_repeats": 0},
@@ -41,7 +41,7 @@ def test_resume_after_sigkill(tmp_path):
         time.sleep(0.2)
     assert engine_processes(served) == set()
 
-    second = subprocess.run([sys.executable, "-m", "tuner.cli", "run", str(path), "--resume"],
+    second = subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(path), "--resume"],
                             capture_output=True, text=True, timeout=240)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     started_again = set(re.findall(r"trial (\d+): start", second.stdout))

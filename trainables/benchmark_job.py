@@ -16,11 +16,11 @@ from typing import Iterator
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from cluster import kube, manifests
-from cluster.deployer import Endpoint
-from trainables.genai_bench import Stage, watch_stages
-from tuner.errors import BenchmarkError
-from tuner.objective import request_limits
+from llm_autotuner.cluster import kube, manifests
+from llm_autotuner.cluster.deployer import Endpoint
+from llm_autotuner.trainables.genai_bench import Stage, watch_stages
+from llm_autotuner.errors import BenchmarkError
+from llm_autotuner.objective import request_limits
 
 PLURAL, KIND = "benchmarkjobs", "BenchmarkJob"
 STATE_POLL_S = 2.0

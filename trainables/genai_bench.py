@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from cluster.deployer import Endpoint
-from cluster.procs import ProcessGroup
-from tuner.errors import BenchmarkError
-from tuner.task import Benchmark
+from llm_autotuner.cluster.deployer import Endpoint
+from llm_autotuner.cluster.procs import ProcessGroup
+from llm_autotuner.errors import BenchmarkError
+from llm_autotuner.metrics import METRICS
+from llm_autotuner.task import Benchmark
 
 POLL_S = 0.25
 STARTUP_ALLOWANCE_S = 120.0  # genai-bench imports transformers, pandas and locust before stage 1
@@ -78,9 +79,9 @@ def parse_stage_file(path: Path, request_limits: dict[str, float] | None = None)
         # genai-bench's own error_rate is always 0 (0.0.5); compute it.
         "error_rate": errors / requests if requests else 1.0,
     }
-    for ours, theirs in (("ttft", "ttft"), ("tpot", "tpot"), ("itl", "tpot"), ("e2e", "e2e_latency")):
-        for stat in ("mean", "p50", "p90", "p95", "p99"):
-            metrics[f"{ours}_{stat}"] = stats[theirs][stat]
+    for name, metric in METRICS.items():
+        if metric.request_field:  # a latency statistic: ttft_p90 is the p90 of the requests' ttft
+            metrics[name] = stats[metric.request_field][name.rpartition("_")[2]]
     return metrics
 
 

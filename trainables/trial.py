@@ -16,16 +16,14 @@ from typing import Any, Iterator
 
 from ray import tune
 
-from cluster.deployer import Deployer, EngineSpec
-from cluster.engines import PROFILES
-from cluster.local import LocalDeployer
-from trainables.genai_bench import GenaiBenchRunner
-from tuner.errors import AutotunerError, DeploymentError, InfrastructureError
-from tuner.objective import INFEASIBLE_SCORE, request_limits, score_stages, weighted_mean, worst_value
-from tuner.task import OmeDeployment, Task
-
-# Config key marking the baseline trial (engine defaults). No flag name can start with '_'.
-BASELINE_KEY = "__baseline__"
+from llm_autotuner.cluster.deployer import Deployer, EngineSpec
+from llm_autotuner.cluster.engines import PROFILES
+from llm_autotuner.cluster.local import LocalDeployer
+from llm_autotuner.trainables.genai_bench import GenaiBenchRunner
+from llm_autotuner.errors import AutotunerError, DeploymentError, InfrastructureError
+from llm_autotuner.objective import INFEASIBLE_SCORE, request_limits, score_stages, weighted_mean, worst_value
+from llm_autotuner.outcome import Outcome, trial_params
+from llm_autotuner.task import OmeDeployment, Task
 
 
 @dataclass(frozen=True)
@@ -54,11 +52,6 @@ class Resolved:
         return self.node_executables.get(node, self.executable)
 
 
-def trial_params(config: dict[str, Any]) -> dict[str, Any]:
-    """The engine parameters of a trial config (None = leave the engine's default)."""
-    return {key: value for key, value in config.items() if key != BASELINE_KEY}
-
-
 def engine_spec(task: Task, resolved: Resolved, params: dict[str, Any], trial_id: str,
                 workdir: Path) -> EngineSpec:
     profile = PROFILES[task.engine.name]
@@ -70,7 +63,7 @@ def engine_spec(task: Task, resolved: Resolved, params: dict[str, Any], trial_id
 
 def make_deployer(task: Task) -> Deployer:
     if isinstance(task.deployment, OmeDeployment):
-        from cluster.ome import OmeDeployer  # the kubernetes client is only needed here
+        from llm_autotuner.cluster.ome import OmeDeployer  # the kubernetes client is only needed here
 
         return OmeDeployer(task.deployment)
     return LocalDeployer()
@@ -78,7 +71,7 @@ def make_deployer(task: Task) -> Deployer:
 
 def make_runner(task: Task, resolved: Resolved, api_backend: str):
     if task.benchmark.runner == "benchmarkjob":
-        from trainables.benchmark_job import BenchmarkJobRunner
+        from llm_autotuner.trainables.benchmark_job import BenchmarkJobRunner
 
         return BenchmarkJobRunner(task, resolved, api_backend)
     return GenaiBenchRunner(task.benchmark, resolved.tokenizer, api_backend, request_limits(task.limits))
@@ -137,7 +130,7 @@ class TrialTrainable(tune.Trainable):
         if self.stages is None:
             if Path(self.resolved.stop_file).exists():
                 # Ray was starting this trial as the run was stopped: deploy nothing.
-                return {"stage": 0, "score": INFEASIBLE_SCORE, "interrupted": True, "done": True}
+                return {"stage": 0, "score": INFEASIBLE_SCORE, "outcome": Outcome.INTERRUPTED.value, "done": True}
             self.endpoint = self.running.enter_context(
                 make_deployer(task).deployed(self.spec, task.deployment.ready_timeout_s))
             self.timeline.mark("engine_ready")
@@ -156,10 +149,11 @@ class TrialTrainable(tune.Trainable):
         objectives = {m: weighted_mean(self.measured, m, weights) if score.feasible else worst_value(m)
                       for m in task.objective.metrics}
         # An SLO broken at this load only gets worse at higher loads: the trial ends here.
-        done = stage.index == len(task.benchmark.concurrency) or not score.feasible
+        outcome = (Outcome.INFEASIBLE if not score.feasible
+                   else Outcome.COMPLETED if stage.index == len(task.benchmark.concurrency) else None)
         return {"stage": stage.index, "score": score.score, "objective": score.value, "objectives": objectives,
                 "violation": score.violation, "slos_met": score.slos_met, "error": None, "metrics": metrics,
-                "done": done}
+                "outcome": outcome and outcome.value, "done": outcome is not None}
 
     def _failure(self, error: AutotunerError) -> dict:
         self._teardown()  # the failed engine first: the control start below needs its resources
@@ -174,7 +168,8 @@ class TrialTrainable(tune.Trainable):
         return {"stage": len(self.measured), "score": INFEASIBLE_SCORE, "objective": None,
                 "objectives": {m: worst_value(m) for m in self.task.objective.metrics}, "violation": None,
                 "slos_met": None, "error": f"{type(error).__name__}: {error}", "metrics": None,
-                "setup_failure": setup_failure, "infrastructure": isinstance(error, InfrastructureError), "done": True}
+                "setup_failure": setup_failure, "done": True,
+                "outcome": (Outcome.FAILED_INFRASTRUCTURE if isinstance(error, InfrastructureError) else Outcome.FAILED).value}
 
     def _teardown(self) -> None:
         if self.endpoint is not None or self.stages is not None:

@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from pathlib import Path
 
-from tuner.errors import AutotunerError, SetupError, TaskError
-from tuner.task import load_task
+from llm_autotuner.errors import AutotunerError, SetupError, TaskError
+from llm_autotuner.task import load_task
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -41,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="print the summary of a finished or partial run")
     report.add_argument("results_dir", help="results/<task-name>")
+
+    commands.add_parser("rbac", help="print the Kubernetes RBAC the tuner needs (`autotuner rbac | kubectl apply -f -`)")
     return parser
 
 
@@ -56,11 +59,43 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
 
 
+class _OutputThatMayGo(io.TextIOBase):
+    """A terminal that went away (an SSH session closed, a pipe whose reader died) must not end a
+    run before it writes its results: writes to a closed stream are dropped from then on."""
+
+    def __init__(self, stream):
+        self.stream, self.gone = stream, False
+
+    def write(self, text: str) -> int:
+        if not self.gone:
+            try:
+                self.stream.write(text)
+                self.stream.flush()
+            except (OSError, ValueError):  # BrokenPipeError; ValueError: the file was closed
+                self.gone = True
+        return len(text)
+
+    def flush(self) -> None:
+        pass  # each write flushed already
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    def isatty(self) -> bool:
+        return not self.gone and self.stream.isatty()
+
+    @property
+    def encoding(self) -> str:
+        return getattr(self.stream, "encoding", None) or "utf-8"
+
+
 def _run(args) -> int:
     overrides = {key: value for key, value in (("num_samples", args.num_samples), ("algorithm", args.algorithm))
                  if value is not None}
     task = load_task(args.task, overrides)
-    from tuner import driver, results
+    from llm_autotuner.tuner import driver, results
+
+    sys.stdout, sys.stderr = _OutputThatMayGo(sys.stdout), _OutputThatMayGo(sys.stderr)
 
     try:
         summary = driver.run(task, address=args.address, resume=args.resume)
@@ -84,7 +119,7 @@ def _run(args) -> int:
 
 def _validate(args) -> int:
     task = load_task(args.task)
-    from tuner.driver import preflight
+    from llm_autotuner.tuner.driver import preflight
 
     preflight(task)
     print(f"{args.task}: ok ({task.engine.name}, {len(task.search_space)} parameters, "
@@ -96,7 +131,7 @@ def _render(args) -> int:
     if args.trials < 1:
         raise TaskError(f"--trials: must be at least 1 (got {args.trials})")
     task = load_task(args.task)
-    from tuner.render import render_trials
+    from llm_autotuner.tuner.render import render_trials
 
     files = render_trials(task, args.trials)
     if args.out is None:
@@ -114,14 +149,14 @@ def _render(args) -> int:
 def _cleanup(args) -> int:
     if args.task is None and not args.all:
         raise TaskError("cleanup: name a TASK, or pass --all")
-    from cluster import records
+    from llm_autotuner.cluster import records
 
     task = load_task(args.task) if args.task else None
     removed = [f"engine process group {r.pgid} ({r.experiment}, trial {r.trial_id})"
                for r in records.kill_leftover_engines(None if args.all else task.name)]
     if task is not None and task.deployment.backend == "ome":
-        from cluster.cleanup import delete_labelled
-        from cluster.kube import EXPERIMENT_LABEL, label_value
+        from llm_autotuner.cluster.cleanup import delete_labelled
+        from llm_autotuner.cluster.kube import EXPERIMENT_LABEL, label_value
 
         selector = "" if args.all else f"{EXPERIMENT_LABEL}={label_value(task.name)}"
         removed += [f"{kind} {name} in {task.deployment.namespace}"
@@ -131,7 +166,7 @@ def _cleanup(args) -> int:
 
 
 def _report(args) -> int:
-    from tuner.results import table
+    from llm_autotuner.tuner.results import table
 
     path = Path(args.results_dir) / "results.json"
     try:
@@ -142,7 +177,15 @@ def _report(args) -> int:
     return EXIT_OK
 
 
-_COMMANDS = {"run": _run, "validate": _validate, "render": _render, "report": _report, "cleanup": _cleanup}
+def _rbac(args) -> int:
+    from llm_autotuner.cluster.kube import RBAC_MANIFEST
+
+    sys.stdout.write(RBAC_MANIFEST.read_text())
+    return EXIT_OK
+
+
+_COMMANDS = {"run": _run, "validate": _validate, "render": _render, "report": _report, "cleanup": _cleanup,
+             "rbac": _rbac}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,37 +2,41 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import importlib
 import logging
 import math
 import os
 import secrets
 import shutil
+import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import ray
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.stopper import CombinedStopper
 
-from cluster import records
-from cluster.engines import PROFILES, default_executable
-from cluster.kube import RUN_LABEL, label_value
-from trainables.genai_bench import scrub_api_key
-from trainables.trial import BASELINE_KEY, Resolved, TrialTrainable, trial_params
-from tuner import registry
-from tuner.registry import GridSearcher
-from tuner import results as results_io
-from tuner.errors import QuietLostWorkers, TaskError
-from tuner.interrupt import Interrupt, TrialEnds
-from tuner.plots import write_stage_plot
-from tuner.progress import ProgressPrinter
-from tuner.search import (METRIC, MODE, FailureGuard, NoImprovementStopper, build_scheduler, build_searcher,
+from llm_autotuner.cluster import records
+from llm_autotuner.cluster.engines import PROFILES, default_executable
+from llm_autotuner.cluster.kube import RUN_LABEL, label_value
+from llm_autotuner.trainables.genai_bench import scrub_api_key
+from llm_autotuner.outcome import BASELINE_KEY, Outcome, trial_params
+from llm_autotuner.trainables.trial import Resolved, TrialTrainable
+from llm_autotuner.tuner import registry
+from llm_autotuner.tuner.registry import GridSearcher
+from llm_autotuner.tuner import results as results_io
+from llm_autotuner.errors import QuietLostWorkers, TaskError
+from llm_autotuner.tuner.interrupt import Interrupt, TrialEnds
+from llm_autotuner.tuner.plots import write_stage_plot
+from llm_autotuner.tuner.progress import ProgressPrinter
+from llm_autotuner.tuner.search import (METRIC, MODE, FailureGuard, NoImprovementStopper, build_scheduler, build_searcher,
                           num_trials)
-from tuner.space import to_ray
-from tuner.task import FloatRange, IntRange, OmeDeployment, Task
+from llm_autotuner.tuner.space import to_ray
+from llm_autotuner.task import FloatRange, IntRange, OmeDeployment, Task
 
 BUILTIN_MODELS = {"builtin:smollm2"}
 RAY_EXPERIMENT_NAME = "tune"
@@ -50,12 +54,33 @@ def preflight(task: Task) -> None:
     """What `validate` and `run` check before building or starting anything: the searcher and the
     scheduler with their arguments, and the files the task names."""
     build_searcher(task, 1), build_scheduler(task)
+    _check_flags(task)
+    tokenizer = task.model.tokenizer
+    if tokenizer and tokenizer.startswith(("/", "./", "../", "~")) and not Path(tokenizer).expanduser().exists():
+        raise TaskError(f"model.tokenizer: {tokenizer} does not exist (a local folder, or a hub id such as org/name)")
     if isinstance(task.deployment, OmeDeployment):
         return
     if task.engine.name == "llama.cpp" and task.model.path not in BUILTIN_MODELS:
         _check_model_file(task.model.path)
     if task.engine.binary:
         _check_executable(task.engine.binary)
+
+
+def _check_flags(task: Task) -> None:
+    """No flag the engine's launcher sets itself; and no flag given twice in one place under two
+    spellings (`--ctx-size` and its alias `-c`, or `ctx_size`): it would reach the engine once,
+    with whichever value came last."""
+    profile = PROFILES[task.engine.name]
+    for where, names in (("engine.args", task.engine.args), ("search_space", task.search_space)):
+        seen: dict[str, str] = {}
+        for name in names:
+            canonical = profile.canonical(name)
+            if canonical in profile.managed:
+                raise TaskError(f"{where}.{name}: the tuner sets this flag itself for each trial")
+            if canonical in seen:
+                raise TaskError(f"{where}.{name}: the same flag as {where}.{seen[canonical]} ({task.engine.name} "
+                                f"--{canonical}); give it once")
+            seen[canonical] = name
 
 
 def _check_model_file(path: str) -> None:
@@ -80,7 +105,7 @@ def resolve(task: Task, trials_dir: Path, run_id: str, *, local_ray: bool = True
 
     With a local Ray, the llama-server found is proven here (it serves a completion); on a cluster
     each node proves its own (`prepare_nodes`), as the driver's host may not run trials at all."""
-    from cluster import llamacpp_setup
+    from llm_autotuner.cluster import llamacpp_setup
 
     if isinstance(task.deployment, OmeDeployment):
         # The runtime's image holds the engine and the controller mounts the model.
@@ -113,7 +138,7 @@ def prepare_nodes(task: Task, resolved: Resolved, local_ray: bool) -> Resolved:
     it is one and was checked in `resolve`, is not checked twice)."""
     if task.engine.name != "llama.cpp" or isinstance(task.deployment, OmeDeployment):
         return resolved
-    from tuner.nodes import prepare_nodes as prepare
+    from llm_autotuner.tuner.nodes import prepare_nodes as prepare
 
     skip = {ray.get_runtime_context().get_node_id()} if local_ray else set()
     binaries = prepare(task.engine.binary, skip)
@@ -165,15 +190,32 @@ def capacity(available: dict[str, float], claim: dict[str, float]) -> int:
     return max(1, min(fits, default=1))
 
 
+@contextlib.contextmanager
+def shipped_package() -> Iterator[str]:
+    """A folder holding the whole llm_autotuner package, for Ray to ship to the workers (runtime_env
+    py_modules; Ray uploads it during ray.init). An editable install keeps the subpackages outside
+    the package's own folder, so they are gathered here."""
+    import llm_autotuner
+
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    with tempfile.TemporaryDirectory(prefix="autotuner-ship-") as tmp:
+        package = Path(tmp) / "llm_autotuner"
+        shutil.copytree(Path(llm_autotuner.__file__).parent, package, ignore=skip)
+        for name in ("tuner", "trainables", "cluster", "templates"):
+            module = importlib.import_module(f"llm_autotuner.{name}")
+            if not (package / name).exists():
+                shutil.copytree(Path(module.__file__).parent, package / name, ignore=skip)
+        yield str(package)
+
+
 def start_ray(task: Task, address: str | None) -> None:
     budget = task.deployment.gpu_budget if isinstance(task.deployment, OmeDeployment) else None
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
         if address:
-            # Trials on other nodes need our packages; the engines and genai-bench must be installed there.
-            import cluster, templates, trainables, tuner
-
-            ray.init(address=address, runtime_env={"py_modules": [cluster, templates, trainables, tuner]})
+            # Trials on other nodes need our package; the engines and genai-bench must be installed there.
+            with shipped_package() as package:
+                ray.init(address=address, runtime_env={"py_modules": [package]})
         else:
             # Ray starts workers at niceness 15: any other work on the machine then starves the
             # trials' own processes (measured: 40 s to start a trial actor next to two busy loops).
@@ -255,7 +297,7 @@ def _confirm(task: Task, trainable, results_dir: Path, trials: list, max_concurr
     runs: dict[str, list[float]] = {}
     num_stages = len(task.benchmark.concurrency)
     for record in results_io.from_result_grid(tuner.fit()):
-        if record.status(num_stages) == results_io.COMPLETED:
+        if record.status(num_stages) == Outcome.COMPLETED:
             runs.setdefault(results_io.config_key(record.parameters, record.baseline), []).append(record.objective)
     return runs
 
@@ -277,8 +319,8 @@ def settle(task: Task, run_id: str) -> None:
         print(f"[autotuner] killed engine process group {record.pgid} (trial {record.trial_id}): its teardown "
               "was cut short")
     if isinstance(task.deployment, OmeDeployment):
-        from cluster.cleanup import delete_labelled, wait_until_gone
-        from cluster.ome import DELETE_WAIT_S
+        from llm_autotuner.cluster.cleanup import delete_labelled, wait_until_gone
+        from llm_autotuner.cluster.ome import DELETE_WAIT_S
 
         selector = f"{RUN_LABEL}={label_value(run_id)}"
         for kind, name in delete_labelled(task.deployment, selector):
@@ -298,7 +340,7 @@ def _tune(task: Task, resolved: Resolved, results_dir: Path, address: str | None
     interrupt.install()
     resolved = prepare_nodes(task, resolved, local_ray)
     if isinstance(task.deployment, OmeDeployment) and task.deployment.create_runtime is not None:
-        from cluster.ome import ensure_runtime
+        from llm_autotuner.cluster.ome import ensure_runtime
 
         if ensure_runtime(task.deployment, task.model.name):
             print(f"[autotuner] created ClusterServingRuntime {task.deployment.runtime}")
@@ -358,7 +400,8 @@ def _finish(task: Task, resolved: Resolved, results_dir: Path, grid, trainable, 
              if trial.status in ("TERMINATED", "ERROR")}
     if interrupt.requested:
         ended -= ends.cut
-    trials = results_io.from_result_grid(grid, ended)
+    # Without a signal, the trials the run's end cut off were stopped by its budget (time, patience, the guard).
+    trials = results_io.from_result_grid(grid, ended, cut_by_run=set() if interrupt.requested else ends.cut)
     for trial in trials:
         if interrupt.requested and not trial.reports:
             trial.ended = False  # created but never run: the interrupt, not the search, left it out

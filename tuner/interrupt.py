@@ -6,8 +6,9 @@ the experiment through a Stopper: Ray then starts no new trial and stops the run
 `cleanup` tears their engines down. The driver asks `requested` before each phase. A second signal
 raises KeyboardInterrupt: the driver kills the engines without waiting (exit 130).
 
-`TrialEnds` tells trials the run cut off from those that ended: Ray marks both TERMINATED, but
-only the latter reach `on_trial_complete` (the scheduler's stops included).
+`TrialEnds` tells trials the run cut off (a signal, the time budget, patience, the failure guard)
+from those that ended: Ray marks both TERMINATED, but only the latter reach `on_trial_complete`
+(the scheduler's stops included).
 """
 
 from __future__ import annotations

@@ -11,14 +11,14 @@ from __future__ import annotations
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from tuner.errors import SetupError
+from llm_autotuner.errors import SetupError
 
 NODE_SETUP_TIMEOUT_S = 7200  # a node without a cached binary builds one (5-20 minutes on 2 cores)
 
 
 @ray.remote(num_cpus=0, max_retries=0)
 def _prepare_node(task_binary: str | None) -> tuple[str, list[str]]:
-    from cluster.llamacpp_setup import ensure_llama_server
+    from llm_autotuner.cluster.llamacpp_setup import ensure_llama_server
 
     lines: list[str] = []
     return str(ensure_llama_server(task_binary, progress=lines.append)), lines

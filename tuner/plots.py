@@ -26,7 +26,7 @@ def write_stage_plot(summary: dict, path: Path) -> Path | None:
             style = dict(color="black", linestyle="--", linewidth=2, label="engine defaults")
         elif trial["experiment_id"] == best_id:
             style = dict(color="tab:green", linewidth=2.5, label=f"best (trial {best_id})")
-        elif trial["status"] == "stopped-early":
+        elif trial["status"] == "stopped-by-scheduler":
             style = dict(color="tab:red", alpha=0.5, linewidth=1)
         else:
             style = dict(color="tab:blue", alpha=0.6, linewidth=1)

@@ -8,8 +8,8 @@ import time
 
 from ray.tune import Callback
 
-from trainables.trial import BASELINE_KEY, trial_params
-from tuner.errors import lost_worker, trial_error
+from llm_autotuner.outcome import BASELINE_KEY, trial_params
+from llm_autotuner.errors import lost_worker, trial_error
 
 
 class ProgressPrinter(Callback):

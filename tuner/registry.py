@@ -14,15 +14,15 @@ from typing import Any
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 
-from tuner.errors import TaskError
-from tuner.task import SCHEDULER_NAMES, SEARCHER_NAMES
+from llm_autotuner.errors import TaskError
+from llm_autotuner.task import SCHEDULER_NAMES, SEARCHER_NAMES
 
 # name -> (import path, the PyPI package that provides it); the names are validated in tuner.task
 SEARCHERS = {
     "hyperopt": ("ray.tune.search.hyperopt:HyperOptSearch", "hyperopt"),
     "optuna": ("ray.tune.search.optuna:OptunaSearch", "optuna"),
-    "random": ("tuner.registry:RandomSearcher", None),
-    "grid": ("tuner.registry:GridSearcher", None),
+    "random": ("llm_autotuner.tuner.registry:RandomSearcher", None),
+    "grid": ("llm_autotuner.tuner.registry:GridSearcher", None),
 }
 # "hyperband" is asynchronous HyperBand (ASHA over several brackets): the synchronous
 # HyperBandScheduler pauses trials, and a paused engine benchmark cannot resume where it stopped.

@@ -6,17 +6,17 @@ import json
 import shlex
 from pathlib import Path
 
-from cluster.deployer import EngineSpec
-from cluster.engines import PROFILES, Launch, default_executable
-from tuner.space import sample
-from tuner.task import OmeDeployment, Task
+from llm_autotuner.cluster.deployer import EngineSpec
+from llm_autotuner.cluster.engines import PROFILES, Launch, default_executable
+from llm_autotuner.tuner.space import sample
+from llm_autotuner.task import OmeDeployment, Task
 
 RENDER_RUN_ID = "render"
 
 
 def render_trials(task: Task, trials: int) -> dict[str, str]:
     """File name -> content: a manifest per trial on OME, a launch line (argv as JSON) locally."""
-    from cluster import manifests
+    from llm_autotuner.cluster import manifests
 
     profile = PROFILES[task.engine.name]
     files: dict[str, str] = {}
@@ -28,15 +28,15 @@ def render_trials(task: Task, trials: int) -> dict[str, str]:
                           model_path=task.model.path or "$(MODEL_PATH)", served_name=task.model.name or "model",
                           flags=flags, workdir=Path("."), env=dict(task.engine.env))
         if ome is not None:
-            from cluster import kube
-            from cluster.deployer import Endpoint
-            from cluster.ome import render
+            from llm_autotuner.cluster import kube
+            from llm_autotuner.cluster.deployer import Endpoint
+            from llm_autotuner.cluster.ome import render
 
             manifest = render(spec, ome)
             files[f"trial-{number}-inferenceservice.yaml"] = manifests.to_yaml(manifest)
             if task.benchmark.runner == "benchmarkjob":
-                from trainables.benchmark_job import BenchmarkJobRunner
-                from trainables.trial import Resolved
+                from llm_autotuner.trainables.benchmark_job import BenchmarkJobRunner
+                from llm_autotuner.trainables.trial import Resolved
 
                 url = f"http://{manifest['metadata']['name']}.{ome.namespace}.svc.cluster.local:{ome.port}"
                 resolved = Resolved("", spec.model_path, spec.served_name, "", "", RENDER_RUN_ID)
@@ -50,7 +50,7 @@ def render_trials(task: Task, trials: int) -> dict[str, str]:
             files[f"trial-{number}-launch.json"] = json.dumps(
                 {"argv": argv, "command": shlex.join(argv), "claims": profile.resources(flags)}, indent=2) + "\n"
     if ome is not None and ome.create_runtime is not None:
-        from cluster.ome import runtime_manifest
+        from llm_autotuner.cluster.ome import runtime_manifest
 
         files["cluster-serving-runtime.yaml"] = manifests.to_yaml(runtime_manifest(ome, task.model.name))
     return files

@@ -16,14 +16,14 @@ from typing import Any
 
 from ray.tune import Callback
 
-from cluster.engines import PROFILES, Launch
-from trainables.trial import BASELINE_KEY, Resolved, trial_params
-from tuner.errors import lost_worker, trial_error
-from tuner.objective import gain, maximize, weighted_mean
-from tuner.task import Task
+from llm_autotuner.cluster.engines import PROFILES, Launch
+from llm_autotuner.outcome import BASELINE_KEY, Outcome, trial_params
+from llm_autotuner.trainables.trial import Resolved
+from llm_autotuner.errors import lost_worker, trial_error
+from llm_autotuner.metrics import maximize
+from llm_autotuner.objective import gain, weighted_mean
+from llm_autotuner.task import Task
 
-COMPLETED, STOPPED_EARLY, INFEASIBLE, FAILED, FAILED_INFRASTRUCTURE, INTERRUPTED = (
-    "completed", "stopped-early", "infeasible", "failed", "failed-infrastructure", "interrupted")
 LAUNCH_LINE_PORT = 8080
 
 
@@ -37,6 +37,7 @@ class TrialRecord:
     experiment_id: int = 0
     ended: bool = True  # False when the run was interrupted (Ctrl-C) while this trial ran
     infrastructure: bool = False  # it failed for the platform's reason (a lost worker, a 403), not the config's
+    cut_by_run: bool = False  # Ray stopped it mid-way because the whole run was ending (budget, patience)
     ray_failures: int = 0  # how often Ray saw it fail (a lost worker); it ran it again after each but a last one
     stages: list[dict] = field(init=False)
 
@@ -51,20 +52,16 @@ class TrialRecord:
     def error(self) -> str | None:
         return self.ray_error or self.last.get("error")
 
-    def status(self, num_stages: int) -> str:
+    def status(self, num_stages: int) -> Outcome:
         if self.error:
-            return FAILED_INFRASTRUCTURE if self.infrastructure or self.last.get("infrastructure") else FAILED
-        if self.last.get("interrupted"):
-            return INTERRUPTED
-        if not self.stages:
-            # No error and no stage: the run ended it before its first stage (the time budget,
-            # patience, the failure guard) or Ctrl-C cut it.
-            return STOPPED_EARLY if self.ended else INTERRUPTED
-        if self.last.get("violation"):
-            return INFEASIBLE
+            return Outcome.FAILED_INFRASTRUCTURE if self.infrastructure else Outcome(self.last.get("outcome", "failed"))
+        stated = self.last.get("outcome")
+        if stated:
+            return Outcome(stated)  # the trial decided its end: last stage, broken SLO, STOP file
         if not self.ended:
-            return INTERRUPTED
-        return COMPLETED if len(self.stages) >= num_stages else STOPPED_EARLY
+            return Outcome.INTERRUPTED
+        # Ray ended it between stages: the run's end (or before its first stage: only the run can), else the scheduler.
+        return Outcome.STOPPED_BY_BUDGET if self.cut_by_run or not self.stages else Outcome.STOPPED_BY_SCHEDULER
 
     @property
     def objective(self) -> float | None:
@@ -99,13 +96,15 @@ def ray_failures(trial_dir: str | os.PathLike) -> int:
     return path.read_text(errors="replace").count("Failure # ") if path.is_file() else 0
 
 
-def from_result_grid(grid, ended: set[str] | None = None) -> list[TrialRecord]:
-    """Records of every trial; those whose id is not in `ended` (when given) were interrupted."""
+def from_result_grid(grid, ended: set[str] | None = None, cut_by_run: set[str] = frozenset()) -> list[TrialRecord]:
+    """Records of every trial; those whose id is not in `ended` (when given) were interrupted,
+    those in `cut_by_run` were stopped mid-way by the run's end (time budget, patience, the guard)."""
     records = []
     for result in grid:
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
-        records.append(_record(trial_id, result.config, result.path, result.error,
-                               ended=ended is None or trial_id in ended))
+        record = _record(trial_id, result.config, result.path, result.error, ended=ended is None or trial_id in ended)
+        record.cut_by_run = trial_id in cut_by_run
+        records.append(record)
     return _in_creation_order(records)
 
 
@@ -193,7 +192,7 @@ def pareto_front(points: dict[int, dict[str, float]]) -> list[int]:
 def candidates(task: Task, records: list[TrialRecord]) -> list[TrialRecord]:
     """Trials that completed every stage, those that met every SLO (soft ones too) if any did,
     best score first, each config once (a searcher may propose a config twice)."""
-    finished = [r for r in records if r.status(len(task.benchmark.concurrency)) == COMPLETED]
+    finished = [r for r in records if r.status(len(task.benchmark.concurrency)) == Outcome.COMPLETED]
     met_all = [r for r in finished if all((r.last.get("slos_met") or {}).values())]
     seen: set[str] = set()
     distinct = []
@@ -215,7 +214,7 @@ def summarize(task: Task, resolved: Resolved, records: list[TrialRecord], experi
     With them the winner is chosen on the mean of all its measurements, not on one lucky run."""
     num_stages = len(task.benchmark.concurrency)
     metric = task.objective.metric
-    finished = [r for r in records if r.status(num_stages) == COMPLETED]
+    finished = [r for r in records if r.status(num_stages) == Outcome.COMPLETED]
     confirmed = []
     for record in candidates(task, records):
         runs = (confirmations or {}).get(config_key(record.parameters, record.baseline))
@@ -232,7 +231,7 @@ def summarize(task: Task, resolved: Resolved, records: list[TrialRecord], experi
               for r in finished}
     front = pareto_front(values) if task.objective.secondary else []
     baseline = next((r for r in records if r.baseline), None)
-    baseline_ok = baseline is not None and baseline.status(num_stages) == COMPLETED
+    baseline_ok = baseline is not None and baseline.status(num_stages) == Outcome.COMPLETED
 
     def brief(record: TrialRecord, runs: list[float] | None = None) -> dict:
         result = {"experiment_id": record.experiment_id, "trial_id": record.trial_id,
@@ -254,7 +253,8 @@ def summarize(task: Task, resolved: Resolved, records: list[TrialRecord], experi
         "stages": [{"stage": i, "concurrency": c, "traffic_scenario": task.benchmark.traffic_scenario}
                    for i, c in enumerate(task.benchmark.concurrency, 1)],
         "total_experiments": len(records),
-        "successful_experiments": sum(r.status(num_stages) in (COMPLETED, STOPPED_EARLY) for r in records),
+        "successful_experiments": sum(r.status(num_stages) in (Outcome.COMPLETED, Outcome.STOPPED_BY_SCHEDULER, Outcome.STOPPED_BY_BUDGET) and bool(r.stages)
+                                      for r in records),
         "interrupted": any(not r.ended for r in records),
         "in_progress": False,  # True in the files rewritten after each trial while the run goes on
         "stopped_because": None,

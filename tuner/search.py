@@ -13,11 +13,11 @@ from ray.tune import Callback, Stopper
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
-from trainables.trial import BASELINE_KEY
-from tuner import registry
-from tuner.errors import TaskError, lost_worker, trial_error
-from tuner.objective import maximize
-from tuner.task import Task, grid_points
+from llm_autotuner.outcome import BASELINE_KEY
+from llm_autotuner.tuner import registry
+from llm_autotuner.errors import TaskError, lost_worker, trial_error
+from llm_autotuner.metrics import maximize
+from llm_autotuner.task import Task, grid_points
 
 METRIC, MODE, TIME_ATTR = "score", "max", "stage"
 OBJECTIVES = "objectives"  # each objective's own value in a trial's report, under objectives/<metric>

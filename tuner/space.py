@@ -6,7 +6,7 @@ from typing import Any
 
 from ray import tune
 
-from tuner.task import FloatRange, IntRange
+from llm_autotuner.task import FloatRange, IntRange
 
 
 def to_ray(search_space: dict[str, Any]) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from cluster.engines import LLAMA_CPP, SGLANG, VLLM, Launch
+from llm_autotuner.cluster.engines import LLAMA_CPP, SGLANG, VLLM, Launch
 
 LAUNCH = Launch("llama-server", "/models/m.gguf", "m", "127.0.0.1", 9000)
 

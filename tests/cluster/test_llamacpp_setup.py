@@ -11,11 +11,11 @@ import sys
 
 import pytest
 
-from cluster import llamacpp_build
-from cluster.engine_check import EngineCheckFailed, check_llama_server
-from cluster.llamacpp_setup import ensure_llama_server
-from cluster.procs import exit_text
-from tuner.errors import SetupError
+from llm_autotuner.cluster import llamacpp_build
+from llm_autotuner.cluster.engine_check import EngineCheckFailed, check_llama_server
+from llm_autotuner.cluster.llamacpp_setup import ensure_llama_server
+from llm_autotuner.cluster.procs import exit_text
+from llm_autotuner.errors import SetupError
 
 pytestmark = pytest.mark.e2e
 
@@ -137,7 +137,7 @@ def test_a_cached_build_needing_features_this_cpu_lacks_is_never_run(own_cache):
 
 def test_make_engine_fails_with_one_line_for_a_broken_binary(own_cache):
     env_binary = sigill_binary(own_cache / "llama-server")
-    completed = subprocess.run([sys.executable, "-m", "cluster.llamacpp_setup"], capture_output=True, text=True,
+    completed = subprocess.run([sys.executable, "-m", "llm_autotuner.cluster.llamacpp_setup"], capture_output=True, text=True,
                                timeout=120, env={**os.environ, "LLAMA_SERVER": str(env_binary)})
     assert completed.returncode == 2
     assert completed.stderr.count("\n") == 1 and "killed by SIGILL" in completed.stderr

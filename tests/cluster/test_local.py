@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from cluster.deployer import EngineSpec
-from cluster.engines import LLAMA_CPP
-from cluster.local import LocalDeployer, free_port
-from cluster.procs import start_time
-from tuner.errors import DeploymentError
+from llm_autotuner.cluster.deployer import EngineSpec
+from llm_autotuner.cluster.engines import LLAMA_CPP
+from llm_autotuner.cluster.local import LocalDeployer, free_port
+from llm_autotuner.cluster.procs import start_time
+from llm_autotuner.errors import DeploymentError
 from tests.conftest import engine_processes
 
 DATA = Path(__file__).parent.parent / "data"
@@ -140,7 +140,7 @@ def test_watchdog_kills_the_engine_when_its_owner_is_sigkilled(tmp_path):
     owner = subprocess.Popen(
         [sys.executable, "-c",
          "import sys, time\n"
-         "from cluster.procs import ProcessGroup\n"
+         "from llm_autotuner.cluster.procs import ProcessGroup\n"
          f"group = ProcessGroup(['sleep', '300'], log_path={str(tmp_path / 'log')!r})\n"
          "print(group.pgid, flush=True)\n"
          "time.sleep(300)\n"],

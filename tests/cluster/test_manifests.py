@@ -12,8 +12,8 @@ import jsonschema
 import pytest
 import yaml
 
-from cluster import manifests
-from cluster.engines import SGLANG
+from llm_autotuner.cluster import manifests
+from llm_autotuner.cluster.engines import SGLANG
 
 CRDS = Path(__file__).resolve().parents[1] / "data" / "crds"
 SAMPLES = Path(__file__).parent.parent / "data" / "ome-samples"

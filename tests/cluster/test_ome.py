@@ -5,15 +5,15 @@ import urllib.request
 
 import pytest
 
-from cluster.cleanup import delete_labelled
-from cluster.deployer import EngineSpec
-from cluster.engines import LLAMA_CPP, SGLANG
-from cluster.kube import labels, resource_name
-from cluster.ome import OmeDeployer
+from llm_autotuner.cluster.cleanup import delete_labelled
+from llm_autotuner.cluster.deployer import EngineSpec
+from llm_autotuner.cluster.engines import LLAMA_CPP, SGLANG
+from llm_autotuner.cluster.kube import labels, resource_name
+from llm_autotuner.cluster.ome import OmeDeployer
 from tests.fake_ome import GROUP, PLURAL, VERSION, FakeOme
 from tests.k8s_emulator import KubeEmulator
-from tuner.errors import DeploymentError
-from tuner.task import OmeDeployment
+from llm_autotuner.errors import DeploymentError
+from llm_autotuner.task import OmeDeployment
 
 NS = "tuning"
 
@@ -140,4 +140,5 @@ def test_names_are_valid_unique_and_short():
     for name in names | {long, resource_name("9lives", "a")}:
         assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name) and len(name) <= 63
     assert resource_name("exp", "t1") == "exp-t1"
-    assert resource_name("a-b", "c") != resource_name("a", "b-c") or True
+    assert resource_name("a-b", "c") != resource_name("a", "b-c")
+    assert resource_name("a-b", "c", "r1") != resource_name("a", "b-c", "r1")

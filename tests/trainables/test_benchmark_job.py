@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from cluster.deployer import Endpoint
+from llm_autotuner.cluster.deployer import Endpoint
 from tests.k8s_emulator import KubeEmulator
-from trainables.benchmark_job import BenchmarkJobRunner
-from trainables.trial import Resolved
-from tuner.errors import BenchmarkError
-from tuner.task import parse_task
+from llm_autotuner.trainables.benchmark_job import BenchmarkJobRunner
+from llm_autotuner.trainables.trial import Resolved
+from llm_autotuner.errors import BenchmarkError
+from llm_autotuner.task import parse_task
 
 NS = "tuning"
 REAL_FILE = Path(__file__).parent.parent / "data" / "D100_64_text-to-text_num_concurrency_4_time_9s.json"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tuner.task import Benchmark
-from trainables.genai_bench import GenaiBenchRunner, _read_stage, parse_stage_file, stages
+from llm_autotuner.task import Benchmark
+from llm_autotuner.trainables.genai_bench import GenaiBenchRunner, _read_stage, parse_stage_file, stages
 
 DATA = Path(__file__).parent.parent / "data"
 REAL_FILE = DATA / "D100_64_text-to-text_num_concurrency_4_time_9s.json"
@@ -75,8 +75,8 @@ def test_one_invocation_runs_every_stage_in_order():
     ("INFO only this\n", "INFO only this"),
 ])
 def test_the_reason_a_failed_run_gives_is_the_telling_line(tmp_path, log, expected):
-    from cluster.procs import ProcessGroup
-    from trainables.genai_bench import _reason
+    from llm_autotuner.cluster.procs import ProcessGroup
+    from llm_autotuner.trainables.genai_bench import _reason
 
     group = ProcessGroup(["printf", "%s", log], log_path=str(tmp_path / "log"))
     group.process.wait(timeout=10)

@@ -8,7 +8,7 @@ import pytest
 import ray
 
 from tests.conftest import engine_processes
-from tuner import cli
+from llm_autotuner.tuner import cli
 
 CORPUS = sorted((Path(__file__).parents[1] / "data" / "bad-tasks").glob("*.yaml"))
 

@@ -52,7 +52,7 @@ def test_resume_is_refused_for_a_searcher_that_cannot_save_its_state(tmp_path):
     (tmp_path / "task.yaml").write_text(yaml.safe_dump(task))
     (tmp_path / "custom" / "tune").mkdir(parents=True)
     (tmp_path / "custom" / "tune" / "tuner.pkl").write_bytes(b"an interrupted run")
-    run = subprocess.run([sys.executable, "-m", "tuner.cli", "run", str(tmp_path / "task.yaml"), "--resume"],
+    run = subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(tmp_path / "task.yaml"), "--resume"],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == [

@@ -9,8 +9,8 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from tuner.errors import SetupError
-from tuner.nodes import prepare_nodes
+from llm_autotuner.errors import SetupError
+from llm_autotuner.tuner.nodes import prepare_nodes
 
 pytestmark = pytest.mark.e2e
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tuner.objective import INFEASIBLE_SCORE, Limit, gain, request_limits, score_stages
+from llm_autotuner.objective import INFEASIBLE_SCORE, Limit, gain, request_limits, score_stages
 
 
 def stage(concurrency, tps, ttft_p90, error_rate=0.0):

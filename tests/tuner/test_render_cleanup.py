@@ -8,13 +8,13 @@ import sys
 
 import yaml
 
-from cluster.procs import start_time
-from cluster.records import EngineRecord, engine_records
+from llm_autotuner.cluster.procs import start_time
+from llm_autotuner.cluster.records import EngineRecord, engine_records
 from tests.cluster.test_manifests import validate
 
 
 def cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "tuner.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", *args], capture_output=True, text=True,
                           timeout=120, env=env)
 
 

@@ -4,9 +4,9 @@ import csv
 
 import pytest
 
-from trainables.trial import Resolved
-from tuner.results import TrialRecord, pareto_front, summarize, write
-from tuner.task import parse_task
+from llm_autotuner.trainables.trial import Resolved
+from llm_autotuner.tuner.results import TrialRecord, pareto_front, summarize, write
+from llm_autotuner.task import parse_task
 
 RESOLVED = Resolved("llama-server", "/models/m.gguf", "m", "/tok", "/tmp", "run")
 
@@ -21,7 +21,8 @@ def task(**objective):
 def record(number, parallel, tps, ttft, met=True):
     stages = [{"concurrency": c, "output_throughput": tps, "ttft_p90": ttft} for c in (1, 4)]
     reports = [{"stage": i + 1, "score": tps, "objective": tps, "violation": None, "error": None,
-                "slos_met": {"ttft_p90": met}, "metrics": stage} for i, stage in enumerate(stages)]
+                "slos_met": {"ttft_p90": met}, "metrics": stage, "outcome": "completed" if i == 1 else None}
+               for i, stage in enumerate(stages)]
     return TrialRecord(f"id{number}", {"parallel": parallel}, False, reports, experiment_id=number)
 
 
@@ -53,7 +54,7 @@ def test_no_front_without_secondary_objectives(tmp_path):
 
 
 def test_the_winner_is_chosen_on_the_mean_of_its_confirmation_runs():
-    from tuner.results import config_key
+    from llm_autotuner.tuner.results import config_key
 
     lucky, steady = record(1, 1, 120, 0.5), record(2, 2, 110, 0.5)
     confirmations = {config_key({"parallel": 1}, False): [100.0, 102.0],

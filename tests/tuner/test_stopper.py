@@ -3,7 +3,7 @@ failure guard ends it after k failed trials in a row, naming the likely cause.""
 
 from types import SimpleNamespace
 
-from tuner.search import FailureGuard, NoImprovementStopper
+from llm_autotuner.tuner.search import FailureGuard, NoImprovementStopper
 
 
 def finished(score, baseline=False):

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from tuner.errors import TaskError
-from tuner.task import FloatRange, IntRange, load_task, parse_task
+from llm_autotuner.errors import TaskError
+from llm_autotuner.task import FloatRange, IntRange, load_task, parse_task
 
 VALID = {
     "name": "t",
@@ -52,7 +52,7 @@ def test_json_is_accepted(tmp_path):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "tuner.cli", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", *args], capture_output=True, text=True, timeout=60)
 
 
 def test_cli_bad_input_exits_2_with_one_line(tmp_path):
@@ -79,7 +79,7 @@ def test_cli_validates_the_shipped_example():
 
 
 def test_grid_points_enumerate_choices_and_stepped_ranges():
-    from tuner.task import grid_points
+    from llm_autotuner.task import grid_points
 
     task = parse_task(with_change(search_space={"a": [1, 2], "b": {"type": "float", "min": 0.5, "max": 0.7, "step": 0.1}},
                                   search={"algorithm": "grid"}))
@@ -88,7 +88,7 @@ def test_grid_points_enumerate_choices_and_stepped_ranges():
 
 
 def test_a_custom_searcher_that_cannot_be_imported_says_what_to_install():
-    from tuner import registry
+    from llm_autotuner.tuner import registry
 
     with pytest.raises(TaskError, match="search.algorithm: cannot import no_such_pkg.mod .*pip install no_such_pkg"):
         registry.searcher_class("no_such_pkg.mod:Searcher")

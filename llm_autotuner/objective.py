@@ -8,31 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Maximised. goodput: completed requests per second that met every latency SLO (per request).
-THROUGHPUT_METRICS = ("output_throughput", "total_throughput", "requests_per_second", "goodput",
-                      "output_throughput_per_gpu")
-# itl is genai-bench's tpot: a request's time per output token after the first, i.e. its mean
-# inter-token latency; both names are accepted.
-LATENCY_KINDS = ("ttft", "tpot", "itl", "e2e")
-LATENCY_STATS = ("mean", "p50", "p90", "p95", "p99")
-LATENCY_METRICS = tuple(f"{kind}_{stat}" for kind in LATENCY_KINDS for stat in LATENCY_STATS)
-OBJECTIVE_METRICS = THROUGHPUT_METRICS + LATENCY_METRICS
-# An SLO is an upper limit on a latency statistic or on the error rate.
-SLO_METRICS = LATENCY_METRICS + ("error_rate",)
-# The per-request field each latency kind is judged on when counting goodput.
-REQUEST_FIELD = {"ttft": "ttft", "tpot": "tpot", "itl": "tpot", "e2e": "e2e_latency"}
+from llm_autotuner.metrics import METRICS, maximize
 
 # Worst score: finite, because searchers such as HyperOpt cannot learn from infinities.
 INFEASIBLE_SCORE = -1e9
-
-UNITS = {"output_throughput": "tok/s", "total_throughput": "tok/s", "requests_per_second": "req/s",
-         "goodput": "req/s", "output_throughput_per_gpu": "tok/s/GPU", "error_rate": ""} \
-    | {name: "s" for name in LATENCY_METRICS}
-
-
-def maximize(metric: str) -> bool:
-    return metric in THROUGHPUT_METRICS
-
 
 @dataclass(frozen=True)
 class Limit:
@@ -61,15 +40,14 @@ def request_limits(limits: list[Limit]) -> dict[str, float]:
     """Per-request latency limits for goodput: the tightest limit on each latency kind."""
     per_request: dict[str, float] = {}
     for limit in limits:
-        kind = limit.metric.split("_")[0]
-        if kind in REQUEST_FIELD:
-            field = REQUEST_FIELD[kind]
+        field = METRICS[limit.metric].request_field
+        if field:
             per_request[field] = min(limit.limit, per_request.get(field, float("inf")))
     return per_request
 
 
 def _describe(metric: str, observed: float, limit: float, concurrency) -> str:
-    unit = UNITS[metric]
+    unit = METRICS[metric].unit
     unit = f" {unit}" if unit else ""
     return f"{metric} {observed:.3g}{unit} > {limit:g}{unit} at concurrency {concurrency}"
 

@@ -16,8 +16,9 @@ import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError,
                       field_validator, model_validator)
 
-from tuner.errors import TaskError
-from tuner.objective import OBJECTIVE_METRICS, SLO_METRICS, Limit
+from llm_autotuner.errors import TaskError
+from llm_autotuner.metrics import METRICS, OBJECTIVE_METRICS, SLO_METRICS
+from llm_autotuner.objective import Limit
 
 Scalar = Union[bool, int, float, str]
 
@@ -27,6 +28,7 @@ _SAFE_VALUE = re.compile(r"^[^\s\-\x00-\x1f][^\s\x00-\x1f]*$")
 _FLAG_NAME = re.compile(r"^-{0,2}[A-Za-z][A-Za-z0-9_-]*$")
 _TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _SCENARIO = re.compile(r"^[A-Z]\([0-9.,]+\)(/\([0-9.,]+\))?$")
+_SECRET_ENV = re.compile(r"TOKEN|API_?KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
 
 
 def check_value(value: Scalar) -> Scalar:
@@ -43,7 +45,8 @@ def check_flag_name(name: str) -> str:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No NaN or infinity anywhere (YAML's .nan and .inf): no range, limit or weight means anything with one.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class IntRange(_Strict):
@@ -116,6 +119,15 @@ class Engine(_Strict):
     binary: str | None = Field(default=None, description="llama-server path; default: found or built")
     args: dict[FlagName, SafeScalar] = Field(default_factory=dict, description="flags every trial gets")
     env: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("env")
+    @classmethod
+    def _no_secrets(cls, env: dict[str, str]) -> dict[str, str]:
+        for name in env:
+            if _SECRET_ENV.search(name):
+                raise ValueError(f"{name} looks like a secret, and the task file is copied into the results; export it "
+                                 "where autotuner runs (local engines inherit it) or use a Kubernetes Secret (OME)")
+        return env
 
 
 class LocalDeployment(_Strict):
@@ -245,18 +257,17 @@ class Objective(_Strict):
             raise ValueError(f"repeated objectives {values}")
         return values
 
+    @model_validator(mode="after")
+    def _secondary_differs(self) -> "Objective":
+        if self.metric in self.secondary:
+            raise ValueError(f"objective.secondary: {self.metric} is already the primary objective (objective.metric)")
+        return self
+
     @property
     def metrics(self) -> list[str]:
         return [self.metric] + [m for m in self.secondary if m != self.metric]
 
 
-# Flags each engine's launcher sets itself (cluster/engines.py): a task value for one would be a
-# second, conflicting copy (the port the tuner health-checks, say).
-MANAGED_FLAGS = {
-    "llama.cpp": {"model", "host", "port", "alias"},
-    "sglang": {"model-path", "model", "host", "port", "served-model-name"},
-    "vllm": {"model", "host", "port", "served-model-name"},
-}
 SECRET_FLAGS = {"api-key", "hf-token", "token"}
 
 SEARCHER_NAMES = ("hyperopt", "optuna", "random", "grid")
@@ -339,16 +350,19 @@ class Task(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _no_managed_flags(self) -> "Task":
-        managed = MANAGED_FLAGS[self.engine.name]
+    def _goodput_has_limits(self) -> "Task":
+        if "goodput" in self.objective.metrics and not any(METRICS[m].request_field for m in self.slos):
+            raise ValueError("objective: goodput counts the requests that met every latency SLO, but slos sets none; "
+                             "add one, e.g. slos: {ttft_p90: 1.0}")
+        return self
+
+    @model_validator(mode="after")
+    def _no_secret_flags(self) -> "Task":
         for where, names in (("engine.args", self.engine.args), ("search_space", self.search_space)):
             for name in names:
-                bare = name.lstrip("-").replace("_", "-")
-                if bare in SECRET_FLAGS:
+                if name.lstrip("-").replace("_", "-") in SECRET_FLAGS:
                     raise ValueError(f"{where}.{name}: a key in the task file would be copied into the results; "
                                      f"put it in the environment instead (see Secrets in the README)")
-                if bare in managed:
-                    raise ValueError(f"{where}.{name}: the tuner sets this flag itself for each trial")
         return self
 
     @model_validator(mode="after")
@@ -404,6 +418,9 @@ def grid_points(search_space: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _known_metric(value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed and value in METRICS and METRICS[value].maximize:
+        raise ValueError(f"{value} is better when higher, and an SLO is an upper limit; make it the objective "
+                         "instead, or limit a latency or error_rate")
     if value not in allowed:
         close = difflib.get_close_matches(value, allowed, n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
@@ -431,7 +448,9 @@ def load_task(path: str | Path, search_overrides: dict[str, Any] | None = None) 
     except UnicodeDecodeError as error:
         raise TaskError(f"{path}: cannot read the task file (not UTF-8 text: byte {error.start})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except _RepeatedKey as error:
+        raise TaskError(f"{path}: {error}") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -439,6 +458,27 @@ def load_task(path: str | Path, search_overrides: dict[str, Any] | None = None) 
     if search_overrides and isinstance(data, dict):
         data["search"] = {**(data.get("search") or {}), **search_overrides}
     return parse_task(data, str(path))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML keeps the last of a repeated key silently (a second `search:` block would replace the
+    first): refuse it instead, naming the key and both lines."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # keys merged in with `<<` may be overridden: that is what merging is for
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise _RepeatedKey(f"key {key!r} appears twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); "
+                                   "YAML would keep only the last")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+class _RepeatedKey(yaml.YAMLError):
+    pass
 
 
 def _one_line(error: ValidationError) -> str:
