@@ -396,12 +396,14 @@ def _finish(task: Task, resolved: Resolved, results_dir: Path, grid, trainable, 
     experiment_dir = results_dir / RAY_EXPERIMENT_NAME
     # Trials Ray saved as TERMINATED or ERROR have ended (those a killed earlier session left
     # RUNNING have not), except the ones an interrupt of this session cut off.
-    ended = {trial.trial_id for trial in tune.ExperimentAnalysis(str(experiment_dir)).trials
-             if trial.status in ("TERMINATED", "ERROR")}
     if interrupt.requested:
-        ended -= ends.cut
-    # Without a signal, the trials the run's end cut off were stopped by its budget (time, patience, the guard).
-    trials = results_io.from_result_grid(grid, ended, cut_by_run=set() if interrupt.requested else ends.cut)
+        ended = {trial.trial_id for trial in tune.ExperimentAnalysis(str(experiment_dir)).trials
+                 if trial.status in ("TERMINATED", "ERROR")} - ends.cut
+        trials = results_io.from_result_grid(grid, ended)
+    else:
+        # No signal: every trial has ended; those the run's end cut off (running, or created and
+        # never started) were stopped by its budget (time, patience, the guard).
+        trials = results_io.from_result_grid(grid, cut_by_run=ends.cut)
     for trial in trials:
         if interrupt.requested and not trial.reports:
             trial.ended = False  # created but never run: the interrupt, not the search, left it out
