@@ -295,9 +295,8 @@ def _confirm(task: Task, trainable, results_dir: Path, trials: list, max_concurr
                                                              label="confirm")]),
     )
     runs: dict[str, list[float]] = {}
-    num_stages = len(task.benchmark.concurrency)
     for record in results_io.from_result_grid(tuner.fit()):
-        if record.status(num_stages) == Outcome.COMPLETED:
+        if record.status == Outcome.COMPLETED:
             runs.setdefault(results_io.config_key(record.parameters, record.baseline), []).append(record.objective)
     return runs
 

@@ -52,7 +52,8 @@ class TrialRecord:
     def error(self) -> str | None:
         return self.ray_error or self.last.get("error")
 
-    def status(self, num_stages: int) -> Outcome:
+    @property
+    def status(self) -> Outcome:
         if self.error:
             return Outcome.FAILED_INFRASTRUCTURE if self.infrastructure else Outcome(self.last.get("outcome", "failed"))
         stated = self.last.get("outcome")
@@ -192,7 +193,7 @@ def pareto_front(points: dict[int, dict[str, float]]) -> list[int]:
 def candidates(task: Task, records: list[TrialRecord]) -> list[TrialRecord]:
     """Trials that completed every stage, those that met every SLO (soft ones too) if any did,
     best score first, each config once (a searcher may propose a config twice)."""
-    finished = [r for r in records if r.status(len(task.benchmark.concurrency)) == Outcome.COMPLETED]
+    finished = [r for r in records if r.status == Outcome.COMPLETED]
     met_all = [r for r in finished if all((r.last.get("slos_met") or {}).values())]
     seen: set[str] = set()
     distinct = []
@@ -212,9 +213,8 @@ def summarize(task: Task, resolved: Resolved, records: list[TrialRecord], experi
               confirmations: dict[str, list[float]] | None = None) -> dict:
     """`confirmations`: config_key -> objective values of the re-measurements after the search.
     With them the winner is chosen on the mean of all its measurements, not on one lucky run."""
-    num_stages = len(task.benchmark.concurrency)
     metric = task.objective.metric
-    finished = [r for r in records if r.status(num_stages) == Outcome.COMPLETED]
+    finished = [r for r in records if r.status == Outcome.COMPLETED]
     confirmed = []
     for record in candidates(task, records):
         runs = (confirmations or {}).get(config_key(record.parameters, record.baseline))
@@ -231,7 +231,7 @@ def summarize(task: Task, resolved: Resolved, records: list[TrialRecord], experi
               for r in finished}
     front = pareto_front(values) if task.objective.secondary else []
     baseline = next((r for r in records if r.baseline), None)
-    baseline_ok = baseline is not None and baseline.status(num_stages) == Outcome.COMPLETED
+    baseline_ok = baseline is not None and baseline.status == Outcome.COMPLETED
 
     def brief(record: TrialRecord, runs: list[float] | None = None) -> dict:
         result = {"experiment_id": record.experiment_id, "trial_id": record.trial_id,
@@ -253,13 +253,13 @@ def summarize(task: Task, resolved: Resolved, records: list[TrialRecord], experi
         "stages": [{"stage": i, "concurrency": c, "traffic_scenario": task.benchmark.traffic_scenario}
                    for i, c in enumerate(task.benchmark.concurrency, 1)],
         "total_experiments": len(records),
-        "successful_experiments": sum(r.status(num_stages) in (Outcome.COMPLETED, Outcome.STOPPED_BY_SCHEDULER, Outcome.STOPPED_BY_BUDGET) and bool(r.stages)
+        "successful_experiments": sum(r.status in (Outcome.COMPLETED, Outcome.STOPPED_BY_SCHEDULER, Outcome.STOPPED_BY_BUDGET) and bool(r.stages)
                                       for r in records),
         "interrupted": any(not r.ended for r in records),
         "in_progress": False,  # True in the files rewritten after each trial while the run goes on
         "stopped_because": None,
         "best_result": brief(best, best_runs) if best else None,
-        "baseline": brief(baseline, baseline_runs) | {"status": baseline.status(num_stages)} if baseline else None,
+        "baseline": brief(baseline, baseline_runs) | {"status": baseline.status} if baseline else None,
         "gain_over_baseline": (gain(fmean(best_runs) if best_runs else best.objective, baseline_value, metric)
                                if best and baseline_ok else None),
         "confirmation": [{"experiment_id": record.experiment_id, "parameters": record.parameters,
@@ -274,7 +274,7 @@ def summarize(task: Task, resolved: Resolved, records: list[TrialRecord], experi
             "trial_id": r.trial_id,
             "baseline": r.baseline,
             "parameters": r.parameters,
-            "status": r.status(num_stages),
+            "status": r.status,
             "objective_score": r.objective,
             "stages_completed": len(r.stages),
             "objectives": values.get(r.experiment_id),
