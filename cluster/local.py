@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import socket
 import time
 import urllib.error
@@ -11,11 +12,14 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Callable
 
+from llm_autotuner.cluster import records
+from llm_autotuner.cluster.backend import Backend
 from llm_autotuner.cluster.deployer import Deployer, Endpoint, EngineSpec
 from llm_autotuner.cluster.engines import Launch
 from llm_autotuner.cluster.procs import ProcessGroup, exit_hint, exit_text, telling_line
 from llm_autotuner.cluster.records import EngineRecord
 from llm_autotuner.errors import DeploymentError
+from llm_autotuner.task import LocalDeployment as LocalSettings
 
 HEALTH_POLL_S = 0.25
 HEALTH_REQUEST_TIMEOUT_S = 2.0
@@ -127,3 +131,43 @@ def _healthy(url: str) -> bool:
             return response.status == 200
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
         return False
+
+
+LAUNCH_HOST, LAUNCH_PORT = "127.0.0.1", 8080  # in launch lines written for a user
+
+
+class LocalBackend(Backend):
+    """Engines as processes on the trial's Ray node, claimed as that node's CPUs (and GPUs)."""
+
+    def __init__(self, settings: LocalSettings):
+        self.settings = settings
+
+    def deployer(self) -> LocalDeployer:
+        return LocalDeployer()
+
+    def claim(self, engine: dict[str, float], client_cpus: float, node_cpus: int) -> dict[str, float]:
+        # Capped at one node's CPUs, or the trial could never be placed. On a small machine this
+        # runs CPU trials one after another, which keeps them from distorting each other's numbers.
+        return engine | {"CPU": min(engine.get("CPU", 0) + client_cpus, node_cpus)}
+
+    def settle(self, run_id: str) -> list[str]:
+        return [f"engine process group {record.pgid} (trial {record.trial_id}): its teardown was cut short"
+                for record in records.kill_run_engines(run_id)]
+
+    def cleanup(self, experiment: str | None) -> list[str]:
+        return [f"engine process group {record.pgid} ({record.experiment}, trial {record.trial_id}) left by run "
+                f"{record.run_id}" for record in records.kill_leftover_engines(experiment)]
+
+    def render(self, specs: list[EngineSpec]) -> dict[str, str]:
+        files = {}
+        for number, spec in enumerate(specs, 1):
+            argv = spec.profile.argv(launch_of(spec), spec.flags)
+            files[f"trial-{number}-launch.json"] = json.dumps(
+                {"argv": argv, "command": shlex.join(argv), "claims": spec.profile.resources(spec.flags)},
+                indent=2) + "\n"
+        return files
+
+
+def launch_of(spec: EngineSpec) -> Launch:
+    """Where a launch line written for a user (a dry run, the winner) serves."""
+    return Launch(spec.executable, spec.model_path, spec.served_name, LAUNCH_HOST, LAUNCH_PORT)

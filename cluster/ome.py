@@ -17,16 +17,22 @@ from kubernetes.client.rest import ApiException
 from urllib3.exceptions import HTTPError
 
 from llm_autotuner.cluster import kube, manifests
+from llm_autotuner.cluster.backend import Backend
+from llm_autotuner.cluster.cleanup import delete_labelled, wait_until_gone
 from llm_autotuner.cluster.deployer import Deployer, Endpoint, EngineSpec
+from llm_autotuner.cluster.engines import EngineProfile, EngineSetup
 from llm_autotuner.cluster.portforward import PortForward
 from llm_autotuner.errors import DeploymentError
 from llm_autotuner.task import OmeDeployment as OmeSettings
+from llm_autotuner.task import Task
 
 PLURAL, KIND = "inferenceservices", "InferenceService"
 WATCH_SEGMENT_S = 5  # how long one watch runs before the pods are checked again
 FAILED_WAITING_REASONS = {"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError",
                           "InvalidImageName", "CreateContainerError"}
 DELETE_WAIT_S = 120
+MODEL_PATH_IN_POD = "$(MODEL_PATH)"  # how a runtime's command names the model the controller mounted
+OME_GPU_RESOURCE = "ome_gpu"  # Ray custom resource: the Kubernetes GPUs the trials may hold at once
 
 
 @dataclass
@@ -60,6 +66,12 @@ def render(spec: EngineSpec, settings: OmeSettings) -> dict:
     )
 
 
+def cluster_url(settings: OmeSettings, spec: EngineSpec) -> str:
+    """Where a pod in the cluster reaches the engine of `spec` (its InferenceService's service)."""
+    name = kube.resource_name(spec.experiment, spec.trial_id, spec.run_id)
+    return f"http://{name}.{settings.namespace}.svc.cluster.local:{settings.port}"
+
+
 def runtime_manifest(settings: OmeSettings, served_name: str) -> dict:
     """The ClusterServingRuntime a task asks the tuner to create (deployment.create_runtime)."""
     wanted = settings.create_runtime
@@ -82,6 +94,61 @@ def ensure_runtime(settings: OmeSettings, served_name: str, api: client.ApiClien
         if error.status == 409:
             return False
         raise kube.explain(error, "create", "ClusterServingRuntime", settings.runtime, None) from None
+
+
+class OmeBackend(Backend):
+    """One InferenceService per trial on Kubernetes; its GPUs held in Ray out of the task's budget."""
+
+    control_start = False  # a second InferenceService costs minutes; failures common to all configs are API errors
+
+    def __init__(self, settings: OmeSettings):
+        self.settings = settings
+
+    def deployer(self) -> "OmeDeployer":
+        return OmeDeployer(self.settings)
+
+    # The runtime's image brings the engine and the controller mounts the model: nothing of them is
+    # on this machine or the Ray nodes to check or set up.
+    def check(self, profile: EngineProfile, task: Task) -> None:
+        pass
+
+    def setup(self, profile: EngineProfile, task: Task, prove_here: bool) -> EngineSetup:
+        return EngineSetup(executable="", model_path=task.model.path or MODEL_PATH_IN_POD,
+                           served_name=task.model.name, tokenizer=task.model.tokenizer or "")
+
+    def setup_nodes(self, profile: EngineProfile, task: Task, skip: set[str]) -> dict[str, str]:
+        return {}
+
+    def claim(self, engine: dict[str, float], client_cpus: float, node_cpus: int) -> dict[str, float]:
+        # The engine runs on Kubernetes nodes, not in Ray: only the load generator's CPUs are held in Ray.
+        return {"CPU": client_cpus, OME_GPU_RESOURCE: engine.get("GPU", 0.0)}
+
+    def offers(self) -> dict[str, float]:
+        return {OME_GPU_RESOURCE: float(self.settings.gpu_budget)}
+
+    def prepare(self, served_name: str) -> list[str]:
+        if self.settings.create_runtime is not None and ensure_runtime(self.settings, served_name):
+            return [f"created ClusterServingRuntime {self.settings.runtime}"]
+        return []
+
+    def settle(self, run_id: str) -> list[str]:
+        selector = f"{kube.RUN_LABEL}={kube.label_value(run_id)}"
+        done = [f"removed leftover {kind} {name}" for kind, name in delete_labelled(self.settings, selector)]
+        left = wait_until_gone(self.settings, selector, DELETE_WAIT_S)
+        return done + ([f"still being deleted after {DELETE_WAIT_S} s: {', '.join(left)}"] if left else [])
+
+    def cleanup(self, experiment: str | None) -> list[str]:
+        selector = "" if experiment is None else f"{kube.EXPERIMENT_LABEL}={kube.label_value(experiment)}"
+        return [f"{kind} {name} in {self.settings.namespace}"
+                for kind, name in delete_labelled(self.settings, selector, skip_live_runs=True)]
+
+    def render(self, specs: list[EngineSpec]) -> dict[str, str]:
+        files = {f"trial-{number}-inferenceservice.yaml": manifests.to_yaml(render(spec, self.settings))
+                 for number, spec in enumerate(specs, 1)}
+        if self.settings.create_runtime is not None and specs:
+            files["cluster-serving-runtime.yaml"] = manifests.to_yaml(runtime_manifest(self.settings,
+                                                                                       specs[0].served_name))
+        return files
 
 
 class OmeDeployer(Deployer):

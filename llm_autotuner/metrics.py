@@ -37,8 +37,10 @@ _THROUGHPUTS = [
 ]
 _LATENCIES = [Metric(f"{kind}_{stat}", "s", False, LATENCY_KINDS[KIND_ALIASES.get(kind, kind)])
               for kind in [*LATENCY_KINDS, *KIND_ALIASES] for stat in LATENCY_STATS]
-METRICS: dict[str, Metric] = {m.name: m for m in [*_THROUGHPUTS, *_LATENCIES,
-                                                   Metric("error_rate", "", False, objective=False)]}
+# Fractions of a stage's requests: failed (by genai-bench's count), and answered with fewer output
+# tokens than asked (a context too small per slot, a length limit), which would look like speed.
+_FRACTIONS = [Metric("error_rate", "", False, objective=False), Metric("truncated_fraction", "", False, objective=False)]
+METRICS: dict[str, Metric] = {m.name: m for m in [*_THROUGHPUTS, *_LATENCIES, *_FRACTIONS]}
 OBJECTIVE_METRICS = tuple(name for name, m in METRICS.items() if m.objective)
 SLO_METRICS = tuple(name for name, m in METRICS.items() if m.slo)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -50,7 +51,7 @@ class _Strict(BaseModel):
 
 
 class IntRange(_Strict):
-    """An integer range, inclusive, optionally stepped or sampled on a log scale."""
+    """An integer range: min..max inclusive, or min, min + step, ..., max; optionally on a log scale."""
 
     type: Literal["int"]
     min: int
@@ -63,9 +64,16 @@ class IntRange(_Strict):
         _check_range(self.min, self.max, self.log, self.step)
         return self
 
+    def values(self) -> list[int]:
+        return list(range(self.min, self.max + 1, self.step or 1))
+
+    def holds(self, value: Any) -> bool:
+        return (isinstance(value, int) and not isinstance(value, bool) and self.min <= value <= self.max
+                and (value - self.min) % (self.step or 1) == 0)
+
 
 class FloatRange(_Strict):
-    """A float range, uniform or on a log scale, optionally quantised by step."""
+    """A float range: continuous (uniform or on a log scale), or min, min + step, ..., max."""
 
     type: Literal["float"]
     min: float
@@ -78,14 +86,52 @@ class FloatRange(_Strict):
         _check_range(self.min, self.max, self.log, self.step)
         return self
 
+    def values(self) -> list[float] | None:
+        """The stepped range's values (None for a continuous one), computed in decimal as written,
+        so 0.1 steps give 0.3 and not 0.30000000000000004."""
+        if self.step is None:
+            return None
+        low, step = _decimal(self.min), _decimal(self.step)
+        count = (_decimal(self.max) - low) / step
+        return [float(low + k * step) for k in range(int(count) + 1)]
+
+    def holds(self, value: Any) -> bool:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return False
+        return value in self.values() if self.step is not None else self.min <= value <= self.max
+
+
+# A stepped range becomes one choice per value (tuner/space.py); HyperOpt slows with the count
+# (measured: 1.4 s for 30 suggestions over 1,000 values, 43 s over 20,000).
+MAX_STEPPED_VALUES = 10_000
+
+
+def _decimal(number: float) -> Decimal:
+    # The shortest repr is what the task file said (0.1, not 0.1000000000000000055...).
+    return Decimal(repr(number))
+
 
 def _check_range(low: float, high: float, log: bool, step: float | None) -> None:
+    """The one rule every searcher follows (tuner/space.py): a stepped range's values are min,
+    min + step, ..., max, so max - min must be a whole number of steps."""
     if low >= high:
         raise ValueError(f"min must be below max ({low} >= {high})")
     if log and low <= 0:
         raise ValueError(f"a log range needs min > 0 (got {low})")
-    if step is not None and step > high - low:
+    if step is None:
+        return
+    if log:
+        raise ValueError("step and log: true together are not supported (a stepped range is evenly spaced); "
+                         "list log-spaced values as choices, e.g. [64, 128, 256, 512]")
+    if step > high - low:
         raise ValueError(f"step {step} is larger than the range {low}..{high}")
+    span = _decimal(high) - _decimal(low)
+    if span % _decimal(step):
+        raise ValueError(f"max - min ({span}) is not a multiple of step ({step})")
+    count = int(span / _decimal(step)) + 1
+    if count > MAX_STEPPED_VALUES:
+        raise ValueError(f"{count} values from min to max in steps of {step}; a stepped range may hold at most "
+                         f"{MAX_STEPPED_VALUES}: take a larger step, or leave step out")
 
 
 def _check_choices(values: list[Scalar]) -> list[Scalar]:
@@ -115,7 +161,8 @@ class Model(_Strict):
 
 
 class Engine(_Strict):
-    name: Literal["llama.cpp", "sglang", "vllm"]
+    # Checked against the engine profiles (cluster/engines.py), which this layer cannot import.
+    name: str = Field(description="llama.cpp, sglang or vllm")
     binary: str | None = Field(default=None, description="llama-server path; default: found or built")
     args: dict[FlagName, SafeScalar] = Field(default_factory=dict, description="flags every trial gets")
     env: dict[str, str] = Field(default_factory=dict)
@@ -189,6 +236,11 @@ class BenchmarkJobSettings(_Strict):
     timeout_s: float = Field(default=3600.0, gt=0)
 
 
+# Hard limits a task has unless its slos set their own: a config that fails requests, or answers
+# shorter than asked, must not win on the throughput of what it did answer.
+DEFAULT_LIMITS = {"error_rate": 0.05, "truncated_fraction": 0.0}
+
+
 class Benchmark(_Strict):
     traffic_scenario: str = "D(100,64)"
     concurrency: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)] = [1, 4, 8]
@@ -200,6 +252,8 @@ class Benchmark(_Strict):
         default="direct", description="direct: genai-bench from the trial; benchmarkjob: an OME BenchmarkJob")
     benchmark_job: BenchmarkJobSettings | None = None
     client_cpus: float = Field(default=1.0, ge=0, description="CPUs genai-bench uses, added to each trial's claim")
+    warmup_requests: int | None = Field(default=None, ge=0, description="requests sent before the first stage and "
+                                        "not measured (default: the highest concurrency; 0: none)")
     stage_weights: list[Annotated[float, Field(gt=0)]] | None = Field(
         default=None, description="each stage's weight in the objective (default: equal)")
 
@@ -382,9 +436,12 @@ class Task(_Strict):
                 domain = self.search_space.get(name)
                 if domain is None:
                     raise ValueError(f"{where}: not a parameter of search_space")
-                inside = value in domain if isinstance(domain, list) else domain.min <= value <= domain.max
-                if not inside:
-                    raise ValueError(f"{where}: {value!r} is outside the search space")
+                if not (value in domain if isinstance(domain, list) else domain.holds(value)):
+                    # Between two steps is outside too, so a stepped range's values are named.
+                    steps = domain.values() if not isinstance(domain, list) and domain.step else []
+                    shown = steps if len(steps) <= 3 else [steps[0], steps[1], "...", steps[-1]]
+                    listed = f" ({', '.join(map(str, shown))})" if steps else ""
+                    raise ValueError(f"{where}: {value!r} is outside the search space{listed}")
             missing = set(self.search_space) - set(point)
             if missing:
                 raise ValueError(f"search.initial_points.{number}: missing {', '.join(sorted(missing))}")
@@ -392,8 +449,10 @@ class Task(_Strict):
 
     @property
     def limits(self) -> list[Limit]:
-        return [Limit(metric, slo, True) if isinstance(slo, (int, float)) else Limit(metric, slo.limit, slo.hard)
-                for metric, slo in self.slos.items()]
+        """The task's SLOs, and the limits every task has unless it sets its own (DEFAULT_LIMITS)."""
+        given = [Limit(metric, slo, True) if isinstance(slo, (int, float)) else Limit(metric, slo.limit, slo.hard)
+                 for metric, slo in self.slos.items()]
+        return given + [Limit(metric, limit, True) for metric, limit in DEFAULT_LIMITS.items() if metric not in self.slos]
 
     @property
     def results_path(self) -> Path:
@@ -406,11 +465,8 @@ def grid_points(search_space: dict[str, Any]) -> list[dict[str, Any]]:
     for name, spec in search_space.items():
         if isinstance(spec, list):
             axes[name] = list(spec)
-        elif isinstance(spec, IntRange):
-            axes[name] = list(range(spec.min, spec.max + 1, spec.step or 1))
-        elif isinstance(spec, FloatRange) and spec.step:
-            count = int(round((spec.max - spec.min) / spec.step))
-            axes[name] = [round(spec.min + i * spec.step, 10) for i in range(count + 1)]
+        elif isinstance(spec, IntRange) or (isinstance(spec, FloatRange) and spec.step):
+            axes[name] = spec.values()
         else:
             raise TaskError(f"search.algorithm: grid needs a discrete space, but search_space.{name} is a float "
                             "range without a step; give it choices or a step")

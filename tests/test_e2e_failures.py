@@ -171,7 +171,8 @@ def test_a_run_first_kills_what_an_earlier_killed_run_of_the_task_left(tmp_path,
     try:
         EngineRecord("killed-run", "no-winner", "t1", leftover.pid, start_time(leftover.pid), "llama-server").save()
         completed, _ = run_task(tmp_path, engine={"name": "llama.cpp", "args": {"no-such-flag": 1}})
-        assert f"killed engine process group {leftover.pid} left by run killed-run" in completed.stdout
+        assert (f"removed engine process group {leftover.pid} (no-winner, trial t1) left by run killed-run"
+                in completed.stdout)
         assert leftover.wait(timeout=10) == -signal.SIGKILL
         assert engine_records() == []
     finally:

@@ -48,3 +48,41 @@ def test_the_check_sees_an_upward_import(tmp_path):
     planted.write_text("from llm_autotuner.tuner.driver import run\nimport llm_autotuner.trainables.trial\n")
     assert [rank_of(module) for _, module in imports(planted)] == [3, 2]
     assert rank_of("llm_autotuner.errors") == 0 and rank_of("ray.tune") is None
+
+
+# A backend is one module of cluster/ behind cluster/backend.py; an engine is one profile. The
+# driver and the trial reach them only through those interfaces, so adding either touches no
+# branch there. (trainables/benchmark_job.py is the OME-only load generator: it may name OME.)
+BACKEND_MODULES = {"llm_autotuner.cluster.local", "llm_autotuner.cluster.ome"}
+BACKEND_SETTINGS = {"LocalDeployment", "OmeDeployment"}
+ENGINE_NAMES = {"llama.cpp", "sglang", "vllm"}
+
+
+def backend_or_engine_branches(path: Path) -> list[str]:
+    found = [f"line {line}: imports {module}" for line, module in imports(path)
+             if module.rpartition(".")[0] in BACKEND_MODULES or module in BACKEND_MODULES]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "isinstance":
+            named = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)} | \
+                    {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)}
+            if named & BACKEND_SETTINGS:
+                found.append(f"line {node.lineno}: isinstance on a backend's settings")
+        if isinstance(node, ast.Compare) and any(isinstance(c, ast.Constant) and c.value in ENGINE_NAMES
+                                                 for c in node.comparators):
+            found.append(f"line {node.lineno}: compares with an engine's name")
+    return found
+
+
+def test_driver_and_trial_name_no_backend_and_no_engine():
+    branches = [f"{path.relative_to(REPO)} {what}"
+                for folder in ("tuner", "trainables") for path in sorted((REPO / folder).glob("*.py"))
+                if path.name != "benchmark_job.py" for what in backend_or_engine_branches(path)]
+    assert not branches, "backend or engine branches outside their modules:\n" + "\n".join(branches)
+
+
+def test_the_branch_check_sees_a_planted_branch(tmp_path):
+    planted = tmp_path / "bad.py"
+    planted.write_text("from llm_autotuner.cluster.ome import OmeDeployer\n"
+                       "if isinstance(task.deployment, OmeDeployment): pass\n"
+                       "if task.engine.name == 'llama.cpp': pass\n")
+    assert len(backend_or_engine_branches(planted)) == 3

@@ -17,7 +17,8 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from llm_autotuner.cluster import kube, manifests
-from llm_autotuner.cluster.deployer import Endpoint
+from llm_autotuner.cluster.deployer import Endpoint, EngineSpec
+from llm_autotuner.cluster.ome import cluster_url
 from llm_autotuner.trainables.genai_bench import Stage, watch_stages
 from llm_autotuner.errors import BenchmarkError
 from llm_autotuner.objective import request_limits
@@ -27,32 +28,41 @@ STATE_POLL_S = 2.0
 
 
 class BenchmarkJobRunner:
-    def __init__(self, task, resolved, api_backend: str):
+    def __init__(self, task, run_id: str, api_backend: str):
         self.task = task
         self.settings = task.benchmark.benchmark_job
         self.ome = task.deployment
-        self.resolved = resolved
+        self.run_id = run_id
         self.api_backend = api_backend
+
+    def render(self, spec: EngineSpec) -> str:
+        """The job that would load the engine of `spec` (a dry run)."""
+        url = cluster_url(self.ome, spec)
+        return manifests.to_yaml(self.manifest(self._name(spec.trial_id), spec.trial_id, Endpoint(url, url),
+                                               spec.served_name))
+
+    def _name(self, trial_id: str) -> str:
+        return kube.resource_name(self.task.name, f"{trial_id}-bench", self.run_id)
 
     def manifest(self, name: str, trial_id: str, endpoint: Endpoint, model_name: str) -> dict:
         benchmark = self.task.benchmark
         return manifests.benchmark_job(
             name=name, namespace=self.ome.namespace,
-            labels=kube.labels(self.task.name, self.resolved.run_id, trial_id),
+            labels=kube.labels(self.task.name, self.run_id, trial_id),
             endpoint_url=endpoint.cluster_url, model_name=model_name,
             tokenizer=None,  # the CRD has no tokenizer field; the job's genai-bench finds its own
             task="text-to-text",
             traffic_scenarios=[benchmark.traffic_scenario], num_concurrency=list(benchmark.concurrency),
             max_time_per_iteration=benchmark.max_minutes_per_stage,
             max_requests_per_iteration=benchmark.max_requests_per_stage,
-            output_storage_uri=f"{self.settings.output_storage_uri.rstrip('/')}/{self.resolved.run_id}/{trial_id}",
+            output_storage_uri=f"{self.settings.output_storage_uri.rstrip('/')}/{self.run_id}/{trial_id}",
             image=self.settings.image,
         )
 
     @contextlib.contextmanager
     def run(self, endpoint: Endpoint, model_name: str, workdir: Path) -> Iterator[Iterator[tuple[Stage, dict]]]:
         trial_id = workdir.name  # the trial's folder is named by its id
-        name = kube.resource_name(self.task.name, f"{trial_id}-bench", self.resolved.run_id)
+        name = self._name(trial_id)
         custom = client.CustomObjectsApi(kube.api_client(self.ome.kubeconfig, self.ome.context))
         manifest = self.manifest(name, trial_id, endpoint, model_name)
         (workdir / "benchmark_job.yaml").write_text(manifests.to_yaml(manifest))
@@ -61,7 +71,7 @@ class BenchmarkJobRunner:
                                                    manifest, _request_timeout=kube.REQUEST_TIMEOUT_S)
         except ApiException as error:
             raise BenchmarkError(str(kube.explain(error, "create", KIND, name, self.ome.namespace))) from None
-        results = Path(self.settings.results_mount) / self.resolved.run_id / trial_id
+        results = Path(self.settings.results_mount) / self.run_id / trial_id
         try:
             yield watch_stages(self.task.benchmark, results, _JobState(custom, self.ome.namespace, name),
                                self.settings.timeout_s, request_limits(self.task.limits))

@@ -9,10 +9,10 @@ ASHA can stop the trial before the next stage.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import re
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -24,10 +24,15 @@ from llm_autotuner.cluster.procs import ProcessGroup
 from llm_autotuner.errors import BenchmarkError
 from llm_autotuner.metrics import METRICS
 from llm_autotuner.task import Benchmark
+from llm_autotuner.trainables.timed_genai_bench import REQUEST_LOG_ENV
+from llm_autotuner.trainables.warmup import API_KEY_ENV, warm_up
 
 POLL_S = 0.25
 STARTUP_ALLOWANCE_S = 120.0  # genai-bench imports transformers, pandas and locust before stage 1
-API_KEY_ENV = "AUTOTUNER_API_KEY"  # the engine's API key, if it wants one; never written anywhere
+# Users started per second. genai-bench's default (the concurrency) starts a stage's users over its
+# first second, time in which the engine is not at the stage's load but which the window counts.
+SPAWN_RATE = 1000
+FIXED_LENGTH_BACKENDS = {"sglang", "vllm"}  # genai-bench sends ignore_eos: every answer as long as asked
 _STAGE_FILE = re.compile(r"_num_concurrency_(\d+)_time_[\d.]+s\.json$")
 
 
@@ -42,30 +47,46 @@ def stages(benchmark: Benchmark) -> list[Stage]:
     return [Stage(i, c, benchmark.traffic_scenario) for i, c in enumerate(benchmark.concurrency, 1)]
 
 
-def parse_stage_file(path: Path, request_limits: dict[str, float] | None = None) -> dict:
+def parse_stage_file(path: Path, request_limits: dict[str, float] | None = None,
+                     requests: list[dict] | None = None, fixed_length: bool = False) -> dict:
     """One genai-bench result file -> our stage metrics (seconds, tokens/s, our own error rate).
 
-    Throughputs are computed from the per-request records over the time the client kept
-    `concurrency` requests in flight (sum of end-to-end latencies / concurrency). genai-bench's
-    own figures divide by a run duration that ends at its next once-a-second check, up to 1 s
-    after the last answer: on a 10 s stage that is a 10% error, enough to rank configs wrongly.
-    They are kept as `*_genai_bench` for reference. `goodput` counts, per second of the same
-    time, the completed requests whose own latencies met every limit in `request_limits`
-    (per-request field -> seconds, from the SLOs).
+    Throughputs are the completed requests' tokens over the time `concurrency` requests were in
+    flight: the sum of every request's time, from sent to answered, failed ones included (a
+    config that fails requests slowly pays for their time), divided by the concurrency (Little's
+    law). `requests` are the stage's lines of our request log (trainables/timed_genai_bench.py),
+    which time every request; without them (a BenchmarkJob's genai-bench) only completed requests
+    have times. Why not the stage's window (first sent to last answered): genai-bench ends a stage
+    at its once-a-second check and kills the requests still in flight, whose work the window holds
+    but whose tokens nobody counts; measured, that put short stages up to 30% below long ones at
+    concurrency 8 (benchmarks/throughput_window.py, docs/benchmarks.md). The window is kept as
+    `window_s`; genai-bench's own figures (over a duration ending at its next check) as
+    `*_genai_bench`. `goodput` counts, per second of the same time, the completed requests whose
+    own latencies met every limit in `request_limits` (per-request field -> seconds, from the SLOs).
+    `truncated_fraction`: the completed requests answered with fewer output tokens than they asked
+    for; known only when the backend asks for answers of fixed length (`fixed_length`: sglang and
+    vllm send ignore_eos), else None.
     """
     data = json.loads(path.read_text())
     aggregated = data["aggregated_metrics"]
     stats = aggregated["stats"]
-    requests = aggregated.get("num_requests") or 0
+    requests_made = aggregated.get("num_requests") or 0
     errors = aggregated.get("num_error_requests") or 0
     concurrency = aggregated["num_concurrency"]
     done = [r for r in data.get("individual_request_metrics") or []
             if not r.get("error_code") and r.get("e2e_latency")]
-    busy_s = sum(r["e2e_latency"] for r in done) / min(concurrency, len(done)) if done else 0.0
+    if requests:
+        busy_s = sum(r["done"] - r["sent"] for r in requests) / concurrency
+        window_s = max(r["done"] for r in requests) - min(r["sent"] for r in requests)
+    else:
+        busy_s = sum(r["e2e_latency"] for r in done) / min(concurrency, len(done)) if done else 0.0
+        window_s = aggregated.get("run_duration")
     metrics = {
         "concurrency": concurrency,
         "duration_s": aggregated.get("run_duration"),
         "busy_s": busy_s,
+        "timed": "every request" if requests else "completed requests",
+        "window_s": window_s,
         "output_throughput": sum(r["num_output_tokens"] for r in done) / busy_s if busy_s else 0.0,
         "total_throughput": sum(r["total_tokens"] for r in done) / busy_s if busy_s else 0.0,
         "requests_per_second": len(done) / busy_s if busy_s else 0.0,
@@ -73,11 +94,12 @@ def parse_stage_file(path: Path, request_limits: dict[str, float] | None = None)
         "output_throughput_genai_bench": aggregated["mean_output_throughput_tokens_per_s"],
         "total_throughput_genai_bench": aggregated["mean_total_tokens_throughput_tokens_per_s"],
         "requests_per_second_genai_bench": aggregated["requests_per_second"],
-        "num_requests": requests,
+        "num_requests": requests_made,
         "num_completed_requests": aggregated.get("num_completed_requests"),
         "num_errors": errors,
         # genai-bench's own error_rate is always 0 (0.0.5); compute it.
-        "error_rate": errors / requests if requests else 1.0,
+        "error_rate": errors / requests_made if requests_made else 1.0,
+        "truncated_fraction": _truncated(requests) if fixed_length and requests else None,
     }
     for name, metric in METRICS.items():
         if metric.request_field:  # a latency statistic: ttft_p90 is the p90 of the requests' ttft
@@ -85,17 +107,32 @@ def parse_stage_file(path: Path, request_limits: dict[str, float] | None = None)
     return metrics
 
 
+def _truncated(requests: list[dict]) -> float | None:
+    answered = [r for r in requests if r["status"] == 200 and r.get("wanted_tokens") and
+                r.get("output_tokens") is not None]
+    if not answered:
+        return None
+    return sum(r["output_tokens"] < r["wanted_tokens"] for r in answered) / len(answered)
+
+
+def read_request_log(path: Path | None, concurrency: int) -> list[dict]:
+    """The stage's lines of our request log (all written before genai-bench writes the stage's file)."""
+    if path is None or not path.is_file():
+        return []
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+    return [line for line in lines if line.get("concurrency") == concurrency]
+
+
 def _good(requests: list[dict], limits: dict[str, float]) -> int:
     return sum(all((r.get(field) if r.get(field) is not None else float("inf")) <= limit
                    for field, limit in limits.items()) for r in requests)
 
 
-def genai_bench_executable() -> str:
-    beside = Path(sys.executable).parent / "genai-bench"
-    found = str(beside) if beside.exists() else shutil.which("genai-bench")
-    if not found:
+def genai_bench_argv() -> list[str]:
+    """genai-bench, run through our request log (trainables/timed_genai_bench.py)."""
+    if importlib.util.find_spec("genai_bench") is None:  # found, not imported: importing it patches gevent in
         raise BenchmarkError("genai-bench is not installed: pip install genai-bench")
-    return found
+    return [sys.executable, "-m", "llm_autotuner.trainables.timed_genai_bench"]
 
 
 class GenaiBenchRunner:
@@ -107,7 +144,7 @@ class GenaiBenchRunner:
         self.api_backend = api_backend
 
     def argv(self, base_url: str, model_name: str, out_dir: Path) -> list[str]:
-        argv = [genai_bench_executable(), "benchmark", "--api-backend", self.api_backend,
+        argv = [*genai_bench_argv(), "benchmark", "--api-backend", self.api_backend,
                 "--api-base", base_url, "--api-key", "none",  # the real one: MODEL_API_KEY
                 "--api-model-name", model_name, "--model-tokenizer", self.tokenizer,
                 "--task", "text-to-text", "--traffic-scenario", self.benchmark.traffic_scenario]
@@ -115,17 +152,20 @@ class GenaiBenchRunner:
             argv += ["--num-concurrency", str(concurrency)]
         return argv + ["--max-time-per-run", str(self.benchmark.max_minutes_per_stage),
                        "--max-requests-per-run", str(self.benchmark.max_requests_per_stage),
+                       "--spawn-rate", str(SPAWN_RATE),
                        "--experiment-base-dir", str(out_dir), "--experiment-folder-name", "run",
                        "--log-dir", str(out_dir / "logs")]
 
     @contextlib.contextmanager
     def run(self, endpoint: Endpoint, model_name: str, workdir: Path) -> Iterator[Iterator[tuple[Stage, dict]]]:
-        """Start genai-bench; yield an iterator of (stage, metrics) as each stage finishes.
-        genai-bench is killed on leaving the block, whether or not every stage ran."""
+        """Warm the engine up, start genai-bench; yield an iterator of (stage, metrics) as each
+        stage finishes. genai-bench is killed on leaving the block, whether or not every stage ran."""
         out_dir = workdir / "genai-bench"
         out_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "ENABLE_UI": "false", "HF_HUB_OFFLINE": "1",
-               "TRANSFORMERS_OFFLINE": "1", "MPLCONFIGDIR": str(out_dir / "mpl")}
+        warm_up(endpoint.url, model_name, self.benchmark, self.api_backend, out_dir / "warmup.json")
+        request_log = out_dir / "requests.jsonl"
+        env = {**os.environ, "ENABLE_UI": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+               "MPLCONFIGDIR": str(out_dir / "mpl"), REQUEST_LOG_ENV: str(request_log)}
         # The key goes through genai-bench's environment, not its argv: a command line is visible
         # to every user of the machine (ps) and gets logged. Only ours: it is the one we scrub.
         env.pop("MODEL_API_KEY", None)
@@ -135,14 +175,16 @@ class GenaiBenchRunner:
                              log_path=str(workdir / "genai-bench.log"), env=env, cwd=str(out_dir))
         try:
             yield watch_stages(self.benchmark, out_dir / "run", lambda: endpoint.failure() or _exit_reason(group),
-                               STARTUP_ALLOWANCE_S, self.request_limits)
+                               STARTUP_ALLOWANCE_S, self.request_limits, request_log,
+                               fixed_length=self.api_backend in FIXED_LENGTH_BACKENDS)
         finally:
             group.stop(grace_s=0)  # its result files are complete; nothing to shut down cleanly
             scrub_api_key(workdir)  # genai-bench.log and everything under genai-bench/
 
 
 def watch_stages(benchmark: Benchmark, run_dir: Path, failure: Callable[[], str | None],
-                 startup_s: float, request_limits: dict[str, float]) -> Iterator[tuple[Stage, dict]]:
+                 startup_s: float, request_limits: dict[str, float], request_log: Path | None = None,
+                 fixed_length: bool = False) -> Iterator[tuple[Stage, dict]]:
     """Yield (stage, metrics) as each stage's result file appears under `run_dir`.
 
     `failure()` says why the load generator ended early (None while it runs); each stage has a
@@ -150,15 +192,18 @@ def watch_stages(benchmark: Benchmark, run_dir: Path, failure: Callable[[], str 
     """
     deadline = time.monotonic() + startup_s + benchmark.stage_timeout_s
     for stage in stages(benchmark):
-        yield stage, _wait_for_stage(run_dir, stage, failure, deadline, request_limits)
+        yield stage, _wait_for_stage(run_dir, stage, failure, deadline,
+                                     lambda path: parse_stage_file(path, request_limits,
+                                                                   read_request_log(request_log, stage.concurrency),
+                                                                   fixed_length))
         deadline = time.monotonic() + benchmark.stage_timeout_s
 
 
 def _wait_for_stage(run_dir: Path, stage: Stage, failure: Callable[[], str | None], deadline: float,
-                    request_limits: dict[str, float]) -> dict:
+                    parse: Callable[[Path], dict]) -> dict:
     while True:
         ended = failure()  # asked before the file, so a file written just before the end counts
-        metrics = _read_stage(run_dir, stage.concurrency, request_limits)
+        metrics = _read_stage(run_dir, stage.concurrency, parse)
         if metrics is not None:
             return metrics
         if ended is not None:
@@ -174,13 +219,13 @@ def _exit_reason(group: ProcessGroup) -> str | None:
     return None if code is None else f"genai-bench exited with code {code} ({_reason(group)})"
 
 
-def _read_stage(run_dir: Path, concurrency: int, request_limits: dict[str, float] | None = None) -> dict | None:
+def _read_stage(run_dir: Path, concurrency: int, parse: Callable[[Path], dict]) -> dict | None:
     """The stage's metrics once its file is complete; None while it is missing or half written."""
     path = _stage_file(run_dir, concurrency)
     if path is None:
         return None
     try:
-        return parse_stage_file(path, request_limits)
+        return parse(path)
     except (json.JSONDecodeError, KeyError, TypeError):
         return None
 

@@ -16,14 +16,14 @@ from typing import Any, Iterator
 
 from ray import tune
 
-from llm_autotuner.cluster.deployer import Deployer, EngineSpec
-from llm_autotuner.cluster.engines import PROFILES
-from llm_autotuner.cluster.local import LocalDeployer
+from llm_autotuner.cluster.backend import backend_for
+from llm_autotuner.cluster.deployer import EngineSpec
+from llm_autotuner.cluster.engines import profile_for
 from llm_autotuner.trainables.genai_bench import GenaiBenchRunner
 from llm_autotuner.errors import AutotunerError, DeploymentError, InfrastructureError
 from llm_autotuner.objective import INFEASIBLE_SCORE, request_limits, score_stages, weighted_mean, worst_value
 from llm_autotuner.outcome import Outcome, trial_params
-from llm_autotuner.task import OmeDeployment, Task
+from llm_autotuner.task import Task
 
 
 @dataclass(frozen=True)
@@ -54,26 +54,18 @@ class Resolved:
 
 def engine_spec(task: Task, resolved: Resolved, params: dict[str, Any], trial_id: str,
                 workdir: Path) -> EngineSpec:
-    profile = PROFILES[task.engine.name]
+    profile = profile_for(task.engine.name)
     return EngineSpec(experiment=task.name, run_id=resolved.run_id, trial_id=trial_id, profile=profile,
                       executable=resolved.executable_here(), model_path=resolved.model_path,
                       served_name=resolved.served_name, flags=profile.merged(task.engine.args, params),
                       workdir=workdir, env=dict(task.engine.env))
 
 
-def make_deployer(task: Task) -> Deployer:
-    if isinstance(task.deployment, OmeDeployment):
-        from llm_autotuner.cluster.ome import OmeDeployer  # the kubernetes client is only needed here
-
-        return OmeDeployer(task.deployment)
-    return LocalDeployer()
-
-
 def make_runner(task: Task, resolved: Resolved, api_backend: str):
     if task.benchmark.runner == "benchmarkjob":
         from llm_autotuner.trainables.benchmark_job import BenchmarkJobRunner
 
-        return BenchmarkJobRunner(task, resolved, api_backend)
+        return BenchmarkJobRunner(task, resolved.run_id, api_backend)
     return GenaiBenchRunner(task.benchmark, resolved.tokenizer, api_backend, request_limits(task.limits))
 
 
@@ -132,7 +124,7 @@ class TrialTrainable(tune.Trainable):
                 # Ray was starting this trial as the run was stopped: deploy nothing.
                 return {"stage": 0, "score": INFEASIBLE_SCORE, "outcome": Outcome.INTERRUPTED.value, "done": True}
             self.endpoint = self.running.enter_context(
-                make_deployer(task).deployed(self.spec, task.deployment.ready_timeout_s))
+                backend_for(task.deployment).deployer().deployed(self.spec, task.deployment.ready_timeout_s))
             self.timeline.mark("engine_ready")
             self.stages = iter(self.running.enter_context(
                 self.runner.run(self.endpoint, self.resolved.served_name, self.workdir)))
@@ -202,18 +194,18 @@ def failure_without_tuned_flags(task: Task, resolved: Resolved, params: dict[str
     If it does (a binary that dies at start, an unreadable model, a bad fixed flag), no config can
     avoid the failure: return one line saying so, and the driver stops the run rather than feed
     one failure after another to the searcher. If the engine starts with only the task's fixed
-    flags, this config is to blame: None. Local engines only: a control start on Kubernetes is a
-    whole InferenceService, and its failures of that kind are API errors.
+    flags, this config is to blame: None. Only where the backend finds a control start cheap.
     """
     first_line = error.splitlines()[0]
-    if isinstance(task.deployment, OmeDeployment):
+    backend = backend_for(task.deployment)
+    if not backend.control_start:
         return None
     if not any(value is not None for value in params.values()):
         # This trial ran the engine's defaults with the fixed flags: it was the control.
         return f"the engine fails at start with no tuned flags (engine.args only): {first_line}"
     control = engine_spec(task, resolved, {}, f"{workdir.name}-control", workdir / "control")
     try:
-        with LocalDeployer().deployed(control, task.deployment.ready_timeout_s):
+        with backend.deployer().deployed(control, task.deployment.ready_timeout_s):
             return None
     except DeploymentError as control_error:
         return (f"the engine fails at start whatever its tuned flags (also with engine.args only): "

@@ -149,18 +149,17 @@ def _render(args) -> int:
 def _cleanup(args) -> int:
     if args.task is None and not args.all:
         raise TaskError("cleanup: name a TASK, or pass --all")
-    from llm_autotuner.cluster import records
+    from llm_autotuner.cluster.backend import backend_for
+    from llm_autotuner.task import LocalDeployment
 
     task = load_task(args.task) if args.task else None
-    removed = [f"engine process group {r.pgid} ({r.experiment}, trial {r.trial_id})"
-               for r in records.kill_leftover_engines(None if args.all else task.name)]
-    if task is not None and task.deployment.backend == "ome":
-        from llm_autotuner.cluster.cleanup import delete_labelled
-        from llm_autotuner.cluster.kube import EXPERIMENT_LABEL, label_value
-
-        selector = "" if args.all else f"{EXPERIMENT_LABEL}={label_value(task.name)}"
-        removed += [f"{kind} {name} in {task.deployment.namespace}"
-                    for kind, name in delete_labelled(task.deployment, selector, skip_live_runs=True)]
+    experiment = None if args.all else task.name
+    # Local engine processes whatever the task's backend (another run here may have been local),
+    # then the task's own backend.
+    backends = [backend_for(LocalDeployment())]
+    if task is not None and task.deployment.backend != "local":
+        backends.append(backend_for(task.deployment))
+    removed = [line for backend in backends for line in backend.cleanup(experiment)]
     print("\n".join(f"removed {what}" for what in removed) or "nothing to clean up")
     return EXIT_OK
 

@@ -21,10 +21,10 @@ from ray.tune.schedulers import FIFOScheduler
 from ray.tune.stopper import CombinedStopper
 
 from llm_autotuner.cluster import records
-from llm_autotuner.cluster.engines import PROFILES, default_executable
-from llm_autotuner.cluster.kube import RUN_LABEL, label_value
+from llm_autotuner.cluster.backend import Backend, backend_for
+from llm_autotuner.cluster.engines import EngineProfile, profile_for
 from llm_autotuner.trainables.genai_bench import scrub_api_key
-from llm_autotuner.outcome import BASELINE_KEY, Outcome, trial_params
+from llm_autotuner.outcome import BASELINE_KEY, trial_params
 from llm_autotuner.trainables.trial import Resolved, TrialTrainable
 from llm_autotuner.tuner import registry
 from llm_autotuner.tuner.registry import GridSearcher
@@ -36,9 +36,8 @@ from llm_autotuner.tuner.progress import ProgressPrinter
 from llm_autotuner.tuner.search import (METRIC, MODE, FailureGuard, NoImprovementStopper, build_scheduler, build_searcher,
                           num_trials)
 from llm_autotuner.tuner.space import to_ray
-from llm_autotuner.task import FloatRange, IntRange, OmeDeployment, Task
+from llm_autotuner.task import FloatRange, IntRange, Task
 
-BUILTIN_MODELS = {"builtin:smollm2"}
 RAY_EXPERIMENT_NAME = "tune"
 CONFIRM_EXPERIMENT_NAME = "confirm"  # the re-measurements of the best configs
 # A benchmark cannot resume mid-stage, so trials keep no checkpoints: a restarted trial starts over.
@@ -47,30 +46,24 @@ NO_TRIAL_CHECKPOINTS = tune.CheckpointConfig(checkpoint_at_end=False, checkpoint
 # trainable reports a config's failures as results, so what Ray sees fail is the infrastructure
 # (or a bug of ours, which then fails twice). A second loss stops the run (FailureGuard).
 RUN_AGAIN_ONCE = tune.FailureConfig(max_failures=1)
-OME_GPU_RESOURCE = "ome_gpu"  # Ray custom resource: the Kubernetes GPUs the trials may hold at once
 
 
 def preflight(task: Task) -> None:
-    """What `validate` and `run` check before building or starting anything: the searcher and the
-    scheduler with their arguments, and the files the task names."""
+    """What `validate` and `run` check before building or starting anything: the engine and its
+    flags, the searcher and the scheduler with their arguments, and the files the task names."""
+    profile = profile_for(task.engine.name)
     build_searcher(task, 1), build_scheduler(task)
-    _check_flags(task)
+    _check_flags(task, profile)
     tokenizer = task.model.tokenizer
     if tokenizer and tokenizer.startswith(("/", "./", "../", "~")) and not Path(tokenizer).expanduser().exists():
         raise TaskError(f"model.tokenizer: {tokenizer} does not exist (a local folder, or a hub id such as org/name)")
-    if isinstance(task.deployment, OmeDeployment):
-        return
-    if task.engine.name == "llama.cpp" and task.model.path not in BUILTIN_MODELS:
-        _check_model_file(task.model.path)
-    if task.engine.binary:
-        _check_executable(task.engine.binary)
+    backend_for(task.deployment).check(profile, task)
 
 
-def _check_flags(task: Task) -> None:
+def _check_flags(task: Task, profile: EngineProfile) -> None:
     """No flag the engine's launcher sets itself; and no flag given twice in one place under two
     spellings (`--ctx-size` and its alias `-c`, or `ctx_size`): it would reach the engine once,
     with whichever value came last."""
-    profile = PROFILES[task.engine.name]
     for where, names in (("engine.args", task.engine.args), ("search_space", task.search_space)):
         seen: dict[str, str] = {}
         for name in names:
@@ -83,97 +76,45 @@ def _check_flags(task: Task) -> None:
             seen[canonical] = name
 
 
-def _check_model_file(path: str) -> None:
-    try:
-        with open(path, "rb") as model:
-            magic = model.read(4)
-    except (FileNotFoundError, IsADirectoryError):
-        raise TaskError(f"model.path: {path} is not a file (llama.cpp serves a GGUF file)") from None
-    except OSError as error:
-        raise TaskError(f"model.path: cannot read {path}: {error.strerror}") from None
-    if magic != b"GGUF":
-        raise TaskError(f"model.path: {path} is not a GGUF file (llama.cpp serves GGUF models)")
-
-
-def _check_executable(executable: str) -> None:
-    if not shutil.which(executable):
-        raise TaskError(f"engine.binary: {executable} is not an executable file or a command on PATH")
-
-
-def resolve(task: Task, trials_dir: Path, run_id: str, *, local_ray: bool = True) -> Resolved:
+def resolve(task: Task, backend: Backend, trials_dir: Path, run_id: str, *, local_ray: bool = True) -> Resolved:
     """Find (or build) the engine binary, the model and the tokenizer once, before any trial.
 
-    With a local Ray, the llama-server found is proven here (it serves a completion); on a cluster
-    each node proves its own (`prepare_nodes`), as the driver's host may not run trials at all."""
-    from llm_autotuner.cluster import llamacpp_setup
-
-    if isinstance(task.deployment, OmeDeployment):
-        # The runtime's image holds the engine and the controller mounts the model.
-        return Resolved(executable="", model_path=task.model.path or "$(MODEL_PATH)",
-                        served_name=task.model.name, tokenizer=task.model.tokenizer or "",
-                        trials_dir=str(trials_dir), run_id=run_id)
-    path = task.model.path
-    if path in BUILTIN_MODELS:
-        path = str(llamacpp_setup.smollm2_gguf())
-    if task.engine.name == "llama.cpp":
-        _check_model_file(path)
-        if local_ray:
-            executable = str(llamacpp_setup.ensure_llama_server(task.engine.binary))
-        else:
-            executable = task.engine.binary or "llama-server"  # each node's own, from prepare_nodes
-    else:
-        executable = task.engine.binary or default_executable(task.engine.name)
-    if local_ray or task.engine.name != "llama.cpp":
-        _check_executable(executable)
-    tokenizer = task.model.tokenizer
-    if tokenizer is None:
-        tokenizer = str(llamacpp_setup.ensure_tokenizer(Path(path))) if path.endswith(".gguf") else path
-    served = task.model.name or Path(path).name.removesuffix(".gguf")
-    return Resolved(executable=executable, model_path=path, served_name=served, tokenizer=tokenizer,
-                    trials_dir=str(trials_dir), run_id=run_id)
+    With a local Ray, the binary found is proven here; on a cluster each node proves its own
+    (`prepare_nodes`), as the driver's host may not run trials at all."""
+    setup = backend.setup(profile_for(task.engine.name), task, prove_here=local_ray)
+    return Resolved(**dataclasses.asdict(setup), trials_dir=str(trials_dir), run_id=run_id)
 
 
-def prepare_nodes(task: Task, resolved: Resolved, local_ray: bool) -> Resolved:
-    """On a Ray cluster, each node's llama-server proven on that node (the driver's own node, when
+def prepare_nodes(task: Task, backend: Backend, resolved: Resolved, local_ray: bool) -> Resolved:
+    """On a Ray cluster, each node's engine binary proven on that node (the driver's own node, when
     it is one and was checked in `resolve`, is not checked twice)."""
-    if task.engine.name != "llama.cpp" or isinstance(task.deployment, OmeDeployment):
-        return resolved
-    from llm_autotuner.tuner.nodes import prepare_nodes as prepare
-
     skip = {ray.get_runtime_context().get_node_id()} if local_ray else set()
-    binaries = prepare(task.engine.binary, skip)
+    binaries = backend.setup_nodes(profile_for(task.engine.name), task, skip)
+    if not binaries:
+        return resolved
     if local_ray:
         binaries |= {node: resolved.executable for node in skip}
     return dataclasses.replace(resolved, node_executables=binaries)
 
 
-def claim(task: Task, params: dict[str, Any], node_cpus: int) -> dict[str, float]:
-    """What one trial holds in Ray: the engine's demand plus the CPUs of its load generator.
-
-    The CPU claim is capped at one node's CPUs, or the trial could never be placed. On a small
-    machine this runs CPU trials one after another, which keeps them from distorting each
-    other's measurements.
-    """
-    profile = PROFILES[task.engine.name]
-    demand = profile.resources(profile.merged(task.engine.args, params), node_cpus)
-    if isinstance(task.deployment, OmeDeployment):
-        # The engine runs on Kubernetes nodes, not in Ray: its GPUs come out of the task's budget,
-        # a Ray custom resource, and only the load generator's CPUs are held in Ray.
-        demand = {"CPU": task.benchmark.client_cpus if task.benchmark.runner == "direct" else 0.0,
-                  OME_GPU_RESOURCE: demand.get("GPU", 0.0)}
-    else:
-        demand["CPU"] = min(demand.get("CPU", 0) + task.benchmark.client_cpus, node_cpus)
+def claim(task: Task, backend: Backend, params: dict[str, Any], node_cpus: int) -> dict[str, float]:
+    """What one trial holds in Ray: its engine's demand plus the CPUs of its load generator, as
+    the backend counts them."""
+    profile = profile_for(task.engine.name)
+    engine = profile.resources(profile.merged(task.engine.args, params), node_cpus)
+    client_cpus = task.benchmark.client_cpus if task.benchmark.runner == "direct" else 0.0
+    demand = backend.claim(engine, client_cpus, node_cpus)
     return {kind: amount for kind, amount in demand.items() if amount} or {"CPU": 0.01}
 
 
-def trial_resources(task: Task, node_cpus: int):
+def trial_resources(task: Task, backend: Backend, node_cpus: int):
     def placement(config: dict[str, Any]) -> tune.PlacementGroupFactory:
-        return tune.PlacementGroupFactory([claim(task, trial_params(config), node_cpus)])
+        return tune.PlacementGroupFactory([claim(task, backend, trial_params(config), node_cpus)])
 
     return placement
 
 
-def smallest_claim(task: Task, node_cpus: int) -> dict[str, float]:
+def smallest_claim(task: Task, backend: Backend, node_cpus: int) -> dict[str, float]:
     """The claim of the cheapest config in the space: it bounds how many trials fit at once."""
     cheapest: dict[str, Any] = {}
     for name, spec in task.search_space.items():
@@ -182,7 +123,7 @@ def smallest_claim(task: Task, node_cpus: int) -> dict[str, float]:
         else:
             numbers = [v for v in spec if isinstance(v, (int, float)) and not isinstance(v, bool)]
             cheapest[name] = min(numbers) if numbers else spec[0]
-    return claim(task, cheapest, node_cpus)
+    return claim(task, backend, cheapest, node_cpus)
 
 
 def capacity(available: dict[str, float], claim: dict[str, float]) -> int:
@@ -208,8 +149,8 @@ def shipped_package() -> Iterator[str]:
         yield str(package)
 
 
-def start_ray(task: Task, address: str | None) -> None:
-    budget = task.deployment.gpu_budget if isinstance(task.deployment, OmeDeployment) else None
+def start_ray(backend: Backend, address: str | None) -> None:
+    offers = backend.offers()
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
         if address:
@@ -222,12 +163,12 @@ def start_ray(task: Task, address: str | None) -> None:
             # The local Ray is ours, so its workers run at normal priority; engines and genai-bench
             # are reset to 0 wherever they run (cluster/procs.py).
             os.environ.setdefault("RAY_worker_niceness", "0")
-            ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False,
-                     resources={OME_GPU_RESOURCE: budget} if budget else None)
-    have = ray.cluster_resources().get(OME_GPU_RESOURCE, 0)
-    if budget and have < budget:
-        raise TaskError(f"deployment.gpu_budget: the Ray cluster offers {have:g} '{OME_GPU_RESOURCE}' but the task "
-                        f"needs {budget}; start the Ray head with --resources '{{\"{OME_GPU_RESOURCE}\": {budget}}}'")
+            ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False, resources=offers or None)
+    for kind, needed in offers.items():
+        have = ray.cluster_resources().get(kind, 0)
+        if have < needed:
+            raise TaskError(f"deployment: the Ray cluster offers {have:g} '{kind}' but the task needs {needed:g}; "
+                            f"start the Ray head with --resources '{{\"{kind}\": {needed:g}}}'")
 
 
 def prepare_results_dir(task: Task) -> Path:
@@ -249,7 +190,8 @@ def run(task: Task, *, address: str | None = None, resume: bool = False) -> dict
     # Bad input fails here, before anything is changed or started.
     preflight(task)
     local_ray = not (address or os.environ.get("RAY_ADDRESS"))
-    resolved = resolve(task, task.results_path.absolute() / "trials", run_id, local_ray=local_ray)
+    backend = backend_for(task.deployment)
+    resolved = resolve(task, backend, task.results_path.absolute() / "trials", run_id, local_ray=local_ray)
     if resume:
         results_dir = task.results_path.absolute()
         if not (results_dir / RAY_EXPERIMENT_NAME / "tuner.pkl").is_file():
@@ -263,26 +205,30 @@ def run(task: Task, *, address: str | None = None, resume: bool = False) -> dict
     lock = records.register_run(run_id, task.name)
     # Engines an earlier run of this task left (its driver was killed, say) would take CPUs or
     # GPUs from the trials and distort their measurements.
-    for leftover in records.kill_leftover_engines(task.name):
-        print(f"[autotuner] killed engine process group {leftover.pgid} left by run {leftover.run_id}")
+    for line in backend.cleanup(task.name):
+        print(f"[autotuner] removed {line}")
     try:
-        return _tune(task, resolved, results_dir, address, resume, local_ray)
+        return _tune(task, backend, resolved, results_dir, address, resume, local_ray)
     finally:
         lock.unlink(missing_ok=True)
-        sweep(task, run_id)
+        sweep(task, backend, run_id)
 
 
 def _confirm(task: Task, trainable, results_dir: Path, trials: list, max_concurrent: int,
-             interrupt: Interrupt) -> dict[str, list[float]]:
-    """Noise control: re-measure the best configs at full length, so the winner is chosen on the
-    mean of several runs rather than on one lucky one. Returns config key -> objective values."""
-    top = results_io.candidates(task, trials)[:task.search.confirm_top_k]
-    if not top or task.search.confirm_repeats == 0:
-        return {}
+             interrupt: Interrupt) -> list[results_io.TrialRecord]:
+    """Noise control: re-measure the finalists (the best configs, and the baseline so the gain
+    compares configs measured alike) at full length, so the winner is chosen on several runs
+    rather than on one lucky one. They run in turns (A B C A B C), not back to back: the machine
+    drifts by several percent over minutes (docs/benchmarks.md), and back to back one config would
+    get a good spell to itself. Returns the runs; `results_io.summarize` chooses the winner on them."""
+    finalists = results_io.finalists(task, trials)
+    if not finalists:
+        return []
     configs = [dict(r.parameters) | ({BASELINE_KEY: True} if r.baseline else {})
-               for r in top for _ in range(task.search.confirm_repeats)]
-    print(f"[autotuner] confirming the best {len(top)} configs: {task.search.confirm_repeats} more full runs each",
-          flush=True)
+               for _ in range(task.search.confirm_repeats) for r in finalists]
+    names = ", ".join("the engine defaults" if r.baseline else f"experiment {r.experiment_id}" for r in finalists)
+    print(f"[autotuner] confirming the best configs: {names}; {task.search.confirm_repeats} more full runs each, "
+          f"in turns", flush=True)
     tuner = tune.Tuner(
         trainable, param_space=to_ray(task.search_space),
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, num_samples=len(configs),
@@ -294,61 +240,47 @@ def _confirm(task: Task, trainable, results_dir: Path, trials: list, max_concurr
                                   callbacks=[ProgressPrinter(task.objective.metric, len(task.benchmark.concurrency),
                                                              label="confirm")]),
     )
-    runs: dict[str, list[float]] = {}
-    for record in results_io.from_result_grid(tuner.fit()):
-        if record.status == Outcome.COMPLETED:
-            runs.setdefault(results_io.config_key(record.parameters, record.baseline), []).append(record.objective)
+    runs = results_io.from_result_grid(tuner.fit())
+    for run in runs:
+        # A run the stop cut between stages measured nothing for or against its config.
+        run.ended = not interrupt.requested or bool(run.last.get("outcome"))
     return runs
 
 
-def sweep(task: Task, run_id: str) -> None:
-    """Remove whatever this run left behind, once it is over: engines of other, dead runs of the
-    task too. Local engines also have watchdogs; this is the backstop."""
-    records.kill_leftover_engines(task.name)
-    settle(task, run_id)
+def sweep(task: Task, backend: Backend, run_id: str) -> None:
+    """Remove whatever this run left behind, once it is over, and what other, dead runs of the
+    task left. Local engines also have watchdogs; this is the backstop."""
+    for line in backend.cleanup(task.name) + backend.settle(run_id):
+        print(f"[autotuner] {line}")
     # A trial whose worker was killed mid-benchmark could not scrub its genai-bench files.
     scrub_api_key(task.results_path.absolute() / "trials")
 
 
-def settle(task: Task, run_id: str) -> None:
+def settle(backend: Backend, run_id: str) -> None:
     """After a phase (the search, the confirmation runs): make sure none of its engines is left
     before anything else starts. Ray gives a phase's last trials 10 s to stop when the phase ends,
     which can cut a teardown short (an InferenceService waiting out its pods' grace period)."""
-    for record in records.kill_run_engines(run_id):
-        print(f"[autotuner] killed engine process group {record.pgid} (trial {record.trial_id}): its teardown "
-              "was cut short")
-    if isinstance(task.deployment, OmeDeployment):
-        from llm_autotuner.cluster.cleanup import delete_labelled, wait_until_gone
-        from llm_autotuner.cluster.ome import DELETE_WAIT_S
-
-        selector = f"{RUN_LABEL}={label_value(run_id)}"
-        for kind, name in delete_labelled(task.deployment, selector):
-            print(f"[autotuner] removed leftover {kind} {name}")
-        left = wait_until_gone(task.deployment, selector, DELETE_WAIT_S)
-        if left:
-            print(f"[autotuner] still being deleted after {DELETE_WAIT_S} s: {', '.join(left)}")
+    for line in backend.settle(run_id):
+        print(f"[autotuner] {line}")
 
 
-def _tune(task: Task, resolved: Resolved, results_dir: Path, address: str | None, resume: bool,
+def _tune(task: Task, backend: Backend, resolved: Resolved, results_dir: Path, address: str | None, resume: bool,
           local_ray: bool) -> dict:
-    start_ray(task, address)
+    start_ray(backend, address)
     logging.getLogger("ray.tune.execution.tune_controller").addFilter(QuietLostWorkers())
     # SIGTERM (a batch scheduler, `kill`, a pod shutting down) is handled like Ctrl-C. Set after
     # ray.init, whose own handler would end the process on the spot.
     interrupt = Interrupt(Path(resolved.stop_file))
     interrupt.install()
-    resolved = prepare_nodes(task, resolved, local_ray)
-    if isinstance(task.deployment, OmeDeployment) and task.deployment.create_runtime is not None:
-        from llm_autotuner.cluster.ome import ensure_runtime
-
-        if ensure_runtime(task.deployment, task.model.name):
-            print(f"[autotuner] created ClusterServingRuntime {task.deployment.runtime}")
+    resolved = prepare_nodes(task, backend, resolved, local_ray)
+    for line in backend.prepare(resolved.served_name):
+        print(f"[autotuner] {line}")
     available = ray.cluster_resources()
     node_cpus = max((int(node["Resources"].get("CPU", 0)) for node in ray.nodes() if node["Alive"]),
                     default=os.cpu_count() or 1)
-    max_concurrent = task.search.max_concurrent or capacity(available, smallest_claim(task, node_cpus))
+    max_concurrent = task.search.max_concurrent or capacity(available, smallest_claim(task, backend, node_cpus))
     trainable = tune.with_resources(tune.with_parameters(TrialTrainable, task=task, resolved=resolved),
-                                    trial_resources(task, node_cpus))
+                                    trial_resources(task, backend, node_cpus))
     trials = num_trials(task)
     searcher, scheduler = build_searcher(task, max_concurrent), build_scheduler(task)
     guard = FailureGuard(task.search.max_consecutive_failures)
@@ -365,7 +297,8 @@ def _tune(task: Task, resolved: Resolved, results_dir: Path, address: str | None
         tuner = tune.Tuner.restore(str(experiment_dir), trainable, resume_unfinished=True,
                                    restart_errored=True, param_space=to_ray(task.search_space))
         print(f"[autotuner] {task.name}: resuming {experiment_dir}", flush=True)
-        return _finish(task, resolved, results_dir, tuner.fit(), trainable, max_concurrent, None, interrupt, ends)
+        return _finish(task, backend, resolved, results_dir, tuner.fit(), trainable, max_concurrent, None, interrupt,
+                       ends)
     tuner = tune.Tuner(
         trainable,
         param_space=to_ray(task.search_space),
@@ -387,10 +320,10 @@ def _tune(task: Task, resolved: Resolved, results_dir: Path, address: str | None
     print(f"[autotuner] {task.name}: {trials} trials of {task.engine.name}, up to {max_concurrent} at once, "
           f"{len(task.benchmark.concurrency)} stages each (concurrency {task.benchmark.concurrency})", flush=True)
     # On Ctrl-C Ray stops the trials and returns what it has.
-    return _finish(task, resolved, results_dir, tuner.fit(), trainable, max_concurrent, guard, interrupt, ends)
+    return _finish(task, backend, resolved, results_dir, tuner.fit(), trainable, max_concurrent, guard, interrupt, ends)
 
 
-def _finish(task: Task, resolved: Resolved, results_dir: Path, grid, trainable, max_concurrent: int,
+def _finish(task: Task, backend: Backend, resolved: Resolved, results_dir: Path, grid, trainable, max_concurrent: int,
             guard: FailureGuard | None, interrupt: Interrupt, ends: TrialEnds) -> dict:
     experiment_dir = results_dir / RAY_EXPERIMENT_NAME
     # Trials Ray saved as TERMINATED or ERROR have ended (those a killed earlier session left
@@ -408,8 +341,8 @@ def _finish(task: Task, resolved: Resolved, results_dir: Path, grid, trainable, 
             trial.ended = False  # created but never run: the interrupt, not the search, left it out
     stopped_because = guard.reason if guard else None
     if not (interrupt.requested or stopped_because):
-        settle(task, resolved.run_id)  # the search's last engines are gone before the confirmation runs
-    confirmations = ({} if interrupt.requested or stopped_because
+        settle(backend, resolved.run_id)  # the search's last engines are gone before the confirmation runs
+    confirmations = (None if interrupt.requested or stopped_because
                      else _confirm(task, trainable, results_dir, trials, max_concurrent, interrupt))
     summary = results_io.summarize(task, resolved, trials, str(experiment_dir), confirmations)
     summary["interrupted"] = summary["interrupted"] or interrupt.requested is not None

@@ -16,7 +16,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from llm_autotuner.cluster.engines import PROFILES, Launch
+from llm_autotuner.cluster.engines import Launch, profile_for
 from llm_autotuner.outcome import BASELINE_KEY, Outcome, trial_params
 from llm_autotuner.trainables.trial import Resolved
 from llm_autotuner.errors import lost_worker, trial_error
@@ -168,7 +168,7 @@ def _first_line(error: BaseException) -> str:
 
 
 def launch_line(task: Task, resolved: Resolved, parameters: dict[str, Any]) -> list[str]:
-    profile = PROFILES[task.engine.name]
+    profile = profile_for(task.engine.name)
     launch = Launch(resolved.executable, resolved.model_path, resolved.served_name, "127.0.0.1", LAUNCH_LINE_PORT)
     return profile.argv(launch, profile.merged(task.engine.args, parameters))
 
@@ -209,41 +209,150 @@ def config_key(parameters: dict[str, Any], baseline: bool) -> str:
     return json.dumps([parameters, baseline], sort_keys=True, default=str)
 
 
+def finalists(task: Task, records: list[TrialRecord]) -> list[TrialRecord]:
+    """What the confirmation runs re-measure: the `confirm_top_k` best configs, and the baseline
+    always (when it completed), so that the gain compares two configs measured alike; none when
+    confirmation is off."""
+    search = task.search
+    if not (search.confirm_top_k and search.confirm_repeats):
+        return []
+    top = candidates(task, records)[:search.confirm_top_k]
+    baseline = next((r for r in records if r.baseline and r.status == Outcome.COMPLETED), None)
+    return top + ([baseline] if baseline and not any(r.baseline for r in top) else [])
+
+
+# A re-measurement that ends so is the config's doing, and counts against it.
+CONFIG_FAULTS = (Outcome.FAILED, Outcome.INFEASIBLE)
+
+
+@dataclass
+class Finalist:
+    """A re-measured config: its trial in the search and its confirmation runs."""
+
+    record: TrialRecord
+    runs: list[TrialRecord]
+
+    @property
+    def values(self) -> list[float]:
+        return [run.objective for run in self.runs if run.status == Outcome.COMPLETED]
+
+    @property
+    def failed(self) -> int:
+        return sum(run.status in CONFIG_FAULTS for run in self.runs)
+
+    @property
+    def qualified(self) -> bool:
+        """It may win: measured again, and never failed or broke a hard SLO in doing so."""
+        return bool(self.values) and not self.failed
+
+    @property
+    def met_every_slo(self) -> bool:
+        return all(all((run.last.get("slos_met") or {}).values()) for run in self.runs
+                   if run.status == Outcome.COMPLETED)
+
+    @property
+    def mean(self) -> float | None:
+        return fmean(self.values) if self.values else None
+
+    def spread(self) -> dict | None:
+        values = self.values
+        return {"min": min(values), "max": max(values), "stdev": pstdev(values)} if values else None
+
+
+def rank_finalists(task: Task, records: list[TrialRecord], runs: list[TrialRecord]) -> list[Finalist]:
+    """The finalists with their confirmation runs, best first: the qualified ones, then among them
+    those whose runs all met every SLO (soft ones too, as `candidates` prefers), then by the mean of
+    the runs. The winner is the first, and the ranking shown is this one."""
+    by_config: dict[str, list[TrialRecord]] = {}
+    for run in runs:
+        by_config.setdefault(config_key(run.parameters, run.baseline), []).append(run)
+    sign = 1 if maximize(task.objective.metric) else -1
+    ranked = [Finalist(r, by_config.get(config_key(r.parameters, r.baseline), [])) for r in finalists(task, records)]
+    return sorted(ranked, key=lambda f: (f.qualified, f.met_every_slo, sign * f.mean if f.values else float("-inf")),
+                  reverse=True)
+
+
+def noise_verdict(ranked: list[Finalist]) -> tuple[bool | None, str]:
+    """Whether the top two qualified finalists are within noise of each other: their runs' ranges
+    overlap. One run each has no range: that is said instead."""
+    top = [f for f in ranked if f.qualified][:2]
+    if len(top) < 2:
+        return None, "Fewer than two finalists completed their re-measurements: nothing to compare"
+    first, second = top
+    names = f"Experiments {first.record.experiment_id} and {second.record.experiment_id}"
+    if min(len(first.values), len(second.values)) < 2:
+        return None, (f"{names} were re-measured once each, which shows no spread; "
+                      f"search.confirm_repeats 2 or more would")
+    ranges = "; ".join(f"{f.record.experiment_id}: {min(f.values):.4g} to {max(f.values):.4g}" for f in top)
+    if min(first.values) <= max(second.values) and min(second.values) <= max(first.values):
+        return True, (f"{names} are within noise of each other: their runs overlap ({ranges}); "
+                      f"these measurements cannot tell them apart")
+    return False, f"{names} are apart by more than the noise: their runs do not overlap ({ranges})"
+
+
+@dataclass
+class Choice:
+    """The winner, the two numbers the gain compares, and how they were chosen (`selection`)."""
+
+    best: TrialRecord | None
+    best_value: float | None
+    baseline_value: float | None
+    selection: dict
+
+
+def choose_on_confirmation(task: Task, ranked: list[Finalist]) -> Choice:
+    """The first of the ranking, compared with the baseline's own re-measurements."""
+    winner = ranked[0] if ranked[0].qualified else None
+    baseline = next((f for f in ranked if f.record.baseline and f.qualified), None)
+    within_noise, noise = noise_verdict(ranked)
+    why = (f"Chosen on the mean of each finalist's re-measurements ({task.search.confirm_repeats} each, run in "
+           f"turns); one that failed or broke a hard SLO disqualifies its config." if winner else
+           "No winner: every finalist failed or broke a hard SLO in a re-measurement.")
+    return Choice(winner and winner.record, winner and winner.mean, baseline and baseline.mean,
+                  {"chosen_on": "confirmation", "why": why, "within_noise": within_noise, "noise": noise})
+
+
+def choose_on_search(task: Task, records: list[TrialRecord], runs: list[TrialRecord] | None) -> Choice:
+    """The best on the primary objective among the trials that met every SLO (soft ones included);
+    if none did, the best score: each config on its one run in the search."""
+    best = next(iter(candidates(task, records)), None)
+    baseline = next((r for r in records if r.baseline and r.status == Outcome.COMPLETED), None)
+    if not (task.search.confirm_top_k and task.search.confirm_repeats):
+        reason = "confirmation is off (search.confirm_top_k or search.confirm_repeats is 0)"
+    elif runs is None:
+        reason = "no confirmation runs were made (the search is still going, or the run ended before them)"
+    else:
+        reason = "no confirmation run finished (the run was interrupted)"
+    return Choice(best, best and best.objective, baseline and baseline.objective,
+                  {"chosen_on": "search", "why": f"Chosen on each config's single run in the search: {reason}.",
+                   "within_noise": None, "noise": None})
+
+
 def summarize(task: Task, resolved: Resolved, records: list[TrialRecord], experiment_dir: str,
-              confirmations: dict[str, list[float]] | None = None) -> dict:
-    """`confirmations`: config_key -> objective values of the re-measurements after the search.
-    With them the winner is chosen on the mean of all its measurements, not on one lucky run."""
+              confirmations: list[TrialRecord] | None = None) -> dict:
+    """`confirmations`: the confirmation runs after the search (None: not made). When any of them
+    counts, they alone choose the winner, rank the finalists and give the gain over the baseline;
+    the search's own run of a finalist (picked for being high) is not counted."""
     metric = task.objective.metric
     finished = [r for r in records if r.status == Outcome.COMPLETED]
-    confirmed = []
-    for record in candidates(task, records):
-        runs = (confirmations or {}).get(config_key(record.parameters, record.baseline))
-        if runs:
-            confirmed.append((record, [record.objective] + runs))
-    # The recommended point: the best on the primary objective among trials that met every SLO
-    # (soft ones included); if none did, the best score; on the mean when re-measured.
-    sign = 1 if maximize(metric) else -1
-    if confirmed:
-        best, best_runs = max(confirmed, key=lambda pair: sign * fmean(pair[1]))
-    else:
-        best, best_runs = next(iter(candidates(task, records)), None), None
+    ranked = rank_finalists(task, records, confirmations or [])
+    confirmed = any(f.values or f.failed for f in ranked)
+    choice = choose_on_confirmation(task, ranked) if confirmed else choose_on_search(task, records, confirmations)
+    finalist_of = {f.record.trial_id: f for f in ranked} if confirmed else {}
+    baseline = next((r for r in records if r.baseline), None)
     values = {r.experiment_id: objective_values(r, task.objective.metrics, task.benchmark.stage_weights)
               for r in finished}
     front = pareto_front(values) if task.objective.secondary else []
-    baseline = next((r for r in records if r.baseline), None)
-    baseline_ok = baseline is not None and baseline.status == Outcome.COMPLETED
 
-    def brief(record: TrialRecord, runs: list[float] | None = None) -> dict:
+    def brief(record: TrialRecord) -> dict:
         result = {"experiment_id": record.experiment_id, "trial_id": record.trial_id,
-                  "parameters": record.parameters, "objective_score": fmean(runs) if runs else record.objective,
+                  "parameters": record.parameters, "objective_score": record.objective,
                   "command": shlex.join(launch_line(task, resolved, record.parameters))}
-        if runs:
-            result["measurements"] = runs
-            result["spread"] = {"min": min(runs), "max": max(runs), "stdev": pstdev(runs)}
+        finalist = finalist_of.get(record.trial_id)
+        if finalist:
+            result |= {"objective_score": finalist.mean, "search_objective": record.objective,
+                       "runs": finalist.values, "failed_runs": finalist.failed, "spread": finalist.spread()}
         return result
-
-    baseline_runs = next((runs for record, runs in confirmed if record.baseline), None)
-    baseline_value = fmean(baseline_runs) if baseline_runs else (baseline.objective if baseline else None)
 
     return {
         "task_name": task.name,
@@ -258,13 +367,16 @@ def summarize(task: Task, resolved: Resolved, records: list[TrialRecord], experi
         "interrupted": any(not r.ended for r in records),
         "in_progress": False,  # True in the files rewritten after each trial while the run goes on
         "stopped_because": None,
-        "best_result": brief(best, best_runs) if best else None,
-        "baseline": brief(baseline, baseline_runs) | {"status": baseline.status} if baseline else None,
-        "gain_over_baseline": (gain(fmean(best_runs) if best_runs else best.objective, baseline_value, metric)
-                               if best and baseline_ok else None),
-        "confirmation": [{"experiment_id": record.experiment_id, "parameters": record.parameters,
-                          "baseline": record.baseline, "measurements": runs, "mean": fmean(runs),
-                          "stdev": pstdev(runs)} for record, runs in confirmed],
+        "best_result": brief(choice.best) if choice.best else None,
+        "baseline": brief(baseline) | {"status": baseline.status} if baseline else None,
+        "gain_over_baseline": (gain(choice.best_value, choice.baseline_value, metric)
+                               if choice.best and choice.baseline_value is not None else None),
+        "selection": choice.selection,
+        "confirmation": [{"rank": rank, "experiment_id": f.record.experiment_id, "trial_id": f.record.trial_id,
+                          "parameters": f.record.parameters, "baseline": f.record.baseline,
+                          "search_objective": f.record.objective, "runs": f.values, "failed_runs": f.failed,
+                          "mean": f.mean, "spread": f.spread(), "met_every_slo": f.met_every_slo,
+                          "qualified": f.qualified} for rank, f in enumerate(ranked, 1)] if confirmed else [],
         "objectives": task.objective.metrics,
         "pareto_front": [{"experiment_id": key, "parameters": next(r.parameters for r in finished
                                                                    if r.experiment_id == key), **values[key]}
@@ -360,17 +472,25 @@ def table(summary: dict) -> str:
     text = "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)) for line in lines)
     if summary.get("in_progress"):
         text = "The run is still going, or was cut off: the trials finished so far.\n" + text
+    selection = summary.get("selection") or {}  # absent in the results.json of older versions
+    if selection.get("chosen_on") == "confirmation":
+        text += "\n\n" + confirmation_table(summary)
     best = summary["best_result"]
     if best is None:
-        return text + "\nNo trial completed every stage; see results.json for the errors."
+        why = selection["why"] if selection.get("chosen_on") == "confirmation" else \
+            "No trial completed every stage; see results.json for the errors."
+        return text + "\n" + why
     text += f"\n\nBest: experiment {best['experiment_id']}  {metric} = {best['objective_score']:.4g}"
-    if best.get("measurements"):
-        text += f" (mean of {len(best['measurements'])} runs, stdev {best['spread']['stdev']:.3g})"
+    if best.get("runs"):
+        text += f" (mean of {len(best['runs'])} re-measurements)"
     if best["experiment_id"] == (summary["baseline"] or {}).get("experiment_id"):
         text += "  (the engine defaults: no tuned config beat them)"
     elif summary["gain_over_baseline"] is not None:
+        alike = ", re-measured alike" if summary["baseline"].get("runs") else ""
         text += f"  ({summary['gain_over_baseline']:+.1%} vs. engine defaults " \
-                f"{summary['baseline']['objective_score']:.4g})"
+                f"{summary['baseline']['objective_score']:.4g}{alike})"
+    if selection.get("chosen_on") == "search":
+        text += f"\n{selection['why']}"
     text += f"\nLaunch: {best['command']}"
     if summary.get("pareto_front"):
         objectives = summary["objectives"]
@@ -378,6 +498,24 @@ def table(summary: dict) -> str:
         for row in summary["pareto_front"]:
             text += f"\n  experiment {row['experiment_id']}: " + ", ".join(f"{m} {row[m]:.4g}" for m in objectives)
     return text
+
+
+def confirmation_table(summary: dict) -> str:
+    """The finalists as ranked on their re-measurements: the ranking the winner comes from."""
+    lines = ["Re-measured after the search, in turns (the search's own runs above not counted):"]
+    for row in summary["confirmation"]:
+        name = f"{row['rank']}. experiment {row['experiment_id']}"
+        if not row["qualified"]:
+            what = (f"disqualified: {row['failed_runs']} of {row['failed_runs'] + len(row['runs'])} runs failed "
+                    f"or broke a hard SLO" if row["failed_runs"] else "not re-measured (the run was interrupted)")
+        else:
+            spread = row["spread"]
+            what = (f"{row['mean']:.4g}  (mean of {len(row['runs'])}: {spread['min']:.4g} to {spread['max']:.4g}, "
+                    f"stdev {spread['stdev']:.3g})")
+            what += "" if row["met_every_slo"] else "  a soft SLO broken"
+        lines.append(f"  {name:<18}{what}{'  engine defaults' if row['baseline'] else ''}")
+    noise = summary["selection"]["noise"]
+    return "\n".join(lines + [noise + "."])
 
 
 def _fmt(value: Any) -> str:

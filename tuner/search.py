@@ -3,17 +3,22 @@
 The baseline (the engine's own defaults) is the first trial. It is added by wrapping the
 searcher, so the searcher never sees it, and it is exempt from early stopping, so it is measured
 over every stage and the result can show the gain over defaults.
+
+A trial the scheduler stopped early is told to the searcher (and counted by patience) as worse
+than every trial that went further (StageLadder), not by the mean of its low-load stages.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ray.tune import Callback, Stopper
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
-from llm_autotuner.outcome import BASELINE_KEY
+from llm_autotuner.objective import INFEASIBLE_SCORE
+from llm_autotuner.outcome import BASELINE_KEY, Outcome
 from llm_autotuner.tuner import registry
 from llm_autotuner.errors import TaskError, lost_worker, trial_error
 from llm_autotuner.metrics import maximize
@@ -21,6 +26,104 @@ from llm_autotuner.task import Task, grid_points
 
 METRIC, MODE, TIME_ATTR = "score", "max", "stage"
 OBJECTIVES = "objectives"  # each objective's own value in a trial's report, under objectives/<metric>
+# Where a trial that ended early lands when no trial has yet gone further than it: below any value
+# a benchmark measures, above a failure (INFEASIBLE_SCORE), since it ran and was only slower.
+NOTHING_FURTHER = INFEASIBLE_SCORE / 2
+
+
+class StageLadder:
+    """Places a trial that ended before its last stage (the scheduler or the run's end stopped it)
+    below every trial known to have gone further.
+
+    Such a trial's own score is the mean of its first stages only, measured at lower load than the
+    last ones: for a latency it beats every full-length mean, so a searcher told it would be steered
+    toward the very configs the scheduler cut, and patience would count them as new bests. Instead
+    it gets the lowest value given to any finished trial that completed more stages, less how far
+    it trailed the best trial at its own last stage. Stopped trials then rank by how far they got,
+    then by how they did there; completed trials keep what they measured; failures and broken SLOs
+    keep the worst score. `keys`: the result keys to place, each with whether higher is better.
+    """
+
+    def __init__(self, keys: dict[str, bool]):
+        self.keys = keys
+        self.at_stage: dict[int, dict[str, dict[str, float]]] = {}  # stage -> trial -> key -> value, higher better
+        self.finished: dict[str, tuple[int, dict[str, float]]] = {}  # trial -> stages, values given (higher better)
+
+    def observe(self, trial_id: str, result: dict) -> None:
+        if _measured(result):
+            self.at_stage.setdefault(result[TIME_ATTR], {})[trial_id] = self._oriented(result)
+
+    def ended(self, trial_id: str, result: dict) -> dict[str, float]:
+        """The values to tell for a trial that ended with `result` (empty: tell what it reported)."""
+        if not _measured(result):
+            return {}
+        self.observe(trial_id, result)
+        stage, values = result[TIME_ATTR], self._oriented(result)
+        if result.get("outcome") != Outcome.COMPLETED:
+            values = {key: self._below(stage, key, value) for key, value in values.items()}
+        self.finished[trial_id] = (stage, values)
+        return {key: value if self.keys[key] else -value for key, value in values.items()}
+
+    def _oriented(self, result: dict) -> dict[str, float]:
+        return {key: result[key] if higher else -result[key] for key, higher in self.keys.items() if key in result}
+
+    def _below(self, stage: int, key: str, own: float) -> float:
+        further = [values[key] for stages, values in self.finished.values() if stages > stage]
+        floor = min(further, default=NOTHING_FURTHER)
+        best = max(values[key] for values in self.at_stage[stage].values())
+        # Strictly below, even for a trial that led its stage (the run's end, not the scheduler, cut it).
+        return min(floor - (best - own), math.nextafter(floor, -math.inf))
+
+    def get_state(self) -> dict:
+        return {"at_stage": self.at_stage, "finished": self.finished}
+
+    def set_state(self, state: dict) -> None:
+        self.at_stage, self.finished = state["at_stage"], state["finished"]
+
+
+def _measured(result: dict) -> bool:
+    """A stage's measurement, not a failure or a broken SLO (those report the worst score)."""
+    return not result.get("error") and result.get(TIME_ATTR, 0) >= 1 and result.get(METRIC, INFEASIBLE_SCORE) > INFEASIBLE_SCORE
+
+
+class ComparableScores(Searcher):
+    """Tells the searcher a trial's score (and each objective) comparable across trials of different
+    lengths (StageLadder). Only what the searcher is told changes: the result Ray hands on is copied,
+    so the trial's own reports, the results and the other callbacks see what it measured."""
+
+    def __init__(self, searcher: Searcher, keys: dict[str, bool]):
+        super().__init__(metric=searcher.metric, mode=searcher.mode)
+        self.searcher = searcher
+        self.ladder = StageLadder(keys)
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec) -> bool:
+        self._metric, self._mode = metric, mode
+        return self.searcher.set_search_properties(metric, mode, config, **spec)
+
+    def suggest(self, trial_id: str) -> dict | None:
+        return self.searcher.suggest(trial_id)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self.ladder.observe(trial_id, result)
+        self.searcher.on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if result is not None and not error:
+            result = result | self.ladder.ended(trial_id, result)
+        self.searcher.on_trial_complete(trial_id, result=result, error=error)
+
+    # Ray saves each wrapper's state and the innermost searcher separately (SearchGenerator).
+    def get_state(self) -> dict:
+        return self.ladder.get_state()
+
+    def set_state(self, state: dict) -> None:
+        self.ladder.set_state(state)
+
+    def save(self, checkpoint_path: str) -> None:
+        self.searcher.save(checkpoint_path)
+
+    def restore(self, checkpoint_path: str) -> None:
+        self.searcher.restore(checkpoint_path)
 
 
 class BaselineFirst(Searcher):
@@ -124,7 +227,9 @@ def build_searcher(task: Task, max_concurrent: int) -> Searcher:
     searcher: Searcher = ConcurrencyLimiter(inner, max_concurrent=max_concurrent)
     if search.baseline:
         searcher = BaselineFirst(searcher, {name: None for name in task.search_space} | {BASELINE_KEY: True})
-    return searcher
+    # Outermost, so that the baseline (a full-length trial from the start) is on the ladder too.
+    keys = {METRIC: True} | {f"{OBJECTIVES}/{m}": maximize(m) for m in task.objective.metrics}
+    return ComparableScores(searcher, keys)
 
 
 def build_scheduler(task: Task) -> TrialScheduler:
@@ -146,17 +251,23 @@ def build_scheduler(task: Task) -> TrialScheduler:
 
 
 class NoImprovementStopper(Stopper, Callback):
-    """Stops the search once `patience` trials in a row have ended without a new best score."""
+    """Stops the search once `patience` trials in a row have ended without a new best score, each
+    judged on the value the searcher is told (StageLadder): a trial stopped early is no new best."""
 
     def __init__(self, patience: int):
         self.patience = patience
         self.best = float("-inf")
         self.since_best = 0
+        self.ladder = StageLadder({METRIC: True})
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self.ladder.observe(trial.trial_id, result)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        result = trial.last_result or {}
+        score = self.ladder.ended(trial.trial_id, result).get(METRIC, result.get(METRIC, float("-inf")))
         if trial.config.get(BASELINE_KEY):
-            return
-        score = (trial.last_result or {}).get(METRIC, float("-inf"))
+            return  # on the ladder (a full-length reference), but no candidate for a new best
         if score > self.best:
             self.best, self.since_best = score, 0
         else:

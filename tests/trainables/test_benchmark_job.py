@@ -10,7 +10,6 @@ import pytest
 from llm_autotuner.cluster.deployer import Endpoint
 from tests.k8s_emulator import KubeEmulator
 from llm_autotuner.trainables.benchmark_job import BenchmarkJobRunner
-from llm_autotuner.trainables.trial import Resolved
 from llm_autotuner.errors import BenchmarkError
 from llm_autotuner.task import parse_task
 
@@ -35,7 +34,7 @@ def runner_for(emulator, tmp_path) -> BenchmarkJobRunner:
                       "benchmark_job": {"output_storage_uri": "pvc://results/bench", "results_mount": str(tmp_path / "mnt"),
                                         "timeout_s": 20}},
     })
-    return BenchmarkJobRunner(task, Resolved("", "", "smollm2", "", str(tmp_path), "run1"), "sglang")
+    return BenchmarkJobRunner(task, "run1", "sglang")
 
 
 def fake_job_controller(emulator, tmp_path, final_state: str, stages_written: list[int]):

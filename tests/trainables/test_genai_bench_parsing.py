@@ -7,23 +7,40 @@ from pathlib import Path
 import pytest
 
 from llm_autotuner.task import Benchmark
-from llm_autotuner.trainables.genai_bench import GenaiBenchRunner, _read_stage, parse_stage_file, stages
+from llm_autotuner.trainables.genai_bench import (GenaiBenchRunner, _read_stage, parse_stage_file,
+                                                 read_request_log, stages)
 
 DATA = Path(__file__).parent.parent / "data"
 REAL_FILE = DATA / "D100_64_text-to-text_num_concurrency_4_time_9s.json"
 
 
-def test_parse_real_stage_file():
-    metrics = parse_stage_file(REAL_FILE)
+def request_log(requests: list[dict], concurrency: int = 4, *, failed: list[tuple[float, float]] = (),
+                wanted: int = 64) -> list[dict]:
+    """Our request log's lines for a stage whose completed requests are `requests` (genai-bench's
+    records), run `concurrency` at a time back to back, plus failed requests (sent, done)."""
+    lines, free_at = [], [0.0] * concurrency
+    for record in requests:
+        user = free_at.index(min(free_at))
+        sent = free_at[user]
+        free_at[user] = sent + record["e2e_latency"]
+        lines.append({"concurrency": concurrency, "sent": sent, "done": free_at[user], "status": 200,
+                      "wanted_tokens": wanted, "output_tokens": record["num_output_tokens"]})
+    lines += [{"concurrency": concurrency, "sent": sent, "done": done, "status": 500, "wanted_tokens": wanted,
+               "output_tokens": None} for sent, done in failed]
+    return lines
+
+
+def test_throughput_is_over_the_time_concurrency_requests_were_in_flight():
     data = json.loads(REAL_FILE.read_text())
     raw, requests = data["aggregated_metrics"], data["individual_request_metrics"]
-    assert metrics["concurrency"] == 4
-    # 16 answers of 64 tokens, over the time 4 requests were in flight.
-    busy = sum(r["e2e_latency"] for r in requests) / 4
-    assert metrics["busy_s"] == pytest.approx(busy)
+    log = request_log(requests)
+    metrics = parse_stage_file(REAL_FILE, requests=log)
+    busy = sum(r["done"] - r["sent"] for r in log) / 4
+    assert metrics["concurrency"] == 4 and metrics["busy_s"] == pytest.approx(busy)
     assert metrics["output_throughput"] == pytest.approx(16 * 64 / busy)
     assert metrics["requests_per_second"] == pytest.approx(16 / busy)
     assert metrics["total_throughput"] == pytest.approx(sum(r["total_tokens"] for r in requests) / busy)
+    assert metrics["window_s"] == pytest.approx(max(r["done"] for r in log) - min(r["sent"] for r in log))
     # genai-bench's own figure divides by a duration that runs on to its next 1 s check.
     assert busy < raw["run_duration"]
     assert metrics["output_throughput_genai_bench"] == raw["mean_output_throughput_tokens_per_s"]
@@ -33,34 +50,65 @@ def test_parse_real_stage_file():
     assert metrics["num_requests"] == 16 and metrics["error_rate"] == 0.0
 
 
-def test_error_rate_is_computed_and_failed_requests_do_not_count(tmp_path):
+def test_without_a_request_log_only_the_completed_requests_are_timed():
+    # A BenchmarkJob's genai-bench runs in the cluster, without our request log.
+    requests = json.loads(REAL_FILE.read_text())["individual_request_metrics"]
+    metrics = parse_stage_file(REAL_FILE)
+    busy = sum(r["e2e_latency"] for r in requests) / 4
+    assert metrics["busy_s"] == pytest.approx(busy) and metrics["timed"] == "completed requests"
+    assert metrics["output_throughput"] == pytest.approx(16 * 64 / busy)
+    assert metrics["truncated_fraction"] is None
+
+
+def test_failed_requests_cost_their_time_and_count_as_errors(tmp_path):
     data = json.loads(REAL_FILE.read_text())
-    data["aggregated_metrics"].update(num_requests=20, num_error_requests=5, error_rate=0)
-    for record in data["individual_request_metrics"][:4]:
-        record.update(error_code=500, error_message="boom")
+    requests = data["individual_request_metrics"]
+    data["aggregated_metrics"].update(num_requests=20, num_error_requests=4, error_rate=0)
     path = tmp_path / REAL_FILE.name
     path.write_text(json.dumps(data))
-    metrics = parse_stage_file(path)
-    assert metrics["error_rate"] == pytest.approx(0.25)
-    busy = sum(r["e2e_latency"] for r in data["individual_request_metrics"][4:]) / 4
-    assert metrics["output_throughput"] == pytest.approx(12 * 64 / busy)
+    clean = parse_stage_file(path, requests=request_log(requests))
+    # Four more requests that each held a slot for 30 s and then failed (timeouts, say).
+    failing = parse_stage_file(path, requests=request_log(requests, failed=[(0.0, 30.0)] * 4))
+    assert failing["error_rate"] == pytest.approx(0.2)
+    assert failing["busy_s"] == pytest.approx(clean["busy_s"] + 30.0)
+    assert failing["output_throughput"] == pytest.approx(16 * 64 / (clean["busy_s"] + 30.0))
+
+
+def test_answers_shorter_than_asked_are_counted_as_truncated():
+    requests = json.loads(REAL_FILE.read_text())["individual_request_metrics"]
+    log = request_log(requests)
+    assert parse_stage_file(REAL_FILE, requests=log, fixed_length=True)["truncated_fraction"] == 0.0
+    for line in log[:4]:
+        line["output_tokens"] = 20  # the slot's context ran out
+    assert parse_stage_file(REAL_FILE, requests=log, fixed_length=True)["truncated_fraction"] == pytest.approx(0.25)
+    # An openai backend lets the model stop at its end-of-text token: shorter is not truncated there.
+    assert parse_stage_file(REAL_FILE, requests=log, fixed_length=False)["truncated_fraction"] is None
+
+
+def test_the_request_log_is_read_per_stage(tmp_path):
+    log = tmp_path / "requests.jsonl"
+    log.write_text("\n".join(json.dumps(line) for line in [{"concurrency": 1, "sent": 0, "done": 1},
+                                                            {"concurrency": 4, "sent": 1, "done": 2}])
+                   + '\n{"concurrency": 4, "sen')  # a line being written
+    assert read_request_log(log, 4) == [{"concurrency": 4, "sent": 1, "done": 2}]
+    assert read_request_log(tmp_path / "missing.jsonl", 4) == [] and read_request_log(None, 4) == []
 
 
 def test_stage_is_found_by_concurrency_and_half_written_files_wait(tmp_path):
-    assert _read_stage(tmp_path, 4) is None
+    assert _read_stage(tmp_path, 4, parse_stage_file) is None
     partial = tmp_path / "D100_64_text-to-text_num_concurrency_4_time_9s.json"
     partial.write_text(REAL_FILE.read_text()[:500])
-    assert _read_stage(tmp_path, 4) is None
+    assert _read_stage(tmp_path, 4, parse_stage_file) is None
     shutil.copy(REAL_FILE, partial)
-    assert _read_stage(tmp_path, 4)["concurrency"] == 4
-    assert _read_stage(tmp_path, 1) is None
+    assert _read_stage(tmp_path, 4, parse_stage_file)["concurrency"] == 4
+    assert _read_stage(tmp_path, 1, parse_stage_file) is None
 
 
 def test_one_invocation_runs_every_stage_in_order():
     benchmark = Benchmark(concurrency=[1, 4, 8], traffic_scenario="D(100,64)", max_requests_per_stage=16)
     assert [(s.index, s.concurrency) for s in stages(benchmark)] == [(1, 1), (2, 4), (3, 8)]
     argv = GenaiBenchRunner(benchmark, "/tok", "sglang").argv("http://127.0.0.1:9", "m", Path("/out"))
-    assert argv[1] == "benchmark"
+    assert argv[1:3] == ["-m", "llm_autotuner.trainables.timed_genai_bench"] and argv[3] == "benchmark"
     pairs = [argv[i + 1] for i, a in enumerate(argv) if a == "--num-concurrency"]
     assert pairs == ["1", "4", "8"]
     assert argv[argv.index("--api-base") + 1] == "http://127.0.0.1:9"  # no /v1: genai-bench adds it
@@ -87,11 +135,33 @@ def test_the_reason_a_failed_run_gives_is_the_telling_line(tmp_path, log, expect
 def test_goodput_counts_the_requests_that_met_every_limit_by_hand():
     data = json.loads(REAL_FILE.read_text())
     requests = data["individual_request_metrics"]
-    busy = sum(r["e2e_latency"] for r in requests) / 4
+    log = request_log(requests)
+    busy = sum(r["done"] - r["sent"] for r in log) / 4
     ttft_limit, e2e_limit = 0.9, 2.3
     by_hand = [r for r in requests if r["ttft"] <= ttft_limit and r["e2e_latency"] <= e2e_limit]
     assert 0 < len(by_hand) < len(requests)  # the limits split this real stage
-    metrics = parse_stage_file(REAL_FILE, {"ttft": ttft_limit, "e2e_latency": e2e_limit})
+    metrics = parse_stage_file(REAL_FILE, {"ttft": ttft_limit, "e2e_latency": e2e_limit}, log)
     assert metrics["goodput"] == pytest.approx(len(by_hand) / busy)
-    assert parse_stage_file(REAL_FILE)["goodput"] == pytest.approx(metrics["requests_per_second"])  # no limits
+    assert parse_stage_file(REAL_FILE, requests=log)["goodput"] == pytest.approx(metrics["requests_per_second"])
     assert metrics["itl_p95"] == data["aggregated_metrics"]["stats"]["tpot"]["p95"]
+
+
+def test_the_genai_bench_hooks_of_the_request_log_exist():
+    # trainables/timed_genai_bench.py wraps these of genai-bench 0.0.5; checked in a child process,
+    # since importing genai-bench patches the process with gevent.
+    import subprocess
+    import sys
+
+    check = """
+import inspect
+from genai_bench.metrics.aggregated_metrics_collector import AggregatedMetricsCollector
+from genai_bench.protocol import UserChatResponse, UserResponse
+from genai_bench.user.base_user import BaseUser
+assert list(inspect.signature(AggregatedMetricsCollector.set_run_metadata).parameters)[:2] == ["self", "iteration"]
+assert list(inspect.signature(BaseUser.sample).parameters) == ["self"]
+assert list(inspect.signature(BaseUser.collect_metrics).parameters) == ["self", "user_response", "endpoint"]
+assert {"start_time", "end_time", "status_code"} <= set(UserResponse.model_fields)
+assert "tokens_received" in UserChatResponse.model_fields
+"""
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, "genai-bench changed where the request log hooks in:\n" + result.stderr[-2000:]

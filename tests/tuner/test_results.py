@@ -2,8 +2,6 @@
 
 import csv
 
-import pytest
-
 from llm_autotuner.trainables.trial import Resolved
 from llm_autotuner.tuner.results import TrialRecord, pareto_front, summarize, write
 from llm_autotuner.task import parse_task
@@ -51,17 +49,3 @@ def test_no_front_without_secondary_objectives(tmp_path):
     assert summary["pareto_front"] == []
     write(tmp_path, summary)
     assert not (tmp_path / "pareto.csv").exists()
-
-
-def test_the_winner_is_chosen_on_the_mean_of_its_confirmation_runs():
-    from llm_autotuner.tuner.results import config_key
-
-    lucky, steady = record(1, 1, 120, 0.5), record(2, 2, 110, 0.5)
-    confirmations = {config_key({"parallel": 1}, False): [100.0, 102.0],
-                     config_key({"parallel": 2}, False): [111.0, 109.0]}
-    summary = summarize(task(), RESOLVED, [lucky, steady], "unused", confirmations)
-    best = summary["best_result"]
-    assert best["experiment_id"] == 2
-    assert best["measurements"] == [110, 111.0, 109.0] and best["objective_score"] == pytest.approx(110.0)
-    assert best["spread"]["min"] == 109.0 and best["spread"]["max"] == 111.0
-    assert [c["experiment_id"] for c in summary["confirmation"]] == [1, 2]

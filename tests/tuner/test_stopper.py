@@ -7,7 +7,7 @@ from llm_autotuner.tuner.search import FailureGuard, NoImprovementStopper
 
 
 def finished(score, baseline=False):
-    return SimpleNamespace(config={"__baseline__": True} if baseline else {"parallel": 1},
+    return SimpleNamespace(trial_id=f"t{score}", config={"__baseline__": True} if baseline else {"parallel": 1},
                            last_result={"score": score})
 
 

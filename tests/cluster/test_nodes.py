@@ -1,6 +1,7 @@
 """Each node of a Ray cluster proves its own llama-server before the first trial: a real two-node
 Ray cluster on this machine (Ray's own test cluster), the real binary, and one that dies by SIGILL."""
 
+import os
 import re
 import shutil
 import tempfile
@@ -10,7 +11,7 @@ import ray
 from ray.cluster_utils import Cluster
 
 from llm_autotuner.errors import SetupError
-from llm_autotuner.tuner.nodes import prepare_nodes
+from llm_autotuner.cluster.nodes import prepare_nodes
 
 pytestmark = pytest.mark.e2e
 
@@ -18,6 +19,9 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def two_nodes():
     temp_dir = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # its own: never another test's Ray
+    # Ray's test cluster writes its address to /tmp/ray/ray_current_cluster whatever its temp_dir,
+    # and fails when no Ray has made that folder yet (a fresh machine).
+    os.makedirs("/tmp/ray", exist_ok=True)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "temp_dir": temp_dir,
                                                             "include_dashboard": False})
     cluster.add_node(num_cpus=1)

@@ -1,0 +1,86 @@
+"""What one stage measures, on the real engine with real genai-bench: a warm-up nobody measures,
+answers cut short by a small context, requests the engine refuses. Each of these once made a
+config look better than it is.
+
+llama-server with --ctx-size 1024 and 4 slots gives each slot 256 tokens: a 200-token prompt then
+leaves room for about 26 of 64 asked answer tokens (the answer ends early, status 200), and a
+prompt over 256 tokens is refused with 400 (both seen by hand on this llama.cpp version).
+"""
+
+import json
+
+import pytest
+
+from llm_autotuner.cluster.deployer import EngineSpec
+from llm_autotuner.cluster.engines import LLAMA_CPP
+from llm_autotuner.cluster.local import LocalDeployer
+from llm_autotuner.objective import score_stages
+from llm_autotuner.task import parse_task
+from llm_autotuner.trainables.genai_bench import GenaiBenchRunner, read_request_log
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def small_context_engine(llama_server, smollm2, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("engine")
+    spec = EngineSpec(experiment="measure", run_id="measure-run", trial_id="t1", profile=LLAMA_CPP,
+                      executable=llama_server, model_path=smollm2, served_name="smol-measure",
+                      flags={"ctx-size": 1024, "parallel": 4, "threads": 1}, workdir=workdir)
+    with LocalDeployer().deployed(spec, 120) as endpoint:
+        yield endpoint
+
+
+def task(scenario: str, slos: dict | None = None, requests: int = 8):
+    return parse_task({"name": "measure", "model": {"path": "builtin:smollm2"}, "engine": {"name": "llama.cpp"},
+                       "search_space": {"threads": [1]}, "slos": slos or {},
+                       "benchmark": {"traffic_scenario": scenario, "concurrency": [4],
+                                     "max_requests_per_stage": requests}})
+
+
+def one_stage(endpoint, tokenizer, task, workdir) -> dict:
+    runner = GenaiBenchRunner(task.benchmark, tokenizer, "sglang")
+    with runner.run(endpoint, "smol-measure", workdir) as stages:
+        _, metrics = next(iter(stages))
+    return metrics
+
+
+def test_the_engine_is_warmed_up_before_the_first_stage_and_the_warm_up_is_not_measured(
+        small_context_engine, tokenizer, tmp_path):
+    metrics = one_stage(small_context_engine, tokenizer, task("D(100,64)"), tmp_path)
+    warm_up = json.loads((tmp_path / "genai-bench" / "warmup.json").read_text())
+    assert warm_up["requests"] == 4 and warm_up["answered"] == 4  # one wave at the highest concurrency
+    measured = read_request_log(tmp_path / "genai-bench" / "requests.jsonl", 4)
+    # Monotonic clocks are one clock across the processes of a machine.
+    assert min(r["sent"] for r in measured) > warm_up["ended"]
+    assert metrics["num_requests"] == len(measured) >= 8  # genai-bench's own count: no warm-up in it
+    assert metrics["timed"] == "every request" and metrics["truncated_fraction"] == 0.0
+    assert metrics["error_rate"] == 0.0
+    assert score_stages([metrics], "output_throughput", task("D(100,64)").limits).feasible
+
+
+def test_answers_cut_short_by_the_context_make_the_config_infeasible(small_context_engine, tokenizer, tmp_path):
+    metrics = one_stage(small_context_engine, tokenizer, task("D(200,64)"), tmp_path)
+    assert metrics["error_rate"] == 0.0  # every request "succeeded"
+    assert metrics["truncated_fraction"] > 0.5
+    score = score_stages([metrics], "output_throughput", task("D(200,64)").limits)
+    assert not score.feasible and score.violation.startswith("truncated_fraction")
+    # Unless the task says short answers are fine.
+    allowing = task("D(200,64)", {"truncated_fraction": 1.0}).limits
+    assert score_stages([metrics], "output_throughput", allowing).feasible
+
+
+def test_refused_requests_make_the_config_infeasible_without_an_error_rate_slo(
+        small_context_engine, tokenizer, tmp_path):
+    # Prompts of 150-330 tokens and about 30 of chat template: over half exceed the slot's 256 and
+    # are refused. Over 16 requests, none or all refused has odds below 1 in 1,000.
+    scenario = task("U(150,330)/(8,8)", requests=16)
+    metrics = one_stage(small_context_engine, tokenizer, scenario, tmp_path)
+    logged = read_request_log(tmp_path / "genai-bench" / "requests.jsonl", 4)
+    refused = [r for r in logged if r["status"] != 200]
+    assert refused and len(refused) < len(logged)
+    assert metrics["error_rate"] == pytest.approx(len(refused) / len(logged))
+    # The refused requests' time counts in the time the throughput is computed over.
+    assert metrics["busy_s"] == pytest.approx(sum(r["done"] - r["sent"] for r in logged) / 4)
+    score = score_stages([metrics], "output_throughput", scenario.limits)
+    assert not score.feasible and score.violation.startswith("error_rate")

@@ -1,0 +1,77 @@
+"""Warm-up: requests sent to a fresh engine before its first measured stage, and not measured.
+
+A fresh engine's first requests pay for allocations, caches and lazily started workers; measured,
+they would make stage 1 (low load) look slower than it is, and more so for some configs than
+others. One wave at the highest concurrency touches every slot the stages will use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from llm_autotuner.task import Benchmark
+
+API_KEY_ENV = "AUTOTUNER_API_KEY"  # the engine's API key, if it wants one; never written anywhere
+# Requests go straight to the engine, never through a proxy from the environment.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+_NUMBERS = re.compile(r"[\d.]+")
+
+
+def lengths(scenario: str) -> tuple[int, int]:
+    """Typical (prompt, answer) token counts of a genai-bench scenario: D(100,64) -> (100, 64);
+    N(480,240)/(300,150) -> the means; U(50,200)/(20,100) -> the middles; E(64) -> (64, 1)."""
+    numbers = [float(n) for n in _NUMBERS.findall(scenario)]
+    kind = scenario[0]
+    if kind == "E":
+        return int(numbers[0]), 1
+    if kind == "U":
+        return int((numbers[0] + numbers[1]) / 2), int((numbers[2] + numbers[3]) / 2)
+    if kind == "N":
+        return int(numbers[0]), int(numbers[2])
+    return int(numbers[0]), int(numbers[1])
+
+
+def warm_up(base_url: str, model_name: str, benchmark: Benchmark, api_backend: str, record: Path) -> dict:
+    """Send the warm-up requests (benchmark.warmup_requests, default the highest concurrency, all at
+    once), wait for them within benchmark.stage_timeout_s, and write what happened to `record`.
+    A failed warm-up request is not an error here: the stages measure whatever is wrong."""
+    count = max(benchmark.concurrency) if benchmark.warmup_requests is None else benchmark.warmup_requests
+    prompt_tokens, answer_tokens = lengths(benchmark.traffic_scenario)
+    body = {"model": model_name, "max_tokens": answer_tokens, "stream": False,
+            # A word per token, roughly: the prompt is about as long as the scenario's.
+            "messages": [{"role": "user", "content": " ".join(["hello"] * prompt_tokens)}]}
+    if api_backend in ("sglang", "vllm"):
+        body["ignore_eos"] = True  # as genai-bench asks: answers as long as the stages' will be
+    started = time.monotonic()
+    deadline = started + benchmark.stage_timeout_s
+    statuses: list[int | str] = []
+    if count:
+        with ThreadPoolExecutor(max_workers=count) as pool:
+            statuses = list(pool.map(lambda _: _send(base_url, body, deadline), range(count)))
+    summary = {"requests": count, "answered": statuses.count(200), "statuses": statuses,
+               "started": started, "ended": time.monotonic()}
+    record.write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _send(base_url: str, body: dict, deadline: float) -> int | str:
+    headers = {"Content-Type": "application/json"}
+    if os.environ.get(API_KEY_ENV):
+        headers["Authorization"] = f"Bearer {os.environ[API_KEY_ENV]}"
+    request = urllib.request.Request(f"{base_url}/v1/chat/completions", data=json.dumps(body).encode(),
+                                     headers=headers, method="POST")
+    try:
+        with _DIRECT.open(request, timeout=max(1.0, deadline - time.monotonic())) as response:
+            response.read()
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except (urllib.error.URLError, OSError) as error:  # refused, reset, timed out
+        return type(error).__name__
