@@ -45,7 +45,7 @@ def slow_task(tmp_path, llama_server, name, delay_s=EXIT_DELAY_S, **search):
         "search_space": {"parallel": [1, 2, 4], "batch-size": [64, 256, 2048]},
         "benchmark": {"traffic_scenario": "D(32,16)", "concurrency": [1, 2, 4], "max_requests_per_stage": 4},
         "search": {"algorithm": "random", "seed": 3, "num_samples": 5, "grace_period": 1, "reduction_factor": 2,
-                   "confirm_top_k": 2, "confirm_repeats": 1} | search,
+                   "confirm_top_k": 1, "confirm_repeats": 1} | search,
         "results_dir": str(tmp_path / "results"),
     }
     path = tmp_path / "task.yaml"

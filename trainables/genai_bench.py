@@ -25,13 +25,14 @@ from llm_autotuner.errors import BenchmarkError
 from llm_autotuner.metrics import METRICS
 from llm_autotuner.task import Benchmark
 from llm_autotuner.trainables.timed_genai_bench import REQUEST_LOG_ENV
-from llm_autotuner.trainables.warmup import API_KEY_ENV, warm_up
+from llm_autotuner.trainables.warmup import warm_up
 
 POLL_S = 0.25
 STARTUP_ALLOWANCE_S = 120.0  # genai-bench imports transformers, pandas and locust before stage 1
 # Users started per second. genai-bench's default (the concurrency) starts a stage's users over its
 # first second, time in which the engine is not at the stage's load but which the window counts.
 SPAWN_RATE = 1000
+API_KEY_ENV = "AUTOTUNER_API_KEY"  # the engine's API key, if it wants one; never written anywhere
 FIXED_LENGTH_BACKENDS = {"sglang", "vllm"}  # genai-bench sends ignore_eos: every answer as long as asked
 _STAGE_FILE = re.compile(r"_num_concurrency_(\d+)_time_[\d.]+s\.json$")
 
@@ -162,7 +163,8 @@ class GenaiBenchRunner:
         stage finishes. genai-bench is killed on leaving the block, whether or not every stage ran."""
         out_dir = workdir / "genai-bench"
         out_dir.mkdir(parents=True, exist_ok=True)
-        warm_up(endpoint.url, model_name, self.benchmark, self.api_backend, out_dir / "warmup.json")
+        warm_up(endpoint.url, model_name, self.benchmark, self.api_backend, out_dir / "warmup.json",
+                os.environ.get(API_KEY_ENV))
         request_log = out_dir / "requests.jsonl"
         env = {**os.environ, "ENABLE_UI": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                "MPLCONFIGDIR": str(out_dir / "mpl"), REQUEST_LOG_ENV: str(request_log)}

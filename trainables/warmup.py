@@ -8,7 +8,6 @@ others. One wave at the highest concurrency touches every slot the stages will u
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 import urllib.error
@@ -18,7 +17,6 @@ from pathlib import Path
 
 from llm_autotuner.task import Benchmark
 
-API_KEY_ENV = "AUTOTUNER_API_KEY"  # the engine's API key, if it wants one; never written anywhere
 # Requests go straight to the engine, never through a proxy from the environment.
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 _NUMBERS = re.compile(r"[\d.]+")
@@ -38,7 +36,8 @@ def lengths(scenario: str) -> tuple[int, int]:
     return int(numbers[0]), int(numbers[1])
 
 
-def warm_up(base_url: str, model_name: str, benchmark: Benchmark, api_backend: str, record: Path) -> dict:
+def warm_up(base_url: str, model_name: str, benchmark: Benchmark, api_backend: str, record: Path,
+            api_key: str | None = None) -> dict:
     """Send the warm-up requests (benchmark.warmup_requests, default the highest concurrency, all at
     once), wait for them within benchmark.stage_timeout_s, and write what happened to `record`.
     A failed warm-up request is not an error here: the stages measure whatever is wrong."""
@@ -54,17 +53,17 @@ def warm_up(base_url: str, model_name: str, benchmark: Benchmark, api_backend: s
     statuses: list[int | str] = []
     if count:
         with ThreadPoolExecutor(max_workers=count) as pool:
-            statuses = list(pool.map(lambda _: _send(base_url, body, deadline), range(count)))
+            statuses = list(pool.map(lambda _: _send(base_url, body, api_key, deadline), range(count)))
     summary = {"requests": count, "answered": statuses.count(200), "statuses": statuses,
                "started": started, "ended": time.monotonic()}
     record.write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def _send(base_url: str, body: dict, deadline: float) -> int | str:
+def _send(base_url: str, body: dict, api_key: str | None, deadline: float) -> int | str:
     headers = {"Content-Type": "application/json"}
-    if os.environ.get(API_KEY_ENV):
-        headers["Authorization"] = f"Bearer {os.environ[API_KEY_ENV]}"
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
     request = urllib.request.Request(f"{base_url}/v1/chat/completions", data=json.dumps(body).encode(),
                                      headers=headers, method="POST")
     try:
