@@ -7,7 +7,7 @@ is still in flight. Two ways to turn its requests into tokens/s:
 Each is measured on short stages (as the tuner runs them) and on one long stage, where the edges
 weigh little; the estimator whose short-stage figure sits closer to the long one is less biased.
 
-Usage: python benchmarks/throughput_window.py [--rounds 3] [--concurrency 4]
+Usage: python benchmarks/throughput_window.py [--rounds 3] [--concurrency 4] [--short N]
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--short", type=int, help="requests of a short stage (default: 4 x concurrency)")
     args = parser.parse_args()
     server, model = llamacpp_setup.ensure_llama_server(), llamacpp_setup.smollm2_gguf()
     tokenizer = str(llamacpp_setup.ensure_tokenizer(model))
@@ -50,7 +51,7 @@ def main() -> None:
         short, long = [], []
         with LocalDeployer().deployed(spec, 60) as endpoint:
             for number in range(args.rounds):  # in turns, so drift hits both alike
-                short.append(stage(endpoint, tokenizer, args.concurrency, 4 * args.concurrency,
+                short.append(stage(endpoint, tokenizer, args.concurrency, args.short or 4 * args.concurrency,
                                    Path(tmp) / f"short{number}"))
                 long.append(stage(endpoint, tokenizer, args.concurrency, 12 * args.concurrency,
                                   Path(tmp) / f"long{number}"))

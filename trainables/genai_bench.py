@@ -57,12 +57,11 @@ def parse_stage_file(path: Path, request_limits: dict[str, float] | None = None,
     config that fails requests slowly pays for their time), divided by the concurrency (Little's
     law). `requests` are the stage's lines of our request log (trainables/timed_genai_bench.py),
     which time every request; without them (a BenchmarkJob's genai-bench) only completed requests
-    have times. Why not the stage's window (first sent to last answered): genai-bench ends a stage
-    at its once-a-second check and kills the requests still in flight, whose work the window holds
-    but whose tokens nobody counts; measured, that put short stages up to 30% below long ones at
-    concurrency 8 (benchmarks/throughput_window.py, docs/benchmarks.md). The window is kept as
-    `window_s`; genai-bench's own figures (over a duration ending at its next check) as
-    `*_genai_bench`. `goodput` counts, per second of the same time, the completed requests whose
+    have times. On an idle machine this equals the tokens over the stage's window (first sent to
+    last answered) within 0.3% (benchmarks/throughput_window.py, docs/benchmarks.md); unlike the
+    window, it does not charge the engine for time the client took to send its next request. The
+    window is kept as `window_s`; genai-bench's own figures (over a duration ending at its next
+    once-a-second check) as `*_genai_bench`. `goodput` counts, per second of the same time, the completed requests whose
     own latencies met every limit in `request_limits` (per-request field -> seconds, from the SLOs).
     `truncated_fraction`: the completed requests answered with fewer output tokens than they asked
     for; known only when the backend asks for answers of fixed length (`fixed_length`: sglang and
