@@ -6,7 +6,7 @@ Why: genai-bench 0.0.5 keeps no time of day per request, and its run duration en
 once-a-second check, so neither the window a stage's requests really took (first sent to last
 answered, failed ones included) nor an answer cut short can be read from its result files.
 This runs in genai-bench's own process (importing it monkey-patches the process with gevent),
-never in ours. tests/test_dependencies.py fails loudly if the hooks below are gone.
+never in ours. tests/trainables/test_genai_bench_parsing.py fails loudly if the hooks below are gone.
 """
 
 from __future__ import annotations
@@ -20,13 +20,24 @@ REQUEST_LOG_ENV = "AUTOTUNER_REQUEST_LOG"
 
 
 def install(log) -> None:
-    """Record every request genai-bench's users make into `log` (a line-buffered text file)."""
+    """Record every request genai-bench counts into `log` (a line-buffered text file).
+
+    The line is written where genai-bench adds the request to the stage it reports on
+    (AggregatedMetricsCollector.add_single_request_metrics), so the log and the stage's result file
+    hold the same requests: a user stopped at the end of a stage between answering and being
+    counted is in neither. The request's times, taken where the user handles the answer, reach
+    that point through a per-greenlet note (in genai-bench's local mode the count happens in the
+    same greenlet, synchronously).
+    """
     from genai_bench.metrics.aggregated_metrics_collector import AggregatedMetricsCollector
     from genai_bench.user.base_user import BaseUser
+    from gevent import getcurrent  # genai-bench runs its users as gevent greenlets
 
     stage = {"concurrency": None}
-    set_run_metadata, sample, collect_metrics = (AggregatedMetricsCollector.set_run_metadata, BaseUser.sample,
-                                                 BaseUser.collect_metrics)
+    answering: dict[int, dict] = {}  # id(greenlet) -> the answer it is handing to genai-bench
+    set_run_metadata, sample, collect_metrics, count = (
+        AggregatedMetricsCollector.set_run_metadata, BaseUser.sample, BaseUser.collect_metrics,
+        AggregatedMetricsCollector.add_single_request_metrics)
 
     def on_stage(self, iteration, *args, **kwargs):
         stage["concurrency"] = iteration  # the stage's concurrency: its file's name carries the same
@@ -40,17 +51,27 @@ def install(log) -> None:
 
     def on_answer(self, response, endpoint):
         sent, wanted = getattr(self, "_autotuner_request", (None, None))
-        log.write(json.dumps({
-            "concurrency": stage["concurrency"],
-            "sent": response.start_time or sent,  # timed-out requests carry no times of their own
+        answering[id(getcurrent())] = {
+            "sent": response.start_time or sent,  # failed requests carry no times of their own
             "done": response.end_time or time.monotonic(),
             "status": response.status_code,
             "wanted_tokens": wanted,
             "output_tokens": getattr(response, "tokens_received", None),
-        }) + "\n")
-        return collect_metrics(self, response, endpoint)
+        }
+        try:
+            return collect_metrics(self, response, endpoint)
+        finally:
+            answering.pop(id(getcurrent()), None)
+
+    def on_count(self, metrics):
+        now = time.monotonic()  # only if genai-bench counted a request its users did not hand over
+        answer = answering.pop(id(getcurrent()), None) or {"sent": now, "done": now,
+                                                           "status": metrics.error_code or 200}
+        log.write(json.dumps({"concurrency": stage["concurrency"], **answer}) + "\n")
+        return count(self, metrics)
 
     AggregatedMetricsCollector.set_run_metadata = on_stage
+    AggregatedMetricsCollector.add_single_request_metrics = on_count
     BaseUser.sample = on_sample
     BaseUser.collect_metrics = on_answer
 

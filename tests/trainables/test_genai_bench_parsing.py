@@ -158,7 +158,9 @@ from genai_bench.metrics.aggregated_metrics_collector import AggregatedMetricsCo
 from genai_bench.protocol import UserChatResponse, UserResponse
 from genai_bench.user.base_user import BaseUser
 assert list(inspect.signature(AggregatedMetricsCollector.set_run_metadata).parameters)[:2] == ["self", "iteration"]
+assert list(inspect.signature(AggregatedMetricsCollector.add_single_request_metrics).parameters) == ["self", "metrics"]
 assert list(inspect.signature(BaseUser.sample).parameters) == ["self"]
+from gevent import getcurrent
 assert list(inspect.signature(BaseUser.collect_metrics).parameters) == ["self", "user_response", "endpoint"]
 assert {"start_time", "end_time", "status_code"} <= set(UserResponse.model_fields)
 assert "tokens_received" in UserChatResponse.model_fields
