@@ -5,12 +5,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TASK   ?= examples/quickstart-cpu.yaml
 
-.PHONY: tune test setup engine clean
+.PHONY: tune test setup engine browser clean
 
 tune: engine
 	$(BIN)/autotuner run $(TASK)
 
-test: engine
+test: engine browser
 	$(BIN)/python -m pytest -q
 
 # The virtualenv with the package (editable) and its test tools; redone when pyproject changes.
@@ -30,6 +30,13 @@ setup: $(STAMP)
 # tokenizer folder genai-bench needs.
 engine: $(STAMP)
 	$(BIN)/python -m llm_autotuner.cluster.llamacpp_setup
+
+# Headless Chromium, with which the tests look at the pages users look at (the Ray dashboard):
+# Debian's package, installed once (as root, or through sudo).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

@@ -10,11 +10,12 @@ runs left behind. Adding a backend is that module, its settings in the task mode
 from __future__ import annotations
 
 import importlib
+import math
 from typing import Any
 
 from llm_autotuner.cluster.deployer import Deployer, EngineSpec
-from llm_autotuner.cluster.engines import EngineProfile, EngineSetup
-from llm_autotuner.task import Task
+from llm_autotuner.cluster.engines import EngineProfile, EngineSetup, profile_for
+from llm_autotuner.task import FloatRange, IntRange, Task
 
 # deployment.backend -> "module:Class", imported when used: the kubernetes client only for OME.
 BACKENDS = {"local": "llm_autotuner.cluster.local:LocalBackend", "ome": "llm_autotuner.cluster.ome:OmeBackend"}
@@ -24,6 +25,9 @@ class Backend:
     # An engine that fails at start is started once more with only the task's fixed flags, to tell a
     # bad config from a broken setup: worth it where a start costs seconds, not a pod's scheduling.
     control_start = True
+    # Engines run on their trial's Ray node and use the GPUs Ray assigned the trial (a backend whose
+    # engines run elsewhere, with GPUs of their own, sets False).
+    gpus_from_ray = True
 
     def deployer(self) -> Deployer:
         """What deploys one trial's engine, waits until it serves, and tears it down."""
@@ -80,3 +84,48 @@ def backend_for(deployment: Any) -> Backend:
     """The backend for a task's `deployment` settings."""
     module, _, name = BACKENDS[deployment.backend].partition(":")
     return getattr(importlib.import_module(module), name)(deployment)
+
+
+def trial_claim(task: Task, params: dict[str, Any], node_cpus: int) -> dict[str, float]:
+    """What one trial with these engine parameters holds in Ray: its engine's demand plus the
+    CPUs of its load generator, as the task's backend counts them."""
+    profile = profile_for(task.engine.name)
+    engine = profile.resources(profile.merged(task.engine.args, params), node_cpus)
+    client_cpus = task.benchmark.client_cpus if task.benchmark.runner == "direct" else 0.0
+    demand = backend_for(task.deployment).claim(engine, client_cpus, node_cpus)
+    return {kind: amount for kind, amount in demand.items() if amount} or {"CPU": 0.01}
+
+
+def cheapest_params(task: Task) -> dict[str, Any]:
+    """The config of the space with every parameter at its smallest value: the smallest claim
+    (a choice holds no null: the engine's default is the baseline trial's, not a value to search)."""
+    cheapest: dict[str, Any] = {}
+    for name, spec in task.search_space.items():
+        if isinstance(spec, (IntRange, FloatRange)):
+            cheapest[name] = spec.min
+        else:
+            numbers = [v for v in spec if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            cheapest[name] = min(numbers) if numbers else spec[0]
+    return cheapest
+
+
+def shortfall(claim: dict[str, float], nodes: list[dict[str, float]]) -> str | None:
+    """Why no node can hold `claim` (a trial's bundle is placed on one node), or None if one can.
+    `nodes`: each node's total resources."""
+    def fits(node: dict[str, float]) -> bool:
+        return all(node.get(kind, 0) >= amount for kind, amount in claim.items())
+
+    def worst_ratio(node: dict[str, float]) -> float:
+        return max(amount / node[kind] if node.get(kind) else math.inf for kind, amount in claim.items())
+
+    if any(map(fits, nodes)):
+        return None
+    if not nodes:
+        return "cannot be placed: no Ray node is alive"
+    nearest = min(nodes, key=worst_ratio)
+    short = max(claim, key=lambda kind: claim[kind] / nearest[kind] if nearest.get(kind) else math.inf)
+    largest = max(node.get(short, 0) for node in nodes)
+    if largest < claim[short]:
+        return f"needs {claim[short]:g} {short} on one node; the largest Ray node has {largest:g}"
+    wanted = ", ".join(f"{amount:g} {kind}" for kind, amount in claim.items())
+    return f"needs {wanted} on one node; no Ray node has all of that"

@@ -38,6 +38,7 @@ class EngineSpec:
     flags: dict[str, Any]  # canonical flag -> value, fixed task flags merged with the trial's
     workdir: Path  # the trial's folder: logs go here
     env: dict[str, str] = field(default_factory=dict)
+    run_host: str = ""  # the host of the run's driver (cluster/records.py:host_id), for leftover sweeps
 
 
 class Deployer:

@@ -55,6 +55,7 @@ class EngineProfile:
     # name...): a task value for one would be a second, conflicting copy.
     managed: frozenset[str] = frozenset()
     default_binary: str = ""  # the launcher when the task names none
+    modules: tuple[str, ...] = ()  # Python modules the launcher runs (checked on each Ray node)
 
     def check(self, model: Model, engine: Engine) -> None:
         """The files the task names, checked before anything is built or started (validate, run)."""
@@ -70,7 +71,11 @@ class EngineProfile:
 
     def setup_nodes(self, engine: Engine, skip: set[str]) -> dict[str, str]:
         """On a Ray cluster: Ray node id -> the binary proven on that node, for every node but
-        those in `skip`; empty when this engine's binary needs no proof per node."""
+        those in `skip`; empty when the same binary serves everywhere (checked to be there)."""
+        from llm_autotuner.cluster.nodes import check_nodes
+
+        # Modules only in the nodes' own Python: a task's binary may be another interpreter.
+        check_nodes(engine.binary or self.default_binary, [] if engine.binary else list(self.modules), skip)
         return {}
 
     def canonical(self, key: str) -> str:
@@ -119,6 +124,13 @@ class EngineProfile:
 class LlamaCppProfile(EngineProfile):
     """llama-server, built for each CPU and proven by serving one completion before it is used
     (cluster/llamacpp_setup.py); the tokenizer is built from the GGUF."""
+
+    def resources(self, flags: dict[str, Any], node_cpus: int | None = None) -> dict[str, float]:
+        claim = super().resources(flags, node_cpus)
+        if str(flags.get("n-gpu-layers", 0)) not in ("0", "-0"):
+            # Layers offloaded to a GPU (a CUDA build): the trial holds one, and its engine sees only it.
+            claim["GPU"] = 1.0
+        return claim
 
     def check(self, model: Model, engine: Engine) -> None:
         super().check(model, engine)
@@ -189,6 +201,7 @@ SGLANG = SGLangProfile(
     gpu_flags=("tp-size", "dp-size", "pp-size"),
     managed=frozenset({"model-path", "model", "host", "port", "served-model-name"}),
     default_binary=sys.executable,  # the python that has SGLang
+    modules=("sglang",),
 )
 
 VLLM = VLLMProfile(

@@ -16,6 +16,7 @@ from llm_autotuner.cluster import records
 from llm_autotuner.cluster.backend import Backend
 from llm_autotuner.cluster.deployer import Deployer, Endpoint, EngineSpec
 from llm_autotuner.cluster.engines import Launch
+from llm_autotuner.cluster.nodes import everywhere
 from llm_autotuner.cluster.procs import ProcessGroup, exit_hint, exit_text, telling_line
 from llm_autotuner.cluster.records import EngineRecord
 from llm_autotuner.errors import DeploymentError
@@ -68,7 +69,8 @@ class LocalDeployer(Deployer):
                                  env={**os.environ, **spec.env})
         except OSError as error:
             raise DeploymentError(f"cannot start {argv[0]}: {error.strerror}") from None
-        record = EngineRecord(spec.run_id, spec.experiment, spec.trial_id, group.pgid, group.started, argv[0])
+        record = EngineRecord(spec.run_id, spec.experiment, spec.trial_id, group.pgid, group.started, argv[0],
+                              records.host_id(), spec.run_host)
         record.save()
         base_url = f"http://{self.host}:{port}"
         return LocalDeployment(spec, base_url, base_url + spec.profile.health_path, group, record)
@@ -150,13 +152,16 @@ class LocalBackend(Backend):
         # runs CPU trials one after another, which keeps them from distorting each other's numbers.
         return engine | {"CPU": min(engine.get("CPU", 0) + client_cpus, node_cpus)}
 
+    # Each node keeps the records of the engines started on it: on a Ray cluster, every node is swept.
     def settle(self, run_id: str) -> list[str]:
-        return [f"engine process group {record.pgid} (trial {record.trial_id}): its teardown was cut short"
-                for record in records.kill_run_engines(run_id)]
+        return list(dict.fromkeys(
+            f"engine process group {record.pgid} (trial {record.trial_id}): its teardown was cut short"
+            for record in everywhere(records.kill_run_engines, run_id)))
 
     def cleanup(self, experiment: str | None) -> list[str]:
-        return [f"engine process group {record.pgid} ({record.experiment}, trial {record.trial_id}) left by run "
-                f"{record.run_id}" for record in records.kill_leftover_engines(experiment)]
+        return list(dict.fromkeys(
+            f"engine process group {record.pgid} ({record.experiment}, trial {record.trial_id}) left by run "
+            f"{record.run_id}" for record in everywhere(records.kill_leftover_engines, experiment)))
 
     def render(self, specs: list[EngineSpec]) -> dict[str, str]:
         files = {}

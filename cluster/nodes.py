@@ -1,12 +1,16 @@
-"""Every Ray node that may run a trial proves its own engine binary before the first trial.
+"""Checks that run on every Ray node that may run a trial, before the first trial.
 
 Nodes of one cluster can have different CPUs while sharing one home directory (one cache), so a
-binary that serves on the driver's machine proves nothing about the others. A Ray task pinned to
-each node runs the same setup there (find or build, then serve one completion) and returns the
-path of the binary that node's trials must use.
+binary that serves on the driver's machine proves nothing about the others; and a node may lack
+the engine or genai-bench altogether. A Ray task pinned to each node runs the check there; a
+failure names the node.
 """
 
 from __future__ import annotations
+
+import importlib.util
+import shutil
+from typing import Any, Callable
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -14,6 +18,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from llm_autotuner.errors import SetupError
 
 NODE_SETUP_TIMEOUT_S = 7200  # a node without a cached binary builds one (5-20 minutes on 2 cores)
+NODE_CHECK_TIMEOUT_S = 300  # finding a program and a module: no build
 
 
 @ray.remote(num_cpus=0, max_retries=0)
@@ -24,29 +29,67 @@ def _prepare_node(task_binary: str | None) -> tuple[str, list[str]]:
     return str(ensure_llama_server(task_binary, progress=lines.append)), lines
 
 
+@ray.remote(num_cpus=0, max_retries=0)
+def _check_node(executable: str | None, modules: list[str]) -> tuple[None, list[str]]:
+    if executable and not shutil.which(executable):
+        raise SetupError(f"the engine {executable} is not installed there (not an executable file or on PATH)")
+    for module in modules:
+        if importlib.util.find_spec(module) is None:  # found, not imported: genai-bench patches gevent in
+            raise SetupError(f"{module.replace('_', '-')} is not installed there (pip install "
+                             f"{module.replace('_', '-')})")
+    return None, []
+
+
 def prepare_nodes(task_binary: str | None, skip: set[str] = frozenset(), progress=print) -> dict[str, str]:
     """node id -> the llama-server that served a completion on that node, for every alive node
     but those in `skip` (the driver's own, already checked). Raises SetupError naming the node."""
+    return _on_every_node(_prepare_node, (task_binary,), skip, NODE_SETUP_TIMEOUT_S, progress)
+
+
+def check_nodes(executable: str | None, modules: list[str], skip: set[str] = frozenset()) -> None:
+    """That every alive node but those in `skip` has `executable` and can import `modules`.
+    Raises SetupError naming the first node that cannot."""
+    _on_every_node(_check_node, (executable, modules), skip, NODE_CHECK_TIMEOUT_S, print)
+
+
+def everywhere(function: Callable[..., list], *args: Any, timeout_s: float = NODE_CHECK_TIMEOUT_S) -> list:
+    """`function(*args)` (which returns a list) on every alive Ray node, the lists joined; only here
+    without a Ray cluster. For what each node keeps to itself, such as its engine records."""
+    if not ray.is_initialized() or sum(node["Alive"] for node in ray.nodes()) < 2:
+        return function(*args)
+    remote = ray.remote(num_cpus=0, max_retries=1)(lambda *a: (function(*a), []))  # a sweep may run twice
+    try:
+        values = _on_every_node(remote, args, set(), timeout_s, print)
+    except SetupError as error:  # a node that does not answer must not fail a run that worked
+        print(f"[autotuner] warning: {error}; that node's leftovers were not swept")
+        return []
+    return [item for node_items in values.values() for item in node_items]
+
+
+def _on_every_node(check: Any, args: tuple, skip: set[str], timeout_s: float,
+                   progress: Callable[[str], None]) -> dict[str, Any]:
+    """Run the remote `check(*args) -> (value, lines)` once on each alive node; node id -> value."""
     nodes = [node for node in ray.nodes() if node["Alive"] and node["NodeID"] not in skip]
-    pending = {node["NodeID"]: _prepare_node.options(
-        scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(task_binary)
+    pending = {node["NodeID"]: check.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(*args)
         for node in nodes}
     names = {node["NodeID"]: f"{node['NodeManagerAddress']} ({node['NodeID'][:8]})" for node in nodes}
-    binaries = {}
+    values = {}
     try:
         for node_id, ref in pending.items():
             try:
-                binaries[node_id], lines = ray.get(ref, timeout=NODE_SETUP_TIMEOUT_S)
+                values[node_id], lines = ray.get(ref, timeout=timeout_s)
             except ray.exceptions.RayTaskError as error:
                 cause = error.cause if isinstance(error.cause, Exception) else error
                 raise SetupError(f"node {names[node_id]}: {cause}") from None
             except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError) as error:
-                raise SetupError(f"node {names[node_id]}: the engine check did not finish "
+                raise SetupError(f"node {names[node_id]}: the check did not finish "
                                  f"({type(error).__name__})") from None
             for line in lines:
                 progress(f"[node {names[node_id]}] {line}")
     finally:
-        for node_id, ref in pending.items():
-            if node_id not in binaries:
-                ray.cancel(ref, force=True)  # no check left running after the run gave up
-    return binaries
+        unfinished = [ref for node_id, ref in pending.items() if node_id not in values]
+        _, running = ray.wait(unfinished, num_returns=len(unfinished), timeout=0) if unfinished else ([], [])
+        for ref in running:  # no check left running after the run gave up (a finished one's worker is left be)
+            ray.cancel(ref, force=True)
+    return values

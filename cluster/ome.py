@@ -17,12 +17,12 @@ from kubernetes.client.rest import ApiException
 from urllib3.exceptions import HTTPError
 
 from llm_autotuner.cluster import kube, manifests
-from llm_autotuner.cluster.backend import Backend
+from llm_autotuner.cluster.backend import Backend, cheapest_params
 from llm_autotuner.cluster.cleanup import delete_labelled, wait_until_gone
 from llm_autotuner.cluster.deployer import Deployer, Endpoint, EngineSpec
 from llm_autotuner.cluster.engines import EngineProfile, EngineSetup
 from llm_autotuner.cluster.portforward import PortForward
-from llm_autotuner.errors import DeploymentError
+from llm_autotuner.errors import DeploymentError, TaskError
 from llm_autotuner.task import OmeDeployment as OmeSettings
 from llm_autotuner.task import Task
 
@@ -100,6 +100,7 @@ class OmeBackend(Backend):
     """One InferenceService per trial on Kubernetes; its GPUs held in Ray out of the task's budget."""
 
     control_start = False  # a second InferenceService costs minutes; failures common to all configs are API errors
+    gpus_from_ray = False  # a pod gets its GPUs from Kubernetes
 
     def __init__(self, settings: OmeSettings):
         self.settings = settings
@@ -108,9 +109,12 @@ class OmeBackend(Backend):
         return OmeDeployer(self.settings)
 
     # The runtime's image brings the engine and the controller mounts the model: nothing of them is
-    # on this machine or the Ray nodes to check or set up.
+    # on this machine or the Ray nodes to check or set up; only that the space fits the GPU budget.
     def check(self, profile: EngineProfile, task: Task) -> None:
-        pass
+        gpus = profile.resources(profile.merged(task.engine.args, cheapest_params(task))).get("GPU", 0.0)
+        if gpus > self.settings.gpu_budget:
+            raise TaskError(f"search_space: even its smallest config needs {gpus:g} GPUs; deployment.gpu_budget "
+                            f"is {self.settings.gpu_budget}")
 
     def setup(self, profile: EngineProfile, task: Task, prove_here: bool) -> EngineSetup:
         return EngineSetup(executable="", model_path=task.model.path or MODEL_PATH_IN_POD,

@@ -3,13 +3,17 @@
 A run writes `runs/<run_id>.json` (the driver's PID and start time) while it lives; each local
 engine writes `engines/<run_id>-<trial>.json` (its process group and start time) while it lives.
 A record whose run is not alive any more is a leftover. Start times make a reused PID harmless.
+Each record names its host: on a Ray cluster whose nodes share a home directory, a node acts only
+on its own engines, and judges only runs whose driver is on it (others are left to the watchdogs).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import time
+from functools import lru_cache
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,6 +25,17 @@ def state_dir() -> Path:
     return Path(base) / "autotuner"
 
 
+@lru_cache(maxsize=1)
+def host_id() -> str:
+    """This machine, as PIDs are meaningful on it: its name and its boot (a PID means nothing on
+    another machine, or on this one after a reboot)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = ""
+    return f"{socket.gethostname()}/{boot}"
+
+
 @dataclass(frozen=True)
 class EngineRecord:
     run_id: str
@@ -29,6 +44,11 @@ class EngineRecord:
     pgid: int
     started: int | None
     argv0: str
+    host: str = ""  # where the engine runs ("": this host, in records of earlier versions)
+    run_host: str = ""  # where the run's driver runs
+
+    def here(self) -> bool:
+        return self.host in ("", host_id())
 
     @property
     def path(self) -> Path:
@@ -43,7 +63,8 @@ class EngineRecord:
 
 def register_run(run_id: str, experiment: str) -> Path:
     path = state_dir() / "runs" / f"{run_id}.json"
-    _write(path, {"run_id": run_id, "experiment": experiment, "pid": os.getpid(), "started": start_time(os.getpid())})
+    _write(path, {"run_id": run_id, "experiment": experiment, "pid": os.getpid(), "started": start_time(os.getpid()),
+                  "host": host_id()})
     return path
 
 
@@ -67,10 +88,12 @@ def engine_records() -> list[EngineRecord]:
 
 
 def kill_leftover_engines(experiment: str | None = None) -> list[EngineRecord]:
-    """Kill engines whose run is over (all experiments, or one); return what was removed."""
+    """Kill this host's engines whose run is over (all experiments, or one); return what was
+    removed. A run whose driver is on another host cannot be judged here: its engines are left."""
     removed = []
     for record in engine_records():
-        if (experiment is None or record.experiment == experiment) and not run_alive(record.run_id):
+        judged_here = record.here() and record.run_host in ("", host_id())
+        if judged_here and (experiment is None or record.experiment == experiment) and not run_alive(record.run_id):
             kill_group(record.pgid, record.started)
             record.forget()
             removed.append(record)
@@ -80,7 +103,7 @@ def kill_leftover_engines(experiment: str | None = None) -> list[EngineRecord]:
 def kill_run_engines(run_id: str, wait_s: float = 10.0) -> list[EngineRecord]:
     """Kill the engines of this run still recorded (trials that ended without finishing their
     teardown) and wait, up to `wait_s`, until no process of their groups is left."""
-    removed = [record for record in engine_records() if record.run_id == run_id]
+    removed = [record for record in engine_records() if record.run_id == run_id and record.here()]
     for record in removed:
         kill_group(record.pgid, record.started)
     deadline = time.monotonic() + wait_s

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 from typing import Any
 
@@ -29,3 +30,18 @@ class Outcome(str, Enum):
 def trial_params(config: dict[str, Any]) -> dict[str, Any]:
     """The engine parameters of a trial config (None = leave the engine's default)."""
     return {key: value for key, value in config.items() if key != BASELINE_KEY}
+
+
+def creation_number(trial_dir_name: str, trial_id: str) -> int:
+    """The trial's number in its phase, as Ray puts it after the id in the trial's folder name
+    (`TrialTrainable_<id>_<N>_<params>`): results call it experiment_id. 0 if absent."""
+    match = re.search(rf"_{re.escape(trial_id)}_(\d+)_", trial_dir_name)
+    return int(match.group(1)) if match else 0
+
+
+def trial_label(task_name: str, phase: str, number: int, config: dict[str, Any]) -> str:
+    """How a trial is named where people look for it (Ray's dashboard): the task, the phase
+    (tune, confirm), its number and its config."""
+    params = trial_params(config)
+    what = "engine defaults" if config.get(BASELINE_KEY) else " ".join(f"{k}={v}" for k, v in params.items())
+    return f"{task_name} {phase} #{number}: {what or 'engine defaults'}"

@@ -47,8 +47,8 @@ def test_a_broken_slo_makes_every_trial_infeasible(tmp_path):
     for trial in results["all_results"]:
         assert trial["status"] == "infeasible"
         assert trial["stages_completed"] == 1  # stopped at the first stage that broke it
-        assert trial["slo_violation"].startswith("ttft_p50 ")
-        assert trial["slo_violation"].endswith("> 0.0001 s at concurrency 2")
+        assert trial["infeasible_because"].startswith("ttft_p50 ")
+        assert trial["infeasible_because"].endswith("> 0.0001 s at concurrency 2")
     assert results["best_result"] is None
     # The closing line names only the files the run wrote: no winner, no launch line.
     closing = next(line for line in completed.stdout.splitlines() if line.startswith("Results: "))

@@ -39,7 +39,7 @@ def run(tmp_path_factory):
     }
     path = root / "task.yaml"
     path.write_text(yaml.safe_dump(task))
-    completed = subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(path)],
+    completed = subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(path), "--no-dashboard"],
                                capture_output=True, text=True, timeout=900)
     results_dir = root / "results" / "e2e-small"
     return completed, results_dir, served
@@ -51,6 +51,7 @@ def test_run_exits_0_and_prints_the_best_config_and_gain(run):
     assert "Best: experiment" in completed.stdout
     assert "Launch: " in completed.stdout
     assert "vs. engine defaults" in completed.stdout or "the engine defaults" in completed.stdout
+    assert "Ray dashboard" not in completed.stdout  # --no-dashboard (tests/test_e2e_dashboard.py: with it)
 
 
 def test_results_json_holds_every_trial_with_real_metrics(run):

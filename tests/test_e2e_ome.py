@@ -17,8 +17,8 @@ from ray import tune
 from tests.conftest import Driver
 from tests.fake_ome import PLURAL, FakeOme
 from tests.k8s_emulator import KubeEmulator
-from llm_autotuner.cluster.backend import backend_for
-from llm_autotuner.tuner.driver import claim, trial_resources
+from llm_autotuner.cluster.backend import trial_claim
+from llm_autotuner.tuner.driver import trial_resources
 from llm_autotuner.task import parse_task
 
 pytestmark = pytest.mark.e2e
@@ -100,9 +100,8 @@ def test_trials_hold_gpus_from_the_budget_so_ray_runs_only_what_fits(tmp_path):
         "deployment": {"backend": "ome", "namespace": NS, "model": "m", "runtime": "r", "gpu_budget": 4},
         "search_space": {"tp-size": [2]},
     })
-    backend = backend_for(task.deployment)
-    assert claim(task, backend, {"tp-size": 2, "dp-size": 2}, node_cpus=2) == {"CPU": 1.0, "ome_gpu": 4.0}
-    assert claim(task, backend, {"tp-size": 2}, node_cpus=2) == {"CPU": 1.0, "ome_gpu": 2.0}
+    assert trial_claim(task, {"tp-size": 2, "dp-size": 2}, node_cpus=2) == {"CPU": 1.0, "ome_gpu": 4.0}
+    assert trial_claim(task, {"tp-size": 2}, node_cpus=2) == {"CPU": 1.0, "ome_gpu": 2.0}
 
     def hold(config):
         import time
@@ -113,7 +112,7 @@ def test_trials_hold_gpus_from_the_budget_so_ray_runs_only_what_fits(tmp_path):
     ray.init(num_cpus=8, resources={"ome_gpu": 4}, include_dashboard=False, configure_logging=False,
              log_to_driver=False)
     try:
-        grid = tune.Tuner(tune.with_resources(hold, trial_resources(task, backend, node_cpus=8)),
+        grid = tune.Tuner(tune.with_resources(hold, trial_resources(task, 8, [{"CPU": 8, "ome_gpu": 4}])),
                           param_space={"tp-size": 2}, tune_config=tune.TuneConfig(num_samples=4),
                           run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0)).fit()
     finally:
@@ -165,8 +164,9 @@ def test_inference_services_that_take_30_s_to_go_never_overlap_and_the_run_finis
         try:
             kubeconfig = emulator.write_kubeconfig(tmp_path / "kubeconfig")
             path = tmp_path / "task.yaml"
+            # No re-measurement: each engine more is 30 s more, and the search's alone show the overlap.
             task = ome_task(tmp_path, kubeconfig, tokenizer, num_samples=2, seed=2, max_concurrent=1,
-                            grace_period=1, reduction_factor=2, confirm_top_k=1, confirm_repeats=1)
+                            grace_period=1, reduction_factor=2, confirm_top_k=0)
             task["search_space"] = {"parallel": [1, 2, 4], "ubatch-size": [256, 512]}
             # Each trial holds the whole node, as a trial holds its GPUs from the budget on OME.
             task["benchmark"] = {"traffic_scenario": "D(32,16)", "concurrency": [1, 2], "max_requests_per_stage": 4,
@@ -181,8 +181,7 @@ def test_inference_services_that_take_30_s_to_go_never_overlap_and_the_run_finis
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     results = json.loads((tmp_path / "results" / "ome-e2e" / "results.json").read_text())
     assert results["total_experiments"] == 3  # the baseline and 2 searched trials: none left pending
-    # and the confirmation runs: each engine gone when the run ended
-    assert len(lifetimes) == 3 + len(results["confirmation"])
+    assert len(lifetimes) == 3  # each engine gone when the run ended
     for (name, _, ended), (later, started, _) in zip(lifetimes, lifetimes[1:]):
         assert started >= ended, f"{later} started before {name}'s engine was gone: {lifetimes}"
     assert remaining == []

@@ -16,13 +16,13 @@ from typing import Any, Iterator
 
 from ray import tune
 
-from llm_autotuner.cluster.backend import backend_for
+from llm_autotuner.cluster.backend import backend_for, shortfall, trial_claim
 from llm_autotuner.cluster.deployer import EngineSpec
 from llm_autotuner.cluster.engines import profile_for
 from llm_autotuner.trainables.genai_bench import GenaiBenchRunner
 from llm_autotuner.errors import AutotunerError, DeploymentError, InfrastructureError
 from llm_autotuner.objective import INFEASIBLE_SCORE, request_limits, score_stages, weighted_mean, worst_value
-from llm_autotuner.outcome import Outcome, trial_params
+from llm_autotuner.outcome import Outcome, creation_number, trial_label, trial_params
 from llm_autotuner.task import Task
 
 
@@ -38,6 +38,10 @@ class Resolved:
     run_id: str  # this run of the experiment: labels, records and cleanup use it
     # Ray node id -> the engine binary proven on that node (a node's cache may hold another build).
     node_executables: dict[str, str] = field(default_factory=dict)
+    run_host: str = ""  # the driver's host (cluster/records.py:host_id)
+    # The Ray cluster as the run found it: the most CPUs of a node, and each node's resources.
+    node_cpus: int = 0
+    nodes: tuple[dict[str, float], ...] = ()
 
     @property
     def stop_file(self) -> str:
@@ -52,13 +56,28 @@ class Resolved:
         return self.node_executables.get(node, self.executable)
 
 
+# What tells CUDA (and ROCm) programs which GPUs they may use.
+GPU_LIST_VARIABLES = frozenset({"CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES"})
+
+
 def engine_spec(task: Task, resolved: Resolved, params: dict[str, Any], trial_id: str,
                 workdir: Path) -> EngineSpec:
     profile = profile_for(task.engine.name)
     return EngineSpec(experiment=task.name, run_id=resolved.run_id, trial_id=trial_id, profile=profile,
                       executable=resolved.executable_here(), model_path=resolved.model_path,
                       served_name=resolved.served_name, flags=profile.merged(task.engine.args, params),
-                      workdir=workdir, env=dict(task.engine.env))
+                      workdir=workdir, env=dict(task.engine.env) | assigned_gpus(task), run_host=resolved.run_host)
+
+
+def assigned_gpus(task: Task) -> dict[str, str]:
+    """The GPUs Ray assigned to this trial, for an engine started on its node: exactly those, none
+    if none (Ray 2.60 leaves a worker without GPUs the whole machine's), so that two engines never
+    share a GPU. Engines a backend runs elsewhere (a Kubernetes pod) get their GPUs there."""
+    import ray
+
+    if not (ray.is_initialized() and backend_for(task.deployment).gpus_from_ray):
+        return {}
+    return {"CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in sorted(ray.get_gpu_ids()))}
 
 
 def make_runner(task: Task, resolved: Resolved, api_backend: str):
@@ -97,6 +116,10 @@ class TrialTrainable(tune.Trainable):
 
     def setup(self, config: dict[str, Any], task: Task, resolved: Resolved) -> None:
         self.task, self.resolved, self.params = task, resolved, trial_params(config)
+        # Ray runs a trial in <experiment>/working_dirs/<trial folder> (ray.train StorageContext).
+        working_dir = Path(self.logdir)
+        self.label = trial_label(task.name, working_dir.parent.parent.name,
+                                 creation_number(working_dir.name, self.trial_id), config)
         self.workdir = fresh_workdir(Path(resolved.trials_dir) / self.trial_id)
         self.timeline = Timeline(self.workdir / "timeline.json")
         self.timeline.mark("trial_start")
@@ -107,6 +130,11 @@ class TrialTrainable(tune.Trainable):
         self.running = contextlib.ExitStack()  # the engine, then genai-bench: closed in reverse
         self.endpoint = None
         self.stages: Iterator | None = None
+
+    def __repr__(self) -> str:
+        # Ray shows an actor's own repr as its name in the dashboard (actors, tasks, log prefixes):
+        # the trial is found there by its task, number and config instead of a class name.
+        return getattr(self, "label", type(self).__name__)
 
     def step(self) -> dict:
         # The engine is not torn down here when the trial ends: Ray calls `cleanup` (below) before
@@ -123,6 +151,12 @@ class TrialTrainable(tune.Trainable):
             if Path(self.resolved.stop_file).exists():
                 # Ray was starting this trial as the run was stopped: deploy nothing.
                 return {"stage": 0, "score": INFEASIBLE_SCORE, "outcome": Outcome.INTERRUPTED.value, "done": True}
+            too_big = self.resolved.nodes and shortfall(
+                trial_claim(task, self.params, self.resolved.node_cpus), list(self.resolved.nodes))
+            if too_big:  # placed with next to nothing (tuner/driver.py): skipped, and the searcher told why
+                return {"stage": 0, "score": INFEASIBLE_SCORE, "objective": None, "violation": f"the config {too_big}",
+                        "objectives": {m: worst_value(m) for m in task.objective.metrics}, "slos_met": False,
+                        "error": None, "metrics": None, "outcome": Outcome.INFEASIBLE.value, "done": True}
             self.endpoint = self.running.enter_context(
                 backend_for(task.deployment).deployer().deployed(self.spec, task.deployment.ready_timeout_s))
             self.timeline.mark("engine_ready")

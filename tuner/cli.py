@@ -24,6 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true",
                      help="continue the interrupted run in results/<task>/ (finished trials are kept)")
     run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    run.add_argument("--no-dashboard", action="store_true",
+                     help="start the local Ray without its dashboard (CI, a machine short of memory)")
     run.add_argument("--num-samples", type=int, help="override search.num_samples")
     run.add_argument("--algorithm", help="override search.algorithm (a name or package.module:Class)")
 
@@ -98,7 +100,7 @@ def _run(args) -> int:
     sys.stdout, sys.stderr = _OutputThatMayGo(sys.stdout), _OutputThatMayGo(sys.stderr)
 
     try:
-        summary = driver.run(task, address=args.address, resume=args.resume)
+        summary = driver.run(task, address=args.address, resume=args.resume, dashboard=not args.no_dashboard)
     except KeyboardInterrupt:
         # The second interrupt: driver.run has killed this run's engines on the way out.
         print(f"autotuner: interrupted twice: engines killed without waiting; {task.results_path}/results.json "

@@ -21,11 +21,12 @@ from ray.tune.schedulers import FIFOScheduler
 from ray.tune.stopper import CombinedStopper
 
 from llm_autotuner.cluster import records
-from llm_autotuner.cluster.backend import Backend, backend_for
+from llm_autotuner.cluster.backend import Backend, backend_for, cheapest_params, shortfall, trial_claim
 from llm_autotuner.cluster.engines import EngineProfile, profile_for
+from llm_autotuner.cluster.nodes import check_nodes
 from llm_autotuner.trainables.genai_bench import scrub_api_key
 from llm_autotuner.outcome import BASELINE_KEY, trial_params
-from llm_autotuner.trainables.trial import Resolved, TrialTrainable
+from llm_autotuner.trainables.trial import GPU_LIST_VARIABLES, Resolved, TrialTrainable
 from llm_autotuner.tuner import registry
 from llm_autotuner.tuner.registry import GridSearcher
 from llm_autotuner.tuner import results as results_io
@@ -36,7 +37,7 @@ from llm_autotuner.tuner.progress import ProgressPrinter
 from llm_autotuner.tuner.search import (METRIC, MODE, FailureGuard, NoImprovementStopper, build_scheduler, build_searcher,
                           num_trials)
 from llm_autotuner.tuner.space import to_ray
-from llm_autotuner.task import FloatRange, IntRange, Task
+from llm_autotuner.task import Task
 
 RAY_EXPERIMENT_NAME = "tune"
 CONFIRM_EXPERIMENT_NAME = "confirm"  # the re-measurements of the best configs
@@ -63,7 +64,10 @@ def preflight(task: Task) -> None:
 def _check_flags(task: Task, profile: EngineProfile) -> None:
     """No flag the engine's launcher sets itself; and no flag given twice in one place under two
     spellings (`--ctx-size` and its alias `-c`, or `ctx_size`): it would reach the engine once,
-    with whichever value came last."""
+    with whichever value came last. No GPU list in the engine's environment: each engine sees the
+    GPUs Ray assigned to its trial, or two trials could share one."""
+    for name in GPU_LIST_VARIABLES & set(task.engine.env):
+        raise TaskError(f"engine.env.{name}: the tuner gives each engine the GPUs Ray assigned to its trial")
     for where, names in (("engine.args", task.engine.args), ("search_space", task.search_space)):
         seen: dict[str, str] = {}
         for name in names:
@@ -82,13 +86,16 @@ def resolve(task: Task, backend: Backend, trials_dir: Path, run_id: str, *, loca
     With a local Ray, the binary found is proven here; on a cluster each node proves its own
     (`prepare_nodes`), as the driver's host may not run trials at all."""
     setup = backend.setup(profile_for(task.engine.name), task, prove_here=local_ray)
-    return Resolved(**dataclasses.asdict(setup), trials_dir=str(trials_dir), run_id=run_id)
+    return Resolved(**dataclasses.asdict(setup), trials_dir=str(trials_dir), run_id=run_id, run_host=records.host_id())
 
 
 def prepare_nodes(task: Task, backend: Backend, resolved: Resolved, local_ray: bool) -> Resolved:
-    """On a Ray cluster, each node's engine binary proven on that node (the driver's own node, when
-    it is one and was checked in `resolve`, is not checked twice)."""
+    """On a Ray cluster, each node checked for genai-bench and the engine, and its engine binary
+    proven on that node where the engine needs it (the driver's own node, when it is one and was
+    checked in `resolve`, is not checked twice)."""
     skip = {ray.get_runtime_context().get_node_id()} if local_ray else set()
+    if task.benchmark.runner == "direct":  # genai-bench runs beside each trial, on any node
+        check_nodes(None, ["genai_bench"], skip)
     binaries = backend.setup_nodes(profile_for(task.engine.name), task, skip)
     if not binaries:
         return resolved
@@ -97,33 +104,14 @@ def prepare_nodes(task: Task, backend: Backend, resolved: Resolved, local_ray: b
     return dataclasses.replace(resolved, node_executables=binaries)
 
 
-def claim(task: Task, backend: Backend, params: dict[str, Any], node_cpus: int) -> dict[str, float]:
-    """What one trial holds in Ray: its engine's demand plus the CPUs of its load generator, as
-    the backend counts them."""
-    profile = profile_for(task.engine.name)
-    engine = profile.resources(profile.merged(task.engine.args, params), node_cpus)
-    client_cpus = task.benchmark.client_cpus if task.benchmark.runner == "direct" else 0.0
-    demand = backend.claim(engine, client_cpus, node_cpus)
-    return {kind: amount for kind, amount in demand.items() if amount} or {"CPU": 0.01}
-
-
-def trial_resources(task: Task, backend: Backend, node_cpus: int):
+def trial_resources(task: Task, node_cpus: int, nodes: list[dict[str, float]]):
     def placement(config: dict[str, Any]) -> tune.PlacementGroupFactory:
-        return tune.PlacementGroupFactory([claim(task, backend, trial_params(config), node_cpus)])
+        claim = trial_claim(task, trial_params(config), node_cpus)
+        # A config no node can hold would wait for a place forever: it holds next to nothing and
+        # its trial reports that it does not fit (TrialTrainable), so the searcher learns it.
+        return tune.PlacementGroupFactory([{"CPU": 0.01} if shortfall(claim, nodes) else claim])
 
     return placement
-
-
-def smallest_claim(task: Task, backend: Backend, node_cpus: int) -> dict[str, float]:
-    """The claim of the cheapest config in the space: it bounds how many trials fit at once."""
-    cheapest: dict[str, Any] = {}
-    for name, spec in task.search_space.items():
-        if isinstance(spec, (IntRange, FloatRange)):
-            cheapest[name] = spec.min
-        else:
-            numbers = [v for v in spec if isinstance(v, (int, float)) and not isinstance(v, bool)]
-            cheapest[name] = min(numbers) if numbers else spec[0]
-    return claim(task, backend, cheapest, node_cpus)
 
 
 def capacity(available: dict[str, float], claim: dict[str, float]) -> int:
@@ -149,26 +137,42 @@ def shipped_package() -> Iterator[str]:
         yield str(package)
 
 
-def start_ray(backend: Backend, address: str | None) -> None:
+def start_ray(backend: Backend, address: str | None, dashboard: bool = True) -> str | None:
+    """Start a local Ray (with its dashboard unless told not to) or join the cluster at `address`;
+    return the dashboard's URL (None when there is none)."""
     offers = backend.offers()
+    url = None
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
         if address:
             # Trials on other nodes need our package; the engines and genai-bench must be installed there.
             with shipped_package() as package:
-                ray.init(address=address, runtime_env={"py_modules": [package]})
+                # Workers' own output stays in their logs (the dashboard shows them), as with a local Ray.
+                context = ray.init(address=address, runtime_env={"py_modules": [package]}, configure_logging=False,
+                                   log_to_driver=False)
         else:
             # Ray starts workers at niceness 15: any other work on the machine then starves the
             # trials' own processes (measured: 40 s to start a trial actor next to two busy loops).
             # The local Ray is ours, so its workers run at normal priority; engines and genai-bench
             # are reset to 0 wherever they run (cluster/procs.py).
             os.environ.setdefault("RAY_worker_niceness", "0")
-            ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False, resources=offers or None)
+            # The dashboard listens on the loopback only: from elsewhere, through an SSH tunnel.
+            context = ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1", configure_logging=False,
+                               log_to_driver=False, resources=offers or None)
+        url = context.dashboard_url or None
     for kind, needed in offers.items():
         have = ray.cluster_resources().get(kind, 0)
         if have < needed:
             raise TaskError(f"deployment: the Ray cluster offers {have:g} '{kind}' but the task needs {needed:g}; "
                             f"start the Ray head with --resources '{{\"{kind}\": {needed:g}}}'")
+    return url if url is None or "://" in url else f"http://{url}"
+
+
+def dashboard_line(url: str) -> str:
+    """Where to watch the run. The token is never printed: it is a credential for the cluster."""
+    sign_in = (", signing in with the token `ray get-auth-token` prints"
+               if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" else "")
+    return f"[autotuner] Ray dashboard: {url} (one actor per trial, named after its task, number and config{sign_in})"
 
 
 def prepare_results_dir(task: Task) -> Path:
@@ -183,7 +187,7 @@ def prepare_results_dir(task: Task) -> Path:
     return path
 
 
-def run(task: Task, *, address: str | None = None, resume: bool = False) -> dict:
+def run(task: Task, *, address: str | None = None, resume: bool = False, dashboard: bool = True) -> dict:
     """Tune `task` (or continue its interrupted run); return the results summary, also written to
     results/<task>/."""
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
@@ -208,7 +212,7 @@ def run(task: Task, *, address: str | None = None, resume: bool = False) -> dict
     for line in backend.cleanup(task.name):
         print(f"[autotuner] removed {line}")
     try:
-        return _tune(task, backend, resolved, results_dir, address, resume, local_ray)
+        return _tune(task, backend, resolved, results_dir, address, resume, local_ray, dashboard)
     finally:
         lock.unlink(missing_ok=True)
         sweep(task, backend, run_id)
@@ -265,8 +269,13 @@ def settle(backend: Backend, run_id: str) -> None:
 
 
 def _tune(task: Task, backend: Backend, resolved: Resolved, results_dir: Path, address: str | None, resume: bool,
-          local_ray: bool) -> dict:
-    start_ray(backend, address)
+          local_ray: bool, dashboard: bool) -> dict:
+    url = start_ray(backend, address, dashboard)
+    if url:
+        print(dashboard_line(url), flush=True)
+    if not local_ray:  # the run's start swept only this host: now every node of the cluster
+        for line in backend.cleanup(task.name):
+            print(f"[autotuner] removed {line}")
     logging.getLogger("ray.tune.execution.tune_controller").addFilter(QuietLostWorkers())
     # SIGTERM (a batch scheduler, `kill`, a pod shutting down) is handled like Ctrl-C. Set after
     # ray.init, whose own handler would end the process on the spot.
@@ -276,11 +285,17 @@ def _tune(task: Task, backend: Backend, resolved: Resolved, results_dir: Path, a
     for line in backend.prepare(resolved.served_name):
         print(f"[autotuner] {line}")
     available = ray.cluster_resources()
-    node_cpus = max((int(node["Resources"].get("CPU", 0)) for node in ray.nodes() if node["Alive"]),
-                    default=os.cpu_count() or 1)
-    max_concurrent = task.search.max_concurrent or capacity(available, smallest_claim(task, backend, node_cpus))
+    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    node_cpus = max((int(node.get("CPU", 0)) for node in nodes), default=os.cpu_count() or 1)
+    smallest = trial_claim(task, cheapest_params(task), node_cpus)
+    too_big = shortfall(smallest, nodes)
+    if too_big:
+        raise TaskError(f"search_space: even its smallest config {too_big}; no trial could run")
+    # Each trial checks that its own config fits before it deploys anything.
+    resolved = dataclasses.replace(resolved, node_cpus=node_cpus, nodes=tuple(nodes))
+    max_concurrent = task.search.max_concurrent or capacity(available, smallest)
     trainable = tune.with_resources(tune.with_parameters(TrialTrainable, task=task, resolved=resolved),
-                                    trial_resources(task, backend, node_cpus))
+                                    trial_resources(task, node_cpus, nodes))
     trials = num_trials(task)
     searcher, scheduler = build_searcher(task, max_concurrent), build_scheduler(task)
     guard = FailureGuard(task.search.max_consecutive_failures)

@@ -37,11 +37,13 @@ class ProgressPrinter(Callback):
         self.last_stage[trial.trial_id] = result.get("stage", 0)
         if result.get("error"):
             return  # said by on_trial_complete
+        if not result.get("stage"):
+            return  # ended before its first stage (stopped, or fits no node): said by on_trial_complete
         stage_metrics = result.get("metrics") or {}
         line = (f"stage {result['stage']}/{self.num_stages} (concurrency {stage_metrics.get('concurrency')}): "
                 f"{self.metric} {stage_metrics.get(self.metric, float('nan')):.4g}")
         if result.get("violation"):
-            line += f"  SLO broken: {result['violation']}"
+            line += f"  infeasible: {result['violation']}"
         self._say(trial, line)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -50,7 +52,7 @@ class ProgressPrinter(Callback):
         if result.get("error"):
             self._say(trial, f"FAILED {result['error'].splitlines()[0][:200]}")
         elif result.get("violation"):
-            self._say(trial, "infeasible, stopped")
+            self._say(trial, "infeasible, stopped" if stage else f"infeasible: {result['violation']}")
         elif stage < self.num_stages:
             self._say(trial, f"stopped early by the scheduler after stage {stage}")
         else:

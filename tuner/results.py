@@ -7,7 +7,6 @@ import csv
 import io
 import json
 import os
-import re
 import shlex
 from statistics import fmean, pstdev
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from typing import Any
 from ray.tune import Callback
 
 from llm_autotuner.cluster.engines import Launch, profile_for
-from llm_autotuner.outcome import BASELINE_KEY, Outcome, trial_params
+from llm_autotuner.outcome import BASELINE_KEY, Outcome, creation_number, trial_params
 from llm_autotuner.trainables.trial import Resolved
 from llm_autotuner.errors import lost_worker, trial_error
 from llm_autotuner.metrics import maximize
@@ -129,7 +128,7 @@ def _record(trial_id: str, config: dict | None, trial_dir: str, error: BaseExcep
     lost = lost_worker(error)
     return TrialRecord(trial_id=trial_id, parameters=trial_params(config), baseline=bool(config.get(BASELINE_KEY)),
                        reports=read_reports(trial_dir), ray_error=lost or (_first_line(error) if error else None),
-                       experiment_id=_creation_number(trial_dir, trial_id), ended=ended,
+                       experiment_id=creation_number(Path(trial_dir).name, trial_id), ended=ended,
                        infrastructure=lost is not None, ray_failures=ray_failures(trial_dir))
 
 
@@ -155,11 +154,6 @@ class LiveResults(Callback):
         summary = summarize(self.task, self.resolved, from_trials(trials, {ending}), self.experiment_dir)
         summary["in_progress"] = True
         write(self.results_dir, summary)
-
-
-def _creation_number(trial_dir: str, trial_id: str) -> int:
-    match = re.search(rf"_{re.escape(trial_id)}_(\d+)_", Path(trial_dir).name)
-    return int(match.group(1)) if match else 0
 
 
 def _first_line(error: BaseException) -> str:
@@ -391,7 +385,7 @@ def summarize(task: Task, resolved: Resolved, records: list[TrialRecord], experi
             "stages_completed": len(r.stages),
             "objectives": values.get(r.experiment_id),
             "stages": r.stages,
-            "slo_violation": r.last.get("violation"),
+            "infeasible_because": r.last.get("violation"),
             "slos_met": r.last.get("slos_met"),
             "error": r.error,
             "ray_failures": r.ray_failures,
@@ -441,12 +435,12 @@ def trials_csv(summary: dict) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["experiment_id", "trial_id", "baseline", "status", "stages_completed",
-                     "objective_score", *names, "slo_violation", "error"])
+                     "objective_score", *names, "infeasible_because", "error"])
     for row in summary["all_results"]:
         writer.writerow([row["experiment_id"], row["trial_id"], row["baseline"], row["status"],
                          row["stages_completed"], row["objective_score"],
                          *[row["parameters"].get(name) for name in names],
-                         row["slo_violation"], row["error"]])
+                         row["infeasible_because"], row["error"]])
     return buffer.getvalue()
 
 

@@ -49,6 +49,12 @@ def test_llama_cpp_claims_its_threads_as_cpus():
     assert LLAMA_CPP.resources({}, node_cpus=8) == {"CPU": 8.0}
 
 
+def test_llama_cpp_offloading_layers_claims_a_gpu():
+    # Else its engine would be given no GPU (each engine sees only the GPUs its trial holds).
+    assert LLAMA_CPP.resources({"threads": 2, "n-gpu-layers": 99}) == {"CPU": 2.0, "GPU": 1.0}
+    assert LLAMA_CPP.resources({"threads": 2, "n-gpu-layers": 0}) == {"CPU": 2.0}
+
+
 @pytest.mark.parametrize("value", ["--api-key", "a b", "x\ny", "-1x"])
 def test_values_that_could_smuggle_a_flag_are_refused(value):
     with pytest.raises(ValueError):

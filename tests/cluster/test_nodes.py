@@ -1,19 +1,30 @@
-"""Each node of a Ray cluster proves its own llama-server before the first trial: a real two-node
-Ray cluster on this machine (Ray's own test cluster), the real binary, and one that dies by SIGILL."""
+"""Each node of a Ray cluster checks its engine and genai-bench, and proves its own llama-server,
+before the first trial: a real two-node Ray cluster on this machine (Ray's own test cluster), the
+real binary, one that dies by SIGILL, and programs that are not there."""
 
+import json
 import os
 import re
 import shutil
+import subprocess
 import tempfile
+from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 import ray
 from ray.cluster_utils import Cluster
 
+from llm_autotuner.cluster import records
+from llm_autotuner.cluster.local import LocalBackend
+from llm_autotuner.cluster.procs import start_time
 from llm_autotuner.errors import SetupError
-from llm_autotuner.cluster.nodes import prepare_nodes
+from llm_autotuner.task import LocalDeployment
+from llm_autotuner.cluster.nodes import check_nodes, prepare_nodes
 
 pytestmark = pytest.mark.e2e
+
+OTHER_NODE_STATE = tempfile.mkdtemp(prefix="autotuner-node-state-")
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +35,8 @@ def two_nodes():
     os.makedirs("/tmp/ray", exist_ok=True)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "temp_dir": temp_dir,
                                                             "include_dashboard": False})
-    cluster.add_node(num_cpus=1)
+    # The second node keeps its engine records apart, as another machine does.
+    cluster.add_node(num_cpus=1, env_vars={"XDG_STATE_HOME": OTHER_NODE_STATE})
     cluster.wait_for_nodes()
     ray.init(address=cluster.address)
     try:
@@ -33,6 +45,7 @@ def two_nodes():
         ray.shutdown()
         cluster.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)
+        shutil.rmtree(OTHER_NODE_STATE, ignore_errors=True)
 
 
 def test_every_node_checks_its_binary_and_names_it(two_nodes, llama_server):
@@ -54,3 +67,30 @@ def test_a_node_whose_binary_dies_is_named_in_one_line(two_nodes, tmp_path):
     assert re.match(r"node \S+ \([0-9a-f]{8}\): ", message), message
     assert f"engine.binary={binary} does not run on this machine" in message
     assert "killed by SIGILL (illegal instruction)" in message
+
+
+def test_a_node_without_the_engine_or_genai_bench_is_named_in_one_line(two_nodes, tmp_path):
+    check_nodes(None, ["genai_bench"])  # installed on both: no error
+    with pytest.raises(SetupError) as caught:
+        check_nodes(str(tmp_path / "vllm"), [])
+    assert re.match(rf"node \S+ \([0-9a-f]{{8}}\): the engine {tmp_path / 'vllm'} is not installed there",
+                    str(caught.value)), caught.value
+    with pytest.raises(SetupError) as caught:
+        check_nodes(None, ["no_such_load_generator"])
+    assert re.match(r"node \S+ \([0-9a-f]{8}\): no-such-load-generator is not installed there",
+                    str(caught.value)), caught.value
+
+
+def test_leftover_engines_are_swept_on_every_node(two_nodes):
+    leftover = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        record = records.EngineRecord("dead-run-7f3a", "sweep", "t1", leftover.pid, start_time(leftover.pid), "sleep")
+        path = Path(OTHER_NODE_STATE) / "autotuner" / "engines" / f"{record.run_id}-{record.trial_id}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(record)))
+        assert record not in records.engine_records()  # the driver's node does not see it
+        lines = LocalBackend(LocalDeployment()).cleanup("sweep")
+        assert lines == [f"engine process group {leftover.pid} (sweep, trial t1) left by run dead-run-7f3a"]
+        assert leftover.wait(timeout=30) is not None and not path.exists()
+    finally:
+        leftover.kill()

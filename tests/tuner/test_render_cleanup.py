@@ -1,6 +1,7 @@
 """`autotuner render` writes valid manifests without a cluster; `autotuner cleanup` removes leftovers."""
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import yaml
 
 from llm_autotuner.cluster.procs import start_time
+from llm_autotuner.cluster import records
 from llm_autotuner.cluster.records import EngineRecord, engine_records
 from tests.cluster.test_manifests import validate
 
@@ -73,8 +75,6 @@ def test_render_with_create_runtime_writes_a_valid_runtime(tmp_path):
 
 
 def test_cleanup_kills_engines_of_dead_runs_only(tmp_path, monkeypatch):
-    import os
-
     env = os.environ | {"XDG_STATE_HOME": str(tmp_path)}
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
     leftover = subprocess.Popen(["sleep", "300"], start_new_session=True)
@@ -90,6 +90,22 @@ def test_cleanup_kills_engines_of_dead_runs_only(tmp_path, monkeypatch):
         assert cli("cleanup", "--all", env=env).stdout.strip() == "nothing to clean up"
     finally:
         leftover.kill()
+
+
+def test_cleanup_leaves_engines_of_other_hosts_and_runs_judged_elsewhere(tmp_path, monkeypatch):
+    # Nodes of a Ray cluster may share a home: a PID means something only on its own host, and a run
+    # whose driver is on another host cannot be judged dead here.
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    here = records.host_id()
+    elsewhere = EngineRecord("dead-run", "quickstart-cpu", "t1", os.getpid(), start_time(os.getpid()), "sleep",
+                             host="other-node/boot", run_host=here)
+    driven_elsewhere = EngineRecord("remote-run", "quickstart-cpu", "t2", os.getpid(), start_time(os.getpid()),
+                                    "sleep", host=here, run_host="other-node/boot")
+    for record in (elsewhere, driven_elsewhere):
+        record.save()
+    assert records.kill_leftover_engines("quickstart-cpu") == []
+    assert records.kill_run_engines("dead-run", wait_s=0) == []
+    assert sorted(engine_records(), key=lambda r: r.trial_id) == [elsewhere, driven_elsewhere]
 
 
 def test_cleanup_needs_a_task_or_all():

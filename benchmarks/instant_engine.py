@@ -1,0 +1,66 @@
+#!/usr/bin/env python3
+"""An engine that answers at once: llama-server's command line, /health, /completion and a
+streamed /v1/chat/completions whose tokens all come after one short sleep. With it, a trial's time is the
+tuner's own (Ray, the trial's actor, genai-bench, the teardown), not an engine's: what the
+parallel-efficiency and driver-scale benchmarks measure.
+
+    instant_engine.py --host H --port P [--alias NAME] [any other llama-server flag VALUE]...
+    (env: INSTANT_ENGINE_DELAY_S, default 0.02: the sleep before each answer)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+DELAY_S = float(os.environ.get("INSTANT_ENGINE_DELAY_S", "0.02"))
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:  # quiet: one line per request would be the main cost
+        pass
+
+    def do_GET(self) -> None:
+        body = b'{"status":"ok"}' if self.path == "/health" else b"{}"
+        self._reply(200 if self.path == "/health" else 404, body, "application/json")
+
+    def do_POST(self) -> None:
+        request = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        if self.path == "/completion":  # llama-server's own API: the setup proves a binary with it
+            tokens = int(request.get("n_predict") or 1)
+            body = json.dumps({"content": " x" * tokens, "tokens_predicted": tokens})
+            return self._reply(200, body.encode(), "application/json")
+        tokens = int(request.get("max_tokens") or request.get("max_completion_tokens") or 16)
+        prompt = sum(len(str(m.get("content", "")).split()) for m in request.get("messages", []))
+        time.sleep(DELAY_S)
+        chunks = [{"choices": [{"index": 0, "delta": {"content": " x"}, "finish_reason": None}]}] * (tokens - 1)
+        chunks.append({"choices": [{"index": 0, "delta": {"content": " x"}, "finish_reason": "length"}]})
+        chunks.append({"choices": [], "usage": {"prompt_tokens": prompt, "completion_tokens": tokens,
+                                                "total_tokens": prompt + tokens}})
+        body = "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in chunks) + "data: [DONE]\n\n"
+        self._reply(200, body.encode(), "text/event-stream")
+
+    def _reply(self, status: int, body: bytes, kind: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def main() -> int:
+    args = sys.argv[1:]
+    flags = {args[i]: args[i + 1] for i in range(len(args) - 1) if args[i].startswith("--")}
+    server = ThreadingHTTPServer((flags.get("--host", "127.0.0.1"), int(flags["--port"])), Handler)
+    server.daemon_threads = True
+    server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""How well the tuner runs trials side by side, and whether the driver keeps up with many trials.
+
+(a) Parallel efficiency: N trials on K slots (K = 1, 2, 4, 8), each a whole `autotuner run
+    --address` on a Ray test cluster whose head offers 2K CPUs (a trial claims 2: its engine's
+    thread and genai-bench). The engine is benchmarks/instant_engine.py, which answers at once,
+    so a trial's time is the tuner's own: Ray placing it and starting its actor, the engine's
+    start and health check, genai-bench, the teardown. Efficiency at K = (N/K x t1) / span(K),
+    where t1 is the mean trial time at K = 1 and span the time from the first trial's start to
+    the last one's end (each trial's timeline.json). Goal: >= 0.9 at every K. On a machine with
+    fewer cores than K x (genai-bench + engine), the machine, not the tuner, caps it: the table
+    says how many cores it had.
+(b) Driver scale: `--scale-trials` (default 500) one-stage trials on 8 slots; the driver's memory
+    (RSS of the `autotuner run` process and its children are not counted) and the time per
+    trial over each block of 100, read as the run goes. Goal: flat as the count grows.
+
+    .venv/bin/python benchmarks/parallel_efficiency.py [--slots 1 2 4 8] [--trials-per-run 16]
+        [--scale-trials 500] [--skip-scale] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from statistics import fmean
+
+import yaml
+from ray.cluster_utils import Cluster
+
+ENGINE = Path(__file__).with_name("instant_engine.py")
+CPUS_PER_TRIAL = 2  # threads 1 + benchmark.client_cpus 1
+
+
+def engine_launcher(folder: Path) -> str:
+    path = folder / "instant-engine"
+    path.write_text(f"#!{sys.executable}\nimport os, sys\n"
+                    f"os.execv(sys.executable, [sys.executable, {str(ENGINE)!r}, *sys.argv[1:]])\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def task(name: str, root: Path, binary: str, trials: int, stages: list[int]) -> dict:
+    return {
+        "name": name,
+        "model": {"path": "builtin:smollm2", "name": "instant"},
+        "engine": {"name": "llama.cpp", "binary": binary, "args": {"threads": 1}},
+        "search_space": {"parallel": [1, 2, 3, 4, 5, 6, 7, 8]},
+        "benchmark": {"traffic_scenario": "D(32,16)", "concurrency": stages, "max_requests_per_stage": 4},
+        "search": {"algorithm": "random", "seed": 1, "num_samples": trials, "scheduler": "none",
+                   "baseline": False, "confirm_repeats": 0, "max_consecutive_failures": trials},
+        "results_dir": str(root),
+    }
+
+
+class Head:
+    """A Ray test cluster of one node offering `cpus` CPUs, in its own temp folder."""
+
+    def __init__(self, cpus: int):
+        self.temp_dir = tempfile.mkdtemp(prefix="rt-", dir="/tmp")
+        os.makedirs("/tmp/ray", exist_ok=True)
+        self.cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": cpus, "temp_dir": self.temp_dir, "include_dashboard": False})
+
+    def __enter__(self) -> str:
+        return self.cluster.address
+
+    def __exit__(self, *exc) -> None:
+        self.cluster.shutdown()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def run(root: Path, name: str, binary: str, slots: int, trials: int, stages: list[int],
+        watch=None) -> dict:
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(task(name, root, binary, trials, stages)))
+    with Head(CPUS_PER_TRIAL * slots) as address:
+        began = time.time()
+        driver = subprocess.Popen([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(path),
+                                   "--address", address], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        samples = watch(driver, root / name) if watch else None
+        if driver.wait() != 0:
+            raise SystemExit(f"{name}: autotuner run exited with {driver.returncode}")
+        wall = time.time() - began
+    marks = [json.loads(p.read_text()) for p in (root / name / "trials").glob("*/timeline.json")]
+    durations = [m["trial_end"] - m["trial_start"] for m in marks]
+    return {"wall_s": wall, "trials": len(marks), "mean_trial_s": fmean(durations),
+            "span_s": max(m["trial_end"] for m in marks) - min(m["trial_start"] for m in marks),
+            "samples": samples}
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def watch_driver(driver: subprocess.Popen, results: Path) -> list[dict]:
+    """Every 5 s: trials finished so far (their timelines with an end) and the driver's RSS."""
+    samples, began = [], time.time()
+    while driver.poll() is None:
+        try:
+            done = sum("trial_end" in p.read_text() for p in (results / "trials").glob("*/timeline.json"))
+            samples.append({"t": time.time() - began, "done": done, "rss_mb": rss_mb(driver.pid)})
+        except (OSError, ValueError):
+            pass
+        time.sleep(5)
+    return samples
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--slots", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--trials-per-run", type=int, default=16)
+    parser.add_argument("--scale-trials", type=int, default=500)
+    parser.add_argument("--skip-scale", action="store_true")
+    parser.add_argument("--keep", type=Path)
+    args = parser.parse_args()
+    root = args.keep or Path(tempfile.mkdtemp(prefix="autotuner-parallel-"))
+    root.mkdir(parents=True, exist_ok=True)
+    binary = engine_launcher(root)
+    print(f"results in {root}; machine: {platform.node()}, {os.cpu_count()} cores, {platform.platform()}", flush=True)
+
+    runs = {}
+    for slots in args.slots:
+        runs[slots] = run(root, f"k{slots}", binary, slots, args.trials_per_run, [1, 2])
+        print(f"K={slots}: {runs[slots]['trials']} trials, span {runs[slots]['span_s']:.1f} s, "
+              f"mean trial {runs[slots]['mean_trial_s']:.1f} s", flush=True)
+    t1 = runs[min(runs)]["mean_trial_s"]
+    print("\n| slots K | trials N | mean trial | span | ideal N/K x t1 | efficiency | whole run |")
+    print("|---|---|---|---|---|---|---|")
+    for slots, r in runs.items():
+        ideal = r["trials"] / slots * t1
+        print(f"| {slots} | {r['trials']} | {r['mean_trial_s']:.1f} s | {r['span_s']:.1f} s | {ideal:.1f} s | "
+              f"{ideal / r['span_s']:.2f} | {r['wall_s']:.1f} s |")
+
+    if not args.skip_scale:
+        scale = run(root, "scale", binary, 8, args.scale_trials, [1], watch=watch_driver)
+        print(f"\nscale: {scale['trials']} trials in {scale['wall_s'] / 60:.1f} min")
+        print("| trials done | driver RSS | time per trial over the last block |")
+        print("|---|---|---|")
+        marks, previous = list(range(100, args.scale_trials + 1, 100)), (0.0, 0)
+        for mark in marks:
+            sample = next((s for s in scale["samples"] if s["done"] >= mark), None)
+            if sample:
+                per_trial = (sample["t"] - previous[0]) / max(1, sample["done"] - previous[1])
+                print(f"| {sample['done']} | {sample['rss_mb']:.0f} MB | {per_trial:.2f} s |")
+                previous = (sample["t"], sample["done"])
+        runs["scale"] = scale
+    (root / "summary.json").write_text(json.dumps({str(k): v for k, v in runs.items()}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""A search on a Ray cluster started separately (`autotuner run --address`), as on a cluster of GPU
+nodes: Ray's own multi-node test cluster on this machine (a head and two nodes with 4 fake GPUs
+each, separate raylets), the vLLM profile with a stand-in engine that records the GPUs it was given
+and serves through llama-server (tests/data/gpu_engine_standin.py), real genai-bench.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.cluster_utils import Cluster
+
+from tests.conftest import engine_processes
+from tests.data.gpu_engine_standin import launcher
+
+pytestmark = pytest.mark.e2e
+
+GPUS_PER_NODE = 4
+
+
+@pytest.fixture(scope="module")
+def gpu_cluster():
+    temp_dir = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # its own: never another test's Ray
+    os.makedirs("/tmp/ray", exist_ok=True)  # Ray's test cluster writes its address there
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "temp_dir": temp_dir,
+                                                            "include_dashboard": False})
+    for _ in range(2):
+        cluster.add_node(num_cpus=8, num_gpus=GPUS_PER_NODE)  # CPUs to spare: Ray packs small trials
+    cluster.wait_for_nodes()
+    try:
+        yield cluster
+    finally:
+        cluster.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def vllm_task(tmp_path, tokenizer, smollm2, binary, served, space, **search):
+    return {
+        "name": "gpus",
+        "model": {"path": smollm2, "name": served, "tokenizer": tokenizer},
+        "engine": {"name": "vllm", "binary": binary},
+        "search_space": space,
+        "benchmark": {"traffic_scenario": "D(32,16)", "concurrency": [2], "max_requests_per_stage": 8},
+        "search": {"algorithm": "random", "seed": 4, "confirm_top_k": 0} | search,
+        "results_dir": str(tmp_path / "results"),
+    }
+
+
+def run(task: dict, path: Path, address: str) -> subprocess.CompletedProcess:
+    path.write_text(yaml.safe_dump(task))
+    return subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(path), "--address", address],
+                          capture_output=True, text=True, timeout=900)
+
+
+def overlap(a: dict, b: dict) -> bool:
+    return a["start"] < b["end"] and b["start"] < a["end"]
+
+
+def test_trials_share_the_gpu_nodes_and_each_engine_sees_only_its_gpus(gpu_cluster, tmp_path, llama_server,
+                                                                       smollm2, tokenizer):
+    log = tmp_path / "engines.jsonl"
+    binary = launcher(tmp_path / "vllm", llama_server, log)
+    served = f"gpus-{uuid.uuid4().hex[:8]}"
+    # Four 2-GPU trials at once fill both 4-GPU nodes: both nodes busy, two engines on each. tp 8
+    # fits no node and must not wait forever.
+    task = vllm_task(tmp_path, tokenizer, smollm2, binary, served, {"tensor-parallel-size": [1, 2, 4, 8]},
+                     num_samples=6, max_concurrent=4, baseline=False,
+                     initial_points=[{"tensor-parallel-size": tp} for tp in (2, 2, 2, 2, 8)])
+    completed = run(task, tmp_path / "task.yaml", gpu_cluster.address)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    results = json.loads((tmp_path / "results" / "gpus" / "results.json").read_text())
+    trials = results["all_results"]
+    assert results["total_experiments"] == 6 and len(trials) == 6  # none left pending
+    too_big = [t for t in trials if t["parameters"].get("tensor-parallel-size") == 8]
+    assert too_big and all(t["status"] == "infeasible" for t in too_big)
+    assert all("needs 8 GPU on one node; the largest Ray node has 4" in t["infeasible_because"] for t in too_big), too_big
+    assert all(t["status"] == "completed" for t in trials if t not in too_big), trials
+
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    starts = {e["pid"]: e for e in events if e["event"] == "start"}
+    ends = {e["pid"]: e["time"] for e in events if e["event"] == "exit"}
+    engines = [{"start": e["time"], "end": ends[pid], "node": e["raylet"], "tp": int(e["flags"].get(
+                "--tensor-parallel-size", 1)), "gpus": set(e["gpus"].split(","))} for pid, e in starts.items()]
+    assert len(engines) == len(trials) - len(too_big)  # every trial that fits a node; each engine exited
+    for engine in engines:
+        assert len(engine["gpus"]) == engine["tp"]  # exactly its claim: Ray's assignment, no more
+        assert engine["gpus"] <= {str(i) for i in range(GPUS_PER_NODE)}
+    assert len({engine["node"] for engine in engines}) == 2
+    pairs = [(a, b) for i, a in enumerate(engines) for b in engines[i + 1:] if overlap(a, b)]
+    assert any(a["node"] != b["node"] for a, b in pairs), engines  # both nodes busy at once
+    neighbours = [(a, b) for a, b in pairs if a["node"] == b["node"]]
+    assert neighbours, engines
+    for a, b in neighbours:
+        assert not a["gpus"] & b["gpus"], (a, b)  # never one GPU for two engines at once
+    assert engine_processes(served) == set()
+
+
+def test_a_space_that_fits_no_node_is_refused_in_one_line(gpu_cluster, tmp_path, llama_server, smollm2, tokenizer):
+    binary = launcher(tmp_path / "vllm", llama_server, tmp_path / "engines.jsonl")
+    task = vllm_task(tmp_path, tokenizer, smollm2, binary, "gpus-none", {"tensor-parallel-size": [8, 16]})
+    completed = run(task, tmp_path / "task.yaml", gpu_cluster.address)
+    assert completed.returncode == 2, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert ("autotuner: error: search_space: even its smallest config needs 8 GPU on one node; the largest Ray node "
+            "has 4; no trial could run\n") in completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert not (tmp_path / "engines.jsonl").exists()
