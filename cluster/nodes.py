@@ -35,8 +35,8 @@ def _check_node(executable: str | None, modules: list[str]) -> tuple[None, list[
         raise SetupError(f"the engine {executable} is not installed there (not an executable file or on PATH)")
     for module in modules:
         if importlib.util.find_spec(module) is None:  # found, not imported: genai-bench patches gevent in
-            raise SetupError(f"{module.replace('_', '-')} is not installed there (pip install "
-                             f"{module.replace('_', '-')})")
+            package = module.replace("_", "-")
+            raise SetupError(f"{package} is not installed there (pip install {package})")
     return None, []
 
 
@@ -62,7 +62,7 @@ def everywhere(function: Callable[..., list], *args: Any, timeout_s: float = NOD
         values = _on_every_node(remote, args, set(), timeout_s, print)
     except SetupError as error:  # a node that does not answer must not fail a run that worked
         print(f"[autotuner] warning: {error}; that node's leftovers were not swept")
-        return []
+        return function(*args)  # this node's at least (a second sweep of it finds nothing more)
     return [item for node_items in values.values() for item in node_items]
 
 
