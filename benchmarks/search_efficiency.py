@@ -68,7 +68,7 @@ def run(root: Path, name: str, search: dict, reuse: bool) -> tuple[dict, float]:
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(task(name, root, search), sort_keys=False))
     began = time.time()
-    subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(path)], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(path), "--no-dashboard"], check=True, stdout=subprocess.DEVNULL)
     known[name] = time.time() - began
     walls.write_text(json.dumps(known))
     return json.loads(results.read_text()), known[name]

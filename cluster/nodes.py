@@ -66,6 +66,16 @@ def everywhere(function: Callable[..., list], *args: Any, timeout_s: float = NOD
     return [item for node_items in values.values() for item in node_items]
 
 
+def require_everywhere(function: Callable[..., list], *args: Any, timeout_s: float = NODE_CHECK_TIMEOUT_S) -> None:
+    """`function(*args)` on every alive Ray node (only here without a cluster); raises SetupError
+    naming the first node where it raised."""
+    if not ray.is_initialized() or sum(node["Alive"] for node in ray.nodes()) < 2:
+        function(*args)
+        return
+    remote = ray.remote(num_cpus=0, max_retries=0)(lambda *a: (function(*a), []))
+    _on_every_node(remote, args, set(), timeout_s, print)
+
+
 def _on_every_node(check: Any, args: tuple, skip: set[str], timeout_s: float,
                    progress: Callable[[str], None]) -> dict[str, Any]:
     """Run the remote `check(*args) -> (value, lines)` once on each alive node; node id -> value."""

@@ -359,6 +359,30 @@ class Search(_Strict):
                                  description="stop after this many finished trials in a row without a new best")
 
 
+class Storage(_Strict):
+    """Where trials put their files and Ray Tune its experiment state. The default, results_dir,
+    is on the driver's disk: on a cluster of several machines give a folder every node mounts at
+    the same path, or a URI (s3://, gs://), or a pyarrow filesystem."""
+
+    path: str = Field(default="", description="a folder every node sees, or a URI such as s3://bucket/prefix; "
+                                              "inside `filesystem` when that is given")
+    filesystem: str | None = Field(default=None, description="package.module:callable returning a pyarrow "
+                                   "filesystem (credentials from the environment, never in the task file)")
+
+    @field_validator("filesystem")
+    @classmethod
+    def _import_path(cls, value: str | None) -> str | None:
+        if value is not None and not _IMPORT_PATH.match(value):
+            raise ValueError(f"{value!r} is not package.module:callable")
+        return value
+
+    @model_validator(mode="after")
+    def _one_way_to_name_it(self) -> "Storage":
+        if self.filesystem and "://" in self.path:
+            raise ValueError("path: a URI names its own filesystem; with filesystem give a path inside it")
+        return self
+
+
 class Task(_Strict):
     name: str
     description: str | None = None
@@ -372,6 +396,7 @@ class Task(_Strict):
                SloValue] = Field(default_factory=dict)
     search: Search = Search()
     results_dir: str = "results"
+    storage: Storage | None = None
 
     @field_validator("name")
     @classmethod

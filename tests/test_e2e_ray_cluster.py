@@ -64,8 +64,13 @@ def overlap(a: dict, b: dict) -> bool:
 
 
 def test_trials_share_the_gpu_nodes_and_each_engine_sees_only_its_gpus(gpu_cluster, tmp_path, llama_server,
-                                                                       smollm2, tokenizer):
+                                                                       smollm2, tokenizer, monkeypatch):
     log = tmp_path / "engines.jsonl"
+    # The trials' files go through a storage filesystem the test gives (as an object store is
+    # reached: trials upload), not into the driver's results folder.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    monkeypatch.setenv("AUTOTUNER_TEST_STORAGE", str(shared))
     binary = launcher(tmp_path / "vllm", llama_server, log)
     served = f"gpus-{uuid.uuid4().hex[:8]}"
     # Four 2-GPU trials at once fill both 4-GPU nodes: both nodes busy, two engines on each. tp 8
@@ -73,6 +78,7 @@ def test_trials_share_the_gpu_nodes_and_each_engine_sees_only_its_gpus(gpu_clust
     task = vllm_task(tmp_path, tokenizer, smollm2, binary, served, {"tensor-parallel-size": [1, 2, 4, 8]},
                      num_samples=6, max_concurrent=4, baseline=False,
                      initial_points=[{"tensor-parallel-size": tp} for tp in (2, 2, 2, 2, 8)])
+    task["storage"] = {"filesystem": "tests.data.storage_fs:make"}
     completed = run(task, tmp_path / "task.yaml", gpu_cluster.address)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     results = json.loads((tmp_path / "results" / "gpus" / "results.json").read_text())
@@ -100,6 +106,21 @@ def test_trials_share_the_gpu_nodes_and_each_engine_sees_only_its_gpus(gpu_clust
     for a, b in neighbours:
         assert not a["gpus"] & b["gpus"], (a, b)  # never one GPU for two engines at once
     assert engine_processes(served) == set()
+
+    # Every trial's files are in the storage, filed under its id; none in the driver's results folder.
+    assert results["trial_files"] == f"subtree:{shared}/gpus/trials"
+    for trial in trials:
+        folder = shared / "gpus" / "trials" / trial["trial_id"]
+        marks = json.loads((folder / "timeline.json").read_text())
+        assert "trial_end" in marks, trial
+        if trial not in too_big:
+            assert (folder / "engine_argv.json").is_file() and (folder / "engine.log").stat().st_size > 0
+            logged = (folder / "genai-bench" / "requests.jsonl").read_text().splitlines()
+            assert len(logged) == trial["stages"][0]["num_requests"] >= 8, trial  # each request of the stage
+    assert (shared / "gpus" / "tune" / "tuner.pkl").is_file()
+    assert not (shared / "gpus" / "trials" / ".incoming").exists()
+    assert sorted(p.name for p in (tmp_path / "results" / "gpus").iterdir()) == sorted(
+        ["results.json", "trials.csv", "stages.png"] + (["best_command.txt"] if results["best_result"] else []))
 
 
 def test_a_space_that_fits_no_node_is_refused_in_one_line(gpu_cluster, tmp_path, llama_server, smollm2, tokenizer):

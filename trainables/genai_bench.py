@@ -23,6 +23,7 @@ from llm_autotuner.cluster.deployer import Endpoint
 from llm_autotuner.cluster.procs import ProcessGroup
 from llm_autotuner.errors import BenchmarkError
 from llm_autotuner.metrics import METRICS
+from llm_autotuner.secrets import api_key, scrub_folder
 from llm_autotuner.task import Benchmark
 from llm_autotuner.trainables.timed_genai_bench import REQUEST_LOG_ENV
 from llm_autotuner.trainables.warmup import warm_up
@@ -32,7 +33,6 @@ STARTUP_ALLOWANCE_S = 120.0  # genai-bench imports transformers, pandas and locu
 # Users started per second. genai-bench's default (the concurrency) starts a stage's users over its
 # first second, time in which the engine is not at the stage's load but which the window counts.
 SPAWN_RATE = 1000
-API_KEY_ENV = "AUTOTUNER_API_KEY"  # the engine's API key, if it wants one; never written anywhere
 FIXED_LENGTH_BACKENDS = {"sglang", "vllm"}  # genai-bench sends ignore_eos: every answer as long as asked
 _STAGE_FILE = re.compile(r"_num_concurrency_(\d+)_time_[\d.]+s\.json$")
 
@@ -163,15 +163,15 @@ class GenaiBenchRunner:
         out_dir = workdir / "genai-bench"
         out_dir.mkdir(parents=True, exist_ok=True)
         warm_up(endpoint.url, model_name, self.benchmark, self.api_backend, out_dir / "warmup.json",
-                os.environ.get(API_KEY_ENV))
+                api_key())
         request_log = out_dir / "requests.jsonl"
         env = {**os.environ, "ENABLE_UI": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                "MPLCONFIGDIR": str(out_dir / "mpl"), REQUEST_LOG_ENV: str(request_log)}
         # The key goes through genai-bench's environment, not its argv: a command line is visible
         # to every user of the machine (ps) and gets logged. Only ours: it is the one we scrub.
         env.pop("MODEL_API_KEY", None)
-        if os.environ.get(API_KEY_ENV):
-            env["MODEL_API_KEY"] = os.environ[API_KEY_ENV]
+        if api_key():
+            env["MODEL_API_KEY"] = api_key()
         group = ProcessGroup(self.argv(endpoint.url, model_name, out_dir),
                              log_path=str(workdir / "genai-bench.log"), env=env, cwd=str(out_dir))
         try:
@@ -180,7 +180,7 @@ class GenaiBenchRunner:
                                fixed_length=self.api_backend in FIXED_LENGTH_BACKENDS)
         finally:
             group.stop(grace_s=0)  # its result files are complete; nothing to shut down cleanly
-            scrub_api_key(workdir)  # genai-bench.log and everything under genai-bench/
+            scrub_folder(workdir)  # genai-bench.log and everything under genai-bench/
 
 
 def watch_stages(benchmark: Benchmark, run_dir: Path, failure: Callable[[], str | None],
@@ -250,16 +250,3 @@ def _reason(group: ProcessGroup) -> str:
     problems = [line for line in lines if line.startswith(("ERROR", "CRITICAL")) or "Error:" in line
                 or "Exception" in line]
     return (problems or lines or ["no output"])[-1][-300:]
-
-
-def scrub_api_key(folder: Path) -> None:
-    """Replace the API key in every file under `folder`. genai-bench writes it in plain text into
-    its log (it logs every option) and its experiment_metadata.json, and no option avoids that."""
-    key = os.environ.get(API_KEY_ENV, "").encode()
-    if not key or not folder.is_dir():
-        return
-    for path in folder.rglob("*"):
-        if path.is_file() and not path.is_symlink():
-            data = path.read_bytes()
-            if key in data:
-                path.write_bytes(data.replace(key, b"***"))

@@ -19,6 +19,7 @@ from ray import tune
 from llm_autotuner.cluster.backend import backend_for, shortfall, trial_claim
 from llm_autotuner.cluster.deployer import EngineSpec
 from llm_autotuner.cluster.engines import profile_for
+from llm_autotuner.cluster.storage import Storage, TrialFolder
 from llm_autotuner.trainables.genai_bench import GenaiBenchRunner
 from llm_autotuner.errors import AutotunerError, DeploymentError, InfrastructureError
 from llm_autotuner.objective import INFEASIBLE_SCORE, request_limits, score_stages, weighted_mean, worst_value
@@ -34,7 +35,7 @@ class Resolved:
     model_path: str
     served_name: str
     tokenizer: str
-    trials_dir: str  # results/<task>/trials: one folder per trial with its logs and timeline
+    storage: Storage  # where each trial's folder (logs, genai-bench's files, timeline) goes
     run_id: str  # this run of the experiment: labels, records and cleanup use it
     # Ray node id -> the engine binary proven on that node (a node's cache may hold another build).
     node_executables: dict[str, str] = field(default_factory=dict)
@@ -42,11 +43,9 @@ class Resolved:
     # The Ray cluster as the run found it: the most CPUs of a node, and each node's resources.
     node_cpus: int = 0
     nodes: tuple[dict[str, float], ...] = ()
-
-    @property
-    def stop_file(self) -> str:
-        """Present once the run was told to stop (tuner/interrupt.py): no trial may start an engine."""
-        return str(Path(self.trials_dir) / "STOP")
+    # The earlier run's folder in a storage elsewhere, moved aside as this run started: where its
+    # trials' files left on the nodes go (cluster/storage.py: collect_here).
+    earlier_storage: str | None = None
 
     def executable_here(self) -> str:
         """The binary for the node this code runs on."""
@@ -120,7 +119,11 @@ class TrialTrainable(tune.Trainable):
         working_dir = Path(self.logdir)
         self.label = trial_label(task.name, working_dir.parent.parent.name,
                                  creation_number(working_dir.name, self.trial_id), config)
-        self.workdir = fresh_workdir(Path(resolved.trials_dir) / self.trial_id)
+        import ray
+
+        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+        self.folder = TrialFolder(resolved.storage, self.trial_id, node, resolved.run_id)
+        self.workdir = self.folder.path
         self.timeline = Timeline(self.workdir / "timeline.json")
         self.timeline.mark("trial_start")
         self.spec = engine_spec(task, resolved, self.params, self.trial_id, self.workdir)
@@ -141,14 +144,16 @@ class TrialTrainable(tune.Trainable):
         # it frees the trial's resources, and a result returned first reaches the searcher (and
         # survives a Ctrl-C that comes during the teardown).
         try:
-            return self._next_stage()
+            result = self._next_stage()
         except AutotunerError as error:
-            return self._failure(error)
+            result = self._failure(error)
+        # Which attempt's folder holds this trial's files (cluster/storage.py: assemble).
+        return result | {"files": self.folder.key}
 
     def _next_stage(self) -> dict:
         task = self.task
         if self.stages is None:
-            if Path(self.resolved.stop_file).exists():
+            if stop_requested(self.resolved.storage):
                 # Ray was starting this trial as the run was stopped: deploy nothing.
                 return {"stage": 0, "score": INFEASIBLE_SCORE, "outcome": Outcome.INTERRUPTED.value, "done": True}
             too_big = self.resolved.nodes and shortfall(
@@ -167,6 +172,7 @@ class TrialTrainable(tune.Trainable):
         if crashed:  # the stage's numbers may hold the crash: not reported
             raise DeploymentError(crashed)
         self.timeline.mark(f"stage_{stage.index}_done")
+        self.folder.sync([self.timeline.path.name])  # where the run stands, seen from the storage
         metrics["output_throughput_per_gpu"] = metrics["output_throughput"] / max(1, self.gpus)
         self.measured.append(metrics)
         weights = task.benchmark.stage_weights
@@ -204,21 +210,18 @@ class TrialTrainable(tune.Trainable):
             self.endpoint = self.stages = None
 
     def cleanup(self) -> None:
-        self._teardown()
-        self.timeline.mark("trial_end")
+        try:
+            self._teardown()
+            self.timeline.mark("trial_end")
+        finally:
+            self.folder.close()  # after the teardown: the engine's log is complete
 
 
-def fresh_workdir(path: Path) -> Path:
-    """The trial's folder, empty. A restarted trial (--resume) keeps its id; its earlier attempt's
-    files (genai-bench's stage results among them) are moved to `<id>.attempt-N` so that nothing
-    of the killed attempt can be read as this one's."""
-    if path.exists():
-        attempt = 1
-        while path.with_name(f"{path.name}.attempt-{attempt}").exists():
-            attempt += 1
-        path.rename(path.with_name(f"{path.name}.attempt-{attempt}"))
-    path.mkdir(parents=True)
-    return path
+def stop_requested(storage: Storage) -> bool:
+    try:
+        return storage.stop_requested()
+    except OSError:  # the storage did not answer: Ray's own stop still reaches the trial
+        return False
 
 
 def failure_without_tuned_flags(task: Task, resolved: Resolved, params: dict[str, Any], error: str,

@@ -23,14 +23,15 @@ from ray.tune.stopper import CombinedStopper
 from llm_autotuner.cluster import records
 from llm_autotuner.cluster.backend import Backend, backend_for, cheapest_params, shortfall, trial_claim
 from llm_autotuner.cluster.engines import EngineProfile, profile_for
-from llm_autotuner.cluster.nodes import check_nodes
-from llm_autotuner.trainables.genai_bench import scrub_api_key
+from llm_autotuner.cluster.nodes import check_nodes, everywhere, require_everywhere
+from llm_autotuner.cluster.storage import Storage, assemble, check_here, collect_here, move_aside, storage_for
 from llm_autotuner.outcome import BASELINE_KEY, trial_params
 from llm_autotuner.trainables.trial import GPU_LIST_VARIABLES, Resolved, TrialTrainable
 from llm_autotuner.tuner import registry
 from llm_autotuner.tuner.registry import GridSearcher
 from llm_autotuner.tuner import results as results_io
-from llm_autotuner.errors import QuietLostWorkers, TaskError
+from llm_autotuner.errors import QuietLostWorkers, SetupError, TaskError
+from llm_autotuner.secrets import scrub_folder
 from llm_autotuner.tuner.interrupt import Interrupt, TrialEnds
 from llm_autotuner.tuner.plots import write_stage_plot
 from llm_autotuner.tuner.progress import ProgressPrinter
@@ -49,6 +50,16 @@ NO_TRIAL_CHECKPOINTS = tune.CheckpointConfig(checkpoint_at_end=False, checkpoint
 RUN_AGAIN_ONCE = tune.FailureConfig(max_failures=1)
 
 
+def check_address(address: str | None) -> None:
+    """Ray Client (ray://) is refused: through it Ray Tune runs its loop in an actor on the head
+    node (ray/tune/tuner.py, `_remote_tuner`), where this process's Ctrl-C, its progress lines and
+    the callbacks that write the results do not reach."""
+    given, where = (address, "--address") if address else (os.environ.get("RAY_ADDRESS"), "RAY_ADDRESS")
+    if given and given.startswith("ray://"):
+        raise TaskError(f"{where}: {given} is a Ray Client address, which autotuner does not drive; run it on a "
+                        f"node of the cluster with --address HOST:6379, or submit it there with `ray job submit`")
+
+
 def preflight(task: Task) -> None:
     """What `validate` and `run` check before building or starting anything: the engine and its
     flags, the searcher and the scheduler with their arguments, and the files the task names."""
@@ -59,6 +70,7 @@ def preflight(task: Task) -> None:
     if tokenizer and tokenizer.startswith(("/", "./", "../", "~")) and not Path(tokenizer).expanduser().exists():
         raise TaskError(f"model.tokenizer: {tokenizer} does not exist (a local folder, or a hub id such as org/name)")
     backend_for(task.deployment).check(profile, task)
+    storage_for(task)  # a storage.filesystem that cannot be built fails here, in one line
 
 
 def _check_flags(task: Task, profile: EngineProfile) -> None:
@@ -80,13 +92,13 @@ def _check_flags(task: Task, profile: EngineProfile) -> None:
             seen[canonical] = name
 
 
-def resolve(task: Task, backend: Backend, trials_dir: Path, run_id: str, *, local_ray: bool = True) -> Resolved:
+def resolve(task: Task, backend: Backend, storage: Storage, run_id: str, *, local_ray: bool = True) -> Resolved:
     """Find (or build) the engine binary, the model and the tokenizer once, before any trial.
 
     With a local Ray, the binary found is proven here; on a cluster each node proves its own
     (`prepare_nodes`), as the driver's host may not run trials at all."""
     setup = backend.setup(profile_for(task.engine.name), task, prove_here=local_ray)
-    return Resolved(**dataclasses.asdict(setup), trials_dir=str(trials_dir), run_id=run_id, run_host=records.host_id())
+    return Resolved(**dataclasses.asdict(setup), storage=storage, run_id=run_id, run_host=records.host_id())
 
 
 def prepare_nodes(task: Task, backend: Backend, resolved: Resolved, local_ray: bool) -> Resolved:
@@ -175,16 +187,24 @@ def dashboard_line(url: str) -> str:
     return f"[autotuner] Ray dashboard: {url} (one actor per trial, named after its task, number and config{sign_in})"
 
 
-def prepare_results_dir(task: Task) -> Path:
-    """A fresh results/<task>/; an earlier run's folder is moved aside, never overwritten."""
+def prepare_results_dir(task: Task, storage: Storage) -> tuple[Path, str | None]:
+    """A fresh results/<task>/ (and <storage>/<task>/ when the storage is elsewhere); an earlier
+    run's folder is moved aside, never overwritten. Returns the results folder, and where the
+    earlier run's storage folder went (None: nowhere)."""
     path = task.results_path.absolute()
+    earlier = None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
     if path.exists() and any(path.iterdir()):
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(path.stat().st_mtime))
         aside = path.with_name(f"{path.name}.{stamp}")
         path.rename(aside)
         print(f"[autotuner] the previous run's results were moved to {aside}")
+    if storage.root != str(path):
+        earlier = move_aside(storage, stamp)
+        if earlier:
+            print(f"[autotuner] the previous run's trial files were moved to {storage.uri}.{stamp}")
     path.mkdir(parents=True, exist_ok=True)
-    return path
+    return path, earlier
 
 
 def run(task: Task, *, address: str | None = None, resume: bool = False, dashboard: bool = True) -> dict:
@@ -192,20 +212,23 @@ def run(task: Task, *, address: str | None = None, resume: bool = False, dashboa
     results/<task>/."""
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     # Bad input fails here, before anything is changed or started.
+    check_address(address)
     preflight(task)
     local_ray = not (address or os.environ.get("RAY_ADDRESS"))
     backend = backend_for(task.deployment)
-    resolved = resolve(task, backend, task.results_path.absolute() / "trials", run_id, local_ray=local_ray)
+    storage = storage_for(task)
+    resolved = resolve(task, backend, storage, run_id, local_ray=local_ray)
     if resume:
         results_dir = task.results_path.absolute()
-        if not (results_dir / RAY_EXPERIMENT_NAME / "tuner.pkl").is_file():
-            raise TaskError(f"--resume: no earlier run of {task.name} in {results_dir / RAY_EXPERIMENT_NAME}")
+        if not storage.exists(storage.path(RAY_EXPERIMENT_NAME, "tuner.pkl")):
+            raise TaskError(f"--resume: no earlier run of {task.name} in {storage.where(RAY_EXPERIMENT_NAME)}")
         if not registry.can_resume(registry.searcher_class(task.search.algorithm)):
             # Ray would restore the run without the searcher's state and then wait for it forever.
             raise TaskError(f"--resume: search.algorithm {task.search.algorithm} has no save/restore, so its "
                             f"state was not kept; run again without --resume")
     else:
-        results_dir = prepare_results_dir(task)
+        results_dir, earlier = prepare_results_dir(task, storage)
+        resolved = dataclasses.replace(resolved, earlier_storage=earlier)
     lock = records.register_run(run_id, task.name)
     # Engines an earlier run of this task left (its driver was killed, say) would take CPUs or
     # GPUs from the trials and distort their measurements.
@@ -215,10 +238,10 @@ def run(task: Task, *, address: str | None = None, resume: bool = False, dashboa
         return _tune(task, backend, resolved, results_dir, address, resume, local_ray, dashboard)
     finally:
         lock.unlink(missing_ok=True)
-        sweep(task, backend, run_id)
+        sweep(task, backend, resolved)
 
 
-def _confirm(task: Task, trainable, results_dir: Path, trials: list, max_concurrent: int,
+def _confirm(task: Task, trainable, resolved: Resolved, trials: list, max_concurrent: int,
              interrupt: Interrupt) -> list[results_io.TrialRecord]:
     """Noise control: re-measure the finalists (the best configs, and the baseline so the gain
     compares configs measured alike) at full length, so the winner is chosen on several runs
@@ -238,7 +261,7 @@ def _confirm(task: Task, trainable, results_dir: Path, trials: list, max_concurr
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, num_samples=len(configs),
                                     search_alg=GridSearcher(points=configs), scheduler=FIFOScheduler(),
                                     max_concurrent_trials=max_concurrent, reuse_actors=False),
-        run_config=tune.RunConfig(name=CONFIRM_EXPERIMENT_NAME, storage_path=str(results_dir),
+        run_config=tune.RunConfig(name=CONFIRM_EXPERIMENT_NAME, **resolved.storage.ray_storage(),
                                   failure_config=RUN_AGAIN_ONCE, verbose=0, stop=interrupt,
                                   checkpoint_config=NO_TRIAL_CHECKPOINTS,
                                   callbacks=[ProgressPrinter(task.objective.metric, len(task.benchmark.concurrency),
@@ -251,13 +274,44 @@ def _confirm(task: Task, trainable, results_dir: Path, trials: list, max_concurr
     return runs
 
 
-def sweep(task: Task, backend: Backend, run_id: str) -> None:
+def sweep(task: Task, backend: Backend, resolved: Resolved) -> None:
     """Remove whatever this run left behind, once it is over, and what other, dead runs of the
     task left. Local engines also have watchdogs; this is the backstop."""
-    for line in backend.cleanup(task.name) + backend.settle(run_id):
+    storage = resolved.storage
+    for line in backend.cleanup(task.name) + backend.settle(resolved.run_id):
         print(f"[autotuner] {line}")
-    # A trial whose worker was killed mid-benchmark could not scrub its genai-bench files.
-    scrub_api_key(task.results_path.absolute() / "trials")
+    if storage.direct:
+        # A trial whose worker was killed mid-benchmark could not scrub its genai-bench files.
+        scrub_folder(Path(storage.path("trials")))
+    gather_files(resolved, [])
+
+
+def check_storage(storage: Storage, run_id: str) -> None:
+    """That every node reaches the storage the driver writes to: Ray checks it only when a trial
+    saves a checkpoint (we keep none), so a folder on the driver's own disk would go unnoticed."""
+    marker = f".reachable-{run_id}"
+    storage.write_text(storage.path(marker), run_id)
+    try:
+        require_everywhere(check_here, storage, marker)
+    finally:
+        storage.filesystem.delete_file(storage.path(marker))
+
+
+def gather_files(resolved: Resolved, runs: list[results_io.TrialRecord]) -> None:
+    """After a phase: the files its trials left on their nodes (those Ray cut off before they
+    uploaded them) uploaded, and each trial's attempt filed under its name (cluster/storage.py)."""
+    storage = resolved.storage
+    if storage.direct:
+        return
+    try:
+        for line in everywhere(collect_here, storage, resolved.run_id, resolved.earlier_storage):
+            print(f"[autotuner] {line}")
+        assemble(storage, {run.trial_id: run.last["files"] for run in runs if run.last.get("files")})
+        if resolved.earlier_storage:  # what an earlier run's trials left, filed in that run's folder
+            assemble(dataclasses.replace(storage, root=resolved.earlier_storage), {})
+    except (OSError, SetupError) as error:  # the results come first: say so, do not fail the run
+        print(f"[autotuner] warning: not every trial's files reached {storage.uri} yet "
+              f"(the next run or --resume files them): {str(error).splitlines()[0]}")
 
 
 def settle(backend: Backend, run_id: str) -> None:
@@ -279,9 +333,10 @@ def _tune(task: Task, backend: Backend, resolved: Resolved, results_dir: Path, a
     logging.getLogger("ray.tune.execution.tune_controller").addFilter(QuietLostWorkers())
     # SIGTERM (a batch scheduler, `kill`, a pod shutting down) is handled like Ctrl-C. Set after
     # ray.init, whose own handler would end the process on the spot.
-    interrupt = Interrupt(Path(resolved.stop_file))
+    interrupt = Interrupt(resolved.storage)
     interrupt.install()
     resolved = prepare_nodes(task, backend, resolved, local_ray)
+    check_storage(resolved.storage, resolved.run_id)
     for line in backend.prepare(resolved.served_name):
         print(f"[autotuner] {line}")
     available = ray.cluster_resources()
@@ -302,16 +357,18 @@ def _tune(task: Task, backend: Backend, resolved: Resolved, results_dir: Path, a
     stoppers = [guard, interrupt] + ([NoImprovementStopper(task.search.patience)] if task.search.patience else [])
     ends = TrialEnds()
     progress = ProgressPrinter(task.objective.metric, len(task.benchmark.concurrency))
-    experiment_dir = results_dir / RAY_EXPERIMENT_NAME
-    live = results_io.LiveResults(task, resolved, results_dir, str(experiment_dir))
+    storage = resolved.storage
+    live = results_io.LiveResults(task, resolved, results_dir, storage.where(RAY_EXPERIMENT_NAME))
     # The experiment state is saved at most this often; a run killed between two saves would run
     # its last finished trials again on --resume. Writing it is cheap at our trial counts.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     if resume:
         # Ray restores the searcher's and the scheduler's state and the run config (callbacks).
-        tuner = tune.Tuner.restore(str(experiment_dir), trainable, resume_unfinished=True,
-                                   restart_errored=True, param_space=to_ray(task.search_space))
-        print(f"[autotuner] {task.name}: resuming {experiment_dir}", flush=True)
+        # The filesystem again: Ray would otherwise take the path for a local one (tuner_internal.py).
+        tuner = tune.Tuner.restore(storage.path(RAY_EXPERIMENT_NAME), trainable, resume_unfinished=True,
+                                   restart_errored=True, param_space=to_ray(task.search_space),
+                                   storage_filesystem=storage.ray_filesystem)
+        print(f"[autotuner] {task.name}: resuming {storage.where(RAY_EXPERIMENT_NAME)}", flush=True)
         return _finish(task, backend, resolved, results_dir, tuner.fit(), trainable, max_concurrent, None, interrupt,
                        ends)
     tuner = tune.Tuner(
@@ -324,7 +381,10 @@ def _tune(task: Task, backend: Backend, resolved: Resolved, results_dir: Path, a
             reuse_actors=False,  # teardown in cleanup() before the resources are free: see TrialTrainable
         ),
         run_config=tune.RunConfig(
-            name=RAY_EXPERIMENT_NAME, storage_path=str(results_dir),
+            name=RAY_EXPERIMENT_NAME, **storage.ray_storage(),
+            # Trials upload their own files (cluster/storage.py): Ray's copy of their working
+            # directory would mix a retried attempt's files with the killed one's.
+            sync_config=tune.SyncConfig(sync_artifacts=False),
             failure_config=RUN_AGAIN_ONCE,
             checkpoint_config=NO_TRIAL_CHECKPOINTS,
             callbacks=[progress, live, ends, guard, *stoppers[2:]],
@@ -340,11 +400,12 @@ def _tune(task: Task, backend: Backend, resolved: Resolved, results_dir: Path, a
 
 def _finish(task: Task, backend: Backend, resolved: Resolved, results_dir: Path, grid, trainable, max_concurrent: int,
             guard: FailureGuard | None, interrupt: Interrupt, ends: TrialEnds) -> dict:
-    experiment_dir = results_dir / RAY_EXPERIMENT_NAME
+    storage = resolved.storage
     # Trials Ray saved as TERMINATED or ERROR have ended (those a killed earlier session left
     # RUNNING have not), except the ones an interrupt of this session cut off.
     if interrupt.requested:
-        ended = {trial.trial_id for trial in tune.ExperimentAnalysis(str(experiment_dir)).trials
+        analysis = tune.ExperimentAnalysis(storage.path(RAY_EXPERIMENT_NAME), storage_filesystem=storage.ray_filesystem)
+        ended = {trial.trial_id for trial in analysis.trials
                  if trial.status in ("TERMINATED", "ERROR")} - ends.cut
         trials = results_io.from_result_grid(grid, ended)
     else:
@@ -357,9 +418,10 @@ def _finish(task: Task, backend: Backend, resolved: Resolved, results_dir: Path,
     stopped_because = guard.reason if guard else None
     if not (interrupt.requested or stopped_because):
         settle(backend, resolved.run_id)  # the search's last engines are gone before the confirmation runs
+    gather_files(resolved, trials)  # (the confirmation runs' files: in the sweep, after their engines are gone)
     confirmations = (None if interrupt.requested or stopped_because
-                     else _confirm(task, trainable, results_dir, trials, max_concurrent, interrupt))
-    summary = results_io.summarize(task, resolved, trials, str(experiment_dir), confirmations)
+                     else _confirm(task, trainable, resolved, trials, max_concurrent, interrupt))
+    summary = results_io.summarize(task, resolved, trials, storage.where(RAY_EXPERIMENT_NAME), confirmations)
     summary["interrupted"] = summary["interrupted"] or interrupt.requested is not None
     summary["stopped_because"] = stopped_because
     summary["setup_failure"] = bool(guard and guard.setup_failure)

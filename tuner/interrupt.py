@@ -17,20 +17,21 @@ import os
 import signal
 import sys
 import threading
-from pathlib import Path
 
 from ray.tune import Callback, Stopper
 
+from llm_autotuner.cluster.storage import Storage
+
 
 class Interrupt(Stopper):
-    """`stop_file`: touched on the first signal. A trial whose actor Ray was already starting
+    """The first signal leaves a stop in the storage. A trial whose actor Ray was already starting
     when the signal came reads it before it deploys anything (see TrialTrainable.step), so no
-    engine starts after a stop even in that window."""
+    engine starts after a stop even in that window, on whichever node."""
 
-    def __init__(self, stop_file: Path) -> None:
+    def __init__(self, storage: Storage) -> None:
         self.requested: str | None = None  # the signal's name, once one came
-        self.stop_file = stop_file
-        stop_file.unlink(missing_ok=True)  # a resumed run's earlier stop
+        self.storage = storage
+        storage.clear_stop()  # a resumed run's earlier stop
 
     def install(self) -> None:
         """Take SIGINT and SIGTERM (main thread only; call after ray.init, which sets its own)."""
@@ -43,13 +44,20 @@ class Interrupt(Stopper):
         if self.requested:
             raise KeyboardInterrupt
         self.requested = signal.Signals(signum).name
-        self.stop_file.parent.mkdir(parents=True, exist_ok=True)
-        self.stop_file.touch()
+        # In a thread: on an object store the write is a network call, and a second Ctrl-C must
+        # not wait for it.
+        threading.Thread(target=self._leave_stop, name="autotuner-stop", daemon=True).start()
         try:
             print(f"\n[autotuner] {self.requested}: stopping; the running trials' engines are being torn down "
                   "(again to kill them at once)", file=sys.stderr, flush=True)
         except OSError:
             pass  # stderr gone (the terminal closed): stopping matters, not saying so
+
+    def _leave_stop(self) -> None:
+        try:
+            self.storage.request_stop()
+        except OSError:
+            pass  # an unreachable storage: Ray still stops the running trials
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         return False

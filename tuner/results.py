@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pyarrow.fs import LocalFileSystem
 from ray.tune import Callback
 
 from llm_autotuner.cluster.engines import Launch, profile_for
@@ -73,15 +74,24 @@ class TrialRecord:
         return float("-inf") if self.error else self.last.get("score", float("-inf"))
 
 
-def read_reports(trial_dir: str | os.PathLike) -> list[dict]:
+def _read_text(trial_dir: str | os.PathLike, name: str, filesystem=None) -> str:
+    """A file of Ray's trial folder ('' if none), through the run's storage filesystem if not local."""
+    if filesystem is None:
+        path = Path(trial_dir) / name
+        return path.read_text(errors="replace") if path.is_file() else ""
+    try:
+        with filesystem.open_input_stream(f"{trial_dir}/{name}") as stream:
+            return stream.read().decode(errors="replace")
+    except (FileNotFoundError, OSError):
+        return ""
+
+
+def read_reports(trial_dir: str | os.PathLike, filesystem=None) -> list[dict]:
     """The reports of the trial's last attempt, from Ray Tune's result.json (one JSON object per
     line). Ray appends a trial it runs again (its worker was lost, --resume) to the same file, and
     the new attempt counts its iterations from 1 again: what came before belongs to another engine."""
-    path = Path(trial_dir) / "result.json"
-    if not path.is_file():
-        return []
     reports: list[dict] = []
-    for line in path.read_text().splitlines():
+    for line in _read_text(trial_dir, "result.json", filesystem).splitlines():
         if line.strip():
             report = json.loads(line)
             if reports and report.get("training_iteration", 0) <= reports[-1].get("training_iteration", 0):
@@ -90,10 +100,9 @@ def read_reports(trial_dir: str | os.PathLike) -> list[dict]:
     return reports
 
 
-def ray_failures(trial_dir: str | os.PathLike) -> int:
+def ray_failures(trial_dir: str | os.PathLike, filesystem=None) -> int:
     """How many failures Ray recorded for the trial (one "Failure # N" entry per failure in its error.txt)."""
-    path = Path(trial_dir) / "error.txt"
-    return path.read_text(errors="replace").count("Failure # ") if path.is_file() else 0
+    return _read_text(trial_dir, "error.txt", filesystem).count("Failure # ")
 
 
 def from_result_grid(grid, ended: set[str] | None = None, cut_by_run: set[str] = frozenset()) -> list[TrialRecord]:
@@ -102,7 +111,10 @@ def from_result_grid(grid, ended: set[str] | None = None, cut_by_run: set[str] =
     records = []
     for result in grid:
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
-        record = _record(trial_id, result.config, result.path, result.error, ended=ended is None or trial_id in ended)
+        # Ray's files of the trial, in the run's storage (`filesystem`: None for a local folder).
+        filesystem = None if isinstance(result.filesystem, LocalFileSystem) else result.filesystem
+        record = _record(trial_id, result.config, result.path, result.error, ended=ended is None or trial_id in ended,
+                         filesystem=filesystem)
         record.cut_by_run = trial_id in cut_by_run
         records.append(record)
     return _in_creation_order(records)
@@ -123,13 +135,14 @@ def from_trials(trials, ended: set[str]) -> list[TrialRecord]:
 
 
 def _record(trial_id: str, config: dict | None, trial_dir: str, error: BaseException | None,
-            ended: bool) -> TrialRecord:
+            ended: bool, filesystem=None) -> TrialRecord:
     config = config or {}
     lost = lost_worker(error)
     return TrialRecord(trial_id=trial_id, parameters=trial_params(config), baseline=bool(config.get(BASELINE_KEY)),
-                       reports=read_reports(trial_dir), ray_error=lost or (_first_line(error) if error else None),
+                       reports=read_reports(trial_dir, filesystem), ray_error=lost or (_first_line(error) if error else None),
                        experiment_id=creation_number(Path(trial_dir).name, trial_id), ended=ended,
-                       infrastructure=lost is not None, ray_failures=ray_failures(trial_dir))
+                       infrastructure=lost is not None,
+                       ray_failures=ray_failures(trial_dir, filesystem))
 
 
 def _in_creation_order(records: list[TrialRecord]) -> list[TrialRecord]:
@@ -391,6 +404,7 @@ def summarize(task: Task, resolved: Resolved, records: list[TrialRecord], experi
             "ray_failures": r.ray_failures,
         } for r in records],
         "ray_experiment_dir": experiment_dir,
+        "trial_files": resolved.storage.where("trials"),  # each trial's folder: <trial_files>/<trial_id>
     }
 
 

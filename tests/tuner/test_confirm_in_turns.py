@@ -9,6 +9,9 @@ import pytest
 import ray
 from ray import tune
 
+from pyarrow.fs import LocalFileSystem
+
+from llm_autotuner.cluster.storage import Storage
 from llm_autotuner.outcome import BASELINE_KEY
 from llm_autotuner.task import parse_task
 from llm_autotuner.trainables.trial import Resolved
@@ -48,11 +51,13 @@ def test_the_best_configs_and_the_baseline_are_re_measured_in_turns(tmp_path):
     trials = [searched(1, None, 90.0), searched(2, 1, 130.0), searched(3, 2, 110.0), searched(4, 4, 100.0)]
     log = tmp_path / "ran.jsonl"
     trainable = tune.with_parameters(stand_in, log=str(log))
-    runs = driver._confirm(task, trainable, tmp_path, trials, 1, Interrupt(tmp_path / "STOP"))
+    storage = Storage(LocalFileSystem(), str(tmp_path), str(tmp_path))
+    resolved = Resolved("s", "/m", "m", "/t", storage, "r")
+    runs = driver._confirm(task, trainable, resolved, trials, 1, Interrupt(storage))
     ran = [json.loads(line) for line in log.read_text().splitlines()]
     a, b, baseline = {"parallel": 1}, {"parallel": 2}, {"parallel": None, BASELINE_KEY: True}
     assert ran == [a, b, baseline, a, b, baseline]
-    summary = summarize(task, Resolved("s", "/m", "m", "/t", "/tmp", "r"), trials, "unused", runs)
+    summary = summarize(task, resolved, trials, "unused", runs)
     assert {c["experiment_id"]: c["runs"] for c in summary["confirmation"]} == {3: [102.0, 102.0],
                                                                               2: [101.0, 101.0],
                                                                               1: [100.0, 100.0]}

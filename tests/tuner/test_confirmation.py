@@ -5,12 +5,15 @@ reported, and so is whether the top two are within noise of each other."""
 
 import pytest
 
+from pyarrow.fs import LocalFileSystem
+
+from llm_autotuner.cluster.storage import Storage
 from llm_autotuner.objective import INFEASIBLE_SCORE
 from llm_autotuner.task import parse_task
 from llm_autotuner.trainables.trial import Resolved
 from llm_autotuner.tuner.results import TrialRecord, finalists, summarize, table
 
-RESOLVED = Resolved("llama-server", "/models/m.gguf", "m", "/tok", "/tmp", "run")
+RESOLVED = Resolved("llama-server", "/models/m.gguf", "m", "/tok", Storage(LocalFileSystem(), "/tmp/t", "/tmp/t"), "run")
 BASELINE = {"parallel": None}
 
 

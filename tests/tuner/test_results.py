@@ -2,11 +2,14 @@
 
 import csv
 
+from pyarrow.fs import LocalFileSystem
+
+from llm_autotuner.cluster.storage import Storage
 from llm_autotuner.trainables.trial import Resolved
 from llm_autotuner.tuner.results import TrialRecord, pareto_front, summarize, write
 from llm_autotuner.task import parse_task
 
-RESOLVED = Resolved("llama-server", "/models/m.gguf", "m", "/tok", "/tmp", "run")
+RESOLVED = Resolved("llama-server", "/models/m.gguf", "m", "/tok", Storage(LocalFileSystem(), "/tmp/t", "/tmp/t"), "run")
 
 
 def task(**objective):

@@ -1,0 +1,35 @@
+"""The engine's API key: read from the environment where autotuner runs, never written anywhere.
+
+genai-bench writes the key in plain text into its log (it logs every option) and its
+experiment_metadata.json, and no option avoids that: whatever holds a trial's files is scrubbed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+API_KEY_ENV = "AUTOTUNER_API_KEY"  # the engine's API key, if it wants one
+MASK = b"***"
+
+
+def api_key() -> str | None:
+    return os.environ.get(API_KEY_ENV) or None
+
+
+def scrubbed(data: bytes) -> bytes:
+    """`data` with the API key masked."""
+    key = (api_key() or "").encode()
+    return data.replace(key, MASK) if key else data
+
+
+def scrub_folder(folder: Path) -> None:
+    """Mask the API key in every file under `folder`, in place."""
+    if not api_key() or not folder.is_dir():
+        return
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            data = path.read_bytes()
+            clean = scrubbed(data)
+            if clean != data:
+                path.write_bytes(clean)
