@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """An engine that answers at once: llama-server's command line, /health, /completion and a
-streamed /v1/chat/completions whose tokens all come after one short sleep. With it, a trial's time is the
+streamed /v1/chat/completions whose tokens come after one short sleep (the first, then the others
+5 ms later). With it, a trial's time is the
 tuner's own (Ray, the trial's actor, genai-bench, the teardown), not an engine's: what the
 parallel-efficiency and driver-scale benchmarks measure.
 
@@ -17,6 +18,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 DELAY_S = float(os.environ.get("INSTANT_ENGINE_DELAY_S", "0.02"))
+TOKEN_GAP_S = 0.005  # between the first token and the others
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -42,8 +44,18 @@ class Handler(BaseHTTPRequestHandler):
         chunks.append({"choices": [{"index": 0, "delta": {"content": " x"}, "finish_reason": "length"}]})
         chunks.append({"choices": [], "usage": {"prompt_tokens": prompt, "completion_tokens": tokens,
                                                 "total_tokens": prompt + tokens}})
-        body = "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in chunks) + "data: [DONE]\n\n"
-        self._reply(200, body.encode(), "text/event-stream")
+        events = [f"data: {json.dumps(chunk)}\n\n".encode() for chunk in chunks] + [b"data: [DONE]\n\n"]
+        # Streamed as a real engine streams (chunked), the first token alone and the rest a moment
+        # later: a client that times tokens (genai-bench's TPOT) needs them after the first.
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for part in (events[0], b"".join(events[1:])):
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+            self.wfile.flush()
+            time.sleep(TOKEN_GAP_S)
+        self.wfile.write(b"0\r\n\r\n")
 
     def _reply(self, status: int, body: bytes, kind: str) -> None:
         self.send_response(status)

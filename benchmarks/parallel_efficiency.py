@@ -10,8 +10,8 @@
     fewer cores than K x (genai-bench + engine), the machine, not the tuner, caps it: the table
     says how many cores it had.
 (b) Driver scale: `--scale-trials` (default 500) one-stage trials on 8 slots; the driver's memory
-    (RSS of the `autotuner run` process and its children are not counted) and the time per
-    trial over each block of 100, read as the run goes. Goal: flat as the count grows.
+    (RSS of the `autotuner run` process; its children are not counted) and the time per trial over
+    each fifth of the run, read every 5 s as the run goes. Goal: flat as the count grows.
 
     .venv/bin/python benchmarks/parallel_efficiency.py [--slots 1 2 4 8] [--trials-per-run 16]
         [--scale-trials 500] [--skip-scale] [--keep DIR]
@@ -146,7 +146,8 @@ def main() -> int:
         print(f"\nscale: {scale['trials']} trials in {scale['wall_s'] / 60:.1f} min")
         print("| trials done | driver RSS | time per trial over the last block |")
         print("|---|---|---|")
-        marks, previous = list(range(100, args.scale_trials + 1, 100)), (0.0, 0)
+        step = max(1, args.scale_trials // 5)  # five blocks; the last sample may come just short of N
+        marks, previous = list(range(step, args.scale_trials - step // 2, step)) + [args.scale_trials - 4], (0.0, 0)
         for mark in marks:
             sample = next((s for s in scale["samples"] if s["done"] >= mark), None)
             if sample:

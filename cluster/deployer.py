@@ -22,6 +22,9 @@ class Endpoint:
     # Why the engine stopped serving after it was ready (it exited, say), or None while it serves:
     # checked while the benchmark runs, so a crash fails the trial at once with the engine's words.
     failure: Callable[[], str | None] = _no_news
+    # How this process reaches it: "direct", or "port-forward" (through the Kubernetes API server
+    # and the kubelet: the latencies measured include that tunnel; docs/benchmarks.md).
+    via: str = "direct"
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from llm_autotuner.cluster.cleanup import delete_labelled, wait_until_gone
 from llm_autotuner.cluster.deployer import Deployer, Endpoint, EngineSpec
 from llm_autotuner.cluster.engines import EngineProfile, EngineSetup
 from llm_autotuner.cluster.portforward import PortForward
-from llm_autotuner.errors import DeploymentError, TaskError
+from llm_autotuner.errors import AutotunerError, DeploymentError, TaskError
 from llm_autotuner.task import OmeDeployment as OmeSettings
 from llm_autotuner.task import Task
 
@@ -232,21 +232,22 @@ class OmeDeployer(Deployer):
 
     def endpoint(self, deployment: OmeTrialDeployment) -> Endpoint:
         cluster_url = f"http://{deployment.name}.{deployment.namespace}.svc.cluster.local:{self.settings.port}"
+        serving = ServingPods(self, deployment)
         mode = self.settings.endpoint
         if mode == "auto":
             mode = "in-cluster" if kube.in_cluster() else "port-forward"
         if mode == "in-cluster":
-            return Endpoint(cluster_url, cluster_url)
+            return Endpoint(cluster_url, cluster_url, failure=serving.failure)
         if mode == "status-url":
             url = deployment.status.get("url")
             if not url:
                 raise DeploymentError(f"{KIND} {deployment.name} is Ready but has no status.url")
-            return Endpoint(url.rstrip("/"), cluster_url)
+            return Endpoint(url.rstrip("/"), cluster_url, failure=serving.failure)
         pods = [p for p in self._engine_pods(deployment) if (p.status and p.status.phase == "Running")]
         if not pods:
             raise DeploymentError(f"{KIND} {deployment.name} is Ready but no engine pod is Running to forward to")
         deployment.forward = PortForward(self.api, deployment.namespace, pods[0].metadata.name, self.settings.port)
-        return Endpoint(deployment.forward.url, cluster_url)
+        return Endpoint(deployment.forward.url, cluster_url, failure=serving.failure, via="port-forward")
 
     def teardown(self, deployment: OmeTrialDeployment) -> None:
         # The delete goes first: Ray may end this worker moments after a trial is stopped.
@@ -282,6 +283,57 @@ def _ready(obj: dict[str, Any]) -> tuple[bool, str]:
             message = condition.get("message") or condition.get("reason") or f"Ready={condition.get('status')}"
             return condition.get("status") == "True", message
     return False, "no Ready condition yet"
+
+
+class ServingPods:
+    """Whether the engine pods that were serving when the trial's benchmark began still serve: a pod
+    deleted, evicted, restarted or crash-looping during a stage fails the trial at once with the
+    reason (as a crashed local engine does), instead of a stage of failed requests or its deadline.
+    `failure()` is polled by the benchmark every fraction of a second: the pods are read at most
+    every CHECK_S, and an API that does not answer is not taken for a failure."""
+
+    CHECK_S = 2.0
+
+    def __init__(self, deployer: "OmeDeployer", deployment: OmeTrialDeployment):
+        self.deployer, self.deployment = deployer, deployment
+        self.known = {pod.metadata.name: (pod.metadata.uid, _restarts(pod)) for pod in deployer._engine_pods(deployment)}
+        self.checked, self.found = time.monotonic(), None
+
+    def failure(self) -> str | None:
+        if self.found or time.monotonic() - self.checked < self.CHECK_S:
+            return self.found
+        self.checked = time.monotonic()
+        try:
+            pods = {pod.metadata.name: pod for pod in self.deployer._engine_pods(self.deployment)}
+        except (AutotunerError, HTTPError, OSError):
+            return None  # the API did not answer this time: the engine may well be serving
+        for name, (uid, restarts) in self.known.items():
+            pod = pods.get(name)
+            if pod is None or pod.metadata.uid != uid:
+                self.found = f"engine pod {name} was deleted during the benchmark"
+            elif pod.status and pod.status.phase == "Failed":
+                why = " ".join(filter(None, [pod.status.reason, pod.status.message]))
+                self.found = f"engine pod {name} failed during the benchmark: {why or 'phase Failed'}"
+            elif _restarts(pod) > restarts:
+                self.found = (f"engine pod {name} restarted during the benchmark"
+                              f"{_last_exit(pod)}: its engine lost its state (cache, warm-up)")
+            else:
+                self.found = pod_failure(pod)
+            if self.found:
+                return self.found
+        return None
+
+
+def _restarts(pod) -> int:
+    return sum(status.restart_count or 0 for status in (pod.status.container_statuses or [] if pod.status else []))
+
+
+def _last_exit(pod) -> str:
+    for status in pod.status.container_statuses or []:
+        killed = status.last_state.terminated if status.last_state else None
+        if killed:
+            return f" (container {status.name} last exited: {killed.reason or 'Error'}, code {killed.exit_code})"
+    return ""
 
 
 def pod_failure(pod) -> str | None:

@@ -1,8 +1,9 @@
 """A stand-in for OME's controller on the Kubernetes API emulator, for tests.
 
-On each new InferenceService it plays one scenario: `ready` starts a REAL llama-server with the
-flags from the manifest's runner args (so the trial's flags matter), registers it as the target
-of the engine pod's port-forward, and sets Ready=True; `never-ready`, `crashloop`, `oom`,
+On each new InferenceService it plays one scenario: `ready` brings up a REAL llama-server with the
+flags from the manifest's runner args (so the trial's flags matter) the way a pod comes up (Pending,
+ContainerCreating, Running and not Ready, then Ready once the engine answers; see `_start_engine`),
+registers it as the target of the engine pod's port-forward, and only then sets Ready=True; `never-ready`, `crashloop`, `oom`,
 `imagepull` and `unschedulable` leave the service un-Ready and show that state in its engine pod. On delete it
 stops the engine, after `termination_grace_s` (a pod's grace period: an engine freeing its memory).
 `lifetimes` records each engine's (InferenceService name, start, exit) wall-clock times.
@@ -22,10 +23,13 @@ GROUP, VERSION, PLURAL = "ome.io", "v1beta1", "inferenceservices"
 
 class FakeOme:
     def __init__(self, emulator, llama_server: str, model: str, log_dir, scenario: str = "ready",
-                 termination_grace_s: float = 0.0):
+                 termination_grace_s: float = 0.0, phase_s: float = 0.3, ready_timeout_s: float = 60.0):
         self.emulator, self.llama_server, self.model, self.log_dir = emulator, llama_server, model, log_dir
         self.scenario = scenario
         self.termination_grace_s = termination_grace_s
+        self.phase_s = phase_s  # how long the pod stays unscheduled, then in ContainerCreating
+        self.ready_timeout_s = ready_timeout_s  # the readiness probe's patience
+        self.events_sent = 0
         self.engines: dict[str, ProcessGroup] = {}
         self.started: dict[str, float] = {}
         self.lifetimes: list[tuple[str, float, float]] = []
@@ -64,7 +68,21 @@ class FakeOme:
         # never-ready: nothing happens, as with a controller that is not running
 
     def _start_engine(self, isvc: dict) -> None:
+        """As OME's controller and the kubelet bring an engine up: the pod exists at once, Pending
+        (unscheduled, then its container being created), then Running but not Ready until the
+        engine answers its readiness probe (/health); only then is the pod Ready and the
+        InferenceService Ready. An engine that exits goes to CrashLoopBackOff; one that never
+        answers stays Running and not Ready, and its InferenceService never turns Ready."""
         name, ns = isvc["metadata"]["name"], isvc["metadata"]["namespace"]
+        pod_name = f"{name}-engine-0"
+        self.emulator.put_pod(ns, self._pod(isvc, phase="Pending", conditions=[
+            {"type": "PodScheduled", "status": "False", "reason": "", "message": ""}]))
+        time.sleep(self.phase_s)
+        self._event(ns, pod_name, "Scheduled", f"Successfully assigned {ns}/{pod_name} to gpu-node-1")
+        self.emulator.put_pod(ns, self._pod(isvc, phase="Pending", conditions=[
+            {"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "False"}],
+            containerStatuses=[self._container(False, {"waiting": {"reason": "ContainerCreating"}})]))
+        time.sleep(self.phase_s)
         port = free_port()
         args = isvc["spec"]["engine"]["runner"].get("args", [])
         argv = [self.llama_server, "--model", self.model, "--host", "127.0.0.1", "--port", str(port),
@@ -73,20 +91,45 @@ class FakeOme:
         with self.lock:
             self.engines[name] = group
             self.started[name] = time.time()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and group.poll() is None:
+        self._event(ns, pod_name, "Started", "Started container ome-container")
+        running = [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "False"}]
+        self.emulator.put_pod(ns, self._pod(isvc, phase="Running", conditions=running,
+                                            containerStatuses=[self._container(False, {"running": {}})]))
+        self.emulator.set_pod_target(ns, pod_name, 8080, ("127.0.0.1", port))
+        deadline = time.monotonic() + self.ready_timeout_s
+        healthy = False
+        while time.monotonic() < deadline and group.poll() is None and not healthy:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
+                    healthy = response.status == 200
             except OSError:
                 time.sleep(0.2)
-        pod = self._pod(isvc, phase="Running")
-        self.emulator.put_pod(ns, pod)
-        self.emulator.set_pod_target(ns, pod["metadata"]["name"], 8080, ("127.0.0.1", port))
+        if not healthy:
+            code = group.poll()
+            if code is not None:  # exited: the kubelet restarts it, backing off
+                self.emulator.put_pod(ns, self._pod(isvc, phase="Running", conditions=running, containerStatuses=[
+                    self._container(False, {"waiting": {"reason": "CrashLoopBackOff",
+                                                        "message": "back-off 10s restarting failed container"}},
+                                    last={"terminated": {"reason": "Error", "exitCode": code}}, restarts=1)]))
+            self._event(ns, pod_name, "Unhealthy", "Readiness probe failed: connection refused", kind="Warning")
+            return
+        self.emulator.put_pod(ns, self._pod(isvc, phase="Running", conditions=[
+            {"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "True"}],
+            containerStatuses=[self._container(True, {"running": {}})]))
         self.emulator.set_status(GROUP, VERSION, ns, PLURAL, name,
                                  {"url": f"http://{name}.{ns}.svc.cluster.local:8080"})
         self.emulator.add_condition(GROUP, VERSION, ns, PLURAL, name, "Ready", "True")
+
+    @staticmethod
+    def _container(ready: bool, state: dict, last: dict | None = None, restarts: int = 0) -> dict:
+        return {"name": "ome-container", "ready": ready, "restartCount": restarts, "image": "llama-server",
+                "imageID": "", "state": state, **({"lastState": last} if last else {})}
+
+    def _event(self, ns: str, pod_name: str, reason: str, message: str, kind: str = "Normal") -> None:
+        self.events_sent += 1
+        self.emulator.put_event(ns, {"metadata": {"name": f"{pod_name}.{self.events_sent}"}, "type": kind,
+                                     "reason": reason, "message": message,
+                                     "involvedObject": {"kind": "Pod", "name": pod_name, "namespace": ns}})
 
     def _deleted(self, isvc: dict) -> None:
         name, ns = isvc["metadata"]["name"], isvc["metadata"]["namespace"]

@@ -24,8 +24,20 @@ Emulated semantics, deliberately small:
   delay has passed. A second DELETE meanwhile returns the object unchanged.
 - Port-forwards (websocket-client) and kubeconfig-loaded clients honour HTTP_PROXY from the
   environment; keep 127.0.0.1 in NO_PROXY when a proxy is set.
+- History compaction: with `keep_history(n)` only the last n events are kept, as etcd keeps only
+  a window of revisions (compacted every 5 minutes by default, kube-apiserver
+  `--etcd-compaction-interval`). A watch from a resourceVersion that needs a discarded event gets,
+  as from a real server, HTTP 200 and one `ERROR` event whose object is a `Status` with code 410,
+  reason `Expired` and "too old resource version: X (Y)", then the stream ends; the client must list
+  (or watch without a resourceVersion) again. `expired_watches` records the versions refused.
+- Validation on create (422 Invalid, the API server's wording, from k8s.io/apimachinery
+  pkg/util/validation): `metadata.name` must be a lowercase RFC 1123 subdomain (<= 253 characters;
+  a Service's an RFC 1035 label, <= 63); label keys an optional DNS-subdomain prefix and a name of
+  <= 63 characters, label values <= 63 characters, both `[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?`.
+  Not checked: fields against a schema (the CRD's required fields: tests/cluster/test_manifests.py
+  validates our manifests against the real CRDs instead).
 - Not emulated: authentication, admission, finalizers other than that delay, owner-reference garbage collection,
-  `limit`/`continue` paging, watch bookmarks, 410 Gone (every old resourceVersion is accepted).
+  `limit`/`continue` paging, watch bookmarks.
 """
 
 import base64
@@ -126,6 +138,38 @@ class _ApiError(Exception):
         }
 
 
+_DNS1123_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS1123_SUBDOMAIN = re.compile(rf"^{_DNS1123_LABEL}(\.{_DNS1123_LABEL})*$")
+_DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+_SUBDOMAIN_MESSAGE = ("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or "
+                      "'.', and must start and end with an alphanumeric character")
+
+
+def _invalid_metadata(plural: str, meta: dict) -> list[str]:
+    """What the API server would refuse in `meta`, each as `field: Invalid value: ...`."""
+    problems = []
+    name = meta["name"]
+    if plural == "services":
+        if len(name) > 63 or not _DNS1035_LABEL.match(name):
+            problems.append(f'metadata.name: Invalid value: "{name}": a DNS-1035 label must consist of lower case '
+                            "alphanumeric characters or '-', start with an alphabetic character, and end with an "
+                            "alphanumeric character")
+    elif len(name) > 253 or not _DNS1123_SUBDOMAIN.match(name):
+        problems.append(f'metadata.name: Invalid value: "{name}": {_SUBDOMAIN_MESSAGE}')
+    for key, value in (meta.get("labels") or {}).items():
+        prefix, _, label = key.rpartition("/")
+        if (prefix and (len(prefix) > 253 or not _DNS1123_SUBDOMAIN.match(prefix))) or len(label) > 63 \
+                or not _QUALIFIED_NAME.match(label):
+            problems.append(f'metadata.labels: Invalid value: "{key}": name part must consist of alphanumeric '
+                            "characters, '-', '_' or '.', and must start and end with an alphanumeric character")
+        if not isinstance(value, str) or len(value) > 63 or (value and not _QUALIFIED_NAME.match(value)):
+            problems.append(f'metadata.labels: Invalid value: "{value}": a valid label must be an empty string or '
+                            "consist of alphanumeric characters, '-', '_' or '.', and must start and end with an "
+                            "alphanumeric character")
+    return problems
+
+
 class KubeEmulator:
     """A Kubernetes API server on 127.0.0.1 with an in-memory store; thread-safe.
 
@@ -141,6 +185,8 @@ class KubeEmulator:
         self._rv = 1000  # never list "0": to a watch, resourceVersion 0 means "any", not "from the start"
         self._faults: list[dict] = []
         self._drop_rule: dict | None = None
+        self._history: int | None = None  # events kept for watches to resume from (None: all)
+        self.expired_watches: list[str] = []  # resourceVersions a watch was refused for (410)
         self._hooks: dict[str, dict[str, list[Callable]]] = {"create": defaultdict(list), "delete": defaultdict(list)}
         self._requests: list[RecordedRequest] = []
         self._deletions: list[Deletion] = []
@@ -251,6 +297,11 @@ class KubeEmulator:
         """
         with self._lock:
             self._drop_rule = {"after": n_events, "times": times, "abrupt": abrupt}
+
+    def keep_history(self, n_events: int | None) -> None:
+        """Keep only the last `n_events` events for watches to resume from (None: all)."""
+        with self._lock:
+            self._history = n_events
 
     def on_create(self, plural: str, callback: Callable[[dict], None]) -> None:
         """Call `callback(obj)` in a background thread after each object of `plural` is created."""
@@ -529,6 +580,11 @@ class KubeEmulator:
             meta["name"] = meta["generateName"] + secrets.token_hex(3)[:5]
         if not meta.get("name"):
             raise _ApiError(422, "Invalid", "metadata.name or metadata.generateName is required")
+        problems = _invalid_metadata(route.plural, meta)
+        if problems:
+            kind = obj.get("kind") or route.plural
+            where = f"{kind}.{route.group}" if route.group else kind
+            raise _ApiError(422, "Invalid", f'{where} "{meta["name"]}" is invalid: {", ".join(problems)}')
         obj.pop("status", None)
         with self._lock:
             key = route.key(meta["name"])
@@ -584,6 +640,12 @@ class KubeEmulator:
                 initial = [_Event(self._rv, "ADDED", key, obj) for key, obj in self._objects.items()]
                 start = len(self._events)
             else:
+                discarded = self._events[:-self._history or len(self._events)] if self._history is not None else []
+                if discarded and discarded[-1].rv > int(since):  # it would need an event no longer kept
+                    self.expired_watches.append(since)
+                    return iter([{"type": "ERROR", "object": {
+                        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "reason": "Expired",
+                        "message": f"too old resource version: {since} ({discarded[-1].rv})", "code": 410}}])
                 initial = []
                 start = next((i for i, e in enumerate(self._events) if e.rv > int(since)), len(self._events))
         return self._follow(initial, start, matches, deadline, peer_closed)

@@ -80,6 +80,8 @@ def test_ray_tune_run_on_ome_against_the_emulator(tmp_path, llama_server, smollm
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     results = json.loads((tmp_path / "results" / "ome-e2e" / "results.json").read_text())
     assert results["total_experiments"] == 3 and results["successful_experiments"] == 3
+    assert results["measured_via"] == ["port-forward"]  # the latencies include the tunnel, and say so
+    assert "Measured through a port-forward" in completed.stdout
     for trial in results["all_results"]:
         assert trial["stages"] and all(s["output_throughput"] > 0 for s in trial["stages"])
     assert not_granted(requests) == []  # cluster/rbac.yaml allows everything the run did

@@ -5,7 +5,9 @@ cluster code tested against the emulator uses the same calls it makes against a 
 """
 
 import contextlib
+import json
 import threading
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -227,6 +229,51 @@ def test_a_dropped_watch_ends_and_a_new_watch_resumes_from_the_last_resource_ver
         resource_version=first.resource_version, timeout_seconds=1, _request_timeout=WAIT,
     )
     assert [event["object"]["metadata"]["name"] for event in resumed] == ["b", "c"]
+
+
+def test_a_watch_from_a_compacted_resource_version_gets_410_gone_on_http_200(custom, emulator):
+    since = custom.list_namespaced_custom_object(*AT)["metadata"]["resourceVersion"]
+    create(custom, isvc("a"))
+    create(custom, isvc("b"))
+    emulator.keep_history(1)  # "a"'s creation is gone from the history: a watch from `since` needs it
+    # What the server sends: HTTP 200, one ERROR event holding a Status, then the end of the stream.
+    url = f"{emulator.url}/apis/{OME_GROUP}/{OME_VERSION}/namespaces/{NS}/{ISVC}?watch=true&resourceVersion={since}"
+    with urllib.request.urlopen(url, timeout=WAIT) as raw:
+        assert raw.status == 200
+        (line,) = [line for line in raw.read().decode().splitlines() if line]
+    event = json.loads(line)
+    assert event["type"] == "ERROR" and event["object"]["kind"] == "Status"
+    assert event["object"]["code"] == 410 and event["object"]["reason"] == "Expired"
+    assert event["object"]["message"].startswith(f"too old resource version: {since} (")
+    # The official client raises it as an ApiException 410 (when the caller set a timeout).
+    with pytest.raises(ApiException) as gone:
+        list(watch.Watch().stream(custom.list_namespaced_custom_object, *AT, resource_version=since,
+                                  timeout_seconds=1, _request_timeout=WAIT))
+    assert gone.value.status == 410
+    # From a version whose later events are all kept, or with none (the current state): served.
+    latest = custom.list_namespaced_custom_object(*AT)["metadata"]["resourceVersion"]
+    create(custom, isvc("c"))
+    resumed = watch.Watch().stream(custom.list_namespaced_custom_object, *AT, resource_version=latest,
+                                   timeout_seconds=1, _request_timeout=WAIT)
+    assert [e["object"]["metadata"]["name"] for e in resumed] == ["c"]
+    assert emulator.expired_watches == [since, since]
+
+
+def test_invalid_names_and_labels_are_refused_with_422_as_the_api_server_words_it(custom, core):
+    with pytest.raises(ApiException) as bad_name:
+        create(custom, isvc("Tuning_Run"))
+    message = lambda caught: json.loads(caught.value.body)["message"]  # noqa: E731 - the Status the server sent
+    assert bad_name.value.status == 422
+    assert message(bad_name).startswith(
+        'InferenceService.ome.io "Tuning_Run" is invalid: metadata.name: Invalid value: "Tuning_Run": a '
+        "lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters")
+    with pytest.raises(ApiException) as bad_label:
+        create(custom, isvc("ok", **{"autotuner.io/experiment": "run_"}))  # a label value must end alphanumeric
+    assert bad_label.value.status == 422 and 'metadata.labels: Invalid value: "run_"' in message(bad_label)
+    with pytest.raises(ApiException) as long_service:
+        core.create_namespaced_service(NS, {"metadata": {"name": "s" * 64}, "spec": {"ports": [{"port": 80}]}})
+    assert long_service.value.status == 422 and "DNS-1035 label" in message(long_service)
+    create(custom, isvc("a.b-c", **{"example.com/Key_1": "V.1"}))  # what the rules allow passes
 
 
 def test_the_clients_watch_reconnects_by_itself_after_a_clean_drop(custom, emulator):

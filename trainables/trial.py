@@ -185,7 +185,7 @@ class TrialTrainable(tune.Trainable):
                    else Outcome.COMPLETED if stage.index == len(task.benchmark.concurrency) else None)
         return {"stage": stage.index, "score": score.score, "objective": score.value, "objectives": objectives,
                 "violation": score.violation, "slos_met": score.slos_met, "error": None, "metrics": metrics,
-                "outcome": outcome and outcome.value, "done": outcome is not None}
+                "measured_via": self.endpoint.via, "outcome": outcome and outcome.value, "done": outcome is not None}
 
     def _failure(self, error: AutotunerError) -> dict:
         self._teardown()  # the failed engine first: the control start below needs its resources

@@ -403,6 +403,8 @@ def summarize(task: Task, resolved: Resolved, records: list[TrialRecord], experi
             "error": r.error,
             "ray_failures": r.ray_failures,
         } for r in records],
+        # How the load generator reached the engines ("port-forward": latencies include the tunnel).
+        "measured_via": sorted({r.last["measured_via"] for r in records if r.last.get("measured_via")}),
         "ray_experiment_dir": experiment_dir,
         "trial_files": resolved.storage.where("trials"),  # each trial's folder: <trial_files>/<trial_id>
     }
@@ -500,6 +502,10 @@ def table(summary: dict) -> str:
     if selection.get("chosen_on") == "search":
         text += f"\n{selection['why']}"
     text += f"\nLaunch: {best['command']}"
+    if "port-forward" in summary.get("measured_via", []):
+        text += ("\nMeasured through a port-forward: TTFT and ITL include the Kubernetes API server's tunnel "
+                 "(compare configs with each other, not with in-cluster numbers; run the driver in the cluster "
+                 "for those)")
     if summary.get("pareto_front"):
         objectives = summary["objectives"]
         text += f"\n\nPareto front over {', '.join(objectives)} (pareto.csv):"

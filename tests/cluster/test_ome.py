@@ -4,6 +4,7 @@ import time
 import urllib.request
 
 import pytest
+from kubernetes import client, watch
 
 from llm_autotuner.cluster.cleanup import delete_labelled
 from llm_autotuner.cluster.deployer import EngineSpec
@@ -53,6 +54,7 @@ def test_create_ready_serve_delete(emulator, controller, tmp_path):
         with urllib.request.urlopen(endpoint.url + "/v1/models", timeout=10) as response:
             assert b"smollm2" in response.read()
         assert endpoint.cluster_url == f"http://{stored[0]['metadata']['name']}.{NS}.svc.cluster.local:8080"
+        assert endpoint.via == "port-forward"
     assert emulator.objects(PLURAL, NS) == []
     assert [d.propagation_policy for d in emulator.deletions if d.plural == PLURAL] == ["Foreground"]
     assert controller.engines == {}
@@ -104,6 +106,97 @@ def test_a_dropped_watch_is_resumed(emulator, controller, tmp_path):
     with deployer.deployed(spec(tmp_path, {"ctx-size": 1024}), ready_timeout_s=60):
         watches = [r for r in emulator.requests if r.method == "GET" and "watch" in str(r.query)]
         assert len(watches) >= 2
+
+
+def test_a_watch_whose_resource_version_expired_lists_again(emulator, controller, tmp_path):
+    # etcd keeps a window of history: a watch resumed from an older resourceVersion (here: any
+    # event since it) gets 410 Gone, and the wait starts over from the current state.
+    emulator.keep_history(0)
+    emulator.drop_watches_after(1, times=1)  # the first watch is cut: it resumes from its resourceVersion
+    deployer = OmeDeployer(settings(), api=emulator.api_client())
+    with deployer.deployed(spec(tmp_path, {"ctx-size": 1024}), ready_timeout_s=60):
+        assert emulator.expired_watches  # refused at least once...
+        watches = [r.query for r in emulator.requests if r.method == "GET" and str(r.query.get("watch")).lower() == "true"]
+        refused = watches.index(next(q for q in watches if q.get("resourceVersion") == emulator.expired_watches[0]))
+        assert any(not q.get("resourceVersion") for q in watches[refused + 1:])  # ...then watched from now
+
+
+def test_any_task_name_makes_names_and_labels_the_api_server_accepts(emulator, tmp_path):
+    # Task names may hold capitals, '_' and '.', and end with any of them; the emulator refuses
+    # (422) what a real API server would.
+    deployer = OmeDeployer(settings(), api=emulator.api_client())
+    for experiment in ("My_Task.v2_", "a" * 63, "9lives"):
+        odd = EngineSpec(experiment=experiment, run_id="20261202-120000-ab12", trial_id="4f2a_00001",
+                         profile=LLAMA_CPP, executable="", model_path="$(MODEL_PATH)", served_name="smollm2",
+                         flags={}, workdir=tmp_path / experiment[:8])
+        deployer.deploy(odd)
+    assert len(emulator.objects(PLURAL, NS)) == 3
+
+
+def test_the_pod_comes_up_pending_then_not_ready_and_the_trial_waits_for_ready(emulator, controller, tmp_path):
+    core = client.CoreV1Api(emulator.api_client())
+    since = core.list_namespaced_pod(NS).metadata.resource_version
+    deployer = OmeDeployer(settings(), api=emulator.api_client())
+    with deployer.deployed(spec(tmp_path, {"ctx-size": 1024}), ready_timeout_s=60) as endpoint:
+        with urllib.request.urlopen(endpoint.url + "/health", timeout=10) as response:
+            assert response.status == 200  # Ready meant the engine answers
+        history = watch.Watch().stream(core.list_namespaced_pod, NS, resource_version=since, timeout_seconds=1,
+                                       _request_timeout=10)
+        states = []
+        for event in history:
+            pod = event["object"]
+            waiting = [c.state.waiting.reason for c in pod.status.container_statuses or [] if c.state.waiting]
+            ready = any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+            states.append((pod.status.phase, waiting[0] if waiting else None, ready))
+        reasons = [e.reason for e in core.list_namespaced_event(NS).items]
+    assert states[0] == ("Pending", None, False)  # created at once, not yet scheduled
+    assert ("Pending", "ContainerCreating", False) in states
+    assert ("Running", None, False) in states  # the engine started, not answering yet
+    assert states[-1] == ("Running", None, True)
+    assert reasons[:2] == ["Scheduled", "Started"]
+
+
+def test_an_engine_that_exits_before_ready_fails_the_trial_from_its_crash_loop(emulator, controller, tmp_path):
+    deployer = OmeDeployer(settings(), api=emulator.api_client())
+    began = time.monotonic()
+    with pytest.raises(DeploymentError, match="CrashLoopBackOff"):
+        with deployer.deployed(spec(tmp_path, {"ctx-size": "many"}), ready_timeout_s=120):
+            pass
+    assert time.monotonic() - began < 30  # from the pod's state, not the deadline
+    assert emulator.objects(PLURAL, NS) == []
+
+
+def _deleted(emulator, pod):
+    emulator.delete_pod(NS, pod["metadata"]["name"])
+
+
+def _evicted(emulator, pod):
+    pod["status"] = {"phase": "Failed", "reason": "Evicted",
+                     "message": "The node was low on resource: memory."}
+    emulator.put_pod(NS, pod)
+
+
+def _restarted(emulator, pod):
+    (status,) = pod["status"]["containerStatuses"]
+    status.update(restartCount=1, lastState={"terminated": {"reason": "OOMKilled", "exitCode": 137}})
+    emulator.put_pod(NS, pod)
+
+
+@pytest.mark.parametrize("happen, expected", [
+    (_deleted, "engine pod ome-test-run1-t0001-engine-0 was deleted during the benchmark"),
+    (_evicted, "failed during the benchmark: Evicted The node was low on resource: memory."),
+    (_restarted, "restarted during the benchmark (container ome-container last exited: OOMKilled, code 137)"),
+])
+def test_an_engine_pod_lost_mid_benchmark_is_reported_at_once(emulator, controller, tmp_path, happen, expected):
+    deployer = OmeDeployer(settings(), api=emulator.api_client())
+    with deployer.deployed(spec(tmp_path, {"ctx-size": 1024}), ready_timeout_s=60) as endpoint:
+        assert endpoint.failure() is None  # serving
+        (pod,) = emulator.objects("pods", NS)
+        happen(emulator, pod)
+        deadline = time.monotonic() + 10
+        while endpoint.failure() is None and time.monotonic() < deadline:
+            time.sleep(0.25)  # as often as the benchmark asks
+        assert expected in (endpoint.failure() or "")
 
 
 def test_sglang_trial_requests_tp_times_dp_gpus(emulator, tmp_path):
