@@ -122,13 +122,19 @@ class Browser:
         result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
         return result.get("result", {}).get("value")
 
-    def wait_for(self, expression: str, timeout_s: float | None = None) -> bool:
-        """Poll a JavaScript expression until it is true (False at the deadline)."""
+    def wait_for(self, expression: str, timeout_s: float | None = None, reload_every_s: float | None = None) -> bool:
+        """Poll a JavaScript expression until it is true (False at the deadline); with
+        `reload_every_s`, reload the page that often meanwhile, as a user presses refresh on a page
+        that does not update itself (the Ray dashboard's Actors page did not, in a headless run)."""
         deadline = time.monotonic() + (timeout_s or self.timeout_s)
+        reloaded = time.monotonic()
         while time.monotonic() < deadline:
             try:
                 if self.evaluate(expression):
                     return True
+                if reload_every_s and time.monotonic() - reloaded >= reload_every_s:
+                    self.call("Page.reload")
+                    reloaded = time.monotonic()
             except RuntimeError:
                 pass  # the page was navigating: its context went away; ask the new one
             time.sleep(0.25)

@@ -70,7 +70,8 @@ def test_the_dashboard_shows_each_trial_by_name_while_the_run_goes(tmp_path):
         with Browser() as browser:
             browser.open(f"{url}/#/actors", headers={"Authorization": f"Bearer {token}"} if token else None)
             # The page lists the actors it fetched; trial 2 starts once the baseline has ended.
-            shown = browser.wait_for("document.body.innerText.includes('dash tune #2: parallel=')", timeout_s=300)
+            shown = browser.wait_for("document.body.innerText.includes('dash tune #2: parallel=')", timeout_s=300,
+                                     reload_every_s=5)
             page = browser.text()
             screenshot = browser.screenshot(tmp_path / "dashboard-actors.png")
         output = driver.finish(timeout_s=600)
