@@ -217,13 +217,15 @@ def fresh_folder(path: Path) -> Path:
     (genai-bench's stage results among them) are moved to `<id>.attempt-N` so that nothing of the
     killed attempt can be read as this one's."""
     if path.exists():
-        path.rename(path.with_name(f"{path.name}.attempt-{_next_attempt(path.parent.iterdir(), path.name)}"))
+        attempt = _next_attempt([p.name for p in path.parent.iterdir()], path.name)
+        path.rename(path.with_name(f"{path.name}.attempt-{attempt}"))
     path.mkdir(parents=True)
     return path
 
 
-def _next_attempt(names, trial_id: str) -> int:
-    numbers = [int(name.rsplit("-", 1)[1]) for name in map(str, (getattr(n, "name", n) for n in names))
+def _next_attempt(names: list[str], trial_id: str) -> int:
+    """The number after the highest `<trial_id>.attempt-N` among `names`."""
+    numbers = [int(name.rsplit("-", 1)[1]) for name in names
                if name.startswith(f"{trial_id}.attempt-") and name.rsplit("-", 1)[1].isdigit()]
     return max(numbers, default=0) + 1
 
