@@ -9,6 +9,7 @@ runs left behind. Adding a backend is that module, its settings in the task mode
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
 from typing import Any
@@ -58,6 +59,11 @@ class Backend:
         """Custom Ray resources the trials claim that no node has by itself: a local Ray is started
         with them, a Ray cluster must offer them."""
         return {}
+
+    def hold(self, experiment: str, run_id: str) -> contextlib.AbstractContextManager:
+        """Held for the whole run: what tells every host that the run is alive (OME: a Lease its
+        objects belong to). Local engines are judged by their run's PID record instead."""
+        return contextlib.nullcontext()
 
     def prepare(self, served_name: str) -> list[str]:
         """Before the first trial: create what the task asks to exist (a serving runtime). What was

@@ -1,4 +1,5 @@
-"""Find and delete the Kubernetes objects the tuner created, by label."""
+"""Find and delete the Kubernetes objects the tuner created, by label; a run's liveness is its Lease
+(cluster/lease.py), the same from every host."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from llm_autotuner.cluster import kube
-from llm_autotuner.cluster.records import run_alive
+from llm_autotuner.cluster.lease import KIND as LEASE, live_leases, run_lease_uid
 from llm_autotuner.errors import DeploymentError
 from llm_autotuner.task import OmeDeployment
 
@@ -18,10 +19,15 @@ OUR_KINDS = (("InferenceService", "inferenceservices"), ("BenchmarkJob", "benchm
 def delete_labelled(settings: OmeDeployment, selector: str = "", *, skip_live_runs: bool = False,
                     api: client.ApiClient | None = None) -> list[tuple[str, str]]:
     """Delete our InferenceServices and BenchmarkJobs matching `selector` in the task's namespace;
-    with `skip_live_runs`, keep those whose run is still going. Returns (kind, name) removed."""
-    custom = client.CustomObjectsApi(api or kube.api_client(settings.kubeconfig, settings.context))
+    with `skip_live_runs`, keep those whose run's Lease is live, and delete the expired Leases too
+    (an object of a dead run that nobody deletes goes with its Lease, by garbage collection).
+    Objects that no run Lease owns are leftovers (the Lease was deleted, or an earlier version made
+    them). Returns (kind, name) removed."""
+    api = api or kube.api_client(settings.kubeconfig, settings.context)
+    custom = client.CustomObjectsApi(api)
     managed = ",".join(f"{k}={v}" for k, v in kube.MANAGED_BY.items())
     label_selector = f"{managed},{selector}" if selector else managed
+    live, expired = live_leases(settings, api, label_selector) if skip_live_runs else (set(), [])
     removed = []
     for kind, plural in OUR_KINDS:
         try:
@@ -36,8 +42,7 @@ def delete_labelled(settings: OmeDeployment, selector: str = "", *, skip_live_ru
             name = item["metadata"]["name"]
             if item["metadata"].get("deletionTimestamp"):
                 continue  # already being deleted (its trial's teardown): see wait_until_gone
-            run_id = (item["metadata"].get("labels") or {}).get(kube.RUN_LABEL, "")
-            if skip_live_runs and run_alive(run_id):
+            if skip_live_runs and run_lease_uid(item) in live:
                 continue
             try:
                 custom.delete_namespaced_custom_object(
@@ -48,6 +53,15 @@ def delete_labelled(settings: OmeDeployment, selector: str = "", *, skip_live_ru
                 if error.status != 404:
                     raise DeploymentError(str(kube.explain(error, "delete", kind, name, settings.namespace))) from None
             removed.append((kind, name))
+    coordination = client.CoordinationV1Api(api)
+    for name in expired:
+        try:
+            coordination.delete_namespaced_lease(name, settings.namespace, propagation_policy="Background",
+                                                 _request_timeout=kube.REQUEST_TIMEOUT_S)
+        except ApiException as error:
+            if error.status != 404:
+                raise DeploymentError(str(kube.explain(error, "delete", LEASE, name, settings.namespace))) from None
+        removed.append((f"expired {LEASE}", name))
     return removed
 
 

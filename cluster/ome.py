@@ -17,6 +17,7 @@ from kubernetes.client.rest import ApiException
 from urllib3.exceptions import HTTPError
 
 from llm_autotuner.cluster import kube, manifests
+from llm_autotuner.cluster.lease import RunLease, owner_reference
 from llm_autotuner.cluster.backend import Backend, cheapest_params
 from llm_autotuner.cluster.cleanup import delete_labelled, wait_until_gone
 from llm_autotuner.cluster.deployer import Deployer, Endpoint, EngineSpec
@@ -130,6 +131,9 @@ class OmeBackend(Backend):
     def offers(self) -> dict[str, float]:
         return {OME_GPU_RESOURCE: float(self.settings.gpu_budget)}
 
+    def hold(self, experiment: str, run_id: str) -> RunLease:
+        return RunLease(self.settings, experiment, run_id)
+
     def prepare(self, served_name: str) -> list[str]:
         if self.settings.create_runtime is not None and ensure_runtime(self.settings, served_name):
             return [f"created ClusterServingRuntime {self.settings.runtime}"]
@@ -164,6 +168,9 @@ class OmeDeployer(Deployer):
 
     def deploy(self, spec: EngineSpec) -> OmeTrialDeployment:
         manifest = render(spec, self.settings)
+        # Owned by the run's Lease: if the run dies, its InferenceServices go with the Lease.
+        manifest["metadata"]["ownerReferences"] = [owner_reference(self.settings, spec.experiment, spec.run_id,
+                                                                   self.api)]
         name, namespace = manifest["metadata"]["name"], self.settings.namespace
         try:
             self.custom.create_namespaced_custom_object(kube.OME_GROUP, kube.OME_VERSION, namespace, PLURAL,

@@ -25,6 +25,16 @@ def tokenizer(smollm2) -> str:
     return str(llamacpp_setup.ensure_tokenizer(Path(smollm2)))
 
 
+def until(condition, timeout_s: float) -> bool:
+    """Whether `condition()` held within `timeout_s` (asked every 50 ms)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def engine_processes(marker: str) -> set[int]:
     """PIDs of running llama-server processes whose argv holds `marker` (a unique served name)."""
     pids = set()

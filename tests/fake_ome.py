@@ -4,8 +4,11 @@ On each new InferenceService it plays one scenario: `ready` brings up a REAL lla
 flags from the manifest's runner args (so the trial's flags matter) the way a pod comes up (Pending,
 ContainerCreating, Running and not Ready, then Ready once the engine answers; see `_start_engine`),
 registers it as the target of the engine pod's port-forward, and only then sets Ready=True; `never-ready`, `crashloop`, `oom`,
-`imagepull` and `unschedulable` leave the service un-Ready and show that state in its engine pod. On delete it
-stops the engine, after `termination_grace_s` (a pod's grace period: an engine freeing its memory).
+`imagepull` and `unschedulable` leave the service un-Ready and show that state in its engine pod. The pod
+is owned by its InferenceService (ownerReference, blockOwnerDeletion), so the emulator's garbage
+collector deletes it with the service, and a Foreground delete of the service waits for it. A pod
+being deleted stops its engine after `termination_grace_s` (the pod's grace period: an engine freeing
+its memory), and stays until then.
 `lifetimes` records each engine's (InferenceService name, start, exit) wall-clock times.
 """
 
@@ -35,11 +38,16 @@ class FakeOme:
         self.lifetimes: list[tuple[str, float, float]] = []
         self.lock = threading.Lock()
         emulator.on_create(PLURAL, self._created)
-        emulator.on_delete(PLURAL, self._deleted)
+        emulator.on_delete("pods", self._pod_deleted)
+        if termination_grace_s > 0:
+            emulator.set_deletion_delay("pods", termination_grace_s)
 
     def _pod(self, isvc: dict, **status) -> dict:
         name, ns = isvc["metadata"]["name"], isvc["metadata"]["namespace"]
-        return {"metadata": {"name": f"{name}-engine-0", "namespace": ns,
+        # OME's chain is InferenceService -> Deployment -> ReplicaSet -> Pod; one link stands for it.
+        owner = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "InferenceService", "name": name,
+                 "uid": isvc["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+        return {"metadata": {"name": f"{name}-engine-0", "namespace": ns, "ownerReferences": [owner],
                              "labels": {"ome.io/inferenceservice": name, "component": "engine"}},
                 "status": status}
 
@@ -131,8 +139,8 @@ class FakeOme:
                                      "reason": reason, "message": message,
                                      "involvedObject": {"kind": "Pod", "name": pod_name, "namespace": ns}})
 
-    def _deleted(self, isvc: dict) -> None:
-        name, ns = isvc["metadata"]["name"], isvc["metadata"]["namespace"]
+    def _pod_deleted(self, pod: dict) -> None:
+        name = (pod["metadata"].get("labels") or {}).get("ome.io/inferenceservice")
         time.sleep(self.termination_grace_s)  # the engine keeps its GPUs until its pod has terminated
         with self.lock:
             group = self.engines.pop(name, None)
@@ -140,10 +148,6 @@ class FakeOme:
             group.stop(5)
             with self.lock:
                 self.lifetimes.append((name, self.started.pop(name), time.time()))
-        try:
-            self.emulator.delete_pod(ns, f"{name}-engine-0")
-        except KeyError:
-            pass
 
     def stop_all(self) -> None:
         with self.lock:

@@ -7,37 +7,59 @@ and watch protocols, keeps objects in memory, and lets a test play the controlle
 creates, set status conditions, inject pods in CrashLoopBackOff) and inject faults (403, dropped
 watches).
 
-Emulated semantics, deliberately small:
-- Any `/api/v1/...` and `/apis/{group}/{version}/...` resource is served generically; a collection
-  is namespaced when its URL has `namespaces/{ns}/`, cluster-scoped otherwise. A collection URL
-  without a namespace lists (and watches) the plural across all namespaces too. Objects are stored
-  per (group, version): there is no conversion between versions.
-- Every resource behaves as if it had a status subresource: create and updates of the main
-  resource ignore `.status`; `/status` updates change only `.status`. `metadata.generation` grows
-  when anything outside metadata and status changes. A no-op update emits no event.
-- Deletion is immediate whatever the propagation policy (the policy is recorded in `deletions`),
-  except for plurals given a delay with `set_deletion_delay`: those behave as objects with a
-  finalizer do on a real server (a foreground deletion waits for dependents, an OME
-  InferenceService for its pods' termination grace, 30 s by default): the DELETE returns the
-  object with `metadata.deletionTimestamp` set (MODIFIED), GETs keep returning it, the delete hooks
-  run (the controller's cleanup), and the object is removed (DELETED) once they returned and the
-  delay has passed. A second DELETE meanwhile returns the object unchanged.
-- Port-forwards (websocket-client) and kubeconfig-loaded clients honour HTTP_PROXY from the
-  environment; keep 127.0.0.1 in NO_PROXY when a proxy is set.
-- History compaction: with `keep_history(n)` only the last n events are kept, as etcd keeps only
-  a window of revisions (compacted every 5 minutes by default, kube-apiserver
-  `--etcd-compaction-interval`). A watch from a resourceVersion that needs a discarded event gets,
-  as from a real server, HTTP 200 and one `ERROR` event whose object is a `Status` with code 410,
-  reason `Expired` and "too old resource version: X (Y)", then the stream ends; the client must list
-  (or watch without a resourceVersion) again. `expired_watches` records the versions refused.
-- Validation on create (422 Invalid, the API server's wording, from k8s.io/apimachinery
-  pkg/util/validation): `metadata.name` must be a lowercase RFC 1123 subdomain (<= 253 characters;
-  a Service's an RFC 1035 label, <= 63); label keys an optional DNS-subdomain prefix and a name of
-  <= 63 characters, label values <= 63 characters, both `[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?`.
-  Not checked: fields against a schema (the CRD's required fields: tests/cluster/test_manifests.py
-  validates our manifests against the real CRDs instead).
-- Not emulated: authentication, admission, finalizers other than that delay, owner-reference garbage collection,
-  `limit`/`continue` paging, watch bookmarks.
+What it reproduces, point by point, and where each behaviour comes from (kubernetes/kubernetes
+at v1.30 unless named; "docs" is kubernetes.io/docs):
+- REST: any `/api/v1/...` and `/apis/{group}/{version}/...` resource is served generically; a
+  collection is namespaced when its URL has `namespaces/{ns}/`, cluster-scoped otherwise; a
+  collection URL without a namespace lists (and watches) across namespaces. Objects are stored per
+  (group, version): no conversion. [docs: reference/using-api/api-concepts]
+- Status subresource for every resource: create and updates of the main resource ignore `.status`,
+  `/status` updates change only `.status`; `metadata.generation` grows when anything outside
+  metadata and status changes; a no-op update emits no event; an update naming an old
+  resourceVersion gets 409 Conflict. [staging/src/k8s.io/apiserver/pkg/registry/rest/update.go,
+  docs: concepts/extend-kubernetes/api-extension/custom-resources#status-subresource]
+- Validation on create, 422 Invalid in the API server's wording: `metadata.name` a lowercase RFC
+  1123 subdomain (<= 253; a Service's an RFC 1035 label, <= 63); label keys an optional DNS
+  subdomain prefix and a name <= 63, label values <= 63, both `[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?`.
+  [staging/src/k8s.io/apimachinery/pkg/util/validation/validation.go, pkg/api/validation/objectmeta.go]
+- Watches: from "" or "0" the current state first, as ADDED events, then changes; from a
+  resourceVersion, the changes after it. History compaction with `keep_history(n)`: a watch from a
+  version older than the window kept gets HTTP 200 and one `ERROR` event whose object is a `Status`
+  with code 410, reason `Expired`, "too old resource version: X (Y)", then the stream ends; the
+  client must list again. `expired_watches` records the versions refused. Faults: watches dropped
+  abruptly or gracefully after n events (`drop_watches_after`). [staging/src/k8s.io/apiserver/pkg/
+  storage/cacher/watch_cache.go (tooOldResourceVersion), etcd compaction every 5 min by default:
+  kube-apiserver --etcd-compaction-interval]
+- Deletion: a Background delete of an object with no finalizer removes it at once (DELETED). An
+  object with a finalizer is only marked: the DELETE returns it with `metadata.deletionTimestamp`
+  (MODIFIED), GETs keep returning it, a second DELETE returns it unchanged, and it is removed when
+  its finalizers are done. Finalizers emulated: `set_deletion_delay(plural, s)` (a controller's
+  finalizer: OME's on an InferenceService; a pod's termination grace period, 30 s by default) and
+  `foregroundDeletion` (a Foreground delete: the owner stays until every dependent with
+  `blockOwnerDeletion: true` is gone; it always goes through the garbage collector, so even an
+  object without dependents is removed only a moment later). The delete hooks (a controller's
+  cleanup) run when the deletion begins. [docs: concepts/overview/working-with-objects/finalizers,
+  concepts/architecture/garbage-collection#foreground-deletion; pkg/controller/garbagecollector]
+- Garbage collection by ownerReferences: once all of an object's owners are gone (deleted, or
+  never existing: a dangling uid), it is deleted (Background) after `set_gc_delay` seconds (0.3 by
+  default; on a busy cluster the real one can take much longer); an Orphan delete removes the
+  owner's reference from its dependents instead. `collected` names what it deleted. Owners are
+  matched by uid only (the real collector also checks the owner's kind and, for namespaced
+  dependents, that the owner is in the same namespace). [pkg/controller/garbagecollector/
+  garbagecollector.go attemptToDeleteItem; docs: concepts/architecture/garbage-collection]
+- Port-forward: the WebSocket protocol of `pods/{name}/portforward` (v4.channel.k8s.io framing:
+  a data and an error channel per port, each opened with its port number), relayed to a real TCP
+  address set with `set_pod_target`; 404 for a pod that does not exist. Port-forwards and
+  kubeconfig clients honour HTTP_PROXY; keep 127.0.0.1 in NO_PROXY when a proxy is set.
+  [staging/src/k8s.io/apiserver/pkg/util/wsstream, kubelet portforward]
+- Faults on demand: `fail_next` answers matching requests with any status (403, 404, 500...).
+
+Not reproduced: authentication and authorization (RBAC is checked by the tests against the
+requests recorded here), admission (quota, OwnerReferencesPermissionEnforcement), schema
+validation of custom resources (tests/cluster/test_manifests.py validates our manifests against
+the real CRDs instead), required-field checks of built-in kinds, `limit`/`continue` paging, watch
+bookmarks, server-side apply, field managers, and a scheduler or kubelet (tests/fake_ome.py plays
+OME's controller and the kubelet for InferenceServices).
 """
 
 import base64
@@ -187,6 +209,8 @@ class KubeEmulator:
         self._drop_rule: dict | None = None
         self._history: int | None = None  # events kept for watches to resume from (None: all)
         self.expired_watches: list[str] = []  # resourceVersions a watch was refused for (410)
+        self._gc_delay_s = 0.3  # how long the garbage collector takes to act on a deleted owner
+        self.collected: list[str] = []  # "plural/name" of objects the garbage collector deleted
         self._hooks: dict[str, dict[str, list[Callable]]] = {"create": defaultdict(list), "delete": defaultdict(list)}
         self._requests: list[RecordedRequest] = []
         self._deletions: list[Deletion] = []
@@ -318,6 +342,12 @@ class KubeEmulator:
         with self._lock:
             self._deletion_delays[plural] = seconds
 
+    def set_gc_delay(self, seconds: float) -> None:
+        """How long the garbage collector takes to notice an owner gone (real: from well under a
+        second to minutes on a busy cluster)."""
+        with self._lock:
+            self._gc_delay_s = seconds
+
     def set_status(self, group: str, version: str, ns: str | None, plural: str, name: str, status: dict) -> dict:
         """Merge `status` into the object's `.status` (JSON merge patch) and emit MODIFIED; KeyError if absent."""
         key = _Key(group, version, plural, ns, name)
@@ -432,6 +462,8 @@ class KubeEmulator:
         self._objects[key] = obj
         self._emit("ADDED", key, obj)
         self._run_hooks("create", key, obj)
+        if self._owners_gone(obj):
+            self._collect_later()
         return copy.deepcopy(obj)
 
     def _modify(self, key: _Key, new: dict) -> dict:
@@ -457,16 +489,29 @@ class KubeEmulator:
         self._emit("DELETED", key, gone)
         if hooks:
             self._run_hooks("delete", key, gone)
+        if self._dependents(old["metadata"]["uid"]):
+            self._collect_later()
         return copy.deepcopy(gone)
 
-    def _start_slow_deletion(self, key: _Key, delay_s: float) -> dict:
-        """Mark the object as being deleted; remove it once the delete hooks ran and `delay_s` passed."""
+    def _begin_deletion(self, key: _Key, policy: str | None) -> dict:
+        """Delete as the API server and its garbage collector do (see the module docstring): at once
+        for a Background (or Orphan) delete of an object without a finalizer; otherwise mark it
+        (deletionTimestamp, finalizers) and remove it once the delete hooks ran, its deletion delay
+        passed and, for a Foreground delete, its blocking dependents are gone."""
         old = self._get(key)
         if old["metadata"].get("deletionTimestamp"):
             return copy.deepcopy(old)
+        uid = old["metadata"]["uid"]
+        if policy == "Orphan":
+            self._orphan(uid)
+        delay = self._deletion_delays.get(key.plural)
+        foreground = policy == "Foreground"
+        if delay is None and not foreground:
+            return self._remove(key)
         new = copy.deepcopy(old)
         new["metadata"]["deletionTimestamp"] = _now()
-        new["metadata"]["finalizers"] = new["metadata"].get("finalizers", []) + ["emulator.test/deletion-delay"]
+        new["metadata"]["finalizers"] = (new["metadata"].get("finalizers", []) + ["foregroundDeletion"] * foreground
+                                         + ["emulator.test/deletion-delay"] * (delay is not None))
         marked = self._modify(key, new)
         hooks = list(self._hooks["delete"][key.plural])
         began = time.monotonic()
@@ -474,13 +519,57 @@ class KubeEmulator:
         def finish() -> None:
             for callback in hooks:
                 callback(copy.deepcopy(marked))
-            time.sleep(max(0.0, delay_s - (time.monotonic() - began)))
+            if foreground:
+                time.sleep(self._gc_delay_s)  # the garbage collector notices the owner being deleted
+                with self._lock:
+                    for dependent in self._dependents(uid):
+                        self._begin_deletion(dependent, "Background")
+                    while any(self._blocks(dependent, uid) for dependent in self._dependents(uid)) and not self._stopping:
+                        self._lock.wait(0.2)
+            time.sleep(max(0.0, (delay or 0.0) - (time.monotonic() - began)))
             with self._lock:
-                if key in self._objects:
+                current = self._objects.get(key)
+                if current is not None and current["metadata"]["uid"] == uid:
                     self._remove(key, hooks=False)
 
         self._spawn(finish)
         return marked
+
+    # ---- garbage collection (callers hold self._lock) ----
+
+    def _dependents(self, owner_uid: str) -> list[_Key]:
+        return [key for key, obj in self._objects.items()
+                if any(ref.get("uid") == owner_uid for ref in obj["metadata"].get("ownerReferences") or [])]
+
+    def _blocks(self, key: _Key, owner_uid: str) -> bool:
+        return any(ref.get("uid") == owner_uid and ref.get("blockOwnerDeletion")
+                   for ref in self._objects[key]["metadata"].get("ownerReferences") or [])
+
+    def _owners_gone(self, obj: dict) -> bool:
+        refs = obj["metadata"].get("ownerReferences") or []
+        uids = {o["metadata"]["uid"] for o in self._objects.values()}
+        return bool(refs) and not any(ref.get("uid") in uids for ref in refs)
+
+    def _orphan(self, owner_uid: str) -> None:
+        for key in self._dependents(owner_uid):
+            new = copy.deepcopy(self._objects[key])
+            new["metadata"]["ownerReferences"] = [ref for ref in new["metadata"]["ownerReferences"]
+                                                  if ref.get("uid") != owner_uid]
+            self._modify(key, new)
+
+    def _collect_later(self) -> None:
+        """As the garbage collector, a moment later: delete (Background) every object all of whose
+        owners are gone, whether they were deleted or never existed (a dangling reference)."""
+
+        def collect() -> None:
+            time.sleep(self._gc_delay_s)
+            with self._lock:
+                for key, obj in list(self._objects.items()):
+                    if self._owners_gone(obj) and not obj["metadata"].get("deletionTimestamp"):
+                        self.collected.append(f"{key.plural}/{key.name}")
+                        self._begin_deletion(key, "Background")
+
+        self._spawn(collect)
 
     def _run_hooks(self, kind: str, key: _Key, obj: dict) -> None:
         for callback in self._hooks[kind][key.plural]:
@@ -617,11 +706,7 @@ class KubeEmulator:
         policy = (body if isinstance(body, dict) else {}).get("propagationPolicy") or query.get("propagationPolicy")
         with self._lock:
             self._existing(route)
-            delay = self._deletion_delays.get(route.plural)
-            if delay is None:
-                gone = self._remove(route.key(route.name))
-            else:
-                gone = self._start_slow_deletion(route.key(route.name), delay)
+            gone = self._begin_deletion(route.key(route.name), policy)
             self._deletions.append(
                 Deletion(route.group, route.version, route.namespace, route.plural, route.name, policy)
             )

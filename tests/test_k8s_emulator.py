@@ -7,6 +7,7 @@ cluster code tested against the emulator uses the same calls it makes against a 
 import contextlib
 import json
 import threading
+import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -16,6 +17,7 @@ from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 from kubernetes.stream import portforward
 
+from tests.conftest import until
 from tests.k8s_emulator import OME_GROUP, OME_VERSION, KubeEmulator
 
 NS = "tuning"
@@ -113,14 +115,17 @@ def test_inference_service_create_get_list_patch_delete(custom, emulator):
     replaced = custom.replace_namespaced_custom_object(*AT, "a", patched)
     assert replaced["spec"]["engine"]["minReplicas"] == 3 and replaced["metadata"]["generation"] == 3
 
-    custom.delete_namespaced_custom_object(
+    marked = custom.delete_namespaced_custom_object(
         *AT, "a", body=client.V1DeleteOptions(propagation_policy="Foreground")
     )
+    # Foreground goes through the garbage collector: marked first, removed a moment later.
+    assert marked["metadata"]["deletionTimestamp"] and marked["metadata"]["finalizers"] == ["foregroundDeletion"]
     custom.delete_namespaced_custom_object(*AT, "b", propagation_policy="Background")
     assert [(d.name, d.propagation_policy) for d in emulator.deletions] == [("a", "Foreground"), ("b", "Background")]
     deletes = [r for r in emulator.requests if r.method == "DELETE"]
     assert deletes[0].body["propagationPolicy"] == "Foreground" and deletes[0].path.endswith(f"/{NS}/{ISVC}/a")
-    assert [o["metadata"]["name"] for o in emulator.objects(ISVC, NS)] == ["c"]
+    assert [o["metadata"]["name"] for o in emulator.objects(ISVC, NS)] == ["a", "c"]  # b at once
+    assert until(lambda: [o["metadata"]["name"] for o in emulator.objects(ISVC, NS)] == ["c"], 5)
     with pytest.raises(ApiException) as missing:
         custom.get_namespaced_custom_object(*AT, "a")
     assert missing.value.status == 404
@@ -186,11 +191,13 @@ def test_watch_sees_added_then_modified_by_a_controller_then_deleted(custom, emu
         obj = event["object"]
         seen.append((event["type"], obj["metadata"]["name"]))
         conditions = obj.get("status", {}).get("conditions", [])
-        if event["type"] == "MODIFIED" and conditions[0]["type"] == "Ready" and conditions[0]["status"] == "True":
+        being_deleted = bool(obj["metadata"].get("deletionTimestamp"))
+        if event["type"] == "MODIFIED" and conditions[0]["status"] == "True" and not being_deleted:
             custom.delete_namespaced_custom_object(*AT, "a", propagation_policy="Foreground")
         if event["type"] == "DELETED":
             w.stop()
-    assert seen == [("ADDED", "a"), ("MODIFIED", "a"), ("DELETED", "a")]
+    # Ready, then marked for (foreground) deletion, then gone.
+    assert seen == [("ADDED", "a"), ("MODIFIED", "a"), ("MODIFIED", "a"), ("DELETED", "a")]
     assert deleted.wait(WAIT)
 
 
@@ -460,3 +467,53 @@ def test_stop_ends_open_watches_and_keep_alive_connections():
     finally:
         api.close()
         emu.stop()
+
+
+def owned_by(owner, block=False):
+    return {"apiVersion": "v1", "kind": "ConfigMap", "name": owner.metadata.name, "uid": owner.metadata.uid,
+            **({"blockOwnerDeletion": True} if block else {})}
+
+
+def configmap(core, name, owners=()):
+    body = {"metadata": {"name": name, "ownerReferences": list(owners)}}
+    return core.create_namespaced_config_map(NS, body)
+
+
+def configmaps(core):
+    return sorted(c.metadata.name for c in core.list_namespaced_config_map(NS).items)
+
+
+def test_the_garbage_collector_deletes_dependents_of_a_deleted_owner_unless_orphaned(core, emulator):
+    owner = configmap(core, "owner")
+    configmap(core, "dependent", [owned_by(owner)])
+    core.delete_namespaced_config_map("owner", NS, propagation_policy="Background")
+    assert configmaps(core) == ["dependent"]  # the owner at once, its dependent a moment later
+    assert until(lambda: configmaps(core) == [], 5) and emulator.collected == ["configmaps/dependent"]
+
+    owner = configmap(core, "owner")
+    configmap(core, "kept", [owned_by(owner)])
+    core.delete_namespaced_config_map("owner", NS, propagation_policy="Orphan")
+    time.sleep(1)
+    (kept,) = core.list_namespaced_config_map(NS).items
+    assert kept.metadata.name == "kept" and not kept.metadata.owner_references
+
+
+def test_a_dependent_whose_owner_never_existed_is_collected(core, emulator):
+    configmap(core, "dangling", [{"apiVersion": "v1", "kind": "ConfigMap", "name": "ghost", "uid": "no-such-uid"}])
+    assert until(lambda: configmaps(core) == [], 5)
+
+
+def test_a_foreground_delete_waits_for_blocking_dependents_in_their_grace(core, emulator):
+    emulator.set_deletion_delay("pods", 2.0)  # a pod's termination grace
+    owner = configmap(core, "owner")
+    pod = {"metadata": {"name": "p", "ownerReferences": [owned_by(owner, block=True)]},
+           "spec": {"containers": [{"name": "c", "image": "i"}]}}
+    core.create_namespaced_pod(NS, pod)
+    began = time.monotonic()
+    core.delete_namespaced_config_map("owner", NS, propagation_policy="Foreground")
+    marked = core.read_namespaced_config_map("owner", NS)
+    assert marked.metadata.deletion_timestamp and marked.metadata.finalizers == ["foregroundDeletion"]
+    assert until(lambda: core.list_namespaced_pod(NS).items[0].metadata.deletion_timestamp is not None, 5)
+    assert configmaps(core) == ["owner"]  # still there while its pod terminates
+    assert until(lambda: configmaps(core) == [], 10)
+    assert time.monotonic() - began >= 2.0 and core.list_namespaced_pod(NS).items == []

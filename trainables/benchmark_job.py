@@ -18,6 +18,7 @@ from kubernetes.client.rest import ApiException
 
 from llm_autotuner.cluster import kube, manifests
 from llm_autotuner.cluster.deployer import Endpoint, EngineSpec
+from llm_autotuner.cluster.lease import owner_reference
 from llm_autotuner.cluster.ome import cluster_url
 from llm_autotuner.trainables.genai_bench import Stage, watch_stages
 from llm_autotuner.errors import BenchmarkError
@@ -63,8 +64,11 @@ class BenchmarkJobRunner:
     def run(self, endpoint: Endpoint, model_name: str, workdir: Path) -> Iterator[Iterator[tuple[Stage, dict]]]:
         trial_id = workdir.name  # the trial's folder is named by its id
         name = self._name(trial_id)
-        custom = client.CustomObjectsApi(kube.api_client(self.ome.kubeconfig, self.ome.context))
+        api = kube.api_client(self.ome.kubeconfig, self.ome.context)
+        custom = client.CustomObjectsApi(api)
         manifest = self.manifest(name, trial_id, endpoint, model_name)
+        # Owned by the run's Lease, as its InferenceService is (cluster/lease.py).
+        manifest["metadata"]["ownerReferences"] = [owner_reference(self.ome, self.task.name, self.run_id, api)]
         (workdir / "benchmark_job.yaml").write_text(manifests.to_yaml(manifest))
         try:
             custom.create_namespaced_custom_object(kube.OME_GROUP, kube.OME_VERSION, self.ome.namespace, PLURAL,

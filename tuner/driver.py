@@ -230,15 +230,20 @@ def run(task: Task, *, address: str | None = None, resume: bool = False, dashboa
         results_dir, earlier = prepare_results_dir(task, storage)
         resolved = dataclasses.replace(resolved, earlier_storage=earlier)
     lock = records.register_run(run_id, task.name)
-    # Engines an earlier run of this task left (its driver was killed, say) would take CPUs or
-    # GPUs from the trials and distort their measurements.
-    for line in backend.cleanup(task.name):
-        print(f"[autotuner] removed {line}")
     try:
-        return _tune(task, backend, resolved, results_dir, address, resume, local_ray, dashboard)
+        # The run's liveness for every host (OME: a Lease its objects belong to), released last.
+        with backend.hold(task.name, run_id):
+            # Engines an earlier run of this task left (its driver was killed, say) would take CPUs or
+            # GPUs from the trials and distort their measurements.
+            for line in backend.cleanup(task.name):
+                print(f"[autotuner] removed {line}")
+            try:
+                return _tune(task, backend, resolved, results_dir, address, resume, local_ray, dashboard)
+            finally:
+                lock.unlink(missing_ok=True)
+                sweep(task, backend, resolved)
     finally:
-        lock.unlink(missing_ok=True)
-        sweep(task, backend, resolved)
+        lock.unlink(missing_ok=True)  # when the hold itself failed
 
 
 def _confirm(task: Task, trainable, resolved: Resolved, trials: list, max_concurrent: int,

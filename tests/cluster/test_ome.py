@@ -1,5 +1,6 @@
 """The OME backend end to end against the HTTP-level Kubernetes API emulator (official client)."""
 
+import contextlib
 import time
 import urllib.request
 
@@ -10,7 +11,9 @@ from llm_autotuner.cluster.cleanup import delete_labelled
 from llm_autotuner.cluster.deployer import EngineSpec
 from llm_autotuner.cluster.engines import LLAMA_CPP, SGLANG
 from llm_autotuner.cluster.kube import labels, resource_name
+from llm_autotuner.cluster.lease import RunLease
 from llm_autotuner.cluster.ome import OmeDeployer
+from tests.conftest import until
 from tests.fake_ome import GROUP, PLURAL, VERSION, FakeOme
 from tests.k8s_emulator import KubeEmulator
 from llm_autotuner.errors import DeploymentError
@@ -22,7 +25,8 @@ NS = "tuning"
 @pytest.fixture
 def emulator():
     with KubeEmulator() as running:
-        yield running
+        with RunLease(settings(), "ome-test", "run1", api=running.api_client()):  # the run the trials belong to
+            yield running
 
 
 def settings(**overrides) -> OmeDeployment:
@@ -125,12 +129,15 @@ def test_any_task_name_makes_names_and_labels_the_api_server_accepts(emulator, t
     # Task names may hold capitals, '_' and '.', and end with any of them; the emulator refuses
     # (422) what a real API server would.
     deployer = OmeDeployer(settings(), api=emulator.api_client())
-    for experiment in ("My_Task.v2_", "a" * 63, "9lives"):
-        odd = EngineSpec(experiment=experiment, run_id="20261202-120000-ab12", trial_id="4f2a_00001",
-                         profile=LLAMA_CPP, executable="", model_path="$(MODEL_PATH)", served_name="smollm2",
-                         flags={}, workdir=tmp_path / experiment[:8])
-        deployer.deploy(odd)
-    assert len(emulator.objects(PLURAL, NS)) == 3
+    with contextlib.ExitStack() as runs:
+        for experiment in ("My_Task.v2_", "a" * 63, "9lives"):
+            runs.enter_context(RunLease(settings(), experiment, "20261202-120000-ab12", api=emulator.api_client()))
+            odd = EngineSpec(experiment=experiment, run_id="20261202-120000-ab12", trial_id="4f2a_00001",
+                             profile=LLAMA_CPP, executable="", model_path="$(MODEL_PATH)", served_name="smollm2",
+                             flags={}, workdir=tmp_path / experiment[:8])
+            deployer.deploy(odd)
+        assert len(emulator.objects(PLURAL, NS)) == 3
+        assert len(emulator.objects("leases", NS)) == 4  # the fixture's run and these three
 
 
 def test_the_pod_comes_up_pending_then_not_ready_and_the_trial_waits_for_ready(emulator, controller, tmp_path):
@@ -220,7 +227,8 @@ def test_cleanup_deletes_only_our_labelled_leftovers(emulator, tmp_path):
     removed = delete_labelled(settings(), "autotuner.io/experiment=exp", skip_live_runs=True,
                               api=emulator.api_client())
     assert sorted(removed) == [("BenchmarkJob", "left-2"), ("InferenceService", "left-1")]
-    assert [o["metadata"]["name"] for o in emulator.objects(PLURAL, NS)] == ["someone-elses"]
+    # A Foreground delete: gone once the garbage collector is done with it.
+    assert until(lambda: [o["metadata"]["name"] for o in emulator.objects(PLURAL, NS)] == ["someone-elses"], 5)
 
 
 def test_names_are_valid_unique_and_short():

@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 
 from llm_autotuner.cluster.deployer import Endpoint
+from tests.conftest import until
 from tests.k8s_emulator import KubeEmulator
 from llm_autotuner.trainables.benchmark_job import BenchmarkJobRunner
 from llm_autotuner.errors import BenchmarkError
-from llm_autotuner.task import parse_task
+from llm_autotuner.cluster.lease import RunLease, lease_name
+from llm_autotuner.task import OmeDeployment, parse_task
 
 NS = "tuning"
 REAL_FILE = Path(__file__).parent.parent / "data" / "D100_64_text-to-text_num_concurrency_4_time_9s.json"
@@ -21,7 +23,14 @@ ENDPOINT = Endpoint("http://127.0.0.1:1", "http://exp-t0001.tuning.svc.cluster.l
 @pytest.fixture
 def emulator():
     with KubeEmulator() as running:
-        yield running
+        settings = OmeDeployment(backend="ome", namespace=NS, model="m", runtime="r", gpu_budget=1)
+        with RunLease(settings, "exp", "run1", api=running.api_client()):  # the run the trials belong to
+            yield running
+
+
+def gone(emulator, plural) -> bool:
+    """Deleted in the foreground: gone once the garbage collector has finished with it."""
+    return until(lambda: emulator.objects(plural, NS) == [], 5)
 
 
 def runner_for(emulator, tmp_path) -> BenchmarkJobRunner:
@@ -61,11 +70,12 @@ def test_stages_are_read_as_they_land_and_the_job_is_deleted(emulator, tmp_path)
         measured = [(stage.concurrency, metrics["concurrency"], metrics["output_throughput"] > 0)
                     for stage, metrics in results]
     assert measured == [(1, 1, True), (4, 4, True)]
-    job = next(r.body for r in emulator.requests if r.method == "POST")
+    job = next(r.body for r in emulator.requests if r.method == "POST" and r.path.endswith("/benchmarkjobs"))
     endpoint = job["spec"]["endpoint"]["endpoint"]
     assert endpoint["url"] == ENDPOINT.cluster_url and endpoint["modelName"] == "smollm2"
     assert job["spec"]["outputLocation"]["storageUri"] == "pvc://results/bench/run1/t0001"
-    assert emulator.objects("benchmarkjobs", NS) == []
+    assert [(o["kind"], o["name"]) for o in job["metadata"]["ownerReferences"]] == [("Lease", lease_name("exp", "run1"))]
+    assert gone(emulator, "benchmarkjobs")
     assert (workdir / "benchmark_job.yaml").is_file()
 
 
@@ -77,4 +87,4 @@ def test_a_failed_job_fails_the_trial_with_its_details(emulator, tmp_path):
         with runner_for(emulator, tmp_path).run(ENDPOINT, "smollm2", workdir) as results:
             for _ in results:
                 pass
-    assert emulator.objects("benchmarkjobs", NS) == []
+    assert gone(emulator, "benchmarkjobs")
