@@ -34,6 +34,9 @@ GROUP_VERSION, KIND = "coordination.k8s.io/v1", "Lease"
 LEASE_S = 60  # leaseDurationSeconds: how long a run may go without renewing before it counts as dead
 RENEW_S = 15  # a renewal every RENEW_S survives three failed ones (API server busy, a network blip)
 SKEW_S = 30  # tolerated difference between the clocks of the run's host and of the one judging it
+# The driver's pod, from the downward API (cluster/kuberay.py sets them): variable -> pod field.
+POD_ENV = {"AUTOTUNER_POD_NAME": "metadata.name", "AUTOTUNER_POD_UID": "metadata.uid",
+           "AUTOTUNER_POD_NAMESPACE": "metadata.namespace"}
 HOLDER = "autotuner.io/holder"  # annotation: the driver's host and process, for a judge on the same host
 
 
@@ -50,8 +53,8 @@ def _driver_pod(namespace: str) -> list[dict]:
     """The driver's own pod as the Lease's owner, when the driver runs in one in the same namespace
     (an owner in another namespace would read to the garbage collector as absent: it would delete
     the Lease at once)."""
-    name, uid = os.environ.get("AUTOTUNER_POD_NAME"), os.environ.get("AUTOTUNER_POD_UID")
-    if name and uid and os.environ.get("AUTOTUNER_POD_NAMESPACE") == namespace:
+    name, uid, pod_namespace = (os.environ.get(variable) for variable in POD_ENV)
+    if name and uid and pod_namespace == namespace:
         return [{"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid}]
     return []
 

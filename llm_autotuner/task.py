@@ -521,6 +521,14 @@ def parse_task(data: Any, source: str = "task") -> Task:
 def load_task(path: str | Path, search_overrides: dict[str, Any] | None = None) -> Task:
     """Read and validate a task file (with `search` keys overridden, e.g. from the command line);
     raise TaskError with a one-line message on any problem."""
+    data = read_task_file(path)
+    if search_overrides and isinstance(data, dict):
+        data["search"] = {**(data.get("search") or {}), **search_overrides}
+    return parse_task(data, str(path))
+
+
+def read_task_file(path: str | Path) -> Any:
+    """A task file's data as written, not yet validated; TaskError if it cannot be read or parsed."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -536,9 +544,7 @@ def load_task(path: str | Path, search_overrides: dict[str, Any] | None = None) 
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise TaskError(f"{path}: not valid YAML or JSON{where}: {getattr(error, 'problem', error)}") from None
-    if search_overrides and isinstance(data, dict):
-        data["search"] = {**(data.get("search") or {}), **search_overrides}
-    return parse_task(data, str(path))
+    return data
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

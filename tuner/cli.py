@@ -46,6 +46,14 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("results_dir", help="results/<task-name>")
 
     commands.add_parser("rbac", help="print the Kubernetes RBAC the tuner needs (`autotuner rbac | kubectl apply -f -`)")
+
+    kuberay = commands.add_parser("kuberay", help="print what runs an OME task's driver inside the cluster "
+                                                  "(`autotuner kuberay TASK --image IMAGE | kubectl apply -f -`)")
+    kuberay.add_argument("task")
+    kuberay.add_argument("--image", required=True, help="the driver's image, built from this project's Dockerfile")
+    kuberay.add_argument("--kind", default="rayjob", choices=["rayjob", "raycluster"],
+                         help="a RayJob that runs the task once (default), or a RayCluster to run it in yourself")
+    kuberay.add_argument("--results-size", default="10Gi", help="size of the results volume (default 10Gi)")
     return parser
 
 
@@ -185,8 +193,18 @@ def _rbac(args) -> int:
     return EXIT_OK
 
 
+def _kuberay(args) -> int:
+    from llm_autotuner.cluster import kuberay
+    from llm_autotuner.task import parse_task, read_task_file
+
+    data = read_task_file(args.task)
+    task = parse_task(data, args.task)
+    sys.stdout.write(kuberay.to_yaml(kuberay.manifests(task, data, args.image, args.kind, args.results_size)))
+    return EXIT_OK
+
+
 _COMMANDS = {"run": _run, "validate": _validate, "render": _render, "report": _report, "cleanup": _cleanup,
-             "rbac": _rbac}
+             "rbac": _rbac, "kuberay": _kuberay}
 
 if __name__ == "__main__":
     sys.exit(main())
