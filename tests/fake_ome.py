@@ -14,9 +14,13 @@ its memory), and stays until then.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
+from pathlib import Path
+from urllib.parse import urlsplit
 
 from llm_autotuner.cluster.local import free_port
 from llm_autotuner.cluster.procs import ProcessGroup
@@ -35,6 +39,7 @@ class FakeOme:
         self.events_sent = 0
         self.engines: dict[str, ProcessGroup] = {}
         self.started: dict[str, float] = {}
+        self.ports: dict[str, int] = {}  # InferenceService name -> its engine's local port
         self.lifetimes: list[tuple[str, float, float]] = []
         self.lock = threading.Lock()
         emulator.on_create(PLURAL, self._created)
@@ -99,6 +104,7 @@ class FakeOme:
         with self.lock:
             self.engines[name] = group
             self.started[name] = time.time()
+            self.ports[name] = port
         self._event(ns, pod_name, "Started", "Started container ome-container")
         running = [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "False"}]
         self.emulator.put_pod(ns, self._pod(isvc, phase="Running", conditions=running,
@@ -154,3 +160,65 @@ class FakeOme:
             groups, self.engines = list(self.engines.values()), {}
         for group in groups:
             group.stop(5)
+
+
+class FakeBenchmarkJobs:
+    """OME's benchmark controller, standing in: on each new BenchmarkJob it runs the real genai-bench
+    (plain, as OME's job pod does: no request log of ours) against the engine the job's endpoint
+    names, whose cluster DNS name resolves here to the FakeOme engine's local port, and writes into
+    the folder the job's storageUri names: the claim `claim_uri` is mounted at `mount`, as the
+    driver's pod would mount it. status.state goes Running, then Completed or Failed with details."""
+
+    def __init__(self, emulator, engines: FakeOme, claim_uri: str, mount: Path, tokenizer: str):
+        self.emulator, self.engines, self.claim_uri, self.mount = emulator, engines, claim_uri, Path(mount)
+        self.tokenizer = tokenizer
+        self.runs: list[list[str]] = []
+        self.running: dict[str, subprocess.Popen] = {}
+        emulator.on_create("benchmarkjobs", self._created)
+        emulator.on_delete("benchmarkjobs", self._deleted)
+
+    def _created(self, job: dict) -> None:
+        name, ns, spec = job["metadata"]["name"], job["metadata"]["namespace"], job["spec"]
+        target = spec["endpoint"]["endpoint"]
+        service = urlsplit(target["url"]).hostname.split(".")[0]
+        out = self.mount / spec["outputLocation"]["storageUri"][len(self.claim_uri):].strip("/")
+        argv = [str(Path(sys.executable).with_name("genai-bench")), "benchmark", "--api-backend", "openai",
+                "--api-base", f"http://127.0.0.1:{self.engines.ports[service]}", "--api-key", "none",
+                "--api-model-name", target["modelName"], "--model-tokenizer", self.tokenizer,
+                "--task", spec["task"], "--max-time-per-run", str(spec["maxTimePerIteration"]),
+                "--max-requests-per-run", str(spec["maxRequestsPerIteration"]),
+                "--experiment-base-dir", str(out), "--experiment-folder-name", name]
+        for scenario in spec["trafficScenarios"]:
+            argv += ["--traffic-scenario", scenario]
+        for level in spec["numConcurrency"]:
+            argv += ["--num-concurrency", str(level)]
+        self.runs.append(argv)
+        self._state(ns, name, {"state": "Running"})
+        out.mkdir(parents=True, exist_ok=True)
+        limit = 60 * spec["maxTimePerIteration"] * len(spec["numConcurrency"]) + 120
+        with open(out / "job.log", "w") as log:
+            process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+            self.running[name] = process
+            try:
+                code = process.wait(limit)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                code = process.wait()
+        self._state(ns, name, {"state": "Completed"} if code == 0
+                    else {"state": "Failed", "details": f"genai-bench exited with code {code}"})
+
+    def _deleted(self, job: dict) -> None:
+        process = self.running.pop(job["metadata"]["name"], None)
+        if process is not None and process.poll() is None:
+            process.terminate()  # the job's pod goes with the job
+
+    def stop_all(self) -> None:
+        for process in self.running.values():
+            if process.poll() is None:
+                process.kill()
+
+    def _state(self, ns: str, name: str, status: dict) -> None:
+        try:
+            self.emulator.set_status("ome.io", "v1beta1", ns, "benchmarkjobs", name, status)
+        except KeyError:
+            pass  # deleted meanwhile: the trial ended

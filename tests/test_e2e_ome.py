@@ -15,9 +15,10 @@ import yaml
 from ray import tune
 
 from tests.conftest import Driver
-from tests.fake_ome import PLURAL, FakeOme
-from tests.k8s_emulator import KubeEmulator
+from tests.fake_ome import PLURAL, FakeBenchmarkJobs, FakeOme
+from tests.k8s_emulator import KubeEmulator, RecordedRequest
 from llm_autotuner.cluster.backend import trial_claim
+from llm_autotuner.cluster.kuberay import rbac
 from llm_autotuner.tuner.driver import trial_resources
 from llm_autotuner.task import parse_task
 
@@ -40,26 +41,60 @@ def ome_task(tmp_path, kubeconfig, tokenizer, **search):
     }
 
 
-def not_granted(requests) -> list[str]:
-    """The requests that the Role in cluster/rbac.yaml would refuse, as 'verb resource'."""
-    role = next(d for d in yaml.safe_load_all(open("cluster/rbac.yaml")) if d["kind"] == "Role")
-    allowed = {(resource, verb) for rule in role["rules"] for resource in rule["resources"] for verb in rule["verbs"]}
+def not_granted(requests, namespace: str = NS, runtime: bool = False, port_forward: bool = True) -> list[str]:
+    """The requests that the RBAC the tuner asks for (cluster/rbac.yaml, as `autotuner kuberay`
+    renders it for this namespace) would refuse, as 'verb group/resource in scope'. Each request is
+    judged as the API server's authorizer does: verb, API group, resource (with subresource) and
+    scope: a Role grants only in its own namespace, a cluster-scoped request needs a ClusterRole."""
+    documents = rbac(namespace, with_runtime=runtime, port_forward=port_forward)
+
+    def grants(kind: str) -> set[tuple[str, str, str]]:
+        return {(group, resource, verb) for d in documents if d["kind"] == kind for rule in d["rules"]
+                for group in rule["apiGroups"] for resource in rule["resources"] for verb in rule["verbs"]}
+
+    role_namespace = next(d["metadata"]["namespace"] for d in documents if d["kind"] == "Role")
+    in_namespace, cluster_wide = grants("Role"), grants("ClusterRole")
     refused = []
     for request in requests:
-        parts = request.path.strip("/").split("/")
-        if "namespaces" not in parts:
-            continue  # discovery
-        rest = parts[parts.index("namespaces") + 2:]  # [resource, name?, subresource?]
+        parts = request.path.split("?")[0].strip("/").split("/")
+        if parts[0] == "api":
+            group, rest = "", parts[2:]
+        elif parts[0] == "apis" and len(parts) > 2:
+            group, rest = parts[1], parts[3:]
+        else:
+            continue  # discovery (/version, /api, /apis): every authenticated client may read it
+        scope = rest[1] if rest[:1] == ["namespaces"] and len(rest) > 2 else None
+        rest = rest[2:] if scope else rest
         resource = "/".join([rest[0]] + rest[2:3])
         if request.method == "GET":
             verb = "watch" if request.query.get("watch") in ("true", "1", "True") else ("get" if len(rest) > 1 else "list")
         else:
             verb = {"POST": "create", "DELETE": "delete", "PATCH": "patch", "PUT": "update"}[request.method]
         if resource.endswith("/portforward"):
-            verb = "create" if verb == "get" else verb  # a WebSocket upgrade; rbac.yaml grants get and create
-        if (resource, verb) not in allowed:
-            refused.append(f"{verb} {resource}")
+            verb = "create"  # a WebSocket upgrade, authorized as create (rbac.yaml grants get and create)
+        granted = (group, resource, verb) in cluster_wide or (
+            scope == role_namespace and (group, resource, verb) in in_namespace)
+        if not granted:
+            refused.append(f"{verb} {group or 'core'}/{resource} in {scope or 'the cluster scope'}")
     return refused
+
+
+def test_the_rbac_check_refuses_what_the_api_servers_authorizer_would():
+    def request(method, path, **query):
+        return RecordedRequest(method, path, query, None)
+
+    allowed = [request("GET", f"/apis/ome.io/v1beta1/namespaces/{NS}/inferenceservices", watch="true"),
+               request("PATCH", f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/run"),
+               request("GET", f"/api/v1/namespaces/{NS}/pods/p/portforward"), request("GET", "/apis")]
+    assert not_granted(allowed) == []
+    assert not_granted([request("GET", "/apis/ome.io/v1beta1/inferenceservices"),  # every namespace at once
+                        request("DELETE", f"/api/v1/namespaces/{NS}/pods/p"),
+                        request("PATCH", "/apis/coordination.k8s.io/v1/namespaces/other/leases/run"),
+                        request("POST", "/apis/ome.io/v1beta1/clusterservingruntimes")]) == [
+        "list ome.io/inferenceservices in the cluster scope", f"delete core/pods in {NS}",
+        "patch coordination.k8s.io/leases in other", "create ome.io/clusterservingruntimes in the cluster scope"]
+    assert not_granted([request("POST", "/apis/ome.io/v1beta1/clusterservingruntimes")], runtime=True) == []
+    assert not_granted([allowed[2]], port_forward=False) == [f"create core/pods/portforward in {NS}"]
 
 
 def test_ray_tune_run_on_ome_against_the_emulator(tmp_path, llama_server, smollm2, tokenizer):
@@ -94,6 +129,49 @@ def test_ray_tune_run_on_ome_against_the_emulator(tmp_path, llama_server, smollm
     args = manifest["spec"]["engine"]["runner"]["args"]
     assert args[:2] == ["--ctx-size", "2048"]
     assert args[args.index("--parallel") + 1] == str(results["all_results"][1]["parameters"]["parallel"])
+
+
+def test_a_full_run_with_the_benchmarkjob_runner_is_scored_like_the_direct_one(tmp_path, llama_server, smollm2,
+                                                                                  tokenizer):
+    """Each trial's load runs in the cluster as a BenchmarkJob (here: the real genai-bench, started by
+    a stand-in for OME's benchmark controller, against the trial's real engine), writing to a claim
+    the driver also mounts; the trial reads each stage's file as it lands and scores it with the
+    same code as the direct runner's."""
+    mount = tmp_path / "claim"
+    with KubeEmulator() as emulator:
+        controller = FakeOme(emulator, llama_server, smollm2, tmp_path)
+        jobs = FakeBenchmarkJobs(emulator, controller, "pvc://results/bench", mount, tokenizer)
+        try:
+            kubeconfig = emulator.write_kubeconfig(tmp_path / "kubeconfig")
+            task = ome_task(tmp_path, kubeconfig, tokenizer, num_samples=1, confirm_repeats=0)
+            task["benchmark"] |= {"runner": "benchmarkjob", "benchmark_job": {
+                "output_storage_uri": "pvc://results/bench", "results_mount": str(mount), "timeout_s": 300}}
+            path = tmp_path / "task.yaml"
+            path.write_text(yaml.safe_dump(task))
+            completed = subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(path)],
+                                       capture_output=True, text=True, timeout=900)
+            posted = [r.body for r in emulator.requests if r.method == "POST" and r.path.endswith("/benchmarkjobs")]
+            left = emulator.objects("benchmarkjobs", NS) + emulator.objects(PLURAL, NS)
+            requests = emulator.requests
+        finally:
+            jobs.stop_all()
+            controller.stop_all()
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    results = json.loads((tmp_path / "results" / "ome-e2e" / "results.json").read_text())
+    trials = results["all_results"]
+    assert len(trials) == 2 and len(posted) == 2  # the baseline and a searched trial, a job each
+    for trial, job in zip(trials, posted):
+        assert trial["status"] == "completed"
+        assert [s["concurrency"] for s in trial["stages"]] == [2, 4]
+        for stage in trial["stages"]:
+            # Timed from genai-bench's own file (no request log of ours runs in the job's pod).
+            assert stage["timed"] == "completed requests" and stage["output_throughput"] > 0
+            assert stage["error_rate"] == 0 and stage["num_completed_requests"] == 8
+        assert trial["objective_score"] == pytest.approx(sum(s["output_throughput"] for s in trial["stages"]) / 2)
+        assert job["spec"]["endpoint"]["endpoint"]["url"].endswith(".svc.cluster.local:8080")
+        assert job["metadata"]["ownerReferences"][0]["kind"] == "Lease"
+    assert len(jobs.runs) == 2 and left == []
+    assert not_granted(requests) == []
 
 
 def test_trials_hold_gpus_from_the_budget_so_ray_runs_only_what_fits(tmp_path):

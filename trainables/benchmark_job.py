@@ -20,7 +20,9 @@ from llm_autotuner.cluster import kube, manifests
 from llm_autotuner.cluster.deployer import Endpoint, EngineSpec
 from llm_autotuner.cluster.lease import owner_reference
 from llm_autotuner.cluster.ome import cluster_url
+from llm_autotuner.secrets import api_key
 from llm_autotuner.trainables.genai_bench import Stage, watch_stages
+from llm_autotuner.trainables.warmup import warm_up
 from llm_autotuner.errors import BenchmarkError
 from llm_autotuner.objective import request_limits
 
@@ -64,6 +66,9 @@ class BenchmarkJobRunner:
     def run(self, endpoint: Endpoint, model_name: str, workdir: Path) -> Iterator[Iterator[tuple[Stage, dict]]]:
         trial_id = workdir.name  # the trial's folder is named by its id
         name = self._name(trial_id)
+        # Warmed up from here as the direct runner does: the job's first stage must not pay the
+        # engine's cold start. The key, if any, is ours (the job cannot carry one: manifests.py).
+        warm_up(endpoint.url, model_name, self.task.benchmark, self.api_backend, workdir / "warmup.json", api_key())
         api = kube.api_client(self.ome.kubeconfig, self.ome.context)
         custom = client.CustomObjectsApi(api)
         manifest = self.manifest(name, trial_id, endpoint, model_name)

@@ -9,13 +9,16 @@ import sys
 import tomllib
 from pathlib import Path
 
+import kubernetes_validate
 import pytest
 import ray
 import yaml
 from kubernetes import client
 
 from llm_autotuner.cluster.lease import POD_ENV
+from llm_autotuner.cluster.kube import RBAC_MANIFEST
 from llm_autotuner.task import load_task, parse_task
+from tests.crd_schema import crd_validator
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "ome-sglang.yaml"
@@ -33,6 +36,20 @@ def documents(*args: str) -> dict[str, dict]:
     return {document["kind"]: document for document in yaml.safe_load_all(completed.stdout)}
 
 
+KUBERNETES = "1.30"  # the oldest Kubernetes version whose schemas the manifests are checked against
+KUBERAY_SCHEMAS = {"RayJob": "rayjob.schema.json", "RayCluster": "raycluster.schema.json"}
+
+
+def validate(document: dict) -> None:
+    """As the API server would with strict field validation: KubeRay's kinds against KubeRay's CRDs
+    (tests/data/crds), the rest against Kubernetes' own schemas (kubernetes-validate)."""
+    if document["kind"] in KUBERAY_SCHEMAS:
+        assert document["apiVersion"] == "ray.io/v1"
+        crd_validator(KUBERAY_SCHEMAS[document["kind"]]).validate(document)
+    else:
+        kubernetes_validate.validate(document, KUBERNETES, strict=True)
+
+
 def round_trips(manifest: dict, model: str) -> bool:
     """Whether the kubernetes client's model of `model` keeps every field: a misspelt or misplaced
     field would be dropped by the API server without a word."""
@@ -46,6 +63,8 @@ def test_a_rayjob_runs_the_task_with_its_results_on_a_volume_and_the_gpu_budget_
     task = load_task(EXAMPLE)
     assert list(objects) == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "PersistentVolumeClaim", "RayJob"]
     assert {o["metadata"]["namespace"] for o in objects.values()} == {task.deployment.namespace}
+    for document in objects.values():
+        validate(document)
 
     job = objects["RayJob"]["spec"]
     head = job["rayClusterSpec"]["headGroupSpec"]
@@ -90,6 +109,22 @@ def test_a_raycluster_has_the_same_head_and_no_job():
     job = documents(str(EXAMPLE), "--image", IMAGE)["RayJob"]["spec"]["rayClusterSpec"]
     objects = documents(str(EXAMPLE), "--image", IMAGE, "--kind", "raycluster")
     assert "RayJob" not in objects and objects["RayCluster"]["spec"] == job
+    validate(objects["RayCluster"])
+
+
+def test_every_manifest_shipped_in_cluster_validates():
+    for document in yaml.safe_load_all(RBAC_MANIFEST.read_text()):
+        validate(document)
+
+
+def test_a_misspelt_field_is_caught_by_each_kind_of_check():
+    objects = documents(str(EXAMPLE), "--image", IMAGE)
+    job, claim = objects["RayJob"], objects["PersistentVolumeClaim"]
+    job["spec"]["shutdownAfterJobFinish"] = job["spec"].pop("shutdownAfterJobFinishes")
+    claim["spec"]["accesModes"] = claim["spec"].pop("accessModes")
+    for wrong in (job, claim):
+        with pytest.raises(Exception, match="shutdownAfterJobFinish'|accesModes"):
+            validate(wrong)
 
 
 def test_a_local_task_is_refused_in_one_line():

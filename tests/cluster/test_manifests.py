@@ -3,9 +3,7 @@ however it is spelt (quotes, colons, newlines, template syntax)."""
 
 from __future__ import annotations
 
-import json
 import random
-from functools import cache
 from pathlib import Path
 
 import jsonschema
@@ -14,8 +12,8 @@ import yaml
 
 from llm_autotuner.cluster import manifests
 from llm_autotuner.cluster.engines import SGLANG
+from tests.crd_schema import crd_validator, kube_schema
 
-CRDS = Path(__file__).resolve().parents[1] / "data" / "crds"
 SAMPLES = Path(__file__).parent.parent / "data" / "ome-samples"
 SCHEMA_FILES = {"InferenceService": "inferenceservice.schema.json", "BenchmarkJob": "benchmarkjob.schema.json",
                 "ClusterServingRuntime": "clusterservingruntime.schema.json"}
@@ -28,39 +26,13 @@ TRICKY = ['it\'s "quoted"', "key: value", "x\n  evil: true", "{{ 7*7 }}", "{% if
 RANDOM_CHARS = "abcXYZ019 :-\"'{}[]#&*!|>%@`,?\n\t\\é😀\u2028"
 
 
-def _kube_schema(node: dict) -> dict:
-    """A CRD's structural schema as plain JSON Schema, checking what the API server checks:
-    `x-kubernetes-*` keys dropped, int-or-string as integer or string, `set` lists unique, and objects
-    with declared properties closed (the API server prunes or, with strict field validation, rejects
-    unknown fields, so an open schema would let a misspelt field pass)."""
-    out = {key: value for key, value in node.items() if not key.startswith("x-kubernetes-")}
-    if "properties" in out:
-        out["properties"] = {name: _kube_schema(sub) for name, sub in out["properties"].items()}
-    for key in ("items", "additionalProperties"):
-        if isinstance(out.get(key), dict):
-            out[key] = _kube_schema(out[key])
-    for key in ("anyOf", "allOf", "oneOf"):
-        if key in out:
-            out[key] = [_kube_schema(sub) for sub in out[key]]
-    if node.get("x-kubernetes-int-or-string") and "anyOf" not in out:
-        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
-    if node.get("x-kubernetes-list-type") == "set":
-        out["uniqueItems"] = True
-    if "properties" in out and "additionalProperties" not in out \
-            and not node.get("x-kubernetes-preserve-unknown-fields"):
-        out["additionalProperties"] = False
-    return out
-
-
 def test_int_or_string_accepts_both_and_nothing_else():
-    validator = jsonschema.Draft7Validator(_kube_schema({"x-kubernetes-int-or-string": True}))
+    validator = jsonschema.Draft7Validator(kube_schema({"x-kubernetes-int-or-string": True}))
     assert validator.is_valid(8080) and validator.is_valid("http1") and not validator.is_valid(80.5)
 
 
-@cache
 def _validator(kind: str) -> jsonschema.Draft7Validator:
-    schema = json.loads((CRDS / SCHEMA_FILES[kind]).read_text())
-    return jsonschema.Draft7Validator(_kube_schema(schema))
+    return crd_validator(SCHEMA_FILES[kind])
 
 
 def validate(manifest: dict) -> None:

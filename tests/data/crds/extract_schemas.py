@@ -1,8 +1,11 @@
 """Re-extract the CRD schemas the manifest tests validate against (a helper, not a test).
 
-Usage: python tests/data/crds/extract_schemas.py [CRD_DIR]   (default: ../shared/ome-crds beside the repository)
+Usage: python tests/data/crds/extract_schemas.py [OME_CRD_DIR [KUBERAY_CRD_DIR]]
+(defaults: ../shared/ome-crds beside the repository; KubeRay's ray-operator/config/crd/bases is
+not on disk by default: give the folder of a KubeRay checkout to refresh its two schemas)
 
-Each output file holds `spec.versions[0].schema.openAPIV3Schema` of one CRD, unchanged, as JSON.
+Each output file holds the openAPIV3Schema of one CRD's served version (OME: its only one,
+v1beta1; KubeRay: v1), unchanged, as JSON.
 """
 
 from __future__ import annotations
@@ -25,19 +28,26 @@ SOURCES = {
     "ome.io_benchmarkjobs.yaml": "benchmarkjob.schema.json",
     "ome.io_clusterservingruntimes.yaml": "clusterservingruntime.schema.json",
 }
+# CRD file in KubeRay's ray-operator/config/crd/bases/ -> schema file here (version v1)
+KUBERAY_SOURCES = {"ray.io_rayjobs.yaml": "rayjob.schema.json", "ray.io_rayclusters.yaml": "raycluster.schema.json"}
 
 
-def extract(crd_dir: Path = DEFAULT_SOURCE, out_dir: Path = HERE) -> list[Path]:
+def extract(crd_dir: Path, sources: dict[str, str], version: str | None = None, out_dir: Path = HERE,
+            indent: int | None = 1) -> list[Path]:
     written = []
-    for crd_file, schema_file in SOURCES.items():
+    for crd_file, schema_file in sources.items():
         crd = yaml.load((crd_dir / crd_file).read_text(), Loader=_LOADER)
-        schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        versions = crd["spec"]["versions"]
+        chosen = next(v for v in versions if v["name"] == version) if version else versions[0]
         target = out_dir / schema_file
-        target.write_text(json.dumps(schema, indent=1) + "\n")
+        target.write_text(json.dumps(chosen["schema"]["openAPIV3Schema"], indent=indent) + "\n")
         written.append(target)
     return written
 
 
 if __name__ == "__main__":
-    for path in extract(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_SOURCE):
+    paths = extract(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_SOURCE, SOURCES)
+    if len(sys.argv) > 2:  # KubeRay's are large: written compact
+        paths += extract(Path(sys.argv[2]), KUBERAY_SOURCES, version="v1", indent=None)
+    for path in paths:
         print(path)
