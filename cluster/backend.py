@@ -80,6 +80,11 @@ class Backend:
         behind. What was removed, one line each."""
         raise NotImplementedError
 
+    def export(self, spec: EngineSpec) -> dict[str, str]:
+        """File name -> content: what deploys the winning config `spec` for good, beyond its launch
+        line (best_command.txt): none for local engines."""
+        return {}
+
     def render(self, specs: list[EngineSpec]) -> dict[str, str]:
         """File name -> content: what deploying these trials would create (`trial-N-...` for the
         Nth), without contacting anything."""

@@ -49,12 +49,14 @@ def gpus(spec: EngineSpec) -> int:
     return int(spec.profile.resources(spec.flags).get("GPU", 0))
 
 
-def render(spec: EngineSpec, settings: OmeSettings) -> dict:
-    """The InferenceService manifest of one trial."""
+def render(spec: EngineSpec, settings: OmeSettings, production: bool = False) -> dict:
+    """The InferenceService manifest of one trial; `production`: of the winner, to keep serving
+    (named `<task>-tuned`, none of the tuner's labels: no cleanup of the tuner's will touch it)."""
     return manifests.inference_service(
-        name=kube.resource_name(spec.experiment, spec.trial_id, spec.run_id),
+        name=(kube.resource_name(spec.experiment, "tuned") if production
+              else kube.resource_name(spec.experiment, spec.trial_id, spec.run_id)),
         namespace=settings.namespace,
-        labels=kube.labels(spec.experiment, spec.run_id, spec.trial_id),
+        labels={} if production else kube.labels(spec.experiment, spec.run_id, spec.trial_id),
         model_name=settings.model,
         runtime_name=settings.runtime,
         engine_args=spec.profile.flag_argv(spec.flags),
@@ -149,6 +151,9 @@ class OmeBackend(Backend):
         selector = "" if experiment is None else f"{kube.EXPERIMENT_LABEL}={kube.label_value(experiment)}"
         return [f"{kind} {name} in {self.settings.namespace}"
                 for kind, name in delete_labelled(self.settings, selector, skip_live_runs=True)]
+
+    def export(self, spec: EngineSpec) -> dict[str, str]:
+        return {"best_inferenceservice.yaml": manifests.to_yaml(render(spec, self.settings, production=True))}
 
     def render(self, specs: list[EngineSpec]) -> dict[str, str]:
         files = {f"trial-{number}-inferenceservice.yaml": manifests.to_yaml(render(spec, self.settings))

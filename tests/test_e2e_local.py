@@ -9,14 +9,20 @@ threads spin while they wait for each other, which a busy machine turns into min
 
 import csv
 import json
+import shutil
+import struct
 import subprocess
 import sys
+import time
+import urllib.request
 import uuid
 
 import pytest
 import yaml
 
-from tests.conftest import engine_processes
+from llm_autotuner.cluster.local import free_port
+from tests.browser import Browser
+from tests.conftest import engine_processes, until
 
 pytestmark = pytest.mark.e2e
 
@@ -102,7 +108,6 @@ def test_best_command_and_trials_csv(run):
     rows = list(csv.DictReader((results_dir / "trials.csv").open()))
     assert len(rows) == 4 and {"parallel", "ubatch-size", "status", "objective_score"} <= set(rows[0])
     assert (results_dir / "tune").is_dir()
-    assert (results_dir / "stages.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     front = list(csv.DictReader((results_dir / "pareto.csv").open()))
     results = json.loads((results_dir / "results.json").read_text())
     completed = {t["experiment_id"] for t in results["all_results"] if t["status"] == "completed"}
@@ -115,3 +120,107 @@ def test_best_command_and_trials_csv(run):
 def test_no_engine_is_left_running(run):
     _, _, served = run
     assert engine_processes(served) == set()
+
+
+def png_size(path) -> tuple[int, int]:
+    """(width, height) of a PNG file; AssertionError if it is not one."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", f"{path} is not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_the_report_page_opens_offline_with_every_plot_and_names_the_winner(run):
+    _, results_dir, _ = run
+    results = json.loads((results_dir / "results.json").read_text())
+    plots = sorted(p.name for p in (results_dir / "plots").glob("*.png"))
+    assert plots == ["parameters.png", "progress.png", "stages.png", "tradeoff.png"]
+    for name in plots:
+        width, height = png_size(results_dir / "plots" / name)
+        assert width >= 600 and height >= 300 and (results_dir / "plots" / name).stat().st_size > 10_000
+    with Browser() as browser:
+        browser.open((results_dir / "index.html").as_uri())
+        assert browser.wait_for("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+        assert browser.evaluate("document.images.length") == 4 and browser.failed == []
+        assert browser.evaluate("document.querySelectorAll('figcaption').length") == 4
+        winner = browser.evaluate("document.getElementById('winner').innerText")
+        rows = browser.evaluate("Array.from(document.querySelectorAll('#trials tr')).slice(1)"
+                                ".map(r => r.cells[0].innerText)")
+        browser.screenshot(results_dir / "report-screenshot.png")
+    best = results["best_result"]
+    assert f"Experiment {best['experiment_id']}" in winner
+    assert all(f"{name}={value}" in winner for name, value in best["parameters"].items())
+    scored = [t for t in results["all_results"] if t["objective_score"] is not None]
+    unscored = [t for t in results["all_results"] if t["objective_score"] is None]
+    best_first = sorted(scored, key=lambda t: -t["objective_score"]) + unscored
+    assert rows == [str(t["experiment_id"]) for t in best_first]
+
+
+def test_the_exported_launch_line_starts_a_server_that_answers(run):
+    _, results_dir, served = run
+    best = json.loads((results_dir / "best.json").read_text())
+    results = json.loads((results_dir / "results.json").read_text())
+    assert best["parameters"] == results["best_result"]["parameters"]
+    assert best["metrics"]["output_throughput"] > 0 and best["objective"]["value"] > 0
+    argv = (results_dir / "best_command.txt").read_text().split()
+    assert argv == best["command"].split()
+    port = free_port()
+    argv[argv.index("--port") + 1] = str(port)
+    server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def healthy():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                    return response.status == 200
+            except OSError:
+                return False
+
+        assert until(healthy, 60)
+        body = json.dumps({"model": served, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body.encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            assert json.loads(response.read())["choices"][0]["message"]["content"] is not None
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def test_report_of_two_runs_names_what_changed(run, tmp_path):
+    _, results_dir, _ = run
+    later = tmp_path / "after-upgrade"
+    shutil.copytree(results_dir, later, ignore=shutil.ignore_patterns("tune", "trials"))
+    summary = json.loads((later / "results.json").read_text())
+    # The same configs measured again, slower by a tenth, and another config won.
+    for trial in summary["all_results"]:
+        if trial["objective_score"] is not None:
+            trial["objective_score"] *= 0.9
+    other = next(t for t in summary["all_results"]
+                 if not t["baseline"] and t["parameters"] != summary["best_result"]["parameters"])
+    summary["best_result"] = {**summary["best_result"], "parameters": other["parameters"]}
+    (later / "results.json").write_text(json.dumps(summary))
+    completed = subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "report", str(results_dir), str(later)],
+                               capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.splitlines()
+    ratios = [float(line.split()[-1]) for line in lines[2:] if line.startswith(("{", "engine defaults"))]
+    assert len(ratios) == sum(t["objective_score"] is not None for t in summary["all_results"]) >= 3
+    assert all(abs(r - 0.9) < 1e-3 for r in ratios)
+    assert "Winner changed" in completed.stdout
+    changed = [k for k in other["parameters"] if other["parameters"][k] != json.loads(
+        (results_dir / "results.json").read_text())["best_result"]["parameters"].get(k)]
+    assert f"differs in {', '.join(sorted(changed))}" in completed.stdout
+
+
+def test_the_report_of_a_run_still_going_says_so(run, tmp_path):
+    _, results_dir, _ = run
+    going = tmp_path / "going"
+    shutil.copytree(results_dir, going, ignore=shutil.ignore_patterns("tune", "trials", "plots", "index.html"))
+    summary = json.loads((going / "results.json").read_text())
+    summary |= {"in_progress": True, "best_result": None, "all_results": summary["all_results"][:2]}
+    (going / "results.json").write_text(json.dumps(summary))
+    started = time.monotonic()
+    completed = subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "report", str(going)],
+                               capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    page = (going / "index.html").read_text()
+    assert "still going" in page and "No winner" in page and time.monotonic() - started < 60

@@ -119,8 +119,9 @@ def test_trials_share_the_gpu_nodes_and_each_engine_sees_only_its_gpus(gpu_clust
             assert len(logged) == trial["stages"][0]["num_requests"] >= 8, trial  # each request of the stage
     assert (shared / "gpus" / "tune" / "tuner.pkl").is_file()
     assert not (shared / "gpus" / "trials" / ".incoming").exists()
+    winner = ["best_command.txt", "best.json"] if results["best_result"] else []
     assert sorted(p.name for p in (tmp_path / "results" / "gpus").iterdir()) == sorted(
-        ["results.json", "trials.csv", "stages.png"] + (["best_command.txt"] if results["best_result"] else []))
+        ["results.json", "trials.csv", "index.html", "plots"] + winner)  # the summaries and the report only
 
 
 def test_a_space_that_fits_no_node_is_refused_in_one_line(gpu_cluster, tmp_path, llama_server, smollm2, tokenizer):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import sys
 from pathlib import Path
 
@@ -42,8 +41,10 @@ def _parser() -> argparse.ArgumentParser:
     cleanup.add_argument("--all", action="store_true",
                          help="every experiment's leftovers (local engines; with TASK, its namespace too)")
 
-    report = commands.add_parser("report", help="print the summary of a finished or partial run")
-    report.add_argument("results_dir", help="results/<task-name>")
+    report = commands.add_parser("report", help="write a run's report page (index.html) and print its summary; "
+                                                "with two runs, compare them")
+    report.add_argument("results_dir", help="results/<task-name> (finished, or still going)")
+    report.add_argument("other", nargs="?", help="a second run's results folder: the two side by side")
 
     commands.add_parser("rbac", help="print the Kubernetes RBAC the tuner needs (`autotuner rbac | kubectl apply -f -`)")
 
@@ -175,14 +176,15 @@ def _cleanup(args) -> int:
 
 
 def _report(args) -> int:
+    from llm_autotuner.tuner.report import compare, read_summary, write_report
     from llm_autotuner.tuner.results import table
 
-    path = Path(args.results_dir) / "results.json"
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise TaskError(f"{path}: cannot read results ({error})") from None
+    if args.other:
+        print(compare(Path(args.results_dir), Path(args.other)))
+        return EXIT_OK
+    summary = read_summary(Path(args.results_dir))
     print(table(summary))
+    print(f"\nReport: {write_report(Path(args.results_dir))}")
     return EXIT_OK
 
 

@@ -33,7 +33,8 @@ from llm_autotuner.tuner import results as results_io
 from llm_autotuner.errors import QuietLostWorkers, SetupError, TaskError
 from llm_autotuner.secrets import scrub_folder
 from llm_autotuner.tuner.interrupt import Interrupt, TrialEnds
-from llm_autotuner.tuner.plots import write_stage_plot
+from llm_autotuner.tuner.render import winner_files
+from llm_autotuner.tuner.report import write_report
 from llm_autotuner.tuner.progress import ProgressPrinter
 from llm_autotuner.tuner.search import (METRIC, MODE, FailureGuard, NoImprovementStopper, build_scheduler, build_searcher,
                           num_trials)
@@ -431,5 +432,19 @@ def _finish(task: Task, backend: Backend, resolved: Resolved, results_dir: Path,
     summary["stopped_because"] = stopped_because
     summary["setup_failure"] = bool(guard and guard.setup_failure)
     results_io.write(results_dir, summary)
-    write_stage_plot(summary, results_dir / "stages.png")
+    export_winner(task, resolved, results_dir, summary)
+    write_report(results_dir)
     return summary
+
+
+def export_winner(task: Task, resolved: Resolved, results_dir: Path, summary: dict) -> None:
+    """The winner as its backend deploys it for good (OME: best_inferenceservice.yaml); none left
+    from an earlier run when there is no winner."""
+    best = summary["best_result"]
+    files = winner_files(task, resolved.served_name, resolved.executable, resolved.model_path,
+                         best["parameters"]) if best else {}
+    for name in results_io.WINNER_MANIFESTS:
+        if name not in files:
+            (results_dir / name).unlink(missing_ok=True)
+    for name, text in files.items():
+        (results_dir / name).write_text(text)

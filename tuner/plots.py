@@ -1,43 +1,208 @@
-"""stages.png: the objective of every trial stage by stage, so ASHA's cuts and the winner show at a glance."""
+"""The report's plots, each a PNG drawn from results.json alone (so `autotuner report` can redraw
+them for any run, finished or still going) with the one-sentence caption the page shows under it."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from statistics import fmean
+from typing import Callable
+
+from llm_autotuner.metrics import METRICS
+
+THROUGHPUT, LATENCY = "output_throughput", "e2e_p90"  # the trade-off's axes unless the task names others
+BEST, BASELINE, STOPPED, OTHER = "tab:green", "black", "tab:red", "tab:blue"
 
 
-def write_stage_plot(summary: dict, path: Path) -> Path | None:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never a display
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(figure, path: Path) -> Path:
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    _pyplot().close(figure)
+    return path
+
+
+def _measured(summary: dict) -> list[dict]:
+    return [t for t in summary["all_results"] if t["stages"]]
+
+
+def _best_id(summary: dict):
+    return (summary.get("best_result") or {}).get("experiment_id")
+
+
+def write_stage_plot(summary: dict, path: Path) -> Path | None:
+    """The objective of every trial stage by stage, so the scheduler's cuts and the winner show."""
+    plt = _pyplot()
     metric = summary["objective"]["metric"]
     concurrencies = [stage["concurrency"] for stage in summary["stages"]]
-    trials = [t for t in summary["all_results"] if t["stages"]]
+    trials = _measured(summary)
     if not trials:
         path.unlink(missing_ok=True)  # an earlier attempt's plot (a resumed run) would show other trials
         return None
-    best_id = (summary.get("best_result") or {}).get("experiment_id")
+    best_id = _best_id(summary)
     figure, axes = plt.subplots(figsize=(8, 5))
     for trial in trials:
         values = [stage[metric] for stage in trial["stages"]]
         stages = list(range(1, len(values) + 1))
         if trial["baseline"]:
-            style = dict(color="black", linestyle="--", linewidth=2, label="engine defaults")
+            style = dict(color=BASELINE, linestyle="--", linewidth=2, label="engine defaults")
         elif trial["experiment_id"] == best_id:
-            style = dict(color="tab:green", linewidth=2.5, label=f"best (trial {best_id})")
+            style = dict(color=BEST, linewidth=2.5, label=f"best (trial {best_id})")
         elif trial["status"] == "stopped-by-scheduler":
-            style = dict(color="tab:red", alpha=0.5, linewidth=1)
+            style = dict(color=STOPPED, alpha=0.5, linewidth=1)
         else:
-            style = dict(color="tab:blue", alpha=0.6, linewidth=1)
+            style = dict(color=OTHER, alpha=0.6, linewidth=1)
         axes.plot(stages, values, marker="o", **style)
     axes.set_xticks(range(1, len(concurrencies) + 1),
                     [f"stage {i}\nconcurrency {c}" for i, c in enumerate(concurrencies, 1)])
     axes.set_ylabel(metric)
-    axes.set_title(f"{summary['task_name']}: {metric} per stage (red: stopped early by ASHA)")
+    axes.set_title(f"{summary['task_name']}: {metric} per stage (red: stopped early by the scheduler)")
     axes.grid(alpha=0.3)
     axes.legend(loc="best")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return _save(figure, path)
+
+
+def tradeoff_axes(summary: dict) -> tuple[str, str]:
+    """(throughput, latency) to draw: the objective if it is a throughput, and the first latency an
+    SLO limits (the trade-off a user set), else output throughput against p90 end-to-end latency."""
+    metric = summary["objective"]["metric"]
+    throughput = metric if METRICS[metric].unit.startswith("tok/s") else THROUGHPUT
+    latency = next((s["metric"] for s in summary["slos"] if METRICS.get(s["metric"]) and METRICS[s["metric"]].unit == "s"),
+                   LATENCY)
+    return throughput, latency
+
+
+def _mean_over_stages(trial: dict, metric: str) -> float | None:
+    values = [stage.get(metric) for stage in trial["stages"]]
+    return fmean(values) if values and None not in values else None
+
+
+def pareto(points: dict) -> list:
+    """Keys of the points (throughput, latency) no other point beats on both."""
+    return [key for key, (tp, lat) in points.items()
+            if not any(t >= tp and l <= lat and (t, l) != (tp, lat) for t, l in points.values())]
+
+
+def write_tradeoff_plot(summary: dict, path: Path) -> Path | None:
+    """Throughput against latency, each trial's mean over the stages it ran, with the Pareto front
+    and the SLO limits drawn."""
+    plt = _pyplot()
+    throughput, latency = tradeoff_axes(summary)
+    points = {}
+    for trial in _measured(summary):
+        tp, lat = _mean_over_stages(trial, throughput), _mean_over_stages(trial, latency)
+        if tp is not None and lat is not None:
+            points[trial["experiment_id"]] = (tp, lat)
+    if not points:
+        path.unlink(missing_ok=True)
+        return None
+    by_id = {t["experiment_id"]: t for t in summary["all_results"]}
+    figure, axes = plt.subplots(figsize=(8, 5))
+    for key, (tp, lat) in points.items():
+        trial = by_id[key]
+        color = BASELINE if trial["baseline"] else BEST if key == _best_id(summary) else \
+            STOPPED if trial["status"] != "completed" else OTHER
+        axes.scatter(lat, tp, color=color, s=60 if color in (BEST, BASELINE) else 30, zorder=3)
+        axes.annotate(str(key), (lat, tp), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    front = sorted((points[key][1], points[key][0]) for key in pareto(points))
+    axes.plot([lat for lat, _ in front], [tp for _, tp in front], color=BEST, alpha=0.5, linewidth=1.5,
+              label="Pareto front")
+    for slo in summary["slos"]:
+        if slo["metric"] == latency:
+            axes.axvline(slo["limit"], color=STOPPED, linestyle=":", label=f"SLO {latency} <= {slo['limit']:g}")
+        if slo["metric"] == throughput:
+            axes.axhline(slo["limit"], color=STOPPED, linestyle=":", label=f"SLO {throughput} >= {slo['limit']:g}")
+    axes.set_xlabel(f"{latency} (s, mean over stages)")
+    axes.set_ylabel(f"{throughput} (mean over stages)")
+    axes.set_title("Throughput against latency (green: best, black: engine defaults, red: not completed)")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="best")
+    return _save(figure, path)
+
+
+def write_parameter_plot(summary: dict, path: Path) -> Path | None:
+    """The objective against each parameter's values: which settings matter."""
+    plt = _pyplot()
+    metric = summary["objective"]["metric"]
+    scored = [t for t in summary["all_results"] if t["objective_score"] is not None and not t["baseline"]]
+    names = sorted({name for t in scored for name in t["parameters"]})
+    if not scored or not names:
+        path.unlink(missing_ok=True)
+        return None
+    baseline = next((t["objective_score"] for t in summary["all_results"]
+                     if t["baseline"] and t["objective_score"] is not None), None)
+    figure, grid = plt.subplots(1, len(names), figsize=(4 * len(names), 4), squeeze=False, sharey=True)
+    for axes, name in zip(grid[0], names):
+        values = [t["parameters"].get(name) for t in scored]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        labels = None if numeric else sorted({str(v) for v in values})
+        xs = values if numeric else [labels.index(str(v)) for v in values]
+        axes.scatter(xs, [t["objective_score"] for t in scored],
+                     c=[BEST if t["experiment_id"] == _best_id(summary) else OTHER for t in scored], zorder=3)
+        if labels:
+            axes.set_xticks(range(len(labels)), labels, rotation=30)
+        if baseline is not None:
+            axes.axhline(baseline, color=BASELINE, linestyle="--", label="engine defaults")
+        axes.set_xlabel(name)
+        axes.grid(alpha=0.3)
+    grid[0][0].set_ylabel(metric)
+    if baseline is not None:
+        grid[0][0].legend(loc="best")
+    figure.suptitle(f"{metric} against each parameter (green: best)")
+    return _save(figure, path)
+
+
+def trial_end_times(summary: dict, results_dir: Path) -> dict:
+    """experiment_id -> seconds from the run's first trial start to this trial's end, from each
+    trial's timeline.json (absent when the trials' files live in remote storage)."""
+    marks = {}
+    for trial in summary["all_results"]:
+        try:
+            marks[trial["experiment_id"]] = json.loads(
+                (results_dir / "trials" / trial["trial_id"] / "timeline.json").read_text())
+        except (OSError, ValueError):
+            pass
+    starts = [m["trial_start"] for m in marks.values() if "trial_start" in m]
+    if not starts:
+        return {}
+    return {key: m["trial_end"] - min(starts) for key, m in marks.items() if "trial_end" in m}
+
+
+def write_progress_plot(summary: dict, path: Path, ends: dict) -> Path | None:
+    """The best objective found so far, against trials and against time: whether more trials
+    would likely have found better."""
+    plt = _pyplot()
+    metric = summary["objective"]["metric"]
+    better: Callable[[float, float], bool] = ((lambda a, b: a > b) if summary["objective"]["direction"] == "maximize"
+                                             else (lambda a, b: a < b))
+    scored = sorted((t for t in summary["all_results"] if t["objective_score"] is not None and t["status"] == "completed"),
+                    key=lambda t: t["experiment_id"])
+    if not scored:
+        path.unlink(missing_ok=True)
+        return None
+    best, curve = None, []
+    for trial in scored:
+        if best is None or better(trial["objective_score"], best):
+            best = trial["objective_score"]
+        curve.append((trial["experiment_id"], ends.get(trial["experiment_id"]), best))
+    timed = [(end, value) for _, end, value in curve if end is not None]
+    figure, grid = plt.subplots(1, 2 if timed else 1, figsize=(12 if timed else 6, 4), squeeze=False)
+    grid[0][0].step([key for key, _, _ in curve], [value for _, _, value in curve], where="post", marker="o")
+    grid[0][0].set_xlabel("trial (in the order they started)")
+    grid[0][0].set_ylabel(f"best {metric} so far")
+    if timed:
+        timed.sort()
+        grid[0][1].step([end / 60 for end, _ in timed], [value for _, value in timed], where="post", marker="o")
+        grid[0][1].set_xlabel("minutes since the first trial started")
+    for axes in grid[0]:
+        axes.grid(alpha=0.3)
+    figure.suptitle(f"{summary['task_name']}: the search's progress (completed trials)")
+    return _save(figure, path)

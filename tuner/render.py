@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from llm_autotuner.cluster.backend import backend_for
 from llm_autotuner.cluster.deployer import EngineSpec
@@ -11,6 +12,16 @@ from llm_autotuner.tuner.space import sample
 from llm_autotuner.task import Task
 
 RENDER_RUN_ID = "render"
+
+
+def winner_files(task: Task, served_name: str, executable: str, model_path: str,
+                 parameters: dict[str, Any]) -> dict[str, str]:
+    """What deploys the winning config for good, beyond its launch line (OME: an InferenceService)."""
+    profile = profile_for(task.engine.name)
+    spec = EngineSpec(experiment=task.name, run_id="", trial_id="best", profile=profile, executable=executable,
+                      model_path=model_path, served_name=served_name,
+                      flags=profile.merged(task.engine.args, parameters), workdir=Path("."), env=dict(task.engine.env))
+    return backend_for(task.deployment).export(spec)
 
 
 def render_trials(task: Task, trials: int) -> dict[str, str]:

@@ -419,6 +419,7 @@ def write(results_dir: Path, summary: dict) -> None:
     _atomic_write(results_dir / "trials.csv", trials_csv(summary))
     best = summary.get("best_result")
     optional = {"best_command.txt": best["command"] + "\n" if best else None,
+                "best.json": json.dumps(best_json(summary), indent=2, default=str) + "\n" if best else None,
                 "pareto.csv": pareto_csv(summary) if summary.get("pareto_front") else None}
     for name, text in optional.items():
         if text is None:
@@ -427,7 +428,33 @@ def write(results_dir: Path, summary: dict) -> None:
             _atomic_write(results_dir / name, text)
 
 
-RESULT_FILES = ("results.json", "trials.csv", "best_command.txt", "pareto.csv", "stages.png")
+WINNER_MANIFESTS = ("best_inferenceservice.yaml",)  # a backend's export of the winner (cluster/backend.py)
+RESULT_FILES = ("results.json", "trials.csv", "best_command.txt", "best.json", "best_inferenceservice.yaml",
+                "pareto.csv", "index.html")
+
+
+def best_json(summary: dict) -> dict:
+    """The winner to hand over: its parameters, its objective (with the spread of its
+    re-measurements), every metric as the mean over its stages in the search, and its launch line."""
+    best = summary["best_result"]
+    trial = next(t for t in summary["all_results"] if t["experiment_id"] == best["experiment_id"])
+    names = sorted({name for stage in trial["stages"] for name, value in stage.items()
+                    if isinstance(value, (int, float)) and not isinstance(value, bool)})
+    return {
+        "task": summary["task_name"], "engine": summary["engine"], "parameters": best["parameters"],
+        "baseline": trial["baseline"],
+        "objective": {"metric": summary["objective"]["metric"], "direction": summary["objective"]["direction"],
+                      "value": best["objective_score"], "runs": best.get("runs"), "spread": best.get("spread"),
+                      "gain_over_baseline": summary.get("gain_over_baseline"),
+                      "chosen_on": (summary.get("selection") or {}).get("chosen_on")},
+        "metrics": {name: sum(stage[name] for stage in trial["stages"] if stage.get(name) is not None)
+                    / max(1, sum(stage.get(name) is not None for stage in trial["stages"])) for name in names},
+        "metrics_are": "means over the winner's stages in the search (concurrency "
+                       + ", ".join(str(stage["concurrency"]) for stage in trial["stages"]) + ")",
+        "slos": summary["slos"],
+        "measured_via": summary.get("measured_via", []),
+        "command": best["command"],
+    }
 
 
 def files_in(results_dir: Path) -> list[str]:

@@ -240,3 +240,24 @@ def test_a_cpu_engine_requests_no_gpus_and_keeps_the_runtimes_resources():
     manifest = _service(gpus=0)
     validate(manifest)
     assert "resources" not in manifest["spec"]["engine"]["runner"]
+
+
+def test_the_winner_exported_for_ome_is_a_valid_inference_service_without_the_tuners_labels():
+    from llm_autotuner.cluster.deployer import EngineSpec
+    from llm_autotuner.cluster.ome import OmeBackend
+    from llm_autotuner.task import OmeDeployment
+
+    settings = OmeDeployment(backend="ome", namespace="llm-tuning", model="llama", runtime="srt-llama", gpu_budget=8,
+                             tolerations=[GPU_TOLERATION])
+    spec = EngineSpec(experiment="llama-sglang", run_id="", trial_id="best", profile=SGLANG, executable="",
+                      model_path="$(MODEL_PATH)", served_name="llama", workdir=Path("."),
+                      flags={"tp-size": 2, "mem-fraction-static": "0.85", "schedule-policy": "lpm"})
+    (name, text), = OmeBackend(settings).export(spec).items()
+    manifest = yaml.safe_load(text)
+    validate(manifest)
+    assert name == "best_inferenceservice.yaml"
+    assert manifest["metadata"]["name"] == "llama-sglang-tuned" and not manifest["metadata"].get("labels")
+    assert "ownerReferences" not in manifest["metadata"]
+    runner = manifest["spec"]["engine"]["runner"]
+    assert runner["args"] == ["--tp-size", "2", "--mem-fraction-static", "0.85", "--schedule-policy", "lpm"]
+    assert runner["resources"]["limits"]["nvidia.com/gpu"] == 2

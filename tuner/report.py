@@ -1,0 +1,148 @@
+"""`autotuner report RESULTS_DIR`: the run as one offline page (index.html) with its plots, written
+at the end of every run and redrawn on demand, also while a run is going (its results.json is
+rewritten after every trial); `autotuner report A B`: two runs side by side."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from llm_autotuner.errors import TaskError
+from llm_autotuner.tuner import plots
+
+PLOTS = "plots"  # the folder beside index.html that holds its images
+EXPORTS = ("best.json", "best_command.txt", "best_inferenceservice.yaml")
+_PAGES = jinja2.Environment(loader=jinja2.PackageLoader("llm_autotuner.templates", "."),
+                            autoescape=True, undefined=jinja2.StrictUndefined)
+
+
+def read_summary(results_dir: Path) -> dict:
+    path = results_dir / "results.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise TaskError(f"{path}: cannot read results ({error})") from None
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _status(summary: dict) -> str:
+    done = f"{summary['total_experiments']} trials, {summary['successful_experiments']} measured"
+    if summary.get("in_progress"):
+        return f"The run is still going (or was cut off): {done} so far."
+    if summary.get("stopped_because"):
+        return f"Stopped: {summary['stopped_because']} ({done})."
+    if summary.get("interrupted"):
+        return f"Interrupted: {done}."
+    return f"Finished: {done}."
+
+
+def _sorted_trials(summary: dict) -> list[dict]:
+    """Best first: scored trials by their objective in its direction, then the rest."""
+    maximize = summary["objective"]["direction"] == "maximize"
+    scored = [t for t in summary["all_results"] if t["objective_score"] is not None]
+    unscored = [t for t in summary["all_results"] if t["objective_score"] is None]
+    return sorted(scored, key=lambda t: t["objective_score"], reverse=maximize) + unscored
+
+
+def draw(summary: dict, results_dir: Path) -> list[dict]:
+    """Every plot there is data for, in the page's order: {file, caption}."""
+    folder = results_dir / PLOTS
+    folder.mkdir(exist_ok=True)
+    (results_dir / "stages.png").unlink(missing_ok=True)  # where versions before 0.2 drew the stage plot
+    throughput, latency = plots.tradeoff_axes(summary)
+    metric = summary["objective"]["metric"]
+    wanted = [
+        ("stages.png", lambda path: plots.write_stage_plot(summary, path),
+         f"{metric} of every trial at each stage of rising concurrency: red lines are trials the scheduler "
+         "stopped early, green the winner, dashed the engine defaults."),
+        ("tradeoff.png", lambda path: plots.write_tradeoff_plot(summary, path),
+         f"{throughput} against {latency}, each trial's mean over its stages: the green line is the Pareto "
+         "front (no trial is better on both), dotted lines are the SLO limits."),
+        ("parameters.png", lambda path: plots.write_parameter_plot(summary, path),
+         f"{metric} against each parameter's values: a parameter whose points spread from low to high "
+         "matters; the dashed line is the engine defaults."),
+        ("progress.png", lambda path: plots.write_progress_plot(summary, path,
+                                                                 plots.trial_end_times(summary, results_dir)),
+         f"The best {metric} found so far, against trials and (where the trials' timelines are at hand) "
+         "time: a curve still rising at the end says more trials would likely find better."),
+    ]
+    drawn = []
+    for name, write, caption in wanted:
+        if write(folder / name):
+            drawn.append({"file": f"{PLOTS}/{name}", "caption": caption})
+    return drawn
+
+
+def write_report(results_dir: Path) -> Path:
+    """index.html and its plots in `results_dir`, from its results.json."""
+    summary = read_summary(results_dir)
+    best = summary.get("best_result")
+    selection = summary.get("selection") or {}
+    notes = []
+    if "port-forward" in summary.get("measured_via", []):
+        notes.append("Measured through a port-forward: TTFT and ITL include the Kubernetes API server's tunnel; "
+                     "compare configs with each other, not with in-cluster numbers.")
+    names = sorted({name for t in summary["all_results"] for name in t["parameters"]})
+    page = _PAGES.get_template("report.html.j2").render(
+        s=summary, status=_status(summary), notes=notes, best=best, metric=summary["objective"]["metric"],
+        gain=summary.get("gain_over_baseline") if best and not _is_baseline(summary, best) else None,
+        noise=selection.get("noise") or (selection.get("why") if best else None),
+        why=selection.get("why") or "no trial completed every stage (see results.json for the errors)",
+        exports=[name for name in EXPORTS if (results_dir / name).is_file()],
+        trials=_sorted_trials(summary), names=names, plots=draw(summary, results_dir), fmt=_fmt)
+    path = results_dir / "index.html"
+    path.write_text(page)
+    return path
+
+
+def _is_baseline(summary: dict, best: dict) -> bool:
+    return best["experiment_id"] == (summary.get("baseline") or {}).get("experiment_id")
+
+
+def compare(first_dir: Path, second_dir: Path) -> str:
+    """Two runs side by side, as text: the configs both measured with each run's number, and what
+    changed in the winner."""
+    first, second = read_summary(first_dir), read_summary(second_dir)
+    metric = first["objective"]["metric"]
+    if second["objective"]["metric"] != metric:
+        raise TaskError(f"report: {first_dir} optimises {metric} and {second_dir} "
+                        f"{second['objective']['metric']}: their numbers do not compare")
+
+    def by_config(summary: dict) -> dict[str, dict]:
+        return {("engine defaults" if t["baseline"] else json.dumps(t["parameters"], sort_keys=True)): t
+                for t in summary["all_results"] if t["objective_score"] is not None}
+
+    a, b = by_config(first), by_config(second)
+    lines = [f"{metric}: A = {first_dir}, B = {second_dir}", f"{'config':<60} {'A':>10} {'B':>10} {'B/A':>7}"]
+    for key in sorted(a.keys() & b.keys()):
+        x, y = a[key]["objective_score"], b[key]["objective_score"]
+        lines.append(f"{key[:60]:<60} {_fmt(x):>10} {_fmt(y):>10} {y / x if x else float('nan'):>7.3f}")
+    only = [(name, sorted(mine.keys() - theirs.keys())) for name, mine, theirs in (("A", a, b), ("B", b, a))]
+    for name, keys in only:
+        if keys:
+            lines.append(f"measured only in {name}: {len(keys)} configs")
+    winners = [(s.get("best_result") or {}) for s in (first, second)]
+    if winners[0].get("parameters") == winners[1].get("parameters"):
+        lines.append(f"Winner: the same config in both ({_describe(winners[0])}): "
+                     f"{_fmt(winners[0].get('objective_score'))} in A, {_fmt(winners[1].get('objective_score'))} in B")
+    else:
+        changed = sorted({k for w in winners for k in w.get("parameters", {})
+                          if winners[0].get("parameters", {}).get(k) != winners[1].get("parameters", {}).get(k)})
+        lines.append(f"Winner changed: A {_describe(winners[0])} ({_fmt(winners[0].get('objective_score'))}), "
+                     f"B {_describe(winners[1])} ({_fmt(winners[1].get('objective_score'))}); "
+                     f"differs in {', '.join(changed) or 'nothing named'}")
+    return "\n".join(lines)
+
+
+def _describe(best: dict) -> str:
+    if not best:
+        return "none"
+    return " ".join(f"{k}={v}" for k, v in sorted(best["parameters"].items())) or "the engine defaults"
