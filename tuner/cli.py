@@ -27,6 +27,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="start the local Ray without its dashboard (CI, a machine short of memory)")
     run.add_argument("--num-samples", type=int, help="override search.num_samples")
     run.add_argument("--algorithm", help="override search.algorithm (a name or package.module:Class)")
+    run.add_argument("--quiet", action="store_true",
+                     help="a line per event even on a terminal (no live panel redrawn in place)")
+    run.add_argument("-v", "--verbose", action="store_true", help="Ray Tune's own warnings too")
 
     validate = commands.add_parser("validate", help="check a task file and exit")
     validate.add_argument("task")
@@ -109,7 +112,8 @@ def _run(args) -> int:
     sys.stdout, sys.stderr = _OutputThatMayGo(sys.stdout), _OutputThatMayGo(sys.stderr)
 
     try:
-        summary = driver.run(task, address=args.address, resume=args.resume, dashboard=not args.no_dashboard)
+        summary = driver.run(task, address=args.address, resume=args.resume, dashboard=not args.no_dashboard,
+                             live=sys.stdout.isatty() and not args.quiet, verbose=args.verbose)
     except KeyboardInterrupt:
         # The second interrupt: driver.run has killed this run's engines on the way out.
         print(f"autotuner: interrupted twice: engines killed without waiting; {task.results_path}/results.json "

@@ -12,6 +12,7 @@ import secrets
 import shutil
 import tempfile
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -25,6 +26,7 @@ from llm_autotuner.cluster.backend import Backend, backend_for, cheapest_params,
 from llm_autotuner.cluster.engines import EngineProfile, profile_for
 from llm_autotuner.cluster.nodes import check_nodes, everywhere, require_everywhere
 from llm_autotuner.cluster.storage import Storage, assemble, check_here, collect_here, move_aside, storage_for
+from llm_autotuner.metrics import maximize
 from llm_autotuner.outcome import BASELINE_KEY, trial_params
 from llm_autotuner.trainables.trial import GPU_LIST_VARIABLES, Resolved, TrialTrainable
 from llm_autotuner.tuner import registry
@@ -35,7 +37,7 @@ from llm_autotuner.secrets import scrub_folder
 from llm_autotuner.tuner.interrupt import Interrupt, TrialEnds
 from llm_autotuner.tuner.render import winner_files
 from llm_autotuner.tuner.report import write_report
-from llm_autotuner.tuner.progress import ProgressPrinter
+from llm_autotuner.tuner.progress import LiveProgress, ProgressPrinter
 from llm_autotuner.tuner.search import (METRIC, MODE, FailureGuard, NoImprovementStopper, build_scheduler, build_searcher,
                           num_trials)
 from llm_autotuner.tuner.space import to_ray
@@ -208,9 +210,11 @@ def prepare_results_dir(task: Task, storage: Storage) -> tuple[Path, str | None]
     return path, earlier
 
 
-def run(task: Task, *, address: str | None = None, resume: bool = False, dashboard: bool = True) -> dict:
+def run(task: Task, *, address: str | None = None, resume: bool = False, dashboard: bool = True,
+        live: bool = False, verbose: bool = False) -> dict:
     """Tune `task` (or continue its interrupted run); return the results summary, also written to
-    results/<task>/."""
+    results/<task>/. `live`: progress as a panel redrawn in place (a terminal), else a line per
+    event; `verbose`: Ray Tune's own warnings too."""
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     # Bad input fails here, before anything is changed or started.
     check_address(address)
@@ -239,7 +243,8 @@ def run(task: Task, *, address: str | None = None, resume: bool = False, dashboa
             for line in backend.cleanup(task.name):
                 print(f"[autotuner] removed {line}")
             try:
-                return _tune(task, backend, resolved, results_dir, address, resume, local_ray, dashboard)
+                return _tune(task, backend, resolved, results_dir, address, resume, local_ray, dashboard, live,
+                             verbose)
             finally:
                 lock.unlink(missing_ok=True)
                 sweep(task, backend, resolved)
@@ -248,7 +253,7 @@ def run(task: Task, *, address: str | None = None, resume: bool = False, dashboa
 
 
 def _confirm(task: Task, trainable, resolved: Resolved, trials: list, max_concurrent: int,
-             interrupt: Interrupt) -> list[results_io.TrialRecord]:
+             interrupt: Interrupt, live: bool) -> list[results_io.TrialRecord]:
     """Noise control: re-measure the finalists (the best configs, and the baseline so the gain
     compares configs measured alike) at full length, so the winner is chosen on several runs
     rather than on one lucky one. They run in turns (A B C A B C), not back to back: the machine
@@ -262,6 +267,7 @@ def _confirm(task: Task, trainable, resolved: Resolved, trials: list, max_concur
     names = ", ".join("the engine defaults" if r.baseline else f"experiment {r.experiment_id}" for r in finalists)
     print(f"[autotuner] confirming the best configs: {names}; {task.search.confirm_repeats} more full runs each, "
           f"in turns", flush=True)
+    progress = progress_display(task, len(configs), live, label="confirm")
     tuner = tune.Tuner(
         trainable, param_space=to_ray(task.search_space),
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, num_samples=len(configs),
@@ -270,10 +276,10 @@ def _confirm(task: Task, trainable, resolved: Resolved, trials: list, max_concur
         run_config=tune.RunConfig(name=CONFIRM_EXPERIMENT_NAME, **resolved.storage.ray_storage(),
                                   failure_config=RUN_AGAIN_ONCE, verbose=0, stop=interrupt,
                                   checkpoint_config=NO_TRIAL_CHECKPOINTS,
-                                  callbacks=[ProgressPrinter(task.objective.metric, len(task.benchmark.concurrency),
-                                                             label="confirm")]),
+                                  callbacks=[progress]),
     )
-    runs = results_io.from_result_grid(tuner.fit())
+    with closing(progress):
+        runs = results_io.from_result_grid(tuner.fit())
     for run in runs:
         # A run the stop cut between stages measured nothing for or against its config.
         run.ended = not interrupt.requested or bool(run.last.get("outcome"))
@@ -328,8 +334,15 @@ def settle(backend: Backend, run_id: str) -> None:
         print(f"[autotuner] {line}")
 
 
+def progress_display(task: Task, budget: int, live: bool, label: str = "trial") -> ProgressPrinter:
+    if live:
+        return LiveProgress(task.objective.metric, len(task.benchmark.concurrency), budget,
+                            maximize(task.objective.metric), label)
+    return ProgressPrinter(task.objective.metric, len(task.benchmark.concurrency), label)
+
+
 def _tune(task: Task, backend: Backend, resolved: Resolved, results_dir: Path, address: str | None, resume: bool,
-          local_ray: bool, dashboard: bool) -> dict:
+          local_ray: bool, dashboard: bool, live: bool, verbose: bool) -> dict:
     url = start_ray(backend, address, dashboard)
     if url:
         print(dashboard_line(url), flush=True)
@@ -337,6 +350,8 @@ def _tune(task: Task, backend: Backend, resolved: Resolved, results_dir: Path, a
         for line in backend.cleanup(task.name):
             print(f"[autotuner] removed {line}")
     logging.getLogger("ray.tune.execution.tune_controller").addFilter(QuietLostWorkers())
+    if not verbose:  # Ray Tune's own warnings ("The process_trial_result operation took 0.5 s", ...)
+        logging.getLogger("ray.tune").setLevel(logging.ERROR)
     # SIGTERM (a batch scheduler, `kill`, a pod shutting down) is handled like Ctrl-C. Set after
     # ray.init, whose own handler would end the process on the spot.
     interrupt = Interrupt(resolved.storage)
@@ -362,7 +377,7 @@ def _tune(task: Task, backend: Backend, resolved: Resolved, results_dir: Path, a
     guard = FailureGuard(task.search.max_consecutive_failures)
     stoppers = [guard, interrupt] + ([NoImprovementStopper(task.search.patience)] if task.search.patience else [])
     ends = TrialEnds()
-    progress = ProgressPrinter(task.objective.metric, len(task.benchmark.concurrency))
+    progress = progress_display(task, trials, live)
     storage = resolved.storage
     live = results_io.LiveResults(task, resolved, results_dir, storage.where(RAY_EXPERIMENT_NAME))
     # The experiment state is saved at most this often; a run killed between two saves would run
@@ -375,8 +390,10 @@ def _tune(task: Task, backend: Backend, resolved: Resolved, results_dir: Path, a
                                    restart_errored=True, param_space=to_ray(task.search_space),
                                    storage_filesystem=storage.ray_filesystem)
         print(f"[autotuner] {task.name}: resuming {storage.where(RAY_EXPERIMENT_NAME)}", flush=True)
-        return _finish(task, backend, resolved, results_dir, tuner.fit(), trainable, max_concurrent, None, interrupt,
-                       ends)
+        with closing(progress):
+            grid = tuner.fit()
+        return _finish(task, backend, resolved, results_dir, grid, trainable, max_concurrent, None, interrupt, ends,
+                       live)
     tuner = tune.Tuner(
         trainable,
         param_space=to_ray(task.search_space),
@@ -401,11 +418,13 @@ def _tune(task: Task, backend: Backend, resolved: Resolved, results_dir: Path, a
     print(f"[autotuner] {task.name}: {trials} trials of {task.engine.name}, up to {max_concurrent} at once, "
           f"{len(task.benchmark.concurrency)} stages each (concurrency {task.benchmark.concurrency})", flush=True)
     # On Ctrl-C Ray stops the trials and returns what it has.
-    return _finish(task, backend, resolved, results_dir, tuner.fit(), trainable, max_concurrent, guard, interrupt, ends)
+    with closing(progress):
+        grid = tuner.fit()
+    return _finish(task, backend, resolved, results_dir, grid, trainable, max_concurrent, guard, interrupt, ends, live)
 
 
 def _finish(task: Task, backend: Backend, resolved: Resolved, results_dir: Path, grid, trainable, max_concurrent: int,
-            guard: FailureGuard | None, interrupt: Interrupt, ends: TrialEnds) -> dict:
+            guard: FailureGuard | None, interrupt: Interrupt, ends: TrialEnds, live: bool) -> dict:
     storage = resolved.storage
     # Trials Ray saved as TERMINATED or ERROR have ended (those a killed earlier session left
     # RUNNING have not), except the ones an interrupt of this session cut off.
@@ -426,7 +445,7 @@ def _finish(task: Task, backend: Backend, resolved: Resolved, results_dir: Path,
         settle(backend, resolved.run_id)  # the search's last engines are gone before the confirmation runs
     gather_files(resolved, trials)  # (the confirmation runs' files: in the sweep, after their engines are gone)
     confirmations = (None if interrupt.requested or stopped_because
-                     else _confirm(task, trainable, resolved, trials, max_concurrent, interrupt))
+                     else _confirm(task, trainable, resolved, trials, max_concurrent, interrupt, live))
     summary = results_io.summarize(task, resolved, trials, storage.where(RAY_EXPERIMENT_NAME), confirmations)
     summary["interrupted"] = summary["interrupted"] or interrupt.requested is not None
     summary["stopped_because"] = stopped_because

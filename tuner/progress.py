@@ -22,6 +22,9 @@ class ProgressPrinter(Callback):
         self.started = time.monotonic()
         self.last_stage: dict[str, int] = {}
 
+    def close(self) -> None:
+        """Nothing to stop: each line is written as it comes."""
+
     def _say(self, trial, text: str) -> None:
         elapsed = time.monotonic() - self.started
         # sys.stdout is looked up each time: Ray pickles this callback with the experiment.
@@ -70,3 +73,108 @@ class ProgressPrinter(Callback):
 def _number(trial) -> str:
     match = re.search(r"^(\d+)_", getattr(trial, "experiment_tag", "") or "")
     return match.group(1) if match else trial.trial_id
+
+
+class LiveProgress(ProgressPrinter):
+    """On a terminal: the event lines scroll as before, above a panel redrawn in place (rich's Live)
+    with one line per running trial (number, parameters, stage k of n, the objective at its last
+    stage, status) and an overall line (trials done of the budget, the best so far and its gain over
+    the baseline, elapsed, an estimate of the time left). The callbacks only record what happened;
+    rich draws in its own thread, twice a second, so Ray's result processing stays cheap."""
+
+    def __init__(self, metric: str, num_stages: int, budget: int, maximize: bool, label: str = "trial"):
+        super().__init__(metric, num_stages, label)
+        self.budget, self.maximize = budget, maximize
+        self.running: dict[str, dict] = {}  # trial id -> what its line shows
+        self.done = 0
+        self.best: tuple[str, float] | None = None  # (trial number, objective)
+        self.baseline: float | None = None
+        self._live = None
+
+    def __getstate__(self) -> dict:  # Ray pickles its callbacks with the experiment: not the display
+        return {**self.__dict__, "_live": None}
+
+    def setup(self, **info) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        self._live = Live(self, console=Console(file=sys.stdout, force_terminal=True), refresh_per_second=2,
+                          transient=True, redirect_stdout=False, redirect_stderr=False)
+        self._live.start()
+
+    def close(self) -> None:
+        """Stop redrawing (the panel goes; the lines above it stay). Safe to call twice."""
+        live, self._live = self._live, None
+        if live is not None:
+            live.stop()
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self.close()
+
+    def _say(self, trial, text: str) -> None:
+        if self._live is None:
+            return super()._say(trial, text)
+        elapsed = time.monotonic() - self.started
+        self._live.console.print(f"[{elapsed:6.0f}s] {self.label} {_number(trial)}: {text}", markup=False,
+                                 highlight=False, soft_wrap=True)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        super().on_trial_start(iteration, trials, trial, **info)
+        config = trial.config
+        self.running[trial.trial_id] = {
+            "number": _number(trial), "stage": 0, "value": None, "status": "starting",
+            "params": "engine defaults" if config.get(BASELINE_KEY) else
+            " ".join(f"{k}={v}" for k, v in trial_params(config).items())}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        super().on_trial_result(iteration, trials, trial, result, **info)
+        row = self.running.get(trial.trial_id)
+        if row is not None and result.get("stage"):
+            row.update(stage=result["stage"], value=(result.get("metrics") or {}).get(self.metric),
+                       status="infeasible" if result.get("violation") else "benchmarking")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        super().on_trial_complete(iteration, trials, trial, **info)
+        self._ended(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        super().on_trial_error(iteration, trials, trial, **info)
+        self._ended(trial)
+
+    def _ended(self, trial) -> None:
+        row = self.running.pop(trial.trial_id, None)
+        self.done += 1
+        result = trial.last_result or {}
+        value = result.get("objective")
+        if result.get("error") or result.get("violation") or value is None or result.get("stage") != self.num_stages:
+            return
+        if trial.config.get(BASELINE_KEY):
+            self.baseline = value
+        if self.best is None or (value > self.best[1] if self.maximize else value < self.best[1]):
+            self.best = (row["number"] if row else _number(trial), value)
+
+    def __rich__(self):
+        from rich.console import Group
+        from rich.table import Table
+
+        table = Table(box=None, pad_edge=False, header_style="bold")
+        for column in (self.label, "parameters", "stage", self.metric, "status"):
+            table.add_column(column)
+        for row in list(self.running.values()):
+            table.add_row(str(row["number"]), row["params"], f"{row['stage']}/{self.num_stages}",
+                          "-" if row["value"] is None else f"{row['value']:.4g}", row["status"])
+        elapsed = time.monotonic() - self.started
+        overall = f"{self.done}/{self.budget} {self.label}s done"
+        if self.best is not None:
+            overall += f" | best {self.metric} {self.best[1]:.4g} ({self.label} {self.best[0]})"
+            if self.baseline:
+                overall += f", {self.best[1] / self.baseline - 1:+.1%} vs engine defaults"
+        overall += f" | elapsed {_clock(elapsed)}"
+        if 0 < self.done < self.budget:
+            overall += f" | about {_clock(elapsed / self.done * (self.budget - self.done))} left"
+        return Group(table, overall)
+
+
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}" if minutes >= 60 else f"{minutes}:{seconds:02d}"
