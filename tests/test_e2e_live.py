@@ -34,7 +34,7 @@ def task_file(tmp_path: Path) -> Path:
         "engine": {"name": "llama.cpp", "binary": str(launcher), "args": {"threads": 1}},
         "search_space": {"parallel": [1, 2, 3]},
         "benchmark": {"traffic_scenario": "D(32,16)", "concurrency": [1, 2], "max_requests_per_stage": 4},
-        "search": {"algorithm": "random", "seed": 1, "num_samples": 2, "scheduler": "none", "confirm_repeats": 0},
+        "search": {"algorithm": "random", "seed": 1, "num_samples": 1, "scheduler": "none", "confirm_repeats": 0},
         "results_dir": str(tmp_path / "results"),
     }))
     return path
