@@ -22,6 +22,12 @@ at v1.30 unless named; "docs" is kubernetes.io/docs):
   1123 subdomain (<= 253; a Service's an RFC 1035 label, <= 63); label keys an optional DNS
   subdomain prefix and a name <= 63, label values <= 63, both `[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?`.
   [staging/src/k8s.io/apimachinery/pkg/util/validation/validation.go, pkg/api/validation/objectmeta.go]
+- Custom resources of OME's kinds (InferenceService, BenchmarkJob, ClusterServingRuntime) are
+  validated on create against OME's own CRD schemas (tests/data/crds): a missing required field
+  or a wrong type is a 422 ("spec.model: Required value"), as the API server's structural-schema
+  validation answers. Unknown fields are accepted (the server prunes them under the default field
+  validation; it would reject them only with fieldValidation=Strict, which our client does not set).
+  [staging/src/k8s.io/apiextensions-apiserver/pkg/apiserver/validation]
 - Watches: from "" or "0" the current state first, as ADDED events, then changes; from a
   resourceVersion, the changes after it. History compaction with `keep_history(n)`: a watch from a
   version older than the window kept gets HTTP 200 and one `ERROR` event whose object is a `Status`
@@ -55,15 +61,15 @@ at v1.30 unless named; "docs" is kubernetes.io/docs):
 - Faults on demand: `fail_next` answers matching requests with any status (403, 404, 500...).
 
 Not reproduced: authentication and authorization (RBAC is checked by the tests against the
-requests recorded here), admission (quota, OwnerReferencesPermissionEnforcement), schema
-validation of custom resources (tests/cluster/test_manifests.py validates our manifests against
-the real CRDs instead), required-field checks of built-in kinds, `limit`/`continue` paging, watch
+requests recorded here), admission (quota, OwnerReferencesPermissionEnforcement), pruning of
+unknown fields, schema checks of kinds other than OME's and of updates (creates only), `limit`/`continue` paging, watch
 bookmarks, server-side apply, field managers, and a scheduler or kubelet (tests/fake_ome.py plays
 OME's controller and the kubelet for InferenceServices).
 """
 
 import base64
 import copy
+import functools
 import hashlib
 import json
 import re
@@ -82,6 +88,8 @@ from typing import Callable, Iterator, NamedTuple
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import kubernetes.client
+
+from tests.crd_schema import field_errors
 
 OME_GROUP = "ome.io"
 OME_VERSION = "v1beta1"
@@ -210,6 +218,11 @@ class KubeEmulator:
         self._history: int | None = None  # events kept for watches to resume from (None: all)
         self.expired_watches: list[str] = []  # resourceVersions a watch was refused for (410)
         self._gc_delay_s = 0.3  # how long the garbage collector takes to act on a deleted owner
+        # plural -> what is invalid in an object of it (the CRD's schema): OME's kinds by default
+        self._schemas: dict[str, Callable[[dict], list[str]]] = {
+            plural: functools.partial(field_errors, schema) for plural, schema in (
+                ("inferenceservices", "inferenceservice.schema.json"), ("benchmarkjobs", "benchmarkjob.schema.json"),
+                ("clusterservingruntimes", "clusterservingruntime.schema.json"))}
         self.collected: list[str] = []  # "plural/name" of objects the garbage collector deleted
         self._hooks: dict[str, dict[str, list[Callable]]] = {"create": defaultdict(list), "delete": defaultdict(list)}
         self._requests: list[RecordedRequest] = []
@@ -670,6 +683,8 @@ class KubeEmulator:
         if not meta.get("name"):
             raise _ApiError(422, "Invalid", "metadata.name or metadata.generateName is required")
         problems = _invalid_metadata(route.plural, meta)
+        check = self._schemas.get(route.plural)
+        problems += check(obj) if check else []
         if problems:
             kind = obj.get("kind") or route.plural
             where = f"{kind}.{route.group}" if route.group else kind

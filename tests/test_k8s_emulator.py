@@ -283,6 +283,22 @@ def test_invalid_names_and_labels_are_refused_with_422_as_the_api_server_words_i
     create(custom, isvc("a.b-c", **{"example.com/Key_1": "V.1"}))  # what the rules allow passes
 
 
+def test_custom_resources_missing_a_required_field_or_of_a_wrong_type_are_refused_with_422(custom):
+    job = {"apiVersion": f"{OME_GROUP}/{OME_VERSION}", "kind": "BenchmarkJob", "metadata": {"name": "j"},
+           "spec": {"task": "text-to-text", "maxTimePerIteration": 1}}
+    with pytest.raises(ApiException) as missing:
+        custom.create_namespaced_custom_object(OME_GROUP, OME_VERSION, NS, "benchmarkjobs", job)
+    assert missing.value.status == 422
+    assert json.loads(missing.value.body)["message"] == (
+        'BenchmarkJob.ome.io "j" is invalid: spec.endpoint: Required value, '
+        "spec.maxRequestsPerIteration: Required value, spec.outputLocation: Required value")
+    wrong = isvc("w")
+    wrong["spec"]["engine"]["minReplicas"] = "one"
+    with pytest.raises(ApiException) as invalid:
+        create(custom, wrong)
+    assert invalid.value.status == 422 and "spec.engine.minReplicas: Invalid value" in invalid.value.body
+
+
 def test_the_clients_watch_reconnects_by_itself_after_a_clean_drop(custom, emulator):
     since = custom.list_namespaced_custom_object(*AT)["metadata"]["resourceVersion"]
     a = create(custom, isvc("a"))
