@@ -5,12 +5,17 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TASK   ?= examples/quickstart-cpu.yaml
 
-.PHONY: tune test setup engine browser clean
+.PHONY: tune test test-all setup engine browser clean
 
 tune: engine
 	$(BIN)/autotuner run $(TASK)
 
+# `make test` leaves out the few long runs marked `extended` (their properties are covered by
+# shorter tests); `make test-all` runs every test.
 test: engine browser
+	$(BIN)/python -m pytest -q -m "not extended"
+
+test-all: engine browser
 	$(BIN)/python -m pytest -q
 
 # The virtualenv with the package (editable) and its test tools; redone when pyproject changes.

@@ -87,3 +87,27 @@ def wait_until_gone(settings: OmeDeployment, selector: str, timeout_s: float,
         if not left or time.monotonic() >= deadline:
             return left
         time.sleep(1.0)
+
+
+def wait_for_names(settings: OmeDeployment, removed: list[tuple[str, str]], timeout_s: float,
+                   api: client.ApiClient | None = None) -> list[str]:
+    """Wait until each deleted (kind, name) is gone (its finalizers and pods' grace periods done),
+    so what it held (GPUs) is free; the ones still there at `timeout_s`."""
+    custom = client.CustomObjectsApi(api or kube.api_client(settings.kubeconfig, settings.context))
+    plurals = dict(OUR_KINDS)
+    left = [(kind, name) for kind, name in removed if kind in plurals]
+    deadline = time.monotonic() + timeout_s
+    while left and time.monotonic() < deadline:
+        still = []
+        for kind, name in left:
+            try:
+                custom.get_namespaced_custom_object(kube.OME_GROUP, kube.OME_VERSION, settings.namespace,
+                                                    plurals[kind], name, _request_timeout=kube.REQUEST_TIMEOUT_S)
+                still.append((kind, name))
+            except ApiException as error:
+                if error.status != 404:
+                    still.append((kind, name))
+        left = still
+        if left:
+            time.sleep(1.0)
+    return [f"{kind} {name}" for kind, name in left]

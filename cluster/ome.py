@@ -19,7 +19,7 @@ from urllib3.exceptions import HTTPError
 from llm_autotuner.cluster import kube, manifests
 from llm_autotuner.cluster.lease import RunLease, owner_reference
 from llm_autotuner.cluster.backend import Backend, cheapest_params
-from llm_autotuner.cluster.cleanup import delete_labelled, wait_until_gone
+from llm_autotuner.cluster.cleanup import delete_labelled, wait_for_names, wait_until_gone
 from llm_autotuner.cluster.deployer import Deployer, Endpoint, EngineSpec
 from llm_autotuner.cluster.engines import EngineProfile, EngineSetup
 from llm_autotuner.cluster.portforward import PortForward
@@ -149,8 +149,11 @@ class OmeBackend(Backend):
 
     def cleanup(self, experiment: str | None) -> list[str]:
         selector = "" if experiment is None else f"{kube.EXPERIMENT_LABEL}={kube.label_value(experiment)}"
-        return [f"{kind} {name} in {self.settings.namespace}"
-                for kind, name in delete_labelled(self.settings, selector, skip_live_runs=True)]
+        removed = delete_labelled(self.settings, selector, skip_live_runs=True)
+        # Gone, not only marked: a run starting next must find their GPUs free.
+        left = wait_for_names(self.settings, removed, DELETE_WAIT_S)
+        return ([f"{kind} {name} in {self.settings.namespace}" for kind, name in removed]
+                + ([f"(still being deleted after {DELETE_WAIT_S} s: {', '.join(left)})"] if left else []))
 
     def export(self, spec: EngineSpec) -> dict[str, str]:
         return {"best_inferenceservice.yaml": manifests.to_yaml(render(spec, self.settings, production=True))}

@@ -197,7 +197,7 @@ class FakeBenchmarkJobs:
         out.mkdir(parents=True, exist_ok=True)
         limit = 60 * spec["maxTimePerIteration"] * len(spec["numConcurrency"]) + 120
         with open(out / "job.log", "w") as log:
-            process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=out)  # its log lands in cwd
             self.running[name] = process
             try:
                 code = process.wait(limit)

@@ -14,7 +14,9 @@ import yaml
 
 from tests.conftest import engine_processes
 
-pytestmark = pytest.mark.e2e
+# The re-measurement in turns is also covered by tests/tuner/test_confirm_in_turns.py and the
+# confirmation runs of tests/test_e2e_local.py.
+pytestmark = [pytest.mark.e2e, pytest.mark.extended]
 
 
 @pytest.fixture(scope="module")

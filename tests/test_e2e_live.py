@@ -128,4 +128,6 @@ def test_quiet_output_stays_a_line_per_event(tmp_path):
     assert code == 0, output[-3000:]
     assert "trials done" not in output and "\x1b[2K" not in output  # no panel, no line erased
     assert "trial 1: start  engine defaults (baseline)" in output
+    # Ray Tune's own output only with -v: no experiment box, no TensorBoard hint.
+    assert "Configuration for experiment" not in output and "TensorBoard" not in output
     assert "stage 2/2" in output

@@ -112,7 +112,9 @@ def test_best_command_and_trials_csv(run):
     results = json.loads((results_dir / "results.json").read_text())
     completed = {t["experiment_id"] for t in results["all_results"] if t["status"] == "completed"}
     assert front and {int(row["experiment_id"]) for row in front} <= completed
-    assert str(results["best_result"]["experiment_id"]) in {row["experiment_id"] for row in front}
+    # The front holds the search's best on the objective (the winner may come from the re-measurements).
+    top = max((t for t in results["all_results"] if t["status"] == "completed"), key=lambda t: t["objective_score"])
+    assert str(top["experiment_id"]) in {row["experiment_id"] for row in front}
     for trial in json.loads((results_dir / "results.json").read_text())["all_results"]:
         assert (results_dir / "trials" / trial["trial_id"] / "engine.log").is_file()
 
@@ -203,7 +205,9 @@ def test_report_of_two_runs_names_what_changed(run, tmp_path):
     assert completed.returncode == 0, completed.stderr
     lines = completed.stdout.splitlines()
     ratios = [float(line.split()[-1]) for line in lines[2:] if line.startswith(("{", "engine defaults"))]
-    assert len(ratios) == sum(t["objective_score"] is not None for t in summary["all_results"]) >= 3
+    configs = {json.dumps(t["parameters"], sort_keys=True) for t in summary["all_results"]
+               if t["objective_score"] is not None}  # a config the search tried twice is one line
+    assert len(ratios) == len(configs) >= 3
     assert all(abs(r - 0.9) < 1e-3 for r in ratios)
     assert "Winner changed" in completed.stdout
     changed = [k for k in other["parameters"] if other["parameters"][k] != json.loads(

@@ -352,6 +352,9 @@ def _tune(task: Task, backend: Backend, resolved: Resolved, results_dir: Path, a
     logging.getLogger("ray.tune.execution.tune_controller").addFilter(QuietLostWorkers())
     if not verbose:  # Ray Tune's own warnings ("The process_trial_result operation took 0.5 s", ...)
         logging.getLogger("ray.tune").setLevel(logging.ERROR)
+        # and its experiment box and TensorBoard hint, which its new output engine prints whatever
+        # the verbosity: the legacy one prints nothing at verbose=0.
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     # SIGTERM (a batch scheduler, `kill`, a pod shutting down) is handled like Ctrl-C. Set after
     # ray.init, whose own handler would end the process on the spot.
     interrupt = Interrupt(resolved.storage)
@@ -452,7 +455,11 @@ def _finish(task: Task, backend: Backend, resolved: Resolved, results_dir: Path,
     summary["setup_failure"] = bool(guard and guard.setup_failure)
     results_io.write(results_dir, summary)
     export_winner(task, resolved, results_dir, summary)
-    write_report(results_dir)
+    try:
+        write_report(results_dir)
+    except Exception as error:  # a view of results already written: never the run's failure
+        print(f"[autotuner] warning: the report (index.html) could not be drawn: {error!r}; "
+              f"`autotuner report {results_dir}` draws it again", flush=True)
     return summary
 
 

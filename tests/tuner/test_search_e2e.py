@@ -66,7 +66,8 @@ def tune_small(tmp_path, name, objective_secondary=(), space=None, **search):
     return summary
 
 
-@pytest.mark.parametrize("algorithm, scheduler", [("optuna", "hyperband"), ("random", "median"), ("hyperopt", "none")])
+# Two of the named pairs (each a whole run): the lookup is one table for all (tuner/registry.py).
+@pytest.mark.parametrize("algorithm, scheduler", [("optuna", "hyperband"), ("hyperopt", "none")])
 def test_named_searchers_and_schedulers(tmp_path, algorithm, scheduler):
     summary = tune_small(tmp_path, f"{algorithm}-{scheduler}", algorithm=algorithm, scheduler=scheduler,
                          num_samples=2)
@@ -75,6 +76,7 @@ def test_named_searchers_and_schedulers(tmp_path, algorithm, scheduler):
         assert all(t["status"] == "completed" for t in summary["all_results"])
 
 
+@pytest.mark.extended  # the grid's points: tests/tuner/test_space.py; a grid run: benchmarks/search_efficiency.py
 def test_grid_runs_the_whole_cartesian_product(tmp_path):
     space = {"parallel": [1, 4], "ubatch-size": {"type": "int", "min": 64, "max": 128, "step": 64}}
     summary = tune_small(tmp_path, "grid", algorithm="grid", scheduler="none", num_samples=1, space=space)
