@@ -75,10 +75,13 @@ def main() -> int:
                            "--threads", "2"], log_path="/dev/null")
     try:
         deadline = time.monotonic() + 120
-        while True:
+        while True:  # /health answers 503 while the model loads: wait for its 200
             try:
-                connect_time(port)
-                break
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                connection.request("GET", "/health")
+                if connection.getresponse().status == 200:
+                    break
+                raise OSError("loading")
             except OSError:
                 if time.monotonic() > deadline or engine.poll() is not None:
                     raise SystemExit("llama-server did not start")
@@ -96,7 +99,13 @@ def main() -> int:
                 opens: dict[str, list[float]] = {name: [] for name in paths}
                 for _ in range(args.requests):  # in turns: drift hits both alike
                     for name, connection in connections.items():
-                        runs[name].append(one_request(connection, args.tokens))
+                        try:
+                            runs[name].append(one_request(connection, args.tokens))
+                        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                            # llama-server (cpp-httplib) closes a kept-alive connection idle for 5 s
+                            # (a slow turn of the other path): reconnect, as an HTTP client pool does.
+                            connection.close()
+                            runs[name].append(one_request(connection, args.tokens))
                         opens[name].append(connect_time(paths[name]))
             finally:
                 forward.close()
