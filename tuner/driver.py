@@ -253,7 +253,7 @@ def run(task: Task, *, address: str | None = None, resume: bool = False, dashboa
 
 
 def _confirm(task: Task, trainable, resolved: Resolved, trials: list, max_concurrent: int,
-             interrupt: Interrupt, live: bool) -> list[results_io.TrialRecord]:
+             interrupt: Interrupt, live: bool = False) -> list[results_io.TrialRecord]:
     """Noise control: re-measure the finalists (the best configs, and the baseline so the gain
     compares configs measured alike) at full length, so the winner is chosen on several runs
     rather than on one lucky one. They run in turns (A B C A B C), not back to back: the machine
