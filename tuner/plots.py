@@ -9,6 +9,7 @@ from statistics import fmean
 from typing import Callable
 
 from llm_autotuner.metrics import METRICS
+from llm_autotuner.tuner.results import pareto_front
 
 THROUGHPUT, LATENCY = "output_throughput", "e2e_p90"  # the trade-off's axes unless the task names others
 BEST, BASELINE, STOPPED, OTHER = "tab:green", "black", "tab:red", "tab:blue"
@@ -85,12 +86,6 @@ def _mean_over_stages(trial: dict, metric: str) -> float | None:
     return fmean(values) if values and None not in values else None
 
 
-def pareto(points: dict) -> list:
-    """Keys of the points (throughput, latency) no other point beats on both."""
-    return [key for key, (tp, lat) in points.items()
-            if not any(t >= tp and l <= lat and (t, l) != (tp, lat) for t, l in points.values())]
-
-
 def write_tradeoff_plot(summary: dict, path: Path) -> Path | None:
     """Throughput against latency, each trial's mean over the stages it ran, with the Pareto front
     and the SLO limits drawn."""
@@ -112,7 +107,8 @@ def write_tradeoff_plot(summary: dict, path: Path) -> Path | None:
             STOPPED if trial["status"] != "completed" else OTHER
         axes.scatter(lat, tp, color=color, s=60 if color in (BEST, BASELINE) else 30, zorder=3)
         axes.annotate(str(key), (lat, tp), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    front = sorted((points[key][1], points[key][0]) for key in pareto(points))
+    front = sorted((points[key][1], points[key][0]) for key in
+                   pareto_front({key: {throughput: tp, latency: lat} for key, (tp, lat) in points.items()}))
     axes.plot([lat for lat, _ in front], [tp for _, tp in front], color=BEST, alpha=0.5, linewidth=1.5,
               label="Pareto front")
     for slo in summary["slos"]:

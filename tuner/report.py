@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import jinja2
 
 from llm_autotuner.errors import TaskError
 from llm_autotuner.tuner import plots
+from llm_autotuner.tuner.results import fmt
 
 PLOTS = "plots"  # the folder beside index.html that holds its images
 EXPORTS = ("best.json", "best_command.txt", "best_inferenceservice.yaml")
@@ -25,12 +25,6 @@ def read_summary(results_dir: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise TaskError(f"{path}: cannot read results ({error})") from None
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _status(summary: dict) -> str:
@@ -97,7 +91,7 @@ def write_report(results_dir: Path) -> Path:
         noise=selection.get("noise") or (selection.get("why") if best else None),
         why=selection.get("why") or "no trial completed every stage (see results.json for the errors)",
         exports=[name for name in EXPORTS if (results_dir / name).is_file()],
-        trials=_sorted_trials(summary), names=names, plots=draw(summary, results_dir), fmt=_fmt)
+        trials=_sorted_trials(summary), names=names, plots=draw(summary, results_dir), fmt=fmt)
     path = results_dir / "index.html"
     path.write_text(page)
     return path
@@ -124,7 +118,7 @@ def compare(first_dir: Path, second_dir: Path) -> str:
     lines = [f"{metric}: A = {first_dir}, B = {second_dir}", f"{'config':<60} {'A':>10} {'B':>10} {'B/A':>7}"]
     for key in sorted(a.keys() & b.keys()):
         x, y = a[key]["objective_score"], b[key]["objective_score"]
-        lines.append(f"{key[:60]:<60} {_fmt(x):>10} {_fmt(y):>10} {y / x if x else float('nan'):>7.3f}")
+        lines.append(f"{key[:60]:<60} {fmt(x):>10} {fmt(y):>10} {y / x if x else float('nan'):>7.3f}")
     only = [(name, sorted(mine.keys() - theirs.keys())) for name, mine, theirs in (("A", a, b), ("B", b, a))]
     for name, keys in only:
         if keys:
@@ -132,12 +126,12 @@ def compare(first_dir: Path, second_dir: Path) -> str:
     winners = [(s.get("best_result") or {}) for s in (first, second)]
     if winners[0].get("parameters") == winners[1].get("parameters"):
         lines.append(f"Winner: the same config in both ({_describe(winners[0])}): "
-                     f"{_fmt(winners[0].get('objective_score'))} in A, {_fmt(winners[1].get('objective_score'))} in B")
+                     f"{fmt(winners[0].get('objective_score'))} in A, {fmt(winners[1].get('objective_score'))} in B")
     else:
         changed = sorted({k for w in winners for k in w.get("parameters", {})
                           if winners[0].get("parameters", {}).get(k) != winners[1].get("parameters", {}).get(k)})
-        lines.append(f"Winner changed: A {_describe(winners[0])} ({_fmt(winners[0].get('objective_score'))}), "
-                     f"B {_describe(winners[1])} ({_fmt(winners[1].get('objective_score'))}); "
+        lines.append(f"Winner changed: A {_describe(winners[0])} ({fmt(winners[0].get('objective_score'))}), "
+                     f"B {_describe(winners[1])} ({fmt(winners[1].get('objective_score'))}); "
                      f"differs in {', '.join(changed) or 'nothing named'}")
     return "\n".join(lines)
 

@@ -502,7 +502,7 @@ def table(summary: dict) -> str:
     lines = [header]
     for row in rows:
         value = row["objective_score"]
-        params = ["default" if row["baseline"] else _fmt(row["parameters"].get(name)) for name in names]
+        params = ["default" if row["baseline"] else fmt(row["parameters"].get(name)) for name in names]
         lines.append([str(row["experiment_id"]), row["status"], str(row["stages_completed"]),
                       "-" if value is None else f"{value:.4g}", *params])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
@@ -559,7 +559,7 @@ def confirmation_table(summary: dict) -> str:
     return "\n".join(lines + [noise + "."])
 
 
-def _fmt(value: Any) -> str:
+def fmt(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
