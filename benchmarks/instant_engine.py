@@ -6,7 +6,9 @@ tuner's own (Ray, the trial's actor, genai-bench, the teardown), not an engine's
 parallel-efficiency and driver-scale benchmarks measure.
 
     instant_engine.py --host H --port P [--alias NAME] [any other llama-server flag VALUE]...
-    (env: INSTANT_ENGINE_DELAY_S, default 0.02: the sleep before each answer)
+    (env: INSTANT_ENGINE_DELAY_S, default 0.02: the sleep before each answer;
+     INSTANT_ENGINE_SLOTS=1: at most --parallel answers at once (default 4), the others wait, as
+     in llama-server's slots: then configs differ as a tuner's tests need them to)
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 DELAY_S = float(os.environ.get("INSTANT_ENGINE_DELAY_S", "0.02"))
 TOKEN_GAP_S = 0.005  # between the first token and the others
+SLOTS = os.environ.get("INSTANT_ENGINE_SLOTS") == "1"
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -39,7 +43,8 @@ class Handler(BaseHTTPRequestHandler):
             return self._reply(200, body.encode(), "application/json")
         tokens = int(request.get("max_tokens") or request.get("max_completion_tokens") or 16)
         prompt = sum(len(str(m.get("content", "")).split()) for m in request.get("messages", []))
-        time.sleep(DELAY_S)
+        with self.server.slots:
+            time.sleep(DELAY_S)
         chunks = [{"choices": [{"index": 0, "delta": {"content": " x"}, "finish_reason": None}]}] * (tokens - 1)
         chunks.append({"choices": [{"index": 0, "delta": {"content": " x"}, "finish_reason": "length"}]})
         chunks.append({"choices": [], "usage": {"prompt_tokens": prompt, "completion_tokens": tokens,
@@ -70,6 +75,8 @@ def main() -> int:
     flags = {args[i]: args[i + 1] for i in range(len(args) - 1) if args[i].startswith("--")}
     server = ThreadingHTTPServer((flags.get("--host", "127.0.0.1"), int(flags["--port"])), Handler)
     server.daemon_threads = True
+    # Without slots, as many at once as ask (a semaphore of a size no test reaches).
+    server.slots = threading.BoundedSemaphore(int(flags.get("--parallel", 4)) if SLOTS else 1 << 16)
     server.serve_forever()
     return 0
 

@@ -35,8 +35,25 @@ def until(condition, timeout_s: float) -> bool:
     return True
 
 
+INSTANT_ENGINE = Path(__file__).resolve().parents[1] / "benchmarks" / "instant_engine.py"
+
+
+def instant_engine(path: Path, delay_s: float = 0.05, slots: bool = True) -> Path:
+    """An executable at `path` that runs benchmarks/instant_engine.py, a stand-in for llama-server
+    that answers after `delay_s` (with `slots`: at most --parallel requests at once, as llama-server's
+    slots). For the tests whose property is the tuner's control flow (interrupts, teardowns, resume,
+    searchers, Kubernetes): the real engine's minutes of generation would prove nothing more there."""
+    env = {"INSTANT_ENGINE_DELAY_S": str(delay_s), "INSTANT_ENGINE_SLOTS": "1" if slots else "0"}
+    path.write_text(f"#!{sys.executable}\nimport os, sys\n"
+                    f"for key, value in {env!r}.items():\n    os.environ.setdefault(key, value)\n"
+                    f"os.execv(sys.executable, [sys.executable, {str(INSTANT_ENGINE)!r}, *sys.argv[1:]])\n")
+    path.chmod(0o755)
+    return path
+
+
 def engine_processes(marker: str) -> set[int]:
-    """PIDs of running llama-server processes whose argv holds `marker` (a unique served name)."""
+    """PIDs of running engines (llama-server, or the instant stand-in) whose argv holds `marker`
+    (a unique served name)."""
     pids = set()
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
@@ -44,7 +61,8 @@ def engine_processes(marker: str) -> set[int]:
                 argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
             except OSError:
                 continue
-            if argv[0].endswith("llama-server") and marker in argv:
+            engine = argv[0].endswith("llama-server") or (len(argv) > 1 and argv[1] == str(INSTANT_ENGINE))
+            if engine and marker in argv:
                 pids.add(int(proc.name))
     return pids
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.browser import Browser
-from tests.conftest import Driver
+from tests.conftest import Driver, instant_engine
 
 pytestmark = pytest.mark.e2e
 
@@ -40,7 +40,8 @@ def test_the_dashboard_shows_each_trial_by_name_while_the_run_goes(tmp_path):
     task = {
         "name": "dash",
         "model": {"path": "builtin:smollm2", "name": served},
-        "engine": {"name": "llama.cpp", "args": {"ctx-size": 1024, "threads": 1}},
+        "engine": {"name": "llama.cpp", "binary": str(instant_engine(tmp_path / "engine", delay_s=0.3)),
+                   "args": {"ctx-size": 1024, "threads": 1}},
         "search_space": {"parallel": [2, 4]},
         "benchmark": {"traffic_scenario": "D(32,16)", "concurrency": [2], "max_requests_per_stage": 4},
         "search": {"algorithm": "random", "seed": 1, "num_samples": 2, "confirm_top_k": 0},

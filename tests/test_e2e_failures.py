@@ -14,7 +14,7 @@ import yaml
 
 from llm_autotuner.cluster.procs import start_time
 from llm_autotuner.cluster.records import EngineRecord, engine_records
-from tests.conftest import Driver, engine_processes
+from tests.conftest import Driver, engine_processes, instant_engine
 
 pytestmark = pytest.mark.e2e
 
@@ -143,7 +143,9 @@ def test_an_engine_crash_mid_benchmark_fails_that_trial_and_the_search_goes_on(t
     task = {
         "name": "crash",
         "model": {"path": "builtin:smollm2", "name": served},
-        "engine": {"name": "llama.cpp", "args": {"ctx-size": 1024, "threads": 1}},
+        # The instant stand-in: a crash is the property, not what the engine computes.
+        "engine": {"name": "llama.cpp", "binary": str(instant_engine(tmp_path / "engine", delay_s=0.2)),
+                   "args": {"ctx-size": 1024, "threads": 1}},
         "search_space": {"parallel": [2]},
         "benchmark": {"traffic_scenario": "D(32,16)", "concurrency": [2, 4, 8], "max_requests_per_stage": 8},
         "search": {"algorithm": "grid", "scheduler": "none", "confirm_repeats": 0},

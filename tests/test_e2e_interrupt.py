@@ -1,6 +1,8 @@
 """Interrupting the driver while a trial benchmarks: Ctrl-C or SIGTERM stops the trials, tears the
 engine down and writes results with the finished trials; a second Ctrl-C tears down at once. In
-every case no engine is left and results.json holds every trial finished before the signal."""
+every case no engine is left and results.json holds every trial finished before the signal.
+Real Ray and genai-bench; the engine is the instant stand-in (tests/conftest.py:instant_engine):
+what is checked is the driver's way out, which an engine's speed does not change."""
 
 import json
 import signal
@@ -10,7 +12,7 @@ import uuid
 import pytest
 import yaml
 
-from tests.conftest import Driver, engine_processes
+from tests.conftest import Driver, engine_processes, instant_engine
 
 pytestmark = pytest.mark.e2e
 
@@ -20,7 +22,8 @@ def start_and_interrupt(tmp_path, signals):
     task = {
         "name": "interrupted",
         "model": {"path": "builtin:smollm2", "name": served},
-        "engine": {"name": "llama.cpp", "args": {"ctx-size": 2048, "threads": 1}},
+        "engine": {"name": "llama.cpp", "binary": str(instant_engine(tmp_path / "engine", delay_s=0.2)),
+                   "args": {"ctx-size": 2048, "threads": 1}},
         "search_space": {"parallel": [2, 4]},
         "benchmark": {"traffic_scenario": "D(64,32)", "concurrency": [2, 4, 8], "max_requests_per_stage": 8},
         "search": {"num_samples": 4, "scheduler": "none", "seed": 0, "confirm_repeats": 0},

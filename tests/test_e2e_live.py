@@ -18,16 +18,14 @@ import pyte
 import pytest
 import yaml
 
+from tests.conftest import instant_engine
+
 pytestmark = pytest.mark.e2e
-ENGINE = Path(__file__).resolve().parents[1] / "benchmarks" / "instant_engine.py"
 COLUMNS, LINES = 150, 40
 
 
 def task_file(tmp_path: Path) -> Path:
-    launcher = tmp_path / "instant-engine"
-    launcher.write_text(f"#!{sys.executable}\nimport os, sys\n"
-                        f"os.execv(sys.executable, [sys.executable, {str(ENGINE)!r}, *sys.argv[1:]])\n")
-    launcher.chmod(0o755)
+    launcher = instant_engine(tmp_path / "instant-engine", delay_s=0.4, slots=False)
     path = tmp_path / "task.yaml"
     path.write_text(yaml.safe_dump({
         "name": "live", "model": {"path": "builtin:smollm2", "name": "instant"},
@@ -50,7 +48,7 @@ class Terminal:
         self.raw = bytearray()
         master, slave = pty.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", LINES, COLUMNS, 0, 0))
-        env = {**os.environ, "TERM": "xterm-256color", "INSTANT_ENGINE_DELAY_S": "0.4"}
+        env = {**os.environ, "TERM": "xterm-256color"}
         env.pop("COLUMNS", None), env.pop("LINES", None)
         self.process = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
         os.close(slave)

@@ -1,7 +1,8 @@
 """A lost Ray worker (its process SIGKILLed, as when its node dies or the OOM killer strikes) is the
 infrastructure's failure, not the config's: the trial is run again once, its engine dies with the
 worker, the new attempt's numbers are its own; lost twice, the run stops naming the cause.
-Real Ray, real llama-server, real genai-bench."""
+Real Ray and genai-bench; the engine is the instant stand-in behind the slow-exit wrapper
+(tests/test_e2e_lifecycle.py:slow_task)."""
 
 import json
 import os
@@ -33,8 +34,8 @@ def kill_worker_and_its_engine_goes(served: str) -> None:
     pytest.fail(f"the engine or genai-bench of a lost worker outlived it by 10 s: {engine_processes(served)}")
 
 
-def test_a_lost_worker_runs_the_trial_again_and_a_second_loss_stops_the_run(tmp_path, llama_server):
-    path, served, log = slow_task(tmp_path, llama_server, "lost", delay_s=0.0, num_samples=3, scheduler="none",
+def test_a_lost_worker_runs_the_trial_again_and_a_second_loss_stops_the_run(tmp_path):
+    path, served, log = slow_task(tmp_path, "lost", delay_s=0.0, num_samples=3, scheduler="none",
                                   confirm_repeats=0)
     with Driver(path) as driver:
         driver.read_until("trial 1: stage 1/3")

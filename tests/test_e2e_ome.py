@@ -1,7 +1,9 @@
 """A real Ray Tune run with the OME backend against the Kubernetes API emulator.
 
-The emulator's fake OME controller starts a real llama-server per InferenceService with the
-trial's flags, so genai-bench (through a port-forward) measures something real.
+The emulator's fake OME controller starts an engine per InferenceService with the trial's flags:
+in the main run the real llama-server, so genai-bench (through a port-forward) measures something
+real; in the runs about the control flow (interrupts, slow deletions, the BenchmarkJob runner's
+path) the instant stand-in (tests/conftest.py:instant_engine).
 """
 
 import json
@@ -14,7 +16,7 @@ import ray
 import yaml
 from ray import tune
 
-from tests.conftest import Driver
+from tests.conftest import Driver, instant_engine
 from tests.fake_ome import PLURAL, FakeBenchmarkJobs, FakeOme
 from tests.k8s_emulator import KubeEmulator, RecordedRequest
 from llm_autotuner.cluster.backend import trial_claim
@@ -131,15 +133,14 @@ def test_ray_tune_run_on_ome_against_the_emulator(tmp_path, llama_server, smollm
     assert args[args.index("--parallel") + 1] == str(results["all_results"][1]["parameters"]["parallel"])
 
 
-def test_a_full_run_with_the_benchmarkjob_runner_is_scored_like_the_direct_one(tmp_path, llama_server, smollm2,
-                                                                                  tokenizer):
+def test_a_full_run_with_the_benchmarkjob_runner_is_scored_like_the_direct_one(tmp_path, smollm2, tokenizer):
     """Each trial's load runs in the cluster as a BenchmarkJob (here: the real genai-bench, started by
     a stand-in for OME's benchmark controller, against the trial's real engine), writing to a claim
     the driver also mounts; the trial reads each stage's file as it lands and scores it with the
     same code as the direct runner's."""
     mount = tmp_path / "claim"
     with KubeEmulator() as emulator:
-        controller = FakeOme(emulator, llama_server, smollm2, tmp_path)
+        controller = FakeOme(emulator, str(instant_engine(tmp_path / "engine")), smollm2, tmp_path)
         jobs = FakeBenchmarkJobs(emulator, controller, "pvc://results/bench", mount, tokenizer)
         try:
             kubeconfig = emulator.write_kubeconfig(tmp_path / "kubeconfig")
@@ -203,12 +204,11 @@ def test_trials_hold_gpus_from_the_budget_so_ray_runs_only_what_fits(tmp_path):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill"])
-def test_no_inference_service_outlives_an_interrupted_or_killed_driver(tmp_path, llama_server, smollm2, tokenizer,
-                                                                       sig):
+def test_no_inference_service_outlives_an_interrupted_or_killed_driver(tmp_path, smollm2, tokenizer, sig):
     """Ctrl-C: the trial deletes its InferenceService on the way out. SIGKILL: nobody can, and
     `autotuner cleanup TASK` finds it by label and deletes it."""
     with KubeEmulator() as emulator:
-        controller = FakeOme(emulator, llama_server, smollm2, tmp_path)
+        controller = FakeOme(emulator, str(instant_engine(tmp_path / "engine")), smollm2, tmp_path)
         try:
             kubeconfig = emulator.write_kubeconfig(tmp_path / "kubeconfig")
             path = tmp_path / "task.yaml"
@@ -233,13 +233,12 @@ def test_no_inference_service_outlives_an_interrupted_or_killed_driver(tmp_path,
     assert results["all_results"][0]["status"] == "completed"  # written when it finished
 
 
-def test_inference_services_that_take_30_s_to_go_never_overlap_and_the_run_finishes(tmp_path, llama_server, smollm2,
-                                                                                    tokenizer):
+def test_inference_services_that_take_30_s_to_go_never_overlap_and_the_run_finishes(tmp_path, smollm2, tokenizer):
     """As on a real cluster: the DELETE only marks the object (deletionTimestamp, a finalizer), its
     engine keeps running through its pod's 30 s termination grace, and only then is it gone."""
     with KubeEmulator() as emulator:
         emulator.set_deletion_delay(PLURAL, 30.0)
-        controller = FakeOme(emulator, llama_server, smollm2, tmp_path, termination_grace_s=30.0)
+        controller = FakeOme(emulator, str(instant_engine(tmp_path / "engine")), smollm2, tmp_path, termination_grace_s=30.0)
         try:
             kubeconfig = emulator.write_kubeconfig(tmp_path / "kubeconfig")
             path = tmp_path / "task.yaml"

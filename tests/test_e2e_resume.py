@@ -1,5 +1,6 @@
 """SIGKILL the driver after some trials finished, then `autotuner run --resume`: finished trials
-are not run again, none is missing from results.json, and no engine is left behind."""
+are not run again, none is missing from results.json, and no engine is left behind. Real Ray and
+genai-bench; the engine is the instant stand-in (tests/conftest.py:instant_engine)."""
 
 import json
 import re
@@ -12,7 +13,7 @@ import uuid
 import pytest
 import yaml
 
-from tests.conftest import Driver, engine_processes
+from tests.conftest import Driver, engine_processes, instant_engine
 
 pytestmark = pytest.mark.e2e
 
@@ -22,7 +23,8 @@ def test_resume_after_sigkill(tmp_path):
     task = {
         "name": "resumed",
         "model": {"path": "builtin:smollm2", "name": served},
-        "engine": {"name": "llama.cpp", "args": {"ctx-size": 1024, "threads": 1}},
+        "engine": {"name": "llama.cpp", "binary": str(instant_engine(tmp_path / "engine", delay_s=0.1)),
+                   "args": {"ctx-size": 1024, "threads": 1}},
         "search_space": {"parallel": [1, 2, 4, 8]},
         "benchmark": {"traffic_scenario": "D(32,16)", "concurrency": [2, 4], "max_requests_per_stage": 4},
         "search": {"algorithm": "random", "num_samples": 4, "scheduler": "none", "seed": 2, "confirm_repeats": 0},

@@ -1,5 +1,6 @@
 """Every named searcher and scheduler, a custom Searcher and a scheduler by import path, each in a
-small real tuning run on the CPU engine (one Ray instance shared by the runs)."""
+small real tuning run (one Ray instance shared by the runs): real Ray and genai-bench, the instant
+stand-in engine (tests/conftest.py:instant_engine), whose slots make `parallel` matter."""
 
 import os
 import pickle
@@ -11,6 +12,7 @@ from ray.tune.search import Searcher
 
 from llm_autotuner.tuner import driver
 from llm_autotuner.task import parse_task
+from tests.conftest import instant_engine
 
 pytestmark = pytest.mark.e2e
 
@@ -48,7 +50,8 @@ def tune_small(tmp_path, name, objective_secondary=(), space=None, **search):
     task = parse_task({
         "name": name,
         "model": {"path": "builtin:smollm2", "name": "smol"},
-        "engine": {"name": "llama.cpp", "args": {"ctx-size": 1024, "threads": 1}},
+        "engine": {"name": "llama.cpp", "binary": str(instant_engine(tmp_path / "engine", delay_s=0.1)),
+                   "args": {"ctx-size": 1024, "threads": 1}},
         "search_space": space or {"parallel": [1, 2, 4],
                                   "ubatch-size": {"type": "int", "min": 64, "max": 128, "step": 64}},
         "benchmark": {"traffic_scenario": "D(32,16)", "concurrency": [2, 4], "max_requests_per_stage": 4},
