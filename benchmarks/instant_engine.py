@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 DELAY_S = float(os.environ.get("INSTANT_ENGINE_DELAY_S", "0.02"))
 TOKEN_GAP_S = 0.005  # between the first token and the others
@@ -68,6 +69,17 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+
+def launcher(path: Path, delay_s: float = DELAY_S, slots: bool = False) -> Path:
+    """Write an executable at `path` that runs this engine (to be given as `engine.binary`), with
+    its sleep and slots baked in (the environment may still override them)."""
+    env = {"INSTANT_ENGINE_DELAY_S": str(delay_s), "INSTANT_ENGINE_SLOTS": "1" if slots else "0"}
+    path.write_text(f"#!{sys.executable}\nimport os, sys\n"
+                    f"for key, value in {env!r}.items():\n    os.environ.setdefault(key, value)\n"
+                    f"os.execv(sys.executable, [sys.executable, {str(Path(__file__).resolve())!r}, *sys.argv[1:]])\n")
+    path.chmod(0o755)
+    return path
 
 
 def main() -> int:

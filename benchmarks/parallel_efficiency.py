@@ -14,7 +14,7 @@
     each fifth of the run, read every 5 s as the run goes. Goal: flat as the count grows.
 
     .venv/bin/python benchmarks/parallel_efficiency.py [--slots 1 2 4 8] [--trials-per-run 16]
-        [--scale-trials 500] [--skip-scale] [--keep DIR]
+        [--scale-trials 500] [--skip-scale] [--trace-memory] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -34,16 +34,9 @@ from statistics import fmean
 import yaml
 from ray.cluster_utils import Cluster
 
-ENGINE = Path(__file__).with_name("instant_engine.py")
+from instant_engine import launcher
+
 CPUS_PER_TRIAL = 2  # threads 1 + benchmark.client_cpus 1
-
-
-def engine_launcher(folder: Path) -> str:
-    path = folder / "instant-engine"
-    path.write_text(f"#!{sys.executable}\nimport os, sys\n"
-                    f"os.execv(sys.executable, [sys.executable, {str(ENGINE)!r}, *sys.argv[1:]])\n")
-    path.chmod(0o755)
-    return str(path)
 
 
 def task(name: str, root: Path, binary: str, trials: int, stages: list[int]) -> dict:
@@ -77,13 +70,16 @@ class Head:
 
 
 def run(root: Path, name: str, binary: str, slots: int, trials: int, stages: list[int],
-        watch=None) -> dict:
+        watch=None, trace_memory: bool = False) -> dict:
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(task(name, root, binary, trials, stages)))
+    # Traced: the driver under tracemalloc, its growth from 2 minutes in to the end in memory.txt.
+    command = ([str(Path(__file__).with_name("traced_driver.py")), str(root / name / "memory.txt"), "120"]
+               if trace_memory else ["-m", "llm_autotuner.tuner.cli"])
     with Head(CPUS_PER_TRIAL * slots) as address:
         began = time.time()
-        driver = subprocess.Popen([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(path),
-                                   "--address", address], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        driver = subprocess.Popen([sys.executable, *command, "run", str(path), "--address", address],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         samples = watch(driver, root / name) if watch else None
         if driver.wait() != 0:
             raise SystemExit(f"{name}: autotuner run exited with {driver.returncode}")
@@ -121,11 +117,13 @@ def main() -> int:
     parser.add_argument("--trials-per-run", type=int, default=16)
     parser.add_argument("--scale-trials", type=int, default=500)
     parser.add_argument("--skip-scale", action="store_true")
+    parser.add_argument("--trace-memory", action="store_true",
+                        help="run the scale's driver under tracemalloc (slower): what grows, in scale/memory.txt")
     parser.add_argument("--keep", type=Path)
     args = parser.parse_args()
     root = args.keep or Path(tempfile.mkdtemp(prefix="autotuner-parallel-"))
     root.mkdir(parents=True, exist_ok=True)
-    binary = engine_launcher(root)
+    binary = str(launcher(root / "instant-engine", delay_s=0.02))
     print(f"results in {root}; machine: {platform.node()}, {os.cpu_count()} cores, {platform.platform()}", flush=True)
 
     runs = {}
@@ -142,7 +140,8 @@ def main() -> int:
               f"{ideal / r['span_s']:.2f} | {r['wall_s']:.1f} s |")
 
     if not args.skip_scale:
-        scale = run(root, "scale", binary, 8, args.scale_trials, [1], watch=watch_driver)
+        scale = run(root, "scale", binary, 8, args.scale_trials, [1], watch=watch_driver,
+                    trace_memory=args.trace_memory)
         print(f"\nscale: {scale['trials']} trials in {scale['wall_s'] / 60:.1f} min")
         print("| trials done | driver RSS | time per trial over the last block |")
         print("|---|---|---|")

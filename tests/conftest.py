@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import benchmarks.instant_engine as instant_engine_module
 from llm_autotuner.cluster import llamacpp_setup
 
 
@@ -35,7 +36,7 @@ def until(condition, timeout_s: float) -> bool:
     return True
 
 
-INSTANT_ENGINE = Path(__file__).resolve().parents[1] / "benchmarks" / "instant_engine.py"
+INSTANT_ENGINE = Path(instant_engine_module.__file__).resolve()
 
 
 def instant_engine(path: Path, delay_s: float = 0.05, slots: bool = True) -> Path:
@@ -43,12 +44,7 @@ def instant_engine(path: Path, delay_s: float = 0.05, slots: bool = True) -> Pat
     that answers after `delay_s` (with `slots`: at most --parallel requests at once, as llama-server's
     slots). For the tests whose property is the tuner's control flow (interrupts, teardowns, resume,
     searchers, Kubernetes): the real engine's minutes of generation would prove nothing more there."""
-    env = {"INSTANT_ENGINE_DELAY_S": str(delay_s), "INSTANT_ENGINE_SLOTS": "1" if slots else "0"}
-    path.write_text(f"#!{sys.executable}\nimport os, sys\n"
-                    f"for key, value in {env!r}.items():\n    os.environ.setdefault(key, value)\n"
-                    f"os.execv(sys.executable, [sys.executable, {str(INSTANT_ENGINE)!r}, *sys.argv[1:]])\n")
-    path.chmod(0o755)
-    return path
+    return instant_engine_module.launcher(path, delay_s, slots)
 
 
 def engine_processes(marker: str) -> set[int]:
