@@ -66,7 +66,10 @@ def engine_processes(marker: str) -> set[int]:
 class Driver:
     """`autotuner run TASK` in a subprocess, its output read line by line (stderr merged)."""
 
-    def __init__(self, task_path: Path, *extra: str):
+    def __init__(self, task_path: Path, *extra: str, dashboard: bool = False):
+        # Without the Ray dashboard unless asked (as the README advises for CI): its processes take
+        # a share of 2 cores that the run's own would otherwise have.
+        extra = extra if dashboard else ("--no-dashboard", *extra)
         self.process = subprocess.Popen([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(task_path), *extra],
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []

@@ -34,7 +34,7 @@ def run(tmp_path_factory):
     }
     path = root / "task.yaml"
     path.write_text(yaml.safe_dump(task))
-    completed = subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(path)],
+    completed = subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(path), "--no-dashboard"],
                                capture_output=True, text=True, timeout=900)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     results_dir = root / "results" / "e2e-confirm"

@@ -50,7 +50,7 @@ def test_the_dashboard_shows_each_trial_by_name_while_the_run_goes(tmp_path):
     path = tmp_path / "task.yaml"
     path.write_text(yaml.safe_dump(task))
     names: set[str] = set()
-    with Driver(path) as driver:
+    with Driver(path, dashboard=True) as driver:
         driver.read_until("Ray dashboard: ", timeout_s=300)
         url = re.search(r"Ray dashboard: (http://\S+)", driver.lines[-1]).group(1)
         assert url.startswith("http://127.0.0.1:")  # loopback only: reached through an SSH tunnel

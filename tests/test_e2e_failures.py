@@ -33,7 +33,7 @@ def run_task(tmp_path, **overrides):
     served = task["model"].get("name", served)
     path = tmp_path / "task.yaml"
     path.write_text(yaml.safe_dump(task))
-    completed = subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(path)],
+    completed = subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(path), "--no-dashboard"],
                                capture_output=True, text=True, timeout=600)
     results = json.loads((tmp_path / "no-winner" / "results.json").read_text())
     assert engine_processes(served) == set()
@@ -101,7 +101,7 @@ def test_a_model_whose_tokenizer_cannot_be_read_stops_the_run_with_one_line(tmp_
     task.write_text(yaml.safe_dump({"name": "cut", "model": {"path": str(truncated_model(tmp_path, smollm2))},
                                     "engine": {"name": "llama.cpp"}, "search_space": {"parallel": [1, 2]},
                                     "results_dir": str(tmp_path)}))
-    completed = subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(task)], capture_output=True,
+    completed = subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(task), "--no-dashboard"], capture_output=True,
                                text=True, timeout=300)
     assert completed.returncode == 2
     assert completed.stderr.count("\n") == 1, completed.stderr
@@ -116,7 +116,7 @@ def test_a_binary_that_dies_by_sigill_stops_the_run_before_its_first_trial(tmp_p
     task.write_text(yaml.safe_dump({"name": "sigill", "model": {"path": "builtin:smollm2"},
                                     "engine": {"name": "llama.cpp"}, "search_space": {"parallel": [1, 2]},
                                     "results_dir": str(tmp_path)}))
-    completed = subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(task)], capture_output=True,
+    completed = subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(task), "--no-dashboard"], capture_output=True,
                                text=True, timeout=300, env={**os.environ, "LLAMA_SERVER": str(binary)})
     assert completed.returncode == 2
     assert completed.stderr.count("\n") == 1, completed.stderr  # one line, no traceback

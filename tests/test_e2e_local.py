@@ -3,7 +3,7 @@
 A small run: the baseline plus three searched trials, two stages each. Two seeded first points
 make the ASHA stop deterministic: a strong config reaches stage 1 first, then a weak one is cut
 there: 4 slots sharing one thread (slower than one slot here, measured: about 30%) and a
-micro-batch of one token (each prompt takes 64 forward passes). One thread each: llama.cpp's
+micro-batch of one token (each prompt takes 32 forward passes). One thread each: llama.cpp's
 threads spin while they wait for each other, which a busy machine turns into minutes.
 """
 
@@ -36,7 +36,7 @@ def run(tmp_path_factory):
         "model": {"path": "builtin:smollm2", "name": served},
         "engine": {"name": "llama.cpp", "args": {"ctx-size": 2048, "threads": 1}},
         "search_space": {"parallel": [1, 4], "ubatch-size": [1, 512]},
-        "benchmark": {"traffic_scenario": "D(64,32)", "concurrency": [4, 8], "max_requests_per_stage": 12},
+        "benchmark": {"traffic_scenario": "D(32,16)", "concurrency": [4, 8], "max_requests_per_stage": 8},
         "objective": {"metric": "output_throughput", "secondary": ["ttft_p90"]},
         "search": {"num_samples": 3, "seed": 3, "grace_period": 1, "reduction_factor": 2,
                    "initial_points": [{"parallel": 1, "ubatch-size": 512}, {"parallel": 4, "ubatch-size": 1}],

@@ -106,7 +106,7 @@ def test_ray_tune_run_on_ome_against_the_emulator(tmp_path, llama_server, smollm
             kubeconfig = emulator.write_kubeconfig(tmp_path / "kubeconfig")
             path = tmp_path / "task.yaml"
             path.write_text(yaml.safe_dump(ome_task(tmp_path, kubeconfig, tokenizer)))
-            completed = subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(path)],
+            completed = subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(path), "--no-dashboard"],
                                        capture_output=True, text=True, timeout=600)
             requests = emulator.requests
             created = [r for r in requests if r.method == "POST" and r.path.endswith(PLURAL)]
@@ -149,7 +149,7 @@ def test_a_full_run_with_the_benchmarkjob_runner_is_scored_like_the_direct_one(t
                 "output_storage_uri": "pvc://results/bench", "results_mount": str(mount), "timeout_s": 300}}
             path = tmp_path / "task.yaml"
             path.write_text(yaml.safe_dump(task))
-            completed = subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(path)],
+            completed = subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(path), "--no-dashboard"],
                                        capture_output=True, text=True, timeout=900)
             posted = [r.body for r in emulator.requests if r.method == "POST" and r.path.endswith("/benchmarkjobs")]
             left = emulator.objects("benchmarkjobs", NS) + emulator.objects(PLURAL, NS)
@@ -167,7 +167,9 @@ def test_a_full_run_with_the_benchmarkjob_runner_is_scored_like_the_direct_one(t
         for stage in trial["stages"]:
             # Timed from genai-bench's own file (no request log of ours runs in the job's pod).
             assert stage["timed"] == "completed requests" and stage["output_throughput"] > 0
-            assert stage["error_rate"] == 0 and stage["num_completed_requests"] == 8
+            # At least the stage's 8: genai-bench checks its request limit once a second, and an
+            # engine that answers at once gets more in by then (20 asked, 27 sent, seen here).
+            assert stage["error_rate"] == 0 and stage["num_completed_requests"] >= 8
         assert trial["objective_score"] == pytest.approx(sum(s["output_throughput"] for s in trial["stages"]) / 2)
         assert job["spec"]["endpoint"]["endpoint"]["url"].endswith(".svc.cluster.local:8080")
         assert job["metadata"]["ownerReferences"][0]["kind"] == "Lease"
@@ -250,7 +252,7 @@ def test_inference_services_that_take_30_s_to_go_never_overlap_and_the_run_finis
             task["benchmark"] = {"traffic_scenario": "D(32,16)", "concurrency": [1, 2], "max_requests_per_stage": 4,
                                  "client_cpus": 2.0}
             path.write_text(yaml.safe_dump(task))
-            completed = subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(path)],
+            completed = subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(path), "--no-dashboard"],
                                        capture_output=True, text=True, timeout=1500)
             remaining = emulator.objects(PLURAL, NS)
             lifetimes = sorted(controller.lifetimes, key=lambda life: life[1])
@@ -272,7 +274,7 @@ def test_a_forbidden_create_stops_the_run_instead_of_scoring_configs(tmp_path, t
         kubeconfig = emulator.write_kubeconfig(tmp_path / "kubeconfig")
         path = tmp_path / "task.yaml"
         path.write_text(yaml.safe_dump(ome_task(tmp_path, kubeconfig, tokenizer, num_samples=4, max_concurrent=1)))
-        completed = subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(path)],
+        completed = subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(path), "--no-dashboard"],
                                    capture_output=True, text=True, timeout=600)
         posts = [r for r in emulator.requests if r.method == "POST" and r.path.endswith(PLURAL)]
     assert completed.returncode == 2, completed.stdout[-3000:] + completed.stderr[-3000:]

@@ -43,7 +43,7 @@ def test_resume_after_sigkill(tmp_path):
         time.sleep(0.2)
     assert engine_processes(served) == set()
 
-    second = subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(path), "--resume"],
+    second = subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(path), "--resume", "--no-dashboard"],
                             capture_output=True, text=True, timeout=240)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     started_again = set(re.findall(r"trial (\d+): start", second.stdout))

@@ -42,7 +42,7 @@ def test_a_planted_api_key_is_used_but_never_written(tmp_path):
            "LLAMA_API_KEY": secret,  # what llama-server demands (its --api-key, from the environment)
            "XDG_STATE_HOME": str(tmp_path / "state")}
     began = time.time()
-    run = subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(path)], capture_output=True, text=True,
+    run = subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(path), "--no-dashboard"], capture_output=True, text=True,
                          env=env, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert engine_processes(served) == set()
