@@ -133,3 +133,22 @@ def test_a_space_that_fits_no_node_is_refused_in_one_line(gpu_cluster, tmp_path,
             "has 4; no trial could run\n") in completed.stderr
     assert "Traceback" not in completed.stderr
     assert not (tmp_path / "engines.jsonl").exists()
+
+
+def test_without_an_address_a_run_starts_its_own_ray_even_next_to_a_running_cluster(gpu_cluster):
+    """A `ray start` cluster on the machine (gpu_cluster: its address is in /tmp/ray/ray_current_cluster,
+    where a bare ray.init() looks) is not joined by a run given no --address: it would take the
+    run's trials and refuse its custom resources (an OME run's GPU budget)."""
+    assert Path("/tmp/ray/ray_current_cluster").read_text().strip() == gpu_cluster.address
+    probe = ("import ray\n"
+             "from llm_autotuner.tuner.driver import start_ray\n"
+             "class Budget:\n"
+             "    def offers(self): return {'ome_gpu': 2.0}\n"
+             "start_ray(Budget(), None, dashboard=False)\n"
+             "print(ray.get_runtime_context().gcs_address, ray.cluster_resources().get('ome_gpu'))\n"
+             "ray.shutdown()\n")
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=180, env=env)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    address, budget = completed.stdout.split()[-2:]
+    assert address != gpu_cluster.address and budget == "2.0"

@@ -172,8 +172,11 @@ def start_ray(backend: Backend, address: str | None, dashboard: bool = True) -> 
             # are reset to 0 wherever they run (cluster/procs.py).
             os.environ.setdefault("RAY_worker_niceness", "0")
             # The dashboard listens on the loopback only: from elsewhere, through an SSH tunnel.
-            context = ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1", configure_logging=False,
-                               log_to_driver=False, resources=offers or None)
+            # "local": a Ray of our own even when a `ray start` cluster runs on this machine (with no
+            # address, ray.init joins the one /tmp/ray/ray_current_cluster names, and refuses our
+            # resources there); joining a cluster is what --address is for.
+            context = ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                               configure_logging=False, log_to_driver=False, resources=offers or None)
         url = context.dashboard_url or None
     for kind, needed in offers.items():
         have = ray.cluster_resources().get(kind, 0)
