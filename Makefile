@@ -11,12 +11,15 @@ tune: engine
 	$(BIN)/autotuner run $(TASK)
 
 # `make test` leaves out the few long runs marked `extended` (their properties are covered by
-# shorter tests); `make test-all` runs every test.
+# shorter tests); `make test-all` runs every test. Two test files run at a time (an end-to-end test
+# mostly waits on its engine or on genai-bench); each file stays on one worker,
+# as its tests share module fixtures. TEST_WORKERS=0 runs them one by one.
+TEST_WORKERS ?= 2
 test: engine browser
-	$(BIN)/python -m pytest -q -m "not extended"
+	$(BIN)/python -m pytest -q -m "not extended" -n $(TEST_WORKERS) --dist loadfile
 
 test-all: engine browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The virtualenv with the package (editable) and its test tools; redone when pyproject changes.
 $(STAMP): pyproject.toml

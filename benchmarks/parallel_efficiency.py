@@ -99,21 +99,29 @@ def rss_mb(pid: int) -> float:
 
 
 def watch_driver(driver: subprocess.Popen, results: Path) -> list[dict]:
-    """Every 5 s: trials finished so far (their timelines with an end) and the driver's RSS."""
+    """Every 5 s: trials finished so far (their timelines with an end) and the driver's RSS, each
+    sample also appended to <run>-samples.jsonl in the benchmark folder as it comes: a benchmark cut
+    short (a timeout, a lost session) keeps what it saw."""
     samples, began = [], time.time()
-    while driver.poll() is None:
-        try:
-            done = sum("trial_end" in p.read_text() for p in (results / "trials").glob("*/timeline.json"))
-            samples.append({"t": time.time() - began, "done": done, "rss_mb": rss_mb(driver.pid)})
-        except (OSError, ValueError):
-            pass
-        time.sleep(5)
+    log = (results.parent / f"{results.name}-samples.jsonl").open("a", buffering=1)
+    with log:
+        while driver.poll() is None:
+            try:
+                done = sum("trial_end" in p.read_text() for p in (results / "trials").glob("*/timeline.json"))
+                sample = {"t": time.time() - began, "done": done, "rss_mb": rss_mb(driver.pid)}
+            except (OSError, ValueError):
+                sample = None
+            if sample:
+                samples.append(sample)
+                log.write(json.dumps(sample) + "\n")
+            time.sleep(5)
     return samples
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--slots", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--slots", type=int, nargs="*", default=[1, 2, 4, 8],
+                        help="the K of the efficiency runs; none (`--slots` alone) runs only the driver scale")
     parser.add_argument("--trials-per-run", type=int, default=16)
     parser.add_argument("--scale-trials", type=int, default=500)
     parser.add_argument("--skip-scale", action="store_true")
@@ -131,9 +139,10 @@ def main() -> int:
         runs[slots] = run(root, f"k{slots}", binary, slots, args.trials_per_run, [1, 2])
         print(f"K={slots}: {runs[slots]['trials']} trials, span {runs[slots]['span_s']:.1f} s, "
               f"mean trial {runs[slots]['mean_trial_s']:.1f} s", flush=True)
-    t1 = runs[min(runs)]["mean_trial_s"]
-    print("\n| slots K | trials N | mean trial | span | ideal N/K x t1 | efficiency | whole run |")
-    print("|---|---|---|---|---|---|---|")
+    t1 = runs[min(runs)]["mean_trial_s"] if runs else 0.0
+    if runs:
+        print("\n| slots K | trials N | mean trial | span | ideal N/K x t1 | efficiency | whole run |")
+        print("|---|---|---|---|---|---|---|")
     for slots, r in runs.items():
         ideal = r["trials"] / slots * t1
         print(f"| {slots} | {r['trials']} | {r['mean_trial_s']:.1f} s | {r['span_s']:.1f} s | {ideal:.1f} s | "

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -17,14 +18,25 @@ from tests.test_e2e_lifecycle import command_lines, lifetimes, slow_task
 pytestmark = pytest.mark.e2e
 
 
-def trial_workers() -> set[int]:
-    """PIDs of the Ray worker processes running a trial's actor (their title is `ray::TrialTrainable...`)."""
-    return {pid for pid, argv in command_lines() if argv.startswith(b"ray::TrialTrainable")}
+def parent(pid: int) -> int:
+    # The parent's PID is the 2nd field after the parenthesised command name (which may hold spaces).
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def trial_worker(served: str) -> int:
+    """The Ray worker running the trial whose engine serves `served`: the nearest ancestor of the
+    engine (behind its slow-exit wrapper) titled `ray::TrialTrainable...`. Found through the
+    engine's unique name, as other tests' runs may be going on alongside."""
+    [pid] = engine_processes(served)
+    while pid > 1:
+        pid = parent(pid)
+        if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::TrialTrainable"):
+            return pid
+    pytest.fail(f"no Ray trial worker above the engine serving {served}")
 
 
 def kill_worker_and_its_engine_goes(served: str) -> None:
-    [worker] = trial_workers()
-    os.kill(worker, signal.SIGKILL)
+    os.kill(trial_worker(served), signal.SIGKILL)
     deadline = time.monotonic() + 10  # the watchdog reacts at once; slack for a loaded machine
     while time.monotonic() < deadline:
         benches = [pid for pid, argv in command_lines() if b"genai-bench" in argv and served.encode() in argv]

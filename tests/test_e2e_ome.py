@@ -192,7 +192,7 @@ def test_trials_hold_gpus_from_the_budget_so_ray_runs_only_what_fits(tmp_path):
         tune.report({"started": time.time(), "ended": time.time() + 1.0})
         time.sleep(1.0)
 
-    ray.init(num_cpus=8, resources={"ome_gpu": 4}, include_dashboard=False, configure_logging=False,
+    ray.init(address="local", num_cpus=8, resources={"ome_gpu": 4}, include_dashboard=False, configure_logging=False,
              log_to_driver=False)
     try:
         grid = tune.Tuner(tune.with_resources(hold, trial_resources(task, 8, [{"CPU": 8, "ome_gpu": 4}])),

@@ -23,7 +23,7 @@ from llm_autotuner.tuner.results import TrialRecord, summarize
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
     os.environ.setdefault("RAY_worker_niceness", "0")  # as the driver starts its local Ray
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -41,7 +41,7 @@ def local_ray():
     # As the driver starts its local Ray (tuner/driver.py:start_ray): workers at normal priority,
     # else on a busy machine each trial's actor takes half a minute to start (measured: 35 s).
     os.environ.setdefault("RAY_worker_niceness", "0")
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -49,7 +49,7 @@ def local_ray():
 def tune_small(tmp_path, name, objective_secondary=(), space=None, **search):
     task = parse_task({
         "name": name,
-        "model": {"path": "builtin:smollm2", "name": "smol"},
+        "model": {"path": "builtin:smollm2", "name": "smol-search-e2e"},
         "engine": {"name": "llama.cpp", "binary": str(instant_engine(tmp_path / "engine", delay_s=0.1)),
                    "args": {"ctx-size": 1024, "threads": 1}},
         "search_space": space or {"parallel": [1, 2, 4],
