@@ -53,15 +53,21 @@ def record(keep: Path, out: Path) -> None:
     keep.mkdir(parents=True, exist_ok=True)
     results, wall = search_efficiency.run(keep, "grid-with-defaults", {
         "algorithm": "grid", "scheduler": "none", "baseline": True, "confirm_repeats": 0}, reuse=True)
-    trials = keep / "grid-with-defaults" / "trials"
-    marks = {}
-    for folder in trials.iterdir():
-        marks[json.loads((folder / "timeline.json").read_text()).get("trial_start")] = folder
+    table = extract(results, keep / "grid-with-defaults" / "trials", wall)
+    table["task"] = search_efficiency.task("grid", keep, {})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(table, indent=1))
+    print(f"{len(table['configs'])} configs in {wall / 60:.1f} min; mean gap between trials {table['gap_s']:.1f} s; "
+          f"written to {out}")
+
+
+def extract(results: dict, trials: Path, wall: float) -> dict:
+    """Each config's stages and the time of each part of its trial, from a run's results and timelines."""
     configs, spans = [], []
     for r in results["all_results"]:
         if r["status"] != "completed":
             raise SystemExit(f"record: trial {r['trial_id']} ended {r['status']}; the replay needs every config measured")
-        timeline = next(json.loads((f / "timeline.json").read_text()) for f in trials.iterdir() if r["trial_id"] in f.name)
+        timeline = json.loads((trials / r["trial_id"] / "timeline.json").read_text())
         done = [timeline[f"stage_{i}_done"] for i in range(1, len(r["stages"]) + 1)]
         spans.append((timeline["trial_start"], timeline["trial_end"]))
         configs.append({
@@ -75,12 +81,8 @@ def record(keep: Path, out: Path) -> None:
     gaps = [b[0] - a[1] for a, b in zip(spans, spans[1:])]
     if min(gaps) < 0:
         raise SystemExit("record: trials overlapped; the replay assumes one trial at a time")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "measured": date.today().isoformat(), "machine": f"{platform.node()}, {platform.platform()}",
-        "task": search_efficiency.task("grid", keep, {}), "gap_s": fmean(gaps), "grid_wall_s": wall,
-        "configs": configs}, indent=1))
-    print(f"{len(configs)} configs in {wall / 60:.1f} min; mean gap between trials {fmean(gaps):.1f} s; written to {out}")
+    return {"measured": date.today().isoformat(), "machine": f"{platform.node()}, {platform.platform()}",
+            "gap_s": fmean(gaps), "grid_wall_s": wall, "configs": configs}
 
 
 def trial_cost(config: dict, stages_run: int, gap: float) -> float:
