@@ -175,7 +175,8 @@ class GenaiBenchRunner:
         group = ProcessGroup(self.argv(endpoint.url, model_name, out_dir),
                              log_path=str(workdir / "genai-bench.log"), env=env, cwd=str(out_dir))
         try:
-            yield watch_stages(self.benchmark, out_dir / "run", lambda: endpoint.failure() or _exit_reason(group),
+            yield watch_stages(self.benchmark, out_dir / "run",
+                               lambda: endpoint.failure() or _nothing_finished(group) or _exit_reason(group),
                                STARTUP_ALLOWANCE_S, self.request_limits, request_log,
                                fixed_length=self.api_backend in FIXED_LENGTH_BACKENDS)
         finally:
@@ -215,6 +216,18 @@ def _wait_for_stage(run_dir: Path, stage: Stage, failure: Callable[[], str | Non
         time.sleep(POLL_S)
 
 
+NOTHING_FINISHED = "no request finished within benchmark.max_minutes_per_stage: the engine is too slow for this load"
+
+
+def _nothing_finished(group: ProcessGroup) -> str | None:
+    """genai-bench's word that the stage it just ended finished no request. It then skips the
+    stage's file and goes on with the next stages (minutes more, each as hopeless on an engine that
+    slow): the stage fails now. Any such line is the current stage's, as an earlier one failed it."""
+    if any("No request metrics collected" in line for line in group.log_tail(60).splitlines()):
+        return f"genai-bench: {NOTHING_FINISHED}"
+    return None
+
+
 def _exit_reason(group: ProcessGroup) -> str | None:
     code = group.poll()
     return None if code is None else f"genai-bench exited with code {code} ({_reason(group)})"
@@ -246,7 +259,7 @@ def _reason(group: ProcessGroup) -> str:
     lines = [line.strip() for line in group.log_tail(60).splitlines() if line.strip()]
     if any("No request metrics collected" in line for line in lines):
         # It then skips the stage's file and still exits 0.
-        return "no request finished within benchmark.max_minutes_per_stage: the engine is too slow for this load"
+        return NOTHING_FINISHED
     problems = [line for line in lines if line.startswith(("ERROR", "CRITICAL")) or "Error:" in line
                 or "Exception" in line]
     return (problems or lines or ["no output"])[-1][-300:]

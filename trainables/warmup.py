@@ -15,6 +15,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from llm_autotuner.errors import BenchmarkError
 from llm_autotuner.task import Benchmark
 
 # Requests go straight to the engine, never through a proxy from the environment.
@@ -40,7 +41,11 @@ def warm_up(base_url: str, model_name: str, benchmark: Benchmark, api_backend: s
             api_key: str | None = None) -> dict:
     """Send the warm-up requests (benchmark.warmup_requests, default the highest concurrency, all at
     once), wait for them within benchmark.stage_timeout_s, and write what happened to `record`.
-    A failed warm-up request is not an error here: the stages measure whatever is wrong."""
+    A failed warm-up request is not an error here: the stages measure whatever is wrong. But an
+    engine that answered none of them by the deadline fails the trial now (BenchmarkError): with
+    no more load than the last stage's, over longer than a stage lasts, its last stage would finish
+    no request either, and the stages would take minutes to show it (seen: llama.cpp's polling
+    threads on a busy 2-core machine, docs/benchmarks.md)."""
     count = max(benchmark.concurrency) if benchmark.warmup_requests is None else benchmark.warmup_requests
     prompt_tokens, answer_tokens = lengths(benchmark.traffic_scenario)
     body = {"model": model_name, "max_tokens": answer_tokens, "stream": False,
@@ -57,6 +62,11 @@ def warm_up(base_url: str, model_name: str, benchmark: Benchmark, api_backend: s
     summary = {"requests": count, "answered": statuses.count(200), "statuses": statuses,
                "started": started, "ended": time.monotonic()}
     record.write_text(json.dumps(summary, indent=2))
+    hopeless = (count and not summary["answered"] and summary["ended"] >= deadline - 1
+                and count <= max(benchmark.concurrency) and benchmark.stage_timeout_s >= 60 * benchmark.max_minutes_per_stage)
+    if hopeless:
+        raise BenchmarkError(f"warm-up: none of its {count} requests was answered within benchmark.stage_timeout_s "
+                             f"({benchmark.stage_timeout_s:g} s): the engine is too slow for this load")
     return summary
 
 
