@@ -49,6 +49,12 @@ SETTINGS = {
     "optuna-top2x1": {"algorithm": "optuna", "num_samples": 8, "confirm_top_k": 2, "confirm_repeats": 1},
     "hyperopt-12-top2x1": {"algorithm": "hyperopt", "num_samples": 12, "confirm_top_k": 2, "confirm_repeats": 1},
     "optuna-12-top2x1": {"algorithm": "optuna", "num_samples": 12, "confirm_top_k": 2, "confirm_repeats": 1},
+    "hyperopt-no-asha": {"algorithm": "hyperopt", "num_samples": 8, "scheduler": "none"},
+    "hyperopt-16": {"algorithm": "hyperopt", "num_samples": 16},
+    "random-16": {"algorithm": "random", "num_samples": 16},
+    "optuna-16": {"algorithm": "optuna", "num_samples": 16},
+    "hyperopt-24": {"algorithm": "hyperopt", "num_samples": 24},
+    "random-24": {"algorithm": "random", "num_samples": 24},
 }
 
 
