@@ -2,9 +2,11 @@
 
 A small run: the baseline plus three searched trials, two stages each. Two seeded first points
 make the ASHA stop deterministic: a strong config reaches stage 1 first, then a weak one is cut
-there: 4 slots sharing one thread (slower than one slot here, measured: about 30%) and a
-micro-batch of one token (each prompt takes 32 forward passes). One thread each: llama.cpp's
-threads spin while they wait for each other, which a busy machine turns into minutes.
+there: the same single slot and thread, but a micro-batch of one token, so each 32-token prompt
+takes 32 forward passes instead of one, whatever else the machine runs (4 slots with one-token
+micro-batches, the weak config until 2026-12-04, measured faster than one slot with two busy
+loops beside it). One thread each: llama.cpp's threads spin while they wait for each other, which
+a busy machine turns into minutes.
 """
 
 import csv
@@ -39,7 +41,7 @@ def run(tmp_path_factory):
         "benchmark": {"traffic_scenario": "D(32,16)", "concurrency": [4, 8], "max_requests_per_stage": 8},
         "objective": {"metric": "output_throughput", "secondary": ["ttft_p90"]},
         "search": {"num_samples": 3, "seed": 3, "grace_period": 1, "reduction_factor": 2,
-                   "initial_points": [{"parallel": 1, "ubatch-size": 512}, {"parallel": 4, "ubatch-size": 1}],
+                   "initial_points": [{"parallel": 1, "ubatch-size": 512}, {"parallel": 1, "ubatch-size": 1}],
                    "confirm_top_k": 1, "confirm_repeats": 1},
         "results_dir": str(root / "results"),
     }
@@ -94,7 +96,7 @@ def test_results_json_holds_every_trial_with_real_metrics(run):
 def test_asha_stopped_the_weak_config_after_one_stage(run):
     _, results_dir, _ = run
     trials = json.loads((results_dir / "results.json").read_text())["all_results"]
-    weak = next(t for t in trials if t["parameters"] == {"parallel": 4, "ubatch-size": 1})
+    weak = next(t for t in trials if t["parameters"] == {"parallel": 1, "ubatch-size": 1})
     assert weak["status"] == "stopped-by-scheduler"
     assert weak["stages_completed"] == 1
 

@@ -186,11 +186,22 @@ def test_trials_hold_gpus_from_the_budget_so_ray_runs_only_what_fits(tmp_path):
     assert trial_claim(task, {"tp-size": 2, "dp-size": 2}, node_cpus=2) == {"CPU": 1.0, "ome_gpu": 4.0}
     assert trial_claim(task, {"tp-size": 2}, node_cpus=2) == {"CPU": 1.0, "ome_gpu": 2.0}
 
-    def hold(config):
-        import time
+    starts = tmp_path / "starts"
+    starts.mkdir()
 
-        tune.report({"started": time.time(), "ended": time.time() + 1.0})
-        time.sleep(1.0)
+    def hold(config):
+        # Each trial holds its GPUs until a second trial has started (or 60 s passed), then 3 s
+        # more: concurrency is then seen however slowly a busy machine starts Ray's actors, and a
+        # trial the budget should have kept waiting would have started within that hold.
+        import time
+        import uuid
+
+        started = time.time()
+        (starts / uuid.uuid4().hex).touch()
+        while len(list(starts.iterdir())) < 2 and time.time() < started + 60:
+            time.sleep(0.1)
+        time.sleep(3.0)
+        tune.report({"started": started, "ended": time.time()})
 
     ray.init(address="local", num_cpus=8, resources={"ome_gpu": 4}, include_dashboard=False, configure_logging=False,
              log_to_driver=False)
