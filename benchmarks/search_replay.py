@@ -5,7 +5,8 @@ to tell two search settings apart, or one from random search (the spread over se
 than the gaps). This script measures the grid once (`record`), keeping every config's stages and
 how long each part of its trial took, and then (`replay`) runs the tuner's own searcher and
 scheduler (tuner/search.py: build_searcher, build_scheduler, with the baseline, the stage ladder
-and ASHA) under real Ray Tune, whose trials report the recorded stages instead of measuring them,
+and ASHA), driven in the order Ray Tune's controller calls them, one trial at a time, each trial
+reporting its recorded stages instead of measuring them,
 and re-measures the finalists as the driver does (tuner/results.py: finalists, winner on the
 re-measured mean). Each reported value is the recorded one times lognormal noise (`--noise`, the
 run-to-run spread measured on this machine), so luck plays as it does on the engine.
