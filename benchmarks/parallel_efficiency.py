@@ -14,7 +14,7 @@
     each fifth of the run, read every 5 s as the run goes. Goal: flat as the count grows.
 
     .venv/bin/python benchmarks/parallel_efficiency.py [--slots 1 2 4 8] [--trials-per-run 16]
-        [--scale-trials 500] [--skip-scale] [--trace-memory] [--keep DIR]
+        [--scale-trials 500] [--skip-scale] [--trace-memory | --native-profile] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -70,12 +70,15 @@ class Head:
 
 
 def run(root: Path, name: str, binary: str, slots: int, trials: int, stages: list[int],
-        watch=None, trace_memory: bool = False) -> dict:
+        watch=None, trace_memory: bool = False, native_profile: bool = False) -> dict:
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(task(name, root, binary, trials, stages)))
-    # Traced: the driver under tracemalloc, its growth from 2 minutes in to the end in memory.txt.
-    command = ([str(Path(__file__).with_name("traced_driver.py")), str(root / name / "memory.txt"), "120"]
-               if trace_memory else ["-m", "llm_autotuner.tuner.cli"])
+    command = ["-m", "llm_autotuner.tuner.cli"]
+    if trace_memory:  # the driver under tracemalloc, its growth from 2 minutes in to the end in memory.txt
+        command = [str(Path(__file__).with_name("traced_driver.py")), str(root / name / "memory.txt"), "120"]
+    elif native_profile:  # every allocation, native ones included, still live at the driver's exit
+        command = ["-m", "memray", "run", "--native", "--aggregate", "--quiet", "--force",
+                   "-o", str(root / f"{name}-driver.memray"), *command]
     with Head(CPUS_PER_TRIAL * slots) as address:
         began = time.time()
         driver = subprocess.Popen([sys.executable, *command, "run", str(path), "--address", address],
@@ -127,6 +130,9 @@ def main() -> int:
     parser.add_argument("--skip-scale", action="store_true")
     parser.add_argument("--trace-memory", action="store_true",
                         help="run the scale's driver under tracemalloc (slower): what grows, in scale/memory.txt")
+    parser.add_argument("--native-profile", action="store_true",
+                        help="run the scale's driver under memray --native (pip install memray): "
+                             "scale-driver.memray, read by benchmarks/native_growth.py")
     parser.add_argument("--keep", type=Path)
     args = parser.parse_args()
     root = args.keep or Path(tempfile.mkdtemp(prefix="autotuner-parallel-"))
@@ -150,7 +156,7 @@ def main() -> int:
 
     if not args.skip_scale:
         scale = run(root, "scale", binary, 8, args.scale_trials, [1], watch=watch_driver,
-                    trace_memory=args.trace_memory)
+                    trace_memory=args.trace_memory, native_profile=args.native_profile)
         print(f"\nscale: {scale['trials']} trials in {scale['wall_s'] / 60:.1f} min")
         print("| trials done | driver RSS | time per trial over the last block |")
         print("|---|---|---|")

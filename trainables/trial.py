@@ -23,7 +23,7 @@ from llm_autotuner.cluster.storage import Storage, TrialFolder
 from llm_autotuner.trainables.genai_bench import GenaiBenchRunner
 from llm_autotuner.errors import AutotunerError, DeploymentError, InfrastructureError
 from llm_autotuner.objective import INFEASIBLE_SCORE, request_limits, score_stages, weighted_mean, worst_value
-from llm_autotuner.outcome import Outcome, creation_number, trial_label, trial_params
+from llm_autotuner.outcome import Outcome, creation_number, packed_metrics, trial_label, trial_params
 from llm_autotuner.task import Task
 
 
@@ -184,7 +184,8 @@ class TrialTrainable(tune.Trainable):
         outcome = (Outcome.INFEASIBLE if not score.feasible
                    else Outcome.COMPLETED if stage.index == len(task.benchmark.concurrency) else None)
         return {"stage": stage.index, "score": score.score, "objective": score.value, "objectives": objectives,
-                "violation": score.violation, "slos_met": score.slos_met, "error": None, "metrics": metrics,
+                "violation": score.violation, "slos_met": score.slos_met, "error": None,
+                "metrics": packed_metrics(metrics),
                 "measured_via": self.endpoint.via, "outcome": outcome and outcome.value, "done": outcome is not None}
 
     def _failure(self, error: AutotunerError) -> dict:

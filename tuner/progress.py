@@ -8,7 +8,7 @@ import time
 
 from ray.tune import Callback
 
-from llm_autotuner.outcome import BASELINE_KEY, trial_params
+from llm_autotuner.outcome import BASELINE_KEY, stage_metrics, trial_params
 from llm_autotuner.errors import lost_worker, trial_error
 
 
@@ -42,9 +42,9 @@ class ProgressPrinter(Callback):
             return  # said by on_trial_complete
         if not result.get("stage"):
             return  # ended before its first stage (stopped, or fits no node): said by on_trial_complete
-        stage_metrics = result.get("metrics") or {}
-        line = (f"stage {result['stage']}/{self.num_stages} (concurrency {stage_metrics.get('concurrency')}): "
-                f"{self.metric} {stage_metrics.get(self.metric, float('nan')):.4g}")
+        measured = stage_metrics(result) or {}
+        line = (f"stage {result['stage']}/{self.num_stages} (concurrency {measured.get('concurrency')}): "
+                f"{self.metric} {measured.get(self.metric, float('nan')):.4g}")
         if result.get("violation"):
             line += f"  infeasible: {result['violation']}"
         self._say(trial, line)
@@ -130,7 +130,7 @@ class LiveProgress(ProgressPrinter):
         super().on_trial_result(iteration, trials, trial, result, **info)
         row = self.running.get(trial.trial_id)
         if row is not None and result.get("stage"):
-            row.update(stage=result["stage"], value=(result.get("metrics") or {}).get(self.metric),
+            row.update(stage=result["stage"], value=(stage_metrics(result) or {}).get(self.metric),
                        status="infeasible" if result.get("violation") else "benchmarking")
 
     def on_trial_complete(self, iteration, trials, trial, **info):

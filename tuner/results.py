@@ -17,7 +17,7 @@ from pyarrow.fs import LocalFileSystem
 from ray.tune import Callback
 
 from llm_autotuner.cluster.engines import Launch, profile_for
-from llm_autotuner.outcome import BASELINE_KEY, Outcome, creation_number, trial_params
+from llm_autotuner.outcome import BASELINE_KEY, Outcome, creation_number, stage_metrics, trial_params
 from llm_autotuner.trainables.trial import Resolved
 from llm_autotuner.errors import lost_worker, trial_error
 from llm_autotuner.metrics import maximize
@@ -42,7 +42,7 @@ class TrialRecord:
     stages: list[dict] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.stages = [r["metrics"] for r in self.reports if r.get("metrics")]
+        self.stages = [metrics for report in self.reports if (metrics := stage_metrics(report))]
 
     @property
     def last(self) -> dict:
