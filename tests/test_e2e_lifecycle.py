@@ -72,6 +72,7 @@ def test_a_search_with_an_engine_slow_to_exit_finishes_and_never_overlaps_engine
     assert "stopped-by-scheduler" in statuses  # ASHA stopped at least one: its teardown is checked below
     confirm_runs = sum(len(c["runs"]) + c["failed_runs"] for c in results["confirmation"])
     assert confirm_runs >= 1 and "[autotuner] confirming the best" in output
+    assert "\x1b[" not in output  # not a terminal: lines, never a panel redrawn in place (not in the confirmation either)
     engines = lifetimes(log)
     assert len(engines) == 6 + confirm_runs  # every trial and confirmation run started one engine
     assert all(exit is not None for _, exit in engines), engines  # each exited by its teardown

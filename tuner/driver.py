@@ -385,7 +385,7 @@ def _tune(task: Task, backend: Backend, resolved: Resolved, results_dir: Path, a
     ends = TrialEnds()
     progress = progress_display(task, trials, live)
     storage = resolved.storage
-    live = results_io.LiveResults(task, resolved, results_dir, storage.where(RAY_EXPERIMENT_NAME))
+    live_results = results_io.LiveResults(task, resolved, results_dir, storage.where(RAY_EXPERIMENT_NAME))
     # The experiment state is saved at most this often; a run killed between two saves would run
     # its last finished trials again on --resume. Writing it is cheap at our trial counts.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
@@ -416,7 +416,7 @@ def _tune(task: Task, backend: Backend, resolved: Resolved, results_dir: Path, a
             sync_config=tune.SyncConfig(sync_artifacts=False),
             failure_config=RUN_AGAIN_ONCE,
             checkpoint_config=NO_TRIAL_CHECKPOINTS,
-            callbacks=[progress, live, ends, guard, *stoppers[2:]],
+            callbacks=[progress, live_results, ends, guard, *stoppers[2:]],
             stop=CombinedStopper(*stoppers),
             verbose=0,
         ),
