@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import math
 import re
 from decimal import Decimal
 from pathlib import Path
@@ -496,6 +497,19 @@ def grid_points(search_space: dict[str, Any]) -> list[dict[str, Any]]:
             raise TaskError(f"search.algorithm: grid needs a discrete space, but search_space.{name} is a float "
                             "range without a step; give it choices or a step")
     return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+
+
+def space_size(search_space: dict[str, Any]) -> int | None:
+    """How many configs a space holds; None when a float range without a step makes it unbounded."""
+    sizes = []
+    for spec in search_space.values():
+        if isinstance(spec, list):
+            sizes.append(len(spec))
+        elif isinstance(spec, IntRange) or (isinstance(spec, FloatRange) and spec.step):
+            sizes.append(len(spec.values()))
+        else:
+            return None
+    return math.prod(sizes)
 
 
 def _known_metric(value: str, allowed: tuple[str, ...]) -> str:

@@ -137,8 +137,12 @@ def _validate(args) -> int:
     from llm_autotuner.tuner.driver import preflight
 
     preflight(task)
+    from llm_autotuner.tuner.search import num_trials
+
+    searched = num_trials(task) - task.search.baseline
+    spent = ": every config of the space" if task.search.algorithm != "grid" and searched < task.search.num_samples else ""
     print(f"{args.task}: ok ({task.engine.name}, {len(task.search_space)} parameters, "
-          f"{len(task.benchmark.concurrency)} stages, {task.search.num_samples} trials)")
+          f"{len(task.benchmark.concurrency)} stages, {searched} trials{spent})")
     return EXIT_OK
 
 

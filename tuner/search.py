@@ -10,7 +10,9 @@ than every trial that went further (StageLadder), not by the mean of its low-loa
 
 from __future__ import annotations
 
+import json
 import math
+import random
 from typing import Any
 
 from ray.tune import Callback, Stopper
@@ -22,7 +24,7 @@ from llm_autotuner.outcome import BASELINE_KEY, Outcome
 from llm_autotuner.tuner import registry
 from llm_autotuner.errors import TaskError, lost_worker, trial_error
 from llm_autotuner.metrics import maximize
-from llm_autotuner.task import Task, grid_points
+from llm_autotuner.task import Task, grid_points, space_size
 
 METRIC, MODE, TIME_ATTR = "score", "max", "stage"
 OBJECTIVES = "objectives"  # each objective's own value in a trial's report, under objectives/<metric>
@@ -126,6 +128,102 @@ class ComparableScores(Searcher):
         self.searcher.restore(checkpoint_path)
 
 
+class DistinctConfigs(Searcher):
+    """Asks the searcher again when it suggests a config already tried.
+
+    On a space of a few dozen configs a model-based searcher keeps suggesting its favourites
+    (HyperOpt, 16 samples of a 48-config space: a third of them repeats), and each repeat would
+    spend a whole trial to learn what is known; a config's noise is the re-measurement's job. A
+    repeat is told the first run's outcome instead (once that has ended), so the searcher learns
+    as if it had run it. A searcher that suggests only tried configs `tries` times in a row gets
+    an untried config of a finite space picked at random (it is not told that trial: HyperOpt
+    cannot be told a point it did not suggest), else its repeat. When every config of a finite
+    space has been tried the search is finished.
+    """
+
+    def __init__(self, searcher: Searcher, space: dict[str, Any], seed: int | None, tries: int = 20):
+        super().__init__(metric=searcher.metric, mode=searcher.mode)
+        self.searcher, self.space, self.tries = searcher, space, tries
+        self.size = space_size(space)
+        self.random = random.Random(seed)
+        self.tried: set[str] = set()  # configs handed out (canonical JSON)
+        self.inner_id: dict[str, str | None] = {}  # Ray's trial -> the searcher's (None: one it did not suggest)
+        self.config_of: dict[str, str] = {}  # Ray's trial and the searcher's repeats -> config
+        self.outcome: dict[str, tuple[dict | None, bool]] = {}  # config -> (result, error) of its first run
+        self.waiting: dict[str, list[str]] = {}  # config -> the searcher's repeats to tell when it ends
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec) -> bool:
+        self._metric, self._mode = metric, mode
+        return self.searcher.set_search_properties(metric, mode, config, **spec)
+
+    def suggest(self, trial_id: str) -> dict | None:
+        for attempt in range(self.tries):
+            if self.size is not None and len(self.tried) >= self.size:
+                return Searcher.FINISHED
+            inner_id = trial_id if attempt == 0 else f"{trial_id}-repeat{attempt}"
+            config = self.searcher.suggest(inner_id)
+            if not isinstance(config, dict):
+                return config  # None (wait) or FINISHED
+            key = _canonical(config)
+            if key not in self.tried:
+                return self._hand_out(trial_id, inner_id, key, config)
+            self.config_of[inner_id] = key
+            if key in self.outcome:
+                result, error = self.outcome[key]
+                self.searcher.on_trial_complete(inner_id, result=result, error=error)
+            else:
+                self.waiting.setdefault(key, []).append(inner_id)
+        untried = self._untried()
+        return self._hand_out(trial_id, None, _canonical(untried), untried) if untried else config
+
+    def _hand_out(self, trial_id: str, inner_id: str | None, key: str, config: dict) -> dict:
+        self.tried.add(key)
+        self.inner_id[trial_id], self.config_of[trial_id] = inner_id, key
+        return config
+
+    def _untried(self) -> dict | None:
+        if self.size is None or self.size > 100_000:  # unbounded, or too many to list
+            return None
+        configs = [c for c in grid_points(self.space) if _canonical(c) not in self.tried]
+        return self.random.choice(configs) if configs else None
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if self.inner_id.get(trial_id, trial_id) is not None:
+            self.searcher.on_trial_result(self.inner_id.get(trial_id, trial_id), result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        inner_id = self.inner_id.pop(trial_id, trial_id)
+        if inner_id is not None:
+            self.searcher.on_trial_complete(inner_id, result=result, error=error)
+        key = self.config_of.get(trial_id)
+        if key is not None and key not in self.outcome:
+            self.outcome[key] = (result, error)
+            for repeat in self.waiting.pop(key, []):
+                self.searcher.on_trial_complete(repeat, result=result, error=error)
+
+    # Ray saves each wrapper's state and the innermost searcher separately (SearchGenerator).
+    def get_state(self) -> dict:
+        return {name: getattr(self, name) for name in ("tried", "inner_id", "config_of", "outcome", "waiting")} | {
+            "random": self.random.getstate()}
+
+    def set_state(self, state: dict) -> None:
+        for name in ("tried", "inner_id", "config_of", "outcome", "waiting"):
+            setattr(self, name, state[name])
+        self.random.setstate(state["random"])
+
+    def save(self, checkpoint_path: str) -> None:
+        self.searcher.save(checkpoint_path)
+
+    def restore(self, checkpoint_path: str) -> None:
+        self.searcher.restore(checkpoint_path)
+
+
+def _canonical(config: dict) -> str:
+    """One spelling of a config: numpy's numbers (HyperOpt's) as Python's."""
+    return json.dumps({name: value.item() if hasattr(value, "item") else value for name, value in config.items()},
+                      sort_keys=True, default=str)
+
+
 class BaselineFirst(Searcher):
     """Suggest `baseline` once, then delegate; results of the baseline are not passed on."""
 
@@ -193,8 +291,10 @@ def keep_objectives(searcher_class: type) -> type:
 
 
 def num_trials(task: Task) -> int:
-    """Trials Ray Tune should create: the searched ones (the whole grid for grid) plus the baseline."""
-    searched = len(grid_points(task.search_space)) if task.search.algorithm == "grid" else task.search.num_samples
+    """Trials Ray Tune should create: the searched ones (the whole grid for grid; never more than
+    the space's configs, as no config runs twice: DistinctConfigs) plus the baseline."""
+    size = space_size(task.search_space)
+    searched = size if task.search.algorithm == "grid" else min(task.search.num_samples, size or math.inf)
     return searched + (1 if task.search.baseline else 0)
 
 
@@ -224,6 +324,8 @@ def build_searcher(task: Task, max_concurrent: int) -> Searcher:
         inner: Searcher = cls(**args)
     except TypeError as error:
         raise TaskError(f"search.algorithm_args: {search.algorithm} does not take these arguments ({error})") from None
+    if search.algorithm != "grid":
+        inner = DistinctConfigs(inner, task.search_space, search.seed)
     searcher: Searcher = ConcurrencyLimiter(inner, max_concurrent=max_concurrent)
     if search.baseline:
         searcher = BaselineFirst(searcher, {name: None for name in task.search_space} | {BASELINE_KEY: True})
