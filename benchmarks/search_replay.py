@@ -46,6 +46,7 @@ SETTINGS = {
     "hyperopt-top2x1": {"algorithm": "hyperopt", "num_samples": 8, "confirm_top_k": 2, "confirm_repeats": 1},
     "hyperopt-12": {"algorithm": "hyperopt", "num_samples": 12},
     "random-12": {"algorithm": "random", "num_samples": 12},
+    "optuna-12": {"algorithm": "optuna", "num_samples": 12},
     "random-top2x1": {"algorithm": "random", "num_samples": 8, "confirm_top_k": 2, "confirm_repeats": 1},
     "optuna-top2x1": {"algorithm": "optuna", "num_samples": 8, "confirm_top_k": 2, "confirm_repeats": 1},
     "hyperopt-12-top2x1": {"algorithm": "hyperopt", "num_samples": 12, "confirm_top_k": 2, "confirm_repeats": 1},
@@ -56,6 +57,7 @@ SETTINGS = {
     "optuna-16": {"algorithm": "optuna", "num_samples": 16},
     "hyperopt-24": {"algorithm": "hyperopt", "num_samples": 24},
     "random-24": {"algorithm": "random", "num_samples": 24},
+    "optuna-24": {"algorithm": "optuna", "num_samples": 24},
 }
 
 
