@@ -197,6 +197,9 @@ class DistinctConfigs(Searcher):
             self.searcher.on_trial_complete(inner_id, result=result, error=error)
         key = self.config_of.get(trial_id)
         if key is not None and key not in self.outcome:
+            # Its numbers only (what a searcher learns from): the state is saved every second,
+            # and the stage's packed measurements would make it grow by kilobytes a trial.
+            result = {k: v for k, v in result.items() if isinstance(v, (int, float))} if result else result
             self.outcome[key] = (result, error)
             for repeat in self.waiting.pop(key, []):
                 self.searcher.on_trial_complete(repeat, result=result, error=error)
