@@ -138,7 +138,8 @@ class DistinctConfigs(Searcher):
     as if it had run it. A searcher that suggests only tried configs `tries` times in a row gets
     an untried config of a finite space picked at random (it is not told that trial: HyperOpt
     cannot be told a point it did not suggest), else its repeat. When every config of a finite
-    space has been tried the search is finished.
+    space has been tried the search is finished. A config whose run measured nothing through no
+    fault of its own (Ray lost the worker; the cluster refused the deployment) may run again.
     """
 
     def __init__(self, searcher: Searcher, space: dict[str, Any], seed: int | None, tries: int = 20):
@@ -196,13 +197,17 @@ class DistinctConfigs(Searcher):
         if inner_id is not None:
             self.searcher.on_trial_complete(inner_id, result=result, error=error)
         key = self.config_of.get(trial_id)
-        if key is not None and key not in self.outcome:
+        if key is None or key in self.outcome:
+            return
+        for repeat in self.waiting.pop(key, []):
+            self.searcher.on_trial_complete(repeat, result=result, error=error)
+        if error or (result or {}).get("outcome") == Outcome.FAILED_INFRASTRUCTURE:
+            self.tried.discard(key)  # not measured, and not the config's doing (a lost worker): it may run again
+        else:
             # Its numbers only (what a searcher learns from): the state is saved every second,
             # and the stage's packed measurements would make it grow by kilobytes a trial.
-            result = {k: v for k, v in result.items() if isinstance(v, (int, float))} if result else result
-            self.outcome[key] = (result, error)
-            for repeat in self.waiting.pop(key, []):
-                self.searcher.on_trial_complete(repeat, result=result, error=error)
+            self.outcome[key] = ({k: v for k, v in result.items() if isinstance(v, (int, float))} if result else result,
+                                 error)
 
     # Ray saves each wrapper's state and the innermost searcher separately (SearchGenerator).
     def get_state(self) -> dict:

@@ -135,3 +135,18 @@ def test_what_was_tried_survives_a_resume(tmp_path):
     SearchGenerator(restored).restore_from_dir(str(tmp_path))
     assert restored.suggest("c") == {"parallel": 3}  # not 1 again
     assert scripted.told["c"] == 1.0
+
+
+@pytest.mark.parametrize("how", ["lost worker", "refused by the cluster"])
+def test_a_config_whose_run_was_not_measured_through_no_fault_of_its_own_may_run_again(how):
+    searcher, scripted = started(task("tests.tuner.test_distinct_configs:Scripted", space={"parallel": [1, 2, 3]}))
+    assert searcher.suggest("a") == {"parallel": 1}
+    if how == "lost worker":  # Ray ended the trial with an error
+        searcher.on_trial_complete("a", error=True)
+    else:  # the trial reported the failure (trainables/trial.py)
+        searcher.on_trial_complete("a", result={"stage": 0, "score": -1e9, "outcome": "failed-infrastructure",
+                                                "error": "InfrastructureError: quota"})
+    assert searcher.suggest("b") == {"parallel": 1}  # run again
+    complete(searcher, "b", 10.0)
+    assert scripted.told["b"] == 10.0
+    assert searcher.suggest("c") == {"parallel": 2}
