@@ -8,7 +8,7 @@ import io
 import json
 import os
 import shlex
-from statistics import fmean, pstdev
+from statistics import fmean, stdev
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -263,7 +263,10 @@ class Finalist:
 
     def spread(self) -> dict | None:
         values = self.values
-        return {"min": min(values), "max": max(values), "stdev": pstdev(values)} if values else None
+        # The sample standard deviation (n - 1): an estimate of the run-to-run noise; the
+        # population one would understate it by a factor of 1.4 with the default 2 runs. None for one run.
+        return {"min": min(values), "max": max(values),
+                "stdev": stdev(values) if len(values) > 1 else None} if values else None
 
 
 def rank_finalists(task: Task, records: list[TrialRecord], runs: list[TrialRecord]) -> list[Finalist]:
@@ -552,7 +555,8 @@ def confirmation_table(summary: dict) -> str:
         else:
             spread = row["spread"]
             what = (f"{row['mean']:.4g}  (mean of {len(row['runs'])}: {spread['min']:.4g} to {spread['max']:.4g}, "
-                    f"stdev {spread['stdev']:.3g})")
+                    f"stdev {spread['stdev']:.3g})" if spread["stdev"] is not None else
+                    f"{row['mean']:.4g}  (one run)")
             what += "" if row["met_every_slo"] else "  a soft SLO broken"
         lines.append(f"  {name:<18}{what}{'  engine defaults' if row['baseline'] else ''}")
     noise = summary["selection"]["noise"]
