@@ -294,10 +294,18 @@ def noise_verdict(ranked: list[Finalist]) -> tuple[bool | None, str]:
         return None, (f"{names} were re-measured once each, which shows no spread; "
                       f"search.confirm_repeats 2 or more would")
     ranges = "; ".join(f"{f.record.experiment_id}: {min(f.values):.4g} to {max(f.values):.4g}" for f in top)
-    if min(first.values) <= max(second.values) and min(second.values) <= max(first.values):
+    if runs_overlap(first, second):
         return True, (f"{names} are within noise of each other: their runs overlap ({ranges}); "
                       f"these measurements cannot tell them apart")
     return False, f"{names} are apart by more than the noise: their runs do not overlap ({ranges})"
+
+
+def runs_overlap(a: Finalist, b: Finalist) -> bool | None:
+    """Whether two finalists' re-measurements overlap (then they cannot be told apart); None when
+    either has fewer than two runs, which show no spread."""
+    if min(len(a.values), len(b.values)) < 2:
+        return None
+    return min(a.values) <= max(b.values) and min(b.values) <= max(a.values)
 
 
 @dataclass
@@ -318,8 +326,10 @@ def choose_on_confirmation(task: Task, ranked: list[Finalist]) -> Choice:
     why = (f"Chosen on the mean of each finalist's re-measurements ({task.search.confirm_repeats} each, run in "
            f"turns); one that failed or broke a hard SLO disqualifies its config." if winner else
            "No winner: every finalist failed or broke a hard SLO in a re-measurement.")
+    gain_within_noise = runs_overlap(winner, baseline) if winner and baseline and winner is not baseline else None
     return Choice(winner and winner.record, winner and winner.mean, baseline and baseline.mean,
-                  {"chosen_on": "confirmation", "why": why, "within_noise": within_noise, "noise": noise})
+                  {"chosen_on": "confirmation", "why": why, "within_noise": within_noise, "noise": noise,
+                   "gain_within_noise": gain_within_noise})
 
 
 def choose_on_search(task: Task, records: list[TrialRecord], runs: list[TrialRecord] | None) -> Choice:
@@ -335,7 +345,7 @@ def choose_on_search(task: Task, records: list[TrialRecord], runs: list[TrialRec
         reason = "no confirmation run finished (the run was interrupted)"
     return Choice(best, best and best.objective, baseline and baseline.objective,
                   {"chosen_on": "search", "why": f"Chosen on each config's single run in the search: {reason}.",
-                   "within_noise": None, "noise": None})
+                   "within_noise": None, "noise": None, "gain_within_noise": None})
 
 
 def summarize(task: Task, resolved: Resolved, records: list[TrialRecord], experiment_dir: str,
@@ -527,6 +537,8 @@ def table(summary: dict) -> str:
         text += "  (the engine defaults: no tuned config beat them)"
     elif summary["gain_over_baseline"] is not None:
         alike = ", re-measured alike" if summary["baseline"].get("runs") else ""
+        if selection.get("gain_within_noise"):
+            alike += "; within noise: their runs overlap"
         text += f"  ({summary['gain_over_baseline']:+.1%} vs. engine defaults " \
                 f"{summary['baseline']['objective_score']:.4g}{alike})"
     if selection.get("chosen_on") == "search":

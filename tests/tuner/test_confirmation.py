@@ -147,11 +147,21 @@ def test_the_results_say_whether_the_top_two_are_within_noise(lucky_runs, within
     assert selection["noise"] in table(summary)
 
 
+@pytest.mark.parametrize("baseline_runs, within_noise", [([95.0, 108.2], True), ([95.0, 97.0], False)])
+def test_the_results_say_whether_the_gain_over_the_baseline_is_within_noise(baseline_runs, within_noise):
+    runs = confirmation_runs({2: [100.0, 102.0], 3: [108.0, 109.0], 1: baseline_runs})
+    summary = summarize(task(), RESOLVED, search(), "unused", runs)
+    assert summary["best_result"]["experiment_id"] == 3 and summary["gain_over_baseline"] > 0
+    assert summary["selection"]["gain_within_noise"] is within_noise
+    best_line = next(line for line in table(summary).splitlines() if line.startswith("Best:"))
+    assert ("within noise: their runs overlap" in best_line) is within_noise
+
+
 def test_one_re_measurement_each_cannot_show_the_noise():
     runs = confirmation_runs({2: [100.0], 3: [108.0], 1: [95.0]})
     summary = summarize(task(confirm_repeats=1), RESOLVED, search(), "unused", runs)
     assert summary["best_result"]["experiment_id"] == 3
-    assert summary["selection"]["within_noise"] is None
+    assert summary["selection"]["within_noise"] is None and summary["selection"]["gain_within_noise"] is None
     assert "confirm_repeats" in summary["selection"]["noise"]
 
 
