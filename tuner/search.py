@@ -142,10 +142,14 @@ class DistinctConfigs(Searcher):
     fault of its own (Ray lost the worker; the cluster refused the deployment) may run again.
     """
 
-    def __init__(self, searcher: Searcher, space: dict[str, Any], seed: int | None, tries: int = 20):
+    def __init__(self, searcher: Searcher, space: dict[str, Any], seed: int | None, listed: int = 0,
+                 tries: int = 20):
         super().__init__(metric=searcher.metric, mode=searcher.mode)
         self.searcher, self.space, self.tries = searcher, space, tries
         self.size = space_size(space)
+        # The task's initial_points, which every searcher suggests first: run as the user listed
+        # them, a point listed twice twice.
+        self.listed = listed
         self.random = random.Random(seed)
         self.tried: set[str] = set()  # configs handed out (canonical JSON)
         self.inner_id: dict[str, str | None] = {}  # Ray's trial -> the searcher's (None: one it did not suggest)
@@ -158,6 +162,11 @@ class DistinctConfigs(Searcher):
         return self.searcher.set_search_properties(metric, mode, config, **spec)
 
     def suggest(self, trial_id: str) -> dict | None:
+        if self.listed:
+            self.listed -= 1
+            config = self.searcher.suggest(trial_id)
+            return self._hand_out(trial_id, trial_id, _canonical(config), config) if isinstance(config, dict) \
+                else config
         for attempt in range(self.tries):
             if self.size is not None and len(self.tried) >= self.size:
                 return Searcher.FINISHED
@@ -211,11 +220,11 @@ class DistinctConfigs(Searcher):
 
     # Ray saves each wrapper's state and the innermost searcher separately (SearchGenerator).
     def get_state(self) -> dict:
-        return {name: getattr(self, name) for name in ("tried", "inner_id", "config_of", "outcome", "waiting")} | {
-            "random": self.random.getstate()}
+        names = ("tried", "inner_id", "config_of", "outcome", "waiting", "listed")
+        return {name: getattr(self, name) for name in names} | {"random": self.random.getstate()}
 
     def set_state(self, state: dict) -> None:
-        for name in ("tried", "inner_id", "config_of", "outcome", "waiting"):
+        for name in ("tried", "inner_id", "config_of", "outcome", "waiting", "listed"):
             setattr(self, name, state[name])
         self.random.setstate(state["random"])
 
@@ -302,7 +311,12 @@ def num_trials(task: Task) -> int:
     """Trials Ray Tune should create: the searched ones (the whole grid for grid; never more than
     the space's configs, as no config runs twice: DistinctConfigs) plus the baseline."""
     size = space_size(task.search_space)
-    searched = size if task.search.algorithm == "grid" else min(task.search.num_samples, size or math.inf)
+    if task.search.algorithm == "grid":
+        return size + (1 if task.search.baseline else 0)
+    if size is not None:  # initial_points run as listed: a point listed twice runs twice
+        listed = [json.dumps(point, sort_keys=True, default=str) for point in task.search.initial_points]
+        size += len(listed) - len(set(listed))
+    searched = min(task.search.num_samples, size or math.inf)
     return searched + (1 if task.search.baseline else 0)
 
 
@@ -341,7 +355,7 @@ def build_searcher(task: Task, max_concurrent: int) -> Searcher:
     except TypeError as error:
         raise TaskError(f"search.algorithm_args: {search.algorithm} does not take these arguments ({error})") from None
     if search.algorithm != "grid":
-        inner = DistinctConfigs(inner, task.search_space, search.seed)
+        inner = DistinctConfigs(inner, task.search_space, search.seed, listed=len(points))
     searcher: Searcher = ConcurrencyLimiter(inner, max_concurrent=max_concurrent)
     if search.baseline:
         searcher = BaselineFirst(searcher, {name: None for name in task.search_space} | {BASELINE_KEY: True})

@@ -68,16 +68,22 @@ def speed(config):
     return 10.0 * config["parallel"] + config["threads"]
 
 
+def one_at_a_time(searcher, count):
+    """`count` trials, each suggested and completed before the next: their (parallel, threads)."""
+    tried = []
+    for number in range(count):
+        config = searcher.suggest(f"t{number}")
+        tried.append((config["parallel"], config["threads"]))
+        complete(searcher, f"t{number}", speed(config))
+    return tried
+
+
 @pytest.mark.parametrize("algorithm", ["hyperopt", "optuna", "random"])
 def test_every_trial_is_a_new_config_until_the_space_is_spent(algorithm):
     a_task = task(algorithm)  # 20 samples asked of a 6-config space
     assert num_trials(a_task) == 6  # what the driver asks Ray Tune for
     searcher, _ = started(a_task)
-    tried = []
-    for number in range(6):
-        config = searcher.suggest(f"t{number}")
-        tried.append((config["parallel"], config["threads"]))
-        complete(searcher, f"t{number}", speed(config))
+    tried = one_at_a_time(searcher, 6)
     assert sorted(tried) == [(p, t) for p in (1, 2) for t in (1, 2, 4)]
     assert searcher.suggest("t6") == Searcher.FINISHED
 
@@ -150,3 +156,15 @@ def test_a_config_whose_run_was_not_measured_through_no_fault_of_its_own_may_run
     complete(searcher, "b", 10.0)
     assert scripted.told["b"] == 10.0
     assert searcher.suggest("c") == {"parallel": 2}
+
+
+@pytest.mark.parametrize("algorithm", ["hyperopt", "optuna", "random"])
+def test_initial_points_run_as_listed_even_a_point_listed_twice(algorithm):
+    point = {"parallel": 2, "threads": 4}
+    a_task = task(algorithm, num_samples=8, initial_points=[point, point, {"parallel": 1, "threads": 1}])
+    assert num_trials(a_task) == 7  # the 6 configs, one of them twice
+    searcher, _ = started(a_task)
+    tried = one_at_a_time(searcher, 7)
+    assert tried[:3] == [(2, 4), (2, 4), (1, 1)]
+    assert sorted(set(tried)) == [(p, t) for p in (1, 2) for t in (1, 2, 4)]
+    assert searcher.suggest("t7") == Searcher.FINISHED
