@@ -29,7 +29,9 @@ def _prepare_node(task_binary: str | None) -> tuple[str, list[str]]:
     return str(ensure_llama_server(task_binary, progress=lines.append)), lines
 
 
-@ray.remote(num_cpus=0, max_retries=0)
+# Idempotent, so run again once if Ray loses its worker (seen on a loaded machine: WorkerCrashedError
+# before the check began).
+@ray.remote(num_cpus=0, max_retries=1)
 def _check_node(executable: str | None, modules: list[str]) -> tuple[None, list[str]]:
     if executable and not shutil.which(executable):
         raise SetupError(f"the engine {executable} is not installed there (not an executable file or on PATH)")
