@@ -485,15 +485,20 @@ class Task(_Strict):
         return Path(self.results_dir) / self.name
 
 
+def _axis(spec: Any) -> list | None:
+    """A discrete parameter's values, in order; None for a float range without a step."""
+    if isinstance(spec, list):
+        return list(spec)
+    if isinstance(spec, IntRange) or (isinstance(spec, FloatRange) and spec.step):
+        return spec.values()
+    return None
+
+
 def grid_points(search_space: dict[str, Any]) -> list[dict[str, Any]]:
     """Every combination of a discrete space, in a fixed order; a float range needs a step."""
-    axes = {}
-    for name, spec in search_space.items():
-        if isinstance(spec, list):
-            axes[name] = list(spec)
-        elif isinstance(spec, IntRange) or (isinstance(spec, FloatRange) and spec.step):
-            axes[name] = spec.values()
-        else:
+    axes = {name: _axis(spec) for name, spec in search_space.items()}
+    for name, values in axes.items():
+        if values is None:
             raise TaskError(f"search.algorithm: grid needs a discrete space, but search_space.{name} is a float "
                             "range without a step; give it choices or a step")
     return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
@@ -501,15 +506,8 @@ def grid_points(search_space: dict[str, Any]) -> list[dict[str, Any]]:
 
 def space_size(search_space: dict[str, Any]) -> int | None:
     """How many configs a space holds; None when a float range without a step makes it unbounded."""
-    sizes = []
-    for spec in search_space.values():
-        if isinstance(spec, list):
-            sizes.append(len(spec))
-        elif isinstance(spec, IntRange) or (isinstance(spec, FloatRange) and spec.step):
-            sizes.append(len(spec.values()))
-        else:
-            return None
-    return math.prod(sizes)
+    axes = [_axis(spec) for spec in search_space.values()]
+    return None if any(values is None for values in axes) else math.prod(len(values) for values in axes)
 
 
 def _known_metric(value: str, allowed: tuple[str, ...]) -> str:
