@@ -25,14 +25,19 @@ def parent(pid: int) -> int:
 
 def trial_worker(served: str) -> int:
     """The Ray worker running the trial whose engine serves `served`: the nearest ancestor of the
-    engine (behind its slow-exit wrapper) titled `ray::TrialTrainable...`. Found through the
-    engine's unique name, as other tests' runs may be going on alongside."""
+    engine (behind its slow-exit wrapper) titled `ray::<actor class>...`. The class is ours
+    (TrialTrainable) on a first attempt, but Ray Tune's `with_resources` subclass
+    (ResourceTrainable) on a retried one: seen in CI. Found through the engine's unique name, as
+    other tests' runs may be going on alongside."""
     [pid] = engine_processes(served)
+    ancestry = []
     while pid > 1:
         pid = parent(pid)
-        if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::TrialTrainable"):
+        title = Path(f"/proc/{pid}/cmdline").read_bytes()
+        if title.startswith(b"ray::"):
             return pid
-    pytest.fail(f"no Ray trial worker above the engine serving {served}")
+        ancestry.append(f"{pid}: {title[:120]!r}")
+    pytest.fail(f"no Ray worker above the engine serving {served}; its ancestors: {ancestry}")
 
 
 def kill_worker_and_its_engine_goes(served: str) -> None:
