@@ -30,3 +30,13 @@ def test_without_noise_the_whole_grid_finds_the_grid_s_best_at_the_grid_s_cost()
     assert result["trials"] == 49
     # Its cost is the grid's, plus the baseline trial.
     assert 1.0 < result["time"] < 1.05
+
+
+def test_another_recorded_metric_is_judged_in_its_own_direction():
+    # Throughput is maximised: the whole grid without noise must pick the config of the highest.
+    setting = {"algorithm": "grid", "scheduler": "none", "confirm_repeats": 0}
+    result = search_replay.replay_one(TABLE, setting, seed=1, noise=0.0, metric="output_throughput")
+    assert result["reached"] == 1.0
+    highest = max((c for c in TABLE["configs"] if c["parameters"]),
+                  key=lambda c: sum(s["output_throughput"] for s in c["stages"]))
+    assert json.loads(result["winner"]) == highest["parameters"]
