@@ -50,7 +50,7 @@ def run(tmp_path_factory):
     path = root / "task.yaml"
     path.write_text(yaml.safe_dump(task))
     completed = subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(path), "--no-dashboard"],
-                               capture_output=True, text=True, timeout=900)
+                               capture_output=True, text=True, timeout=1500)
     results_dir = root / "results" / "e2e-small"
     return completed, results_dir, served
 
