@@ -114,7 +114,7 @@ def replay_one(table: dict, setting: dict, seed: int, noise: float, metric: str 
     from llm_autotuner.objective import maximize, score_stages, weighted_mean
     from llm_autotuner.outcome import BASELINE_KEY, Outcome
     from llm_autotuner.task import parse_task
-    from llm_autotuner.tuner.results import TrialRecord, candidates, finalists
+    from llm_autotuner.tuner.results import TrialRecord, candidates, finalists, rank_finalists
     from llm_autotuner.tuner.search import METRIC, MODE, build_scheduler, build_searcher, num_trials
     from llm_autotuner.tuner.space import to_ray
 
@@ -169,16 +169,18 @@ def replay_one(table: dict, setting: dict, seed: int, noise: float, metric: str 
         params = {k: v for k, v in trial.config.items() if k != BASELINE_KEY}
         # Ranked as tuner/results.py ranks a search's trials: by the reported score, completed only.
         records.append(TrialRecord(trial.trial_id, params, baseline, reports))
-    # The driver's confirmation: the finalists re-measured in turns, the winner on those runs only.
-    chosen = finalists(task, records)
-    runs = {id(r): [] for r in chosen}
-    for _ in range(task.search.confirm_repeats):
+    # The driver's confirmation: the finalists re-measured in turns, the winner on those runs only,
+    # chosen by the driver's own ranking (tuner/results.py: rank_finalists).
+    chosen, runs = finalists(task, records), []
+    for repeat in range(task.search.confirm_repeats):
         for r in chosen:
             config = lookup_params(r.parameters, r.baseline)
-            runs[id(r)].append(weighted_mean(measured(config), metric))
+            value = weighted_mean(measured(config), metric)
+            runs.append(TrialRecord(f"confirm{repeat}-{len(runs)}", r.parameters, r.baseline,
+                                    [{"objective": value, "outcome": Outcome.COMPLETED.value}]))
             cost += trial_cost(config, len(config["stages"]), table["gap_s"])
-    if chosen and task.search.confirm_repeats:
-        winner = (max if maximize(metric) else min)(chosen, key=lambda r: fmean(runs[id(r)]))
+    if chosen and runs:
+        winner = rank_finalists(task, records, runs)[0].record
     else:
         winner = (candidates(task, records) or [None])[0]
     truth = {k: weighted_mean(c["stages"], metric) for k, c in by_key.items()}
