@@ -49,6 +49,11 @@ class EngineProfile:
     aliases: dict[str, str] = field(default_factory=dict)  # short or alternative name -> canonical
     # Boolean flags spelled with a value or a negative form instead of presence/absence.
     bool_spelling: dict[str, tuple[list[str], list[str]]] = field(default_factory=dict)
+    # How a `false` is spelled for a boolean flag bool_spelling does not name: "--no-" + name for an
+    # engine whose booleans all have a negative form (vLLM's argparse BooleanOptionalAction), None
+    # for one whose unnamed booleans are off by default (SGLang's store_true): the flag is left out.
+    # A false that is dropped while the engine's default is on would run, and report, the wrong config.
+    negative_prefix: str | None = None
     gpu_flags: tuple[str, ...] = ()  # canonical flags whose product is the GPU count
     cpu_flag: str | None = None  # canonical flag whose value is the CPU threads claimed
     # Flags the launcher sets itself for each trial (the port the tuner health-checks, the served
@@ -96,7 +101,8 @@ class EngineProfile:
         for name, value in flags.items():
             flag = f"--{name}"
             if isinstance(value, bool):
-                on, off = self.bool_spelling.get(name, ([flag], []))
+                negative = [f"{self.negative_prefix}{name}"] if self.negative_prefix else []
+                on, off = self.bool_spelling.get(name, ([flag], negative))
                 argv += on if value else off
             else:
                 check_value(value)  # defence in depth: the task was checked, but argv is the boundary
@@ -184,8 +190,15 @@ LLAMA_CPP = LlamaCppProfile(
     aliases={"np": "parallel", "t": "threads", "tb": "threads-batch", "b": "batch-size",
              "ub": "ubatch-size", "fa": "flash-attn", "c": "ctx-size", "ctk": "cache-type-k",
              "ctv": "cache-type-v", "cb": "cont-batching", "ngl": "n-gpu-layers"},
+    # Every `--X, --no-X` pair of llama-server's --help (llama-cpp-python 0.3.36's build; the test
+    # tests/cluster/test_engines.py checks the pairs against the real binary). Its booleans without
+    # a negative form (--check-tensors, --verbose...) are off by default: a false leaves them out.
     bool_spelling={"flash-attn": (["--flash-attn", "on"], ["--flash-attn", "off"])}
-    | _negatable("cont-batching", "mmap", "kv-unified"),
+    | _negatable("agent", "cache-idle-slots", "cache-prompt", "cont-batching", "context-shift", "cors-credentials",
+                 "escape", "jinja", "kv-offload", "kv-unified", "log-jsonl", "log-prefix", "log-timestamps",
+                 "mmproj-auto", "mmproj-offload", "models-autoload", "op-offload", "perf", "prefill-assistant",
+                 "reasoning-preserve", "repack", "skip-chat-parsing", "slots", "spec-draft-backend-sampling",
+                 "ui", "ui-mcp-proxy", "warmup", "webui", "webui-mcp-proxy"),
     cpu_flag="threads",
     managed=frozenset({"model", "host", "port", "alias"}),
     default_binary="llama-server",
@@ -209,7 +222,7 @@ VLLM = VLLMProfile(
     health_path="/health",
     api_backend="vllm",
     aliases={"tp": "tensor-parallel-size", "pp": "pipeline-parallel-size", "dp": "data-parallel-size"},
-    bool_spelling=_negatable("enable-chunked-prefill", "enable-prefix-caching", "async-scheduling"),
+    negative_prefix="--no-",  # vLLM's engine arguments: every boolean is --X / --no-X
     gpu_flags=("tensor-parallel-size", "pipeline-parallel-size", "data-parallel-size"),
     managed=frozenset({"model", "host", "port", "served-model-name"}),
     default_binary="vllm",

@@ -1,5 +1,7 @@
 """Engine profiles: parameter dicts become argv lists with each engine's own spelling."""
 
+import subprocess
+
 import pytest
 
 from llm_autotuner.cluster.engines import LLAMA_CPP, SGLANG, VLLM, Launch
@@ -24,6 +26,36 @@ def test_trial_value_overrides_fixed_flag_and_none_means_default():
 def test_unknown_flags_pass_through_and_booleans_are_bare():
     argv = SGLANG.flag_argv({"enable-mixed-chunk": True, "disable-radix-cache": False, "some-new-flag": 7})
     assert argv == ["--enable-mixed-chunk", "--some-new-flag", "7"]
+
+
+def test_llama_cpp_false_turns_off_every_flag_the_real_server_can_turn_off(llama_server):
+    """A `false` left out of the argv keeps llama-server's default, which for these is on: the
+    trial would run (and the results report) another config than the one named."""
+    help_text = subprocess.run([llama_server, "--help"], capture_output=True, text=True, timeout=60).stdout
+    pairs = set()
+    for line in help_text.splitlines():
+        names = set()
+        for token in line.split():  # the line's leading flag spellings: "-kvo,  --kv-offload, -nkvo, --no-kv-offload"
+            if not token.startswith("-"):
+                break
+            names.add(token.rstrip(","))
+        pairs |= {name[2:] for name in names if name.startswith("--") and f"--no-{name[2:]}" in names}
+    assert {"repack", "warmup", "cache-prompt", "kv-offload", "cont-batching"} <= pairs  # the parse found them
+    for name in pairs:
+        assert LLAMA_CPP.flag_argv({name: False}) == [f"--no-{name}"], name
+        assert LLAMA_CPP.flag_argv({name: True}) == [f"--{name}"], name
+    negatable = {name for name, (_, off) in LLAMA_CPP.bool_spelling.items() if off == [f"--no-{name}"]}
+    assert negatable == pairs  # none the binary lacks: `--no-X` it does not know would stop it at start
+
+
+def test_llama_cpp_false_for_a_flag_without_negative_form_is_left_out():
+    assert LLAMA_CPP.flag_argv({"check-tensors": False, "verbose": True}) == ["--verbose"]
+
+
+def test_vllm_false_is_the_negative_form_for_any_boolean():
+    # vLLM builds every boolean engine argument as argparse.BooleanOptionalAction.
+    assert VLLM.flag_argv({"enforce-eager": False, "enable-prefix-caching": True}) == [
+        "--no-enforce-eager", "--enable-prefix-caching"]
 
 
 def test_sglang_launch_and_gpu_count():
