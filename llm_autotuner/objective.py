@@ -60,8 +60,8 @@ def score_stages(stages: list[dict], metric: str, limits: list[Limit], weights: 
     limit/observed (divides a minimised one), for each soft limit at its worst stage.
     """
     met = {limit.metric: True for limit in limits}
-    penalty = 1.0
-    for limit in limits:
+    penalty, violation = 1.0, None
+    for limit in limits:  # every limit is checked, so slos_met is whole even when one breaks the trial
         worst = max((stage.get(limit.metric) for stage in stages if stage.get(limit.metric) is not None),
                     default=None)
         if worst is None or worst <= limit.limit:
@@ -69,8 +69,11 @@ def score_stages(stages: list[dict], metric: str, limits: list[Limit], weights: 
         met[limit.metric] = False
         if limit.hard:
             stage = next(s for s in stages if s.get(limit.metric) == worst)
-            return Score(None, INFEASIBLE_SCORE, _describe(limit.metric, worst, limit.limit, stage.get("concurrency")), met)
-        penalty *= limit.limit / worst
+            violation = violation or _describe(limit.metric, worst, limit.limit, stage.get("concurrency"))
+        else:
+            penalty *= limit.limit / worst
+    if violation:
+        return Score(None, INFEASIBLE_SCORE, violation, met)
     value = weighted_mean(stages, metric, weights)
     if maximize(metric):
         return Score(value, value * penalty, None, met)

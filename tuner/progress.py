@@ -8,6 +8,7 @@ import time
 
 from ray.tune import Callback
 
+from llm_autotuner.objective import gain
 from llm_autotuner.outcome import BASELINE_KEY, stage_metrics, trial_params
 from llm_autotuner.errors import lost_worker, trial_error
 
@@ -168,7 +169,7 @@ class LiveProgress(ProgressPrinter):
         if self.best is not None:
             overall += f" | best {self.metric} {self.best[1]:.4g} ({self.label} {self.best[0]})"
             if self.baseline:
-                overall += f", {self.best[1] / self.baseline - 1:+.1%} vs engine defaults"
+                overall += f", {gain(self.best[1], self.baseline, self.metric):+.1%} vs engine defaults"
         overall += f" | elapsed {_clock(elapsed)}"
         if 0 < self.done < self.budget:
             overall += f" | about {_clock(elapsed / self.done * (self.budget - self.done))} left"

@@ -66,3 +66,11 @@ def test_gain_is_positive_when_better_in_either_direction():
     assert gain(120.0, 100.0, "output_throughput") == pytest.approx(0.2)
     assert gain(0.8, 1.0, "ttft_p90") == pytest.approx(0.2)
     assert gain(1.0, 0.0, "output_throughput") is None
+
+
+def test_slos_met_names_every_broken_limit_not_only_the_first():
+    # A hard ttft limit breaks first; the error rate, half the requests failed, must not read as met.
+    limits = [Limit("ttft_p90", 1.0, hard=True), Limit("error_rate", 0.05, hard=True), Limit("e2e_p90", 9.0, hard=True)]
+    score = score_stages([stage(4, 100.0, 2.0, error_rate=0.5) | {"e2e_p90": 3.0}], "output_throughput", limits)
+    assert not score.feasible and "ttft_p90" in score.violation
+    assert score.slos_met == {"ttft_p90": False, "error_rate": False, "e2e_p90": True}
