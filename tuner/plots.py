@@ -107,8 +107,10 @@ def write_tradeoff_plot(summary: dict, path: Path) -> Path | None:
             STOPPED if trial["status"] != "completed" else OTHER
         axes.scatter(lat, tp, color=color, s=60 if color in (BEST, BASELINE) else 30, zorder=3)
         axes.annotate(str(key), (lat, tp), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    # The front of the trials that ran every stage: a cut trial's means are of its low-load stages.
     front = sorted((points[key][1], points[key][0]) for key in
-                   pareto_front({key: {throughput: tp, latency: lat} for key, (tp, lat) in points.items()}))
+                   pareto_front({key: {throughput: tp, latency: lat} for key, (tp, lat) in points.items()
+                                 if by_id[key]["status"] == "completed"}))
     axes.plot([lat for lat, _ in front], [tp for _, tp in front], color=BEST, alpha=0.5, linewidth=1.5,
               label="Pareto front")
     for slo in summary["slos"]:
@@ -141,8 +143,9 @@ def write_parameter_plot(summary: dict, path: Path) -> Path | None:
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
         labels = None if numeric else sorted({str(v) for v in values})
         xs = values if numeric else [labels.index(str(v)) for v in values]
-        axes.scatter(xs, [t["objective_score"] for t in scored],
-                     c=[BEST if t["experiment_id"] == _best_id(summary) else OTHER for t in scored], zorder=3)
+        axes.scatter(xs, [t["objective_score"] for t in scored],  # red: cut short, its low-load stages only
+                     c=[BEST if t["experiment_id"] == _best_id(summary) else
+                        OTHER if t["status"] == "completed" else STOPPED for t in scored], zorder=3)
         if labels:
             axes.set_xticks(range(len(labels)), labels, rotation=30)
         if baseline is not None:
@@ -152,7 +155,7 @@ def write_parameter_plot(summary: dict, path: Path) -> Path | None:
     grid[0][0].set_ylabel(metric)
     if baseline is not None:
         grid[0][0].legend(loc="best")
-    figure.suptitle(f"{metric} against each parameter (green: best)")
+    figure.suptitle(f"{metric} against each parameter (green: best, red: cut short, its low-load stages only)")
     return _save(figure, path)
 
 

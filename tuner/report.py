@@ -39,11 +39,18 @@ def _status(summary: dict) -> str:
 
 
 def _sorted_trials(summary: dict) -> list[dict]:
-    """Best first: scored trials by their objective in its direction, then the rest."""
+    """Best first: the trials that ran every stage by their objective in its direction, then those
+    cut short (their value is the mean of their low-load stages only: for a latency it would
+    outrank every full run), then the rest."""
     maximize = summary["objective"]["direction"] == "maximize"
+
+    def ranked(trials: list[dict]) -> list[dict]:
+        return sorted(trials, key=lambda t: t["objective_score"], reverse=maximize)
+
     scored = [t for t in summary["all_results"] if t["objective_score"] is not None]
     unscored = [t for t in summary["all_results"] if t["objective_score"] is None]
-    return sorted(scored, key=lambda t: t["objective_score"], reverse=maximize) + unscored
+    return (ranked([t for t in scored if t["status"] == "completed"])
+            + ranked([t for t in scored if t["status"] != "completed"]) + unscored)
 
 
 def draw(summary: dict, results_dir: Path) -> list[dict]:
@@ -59,10 +66,10 @@ def draw(summary: dict, results_dir: Path) -> list[dict]:
          "stopped early, green the winner, dashed the engine defaults."),
         ("tradeoff.png", lambda path: plots.write_tradeoff_plot(summary, path),
          f"{throughput} against {latency}, each trial's mean over its stages: the green line is the Pareto "
-         "front (no trial is better on both), dotted lines are the SLO limits."),
+         "front of the trials that ran every stage (none of them is better on both), dotted lines are the SLO limits."),
         ("parameters.png", lambda path: plots.write_parameter_plot(summary, path),
          f"{metric} against each parameter's values: a parameter whose points spread from low to high "
-         "matters; the dashed line is the engine defaults."),
+         "matters; red points are trials cut short (their low-load stages only); the dashed line is the engine defaults."),
         ("progress.png", lambda path: plots.write_progress_plot(summary, path,
                                                                  plots.trial_end_times(summary, results_dir)),
          f"The best {metric} found so far, against trials and (where the trials' timelines are at hand) "
@@ -111,8 +118,9 @@ def compare(first_dir: Path, second_dir: Path) -> str:
                         f"{second['objective']['metric']}: their numbers do not compare")
 
     def by_config(summary: dict) -> dict[str, dict]:
+        # Completed trials only: a trial cut after stage 1 has a low-load value, not the run's.
         return {("engine defaults" if t["baseline"] else json.dumps(t["parameters"], sort_keys=True)): t
-                for t in summary["all_results"] if t["objective_score"] is not None}
+                for t in summary["all_results"] if t["objective_score"] is not None and t["status"] == "completed"}
 
     a, b = by_config(first), by_config(second)
     lines = [f"{metric}: A = {first_dir}, B = {second_dir}", f"{'config':<60} {'A':>10} {'B':>10} {'B/A':>7}"]

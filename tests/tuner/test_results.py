@@ -52,3 +52,26 @@ def test_no_front_without_secondary_objectives(tmp_path):
     assert summary["pareto_front"] == []
     write(tmp_path, summary)
     assert not (tmp_path / "pareto.csv").exists()
+
+
+def latency_record(number, parallel, ttfts):
+    """A trial on the ttft_p90 objective that ran len(ttfts) of the task's 2 stages."""
+    reports = [{"stage": i + 1, "score": -v, "objective": sum(ttfts[:i + 1]) / (i + 1), "violation": None,
+                "error": None, "slos_met": {"ttft_p90": True}, "outcome": "completed" if i == 1 else None,
+                "metrics": {"concurrency": (1, 4)[i], "output_throughput": 50.0, "ttft_p90": v}}
+               for i, v in enumerate(ttfts)]
+    return TrialRecord(f"id{number}", {"parallel": parallel}, False, reports, experiment_id=number)
+
+
+def test_the_report_ranks_trials_cut_short_after_those_that_ran_every_stage(tmp_path):
+    # Trial 2 was cut after its low-load stage: its 0.05 s is not comparable with full runs' means.
+    from llm_autotuner.tuner.report import write_report
+
+    records = [latency_record(1, 1, [0.3, 0.5]), latency_record(2, 2, [0.05]), latency_record(3, 4, [0.2, 0.4])]
+    summary = summarize(task(metric="ttft_p90"), RESOLVED, records, "unused")
+    assert summary["best_result"]["experiment_id"] == 3
+    write(tmp_path, summary)
+    page = write_report(tmp_path).read_text()
+    table = page[page.index('<table id="trials">'):]
+    order = [int(cell.split("<td>")[1].split("</td>")[0]) for cell in table.split("<tr")[2:5]]
+    assert order == [3, 1, 2]
