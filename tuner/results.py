@@ -20,7 +20,7 @@ from llm_autotuner.cluster.engines import Launch, profile_for
 from llm_autotuner.outcome import BASELINE_KEY, Outcome, creation_number, stage_metrics, trial_params
 from llm_autotuner.trainables.trial import Resolved
 from llm_autotuner.errors import lost_worker, trial_error
-from llm_autotuner.metrics import maximize
+from llm_autotuner.metrics import METRICS, maximize
 from llm_autotuner.objective import gain, weighted_mean
 from llm_autotuner.task import Task
 
@@ -379,8 +379,9 @@ def summarize(task: Task, resolved: Resolved, records: list[TrialRecord], experi
         "engine": task.engine.name,
         "objective": {"metric": metric, "direction": "maximize" if maximize(metric) else "minimize"},
         "slos": [{"metric": l.metric, "limit": l.limit, "hard": l.hard} for l in task.limits],
-        "stages": [{"stage": i, "concurrency": c, "traffic_scenario": task.benchmark.traffic_scenario}
-                   for i, c in enumerate(task.benchmark.concurrency, 1)],
+        "stages": [{"stage": i, "concurrency": c, "traffic_scenario": task.benchmark.traffic_scenario, "weight": w}
+                   for i, (c, w) in enumerate(zip(task.benchmark.concurrency,
+                                                  task.benchmark.stage_weights or [1.0] * len(task.benchmark.concurrency)), 1)],
         "total_experiments": len(records),
         "successful_experiments": sum(r.status in (Outcome.COMPLETED, Outcome.STOPPED_BY_SCHEDULER, Outcome.STOPPED_BY_BUDGET) and bool(r.stages)
                                       for r in records),
@@ -451,8 +452,15 @@ def best_json(summary: dict) -> dict:
     re-measurements), every metric as the mean over its stages in the search, and its launch line."""
     best = summary["best_result"]
     trial = next(t for t in summary["all_results"] if t["experiment_id"] == best["experiment_id"])
-    names = sorted({name for stage in trial["stages"] for name, value in stage.items()
-                    if isinstance(value, (int, float)) and not isinstance(value, bool)})
+    # The measurements (not the stage's settings: its concurrency, request count, duration), each
+    # weighted over the stages as the objective is, so the objective's own metric reads the same here.
+    names = sorted(name for name in METRICS if any(stage.get(name) is not None for stage in trial["stages"]))
+    weights = [stage.get("weight", 1.0) for stage in summary["stages"]]  # results of 0.3 have no weight
+
+    def mean(name: str) -> float:
+        pairs = [(w, stage[name]) for w, stage in zip(weights, trial["stages"]) if stage.get(name) is not None]
+        return sum(w * v for w, v in pairs) / sum(w for w, _ in pairs)
+
     return {
         "task": summary["task_name"], "engine": summary["engine"], "parameters": best["parameters"],
         "baseline": trial["baseline"],
@@ -460,10 +468,10 @@ def best_json(summary: dict) -> dict:
                       "value": best["objective_score"], "runs": best.get("runs"), "spread": best.get("spread"),
                       "gain_over_baseline": summary.get("gain_over_baseline"),
                       "chosen_on": (summary.get("selection") or {}).get("chosen_on")},
-        "metrics": {name: sum(stage[name] for stage in trial["stages"] if stage.get(name) is not None)
-                    / max(1, sum(stage.get(name) is not None for stage in trial["stages"])) for name in names},
+        "metrics": {name: mean(name) for name in names},
         "metrics_are": "means over the winner's stages in the search (concurrency "
-                       + ", ".join(str(stage["concurrency"]) for stage in trial["stages"]) + ")",
+                       + ", ".join(str(stage["concurrency"]) for stage in trial["stages"]) + ")"
+                       + ("" if len(set(weights)) == 1 else ", weighted " + ":".join(f"{w:g}" for w in weights)),
         "slos": summary["slos"],
         "measured_via": summary.get("measured_via", []),
         "command": best["command"],

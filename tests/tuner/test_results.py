@@ -2,6 +2,8 @@
 
 import csv
 
+import pytest
+
 from pyarrow.fs import LocalFileSystem
 
 from llm_autotuner.cluster.storage import Storage
@@ -75,3 +77,23 @@ def test_the_report_ranks_trials_cut_short_after_those_that_ran_every_stage(tmp_
     table = page[page.index('<table id="trials">'):]
     order = [int(cell.split("<td>")[1].split("</td>")[0]) for cell in table.split("<tr")[2:5]]
     assert order == [3, 1, 2]
+
+
+def test_best_json_metrics_are_weighted_as_the_objective_and_only_measurements(tmp_path):
+    import json
+
+    spec = {"name": "t", "model": {"path": "/models/m.gguf"}, "engine": {"name": "llama.cpp"},
+            "search_space": {"parallel": [1, 2]}, "benchmark": {"concurrency": [1, 4], "stage_weights": [1, 3]},
+            "objective": {"metric": "output_throughput"}}
+    stages = [{"concurrency": 1, "num_requests": 8, "output_throughput": 100.0, "ttft_p90": 0.2},
+              {"concurrency": 4, "num_requests": 8, "output_throughput": 200.0, "ttft_p90": 0.6}]
+    reports = [{"stage": i + 1, "score": 0.0, "objective": 175.0, "violation": None, "error": None, "slos_met": {},
+                "metrics": stage, "outcome": "completed" if i == 1 else None} for i, stage in enumerate(stages)]
+    summary = summarize(parse_task(spec), RESOLVED, [TrialRecord("id1", {"parallel": 2}, False, reports, experiment_id=1)],
+                        "unused")
+    write(tmp_path, summary)
+    best = json.loads((tmp_path / "best.json").read_text())
+    assert best["metrics"]["output_throughput"] == 175.0  # (100 + 3 x 200) / 4, as the objective weighs it
+    assert best["metrics"]["ttft_p90"] == pytest.approx(0.5)
+    assert "concurrency" not in best["metrics"] and "num_requests" not in best["metrics"]
+    assert best["metrics_are"].endswith("weighted 1:3")
