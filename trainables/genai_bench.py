@@ -101,10 +101,40 @@ def parse_stage_file(path: Path, request_limits: dict[str, float] | None = None,
         "error_rate": errors / requests_made if requests_made else 1.0,
         "truncated_fraction": _truncated(requests) if fixed_length and requests else None,
     }
+    failed_s = [r["done"] - r["sent"] for r in requests or [] if r.get("status") != 200]
+    failed_s += [0.0] * max(0, errors - len(failed_s))  # failures without a time of their own
     for name, metric in METRICS.items():
         if metric.request_field:  # a latency statistic: ttft_p90 is the p90 of the requests' ttft
-            metrics[name] = stats[metric.request_field][name.rpartition("_")[2]]
+            stat = name.rpartition("_")[2]
+            metrics[name] = stats[metric.request_field][stat]
+            if failed_s and metric.request_field in WAITED_FIELDS:
+                metrics[name] = _with_failures([r[metric.request_field] for r in done if r.get(metric.request_field) is not None],
+                                               failed_s, stat)
     return metrics
+
+
+# genai-bench leaves failed requests out of its latency statistics, so a config that times out
+# its slowest requests (within the error-rate limit) would show the better tail. For the latencies
+# a client waits through per request, a failed request counts as slower than every answered one:
+# its time to fail or the slowest answer's, whichever is longer (a lower bound on a wait that got
+# no answer). Per-token latencies (tpot, itl) have no value for a request that failed.
+WAITED_FIELDS = ("ttft", "e2e_latency")
+
+
+def _with_failures(answered: list[float], failed_s: list[float], stat: str) -> float:
+    slowest = max(answered, default=0.0)
+    values = sorted(answered + [max(seconds, slowest) for seconds in failed_s])
+    if stat == "mean":
+        return sum(values) / len(values)
+    return _percentile(values, float(stat[1:]))
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    """Linear interpolation between the closest ranks (numpy's default, as genai-bench uses)."""
+    position = (len(ordered) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def _truncated(requests: list[dict]) -> float | None:

@@ -74,6 +74,33 @@ def test_failed_requests_cost_their_time_and_count_as_errors(tmp_path):
     assert failing["output_throughput"] == pytest.approx(16 * 64 / (clean["busy_s"] + 30.0))
 
 
+def test_failed_requests_count_as_slower_than_every_answer_in_the_latency_statistics(tmp_path):
+    # genai-bench 0.0.5 leaves failed requests out of its statistics: 2 of 18 requests timing out
+    # would not move the p90 at all, and a config that fails its slowest requests would look faster.
+    data = json.loads(REAL_FILE.read_text())
+    requests = data["individual_request_metrics"]
+    data["aggregated_metrics"].update(num_requests=18, num_error_requests=2)
+    path = tmp_path / REAL_FILE.name
+    path.write_text(json.dumps(data))
+    clean = parse_stage_file(REAL_FILE, requests=request_log(requests))
+    failing = parse_stage_file(path, requests=request_log(requests, failed=[(0.0, 30.0), (1.0, 1.2)]))
+    slowest_ttft = max(r["ttft"] for r in requests)
+    slowest_e2e = max(r["e2e_latency"] for r in requests)
+    # 18 requests, the two failures last: the p90's rank (15.3) lies between the slowest answer and them.
+    ttfts = sorted(r["ttft"] for r in requests) + [30.0, slowest_ttft]
+    ttfts.sort()
+    assert failing["ttft_p90"] == pytest.approx(ttfts[15] + 0.3 * (ttfts[16] - ttfts[15]))
+    assert failing["ttft_p99"] > slowest_ttft and failing["e2e_p99"] > slowest_e2e
+    assert failing["e2e_p99"] <= 30.0 and failing["e2e_mean"] > clean["e2e_mean"]
+    # A failure quicker than the slowest answer (refused at once) still counts as the slowest answer.
+    quick = parse_stage_file(path, requests=request_log(requests, failed=[(0.0, 0.01)] * 2))
+    assert quick["ttft_p99"] == pytest.approx(slowest_ttft) and quick["ttft_p90"] >= clean["ttft_p90"]
+    # Per-token latency has no value for a request that failed: as genai-bench computed it.
+    assert failing["tpot_mean"] == data["aggregated_metrics"]["stats"]["tpot"]["mean"]
+    # Without failures, genai-bench's own statistics stand.
+    assert clean["ttft_p90"] == data["aggregated_metrics"]["stats"]["ttft"]["p90"]
+
+
 def test_answers_shorter_than_asked_are_counted_as_truncated():
     requests = json.loads(REAL_FILE.read_text())["individual_request_metrics"]
     log = request_log(requests)
