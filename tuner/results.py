@@ -175,9 +175,12 @@ def _first_line(error: BaseException) -> str:
 
 
 def launch_line(task: Task, resolved: Resolved, parameters: dict[str, Any]) -> list[str]:
+    """The argv that starts the engine as the trial ran it, its `engine.env` included (through
+    `env`, so the line runs from a shell and as an argv alike; the task refuses secret-looking names)."""
     profile = profile_for(task.engine.name)
     launch = Launch(resolved.executable, resolved.model_path, resolved.served_name, "127.0.0.1", LAUNCH_LINE_PORT)
-    return profile.argv(launch, profile.merged(task.engine.args, parameters))
+    env = ["env", *(f"{name}={value}" for name, value in task.engine.env.items())] if task.engine.env else []
+    return env + profile.argv(launch, profile.merged(task.engine.args, parameters))
 
 
 def objective_values(record: TrialRecord, metrics: list[str], weights: list[float] | None) -> dict[str, float]:

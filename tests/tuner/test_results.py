@@ -97,3 +97,14 @@ def test_best_json_metrics_are_weighted_as_the_objective_and_only_measurements(t
     assert best["metrics"]["ttft_p90"] == pytest.approx(0.5)
     assert "concurrency" not in best["metrics"] and "num_requests" not in best["metrics"]
     assert best["metrics_are"].endswith("weighted 1:3")
+
+
+def test_the_launch_line_carries_the_engine_environment_the_trials_ran_with(tmp_path):
+    spec = {"name": "t", "model": {"path": "/models/m.gguf"},
+            "engine": {"name": "llama.cpp", "env": {"LLAMA_ARG_N_GPU_LAYERS": "0", "OMP_NUM_THREADS": "1"}},
+            "search_space": {"parallel": [1, 2]}, "benchmark": {"concurrency": [1, 4]}}
+    summary = summarize(parse_task(spec), RESOLVED, [record(1, 2, 100, 0.5)], "unused")
+    write(tmp_path, summary)
+    line = (tmp_path / "best_command.txt").read_text().split()
+    assert line[:4] == ["env", "LLAMA_ARG_N_GPU_LAYERS=0", "OMP_NUM_THREADS=1", "llama-server"]
+    assert "--parallel" in line
