@@ -86,16 +86,27 @@ def _mean_over_stages(trial: dict, metric: str) -> float | None:
     return fmean(values) if values and None not in values else None
 
 
-def write_tradeoff_plot(summary: dict, path: Path) -> Path | None:
-    """Throughput against latency, each trial's mean over the stages it ran, with the Pareto front
-    and the SLO limits drawn."""
-    plt = _pyplot()
+def tradeoff_points(summary: dict) -> tuple[dict, list]:
+    """experiment_id -> (throughput, latency), each the mean over the trial's stages, and the ids on
+    the Pareto front: of the trials that ran every stage only, as a cut trial's means are of its
+    low-load stages."""
     throughput, latency = tradeoff_axes(summary)
     points = {}
     for trial in _measured(summary):
         tp, lat = _mean_over_stages(trial, throughput), _mean_over_stages(trial, latency)
         if tp is not None and lat is not None:
             points[trial["experiment_id"]] = (tp, lat)
+    completed = {t["experiment_id"] for t in summary["all_results"] if t["status"] == "completed"}
+    front = pareto_front({key: {throughput: tp, latency: lat} for key, (tp, lat) in points.items() if key in completed})
+    return points, front
+
+
+def write_tradeoff_plot(summary: dict, path: Path) -> Path | None:
+    """Throughput against latency, each trial's mean over the stages it ran, with the Pareto front
+    and the SLO limits drawn."""
+    plt = _pyplot()
+    throughput, latency = tradeoff_axes(summary)
+    points, front_ids = tradeoff_points(summary)
     if not points:
         path.unlink(missing_ok=True)
         return None
@@ -107,10 +118,7 @@ def write_tradeoff_plot(summary: dict, path: Path) -> Path | None:
             STOPPED if trial["status"] != "completed" else OTHER
         axes.scatter(lat, tp, color=color, s=60 if color in (BEST, BASELINE) else 30, zorder=3)
         axes.annotate(str(key), (lat, tp), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    # The front of the trials that ran every stage: a cut trial's means are of its low-load stages.
-    front = sorted((points[key][1], points[key][0]) for key in
-                   pareto_front({key: {throughput: tp, latency: lat} for key, (tp, lat) in points.items()
-                                 if by_id[key]["status"] == "completed"}))
+    front = sorted((points[key][1], points[key][0]) for key in front_ids)
     axes.plot([lat for lat, _ in front], [tp for _, tp in front], color=BEST, alpha=0.5, linewidth=1.5,
               label="Pareto front")
     for slo in summary["slos"]:

@@ -108,3 +108,14 @@ def test_the_launch_line_carries_the_engine_environment_the_trials_ran_with(tmp_
     line = (tmp_path / "best_command.txt").read_text().split()
     assert line[:4] == ["env", "LLAMA_ARG_N_GPU_LAYERS=0", "OMP_NUM_THREADS=1", "llama-server"]
     assert "--parallel" in line
+
+
+def test_the_tradeoff_plots_front_is_of_trials_that_ran_every_stage():
+    from llm_autotuner.tuner.plots import tradeoff_points
+
+    # Trial 2, cut after its low-load stage, has the lowest mean latency of all: it is drawn, but a
+    # front through it would promise a trade-off no full run showed.
+    records = [latency_record(1, 1, [0.3, 0.5]), latency_record(2, 2, [0.05]), latency_record(3, 4, [0.2, 0.4])]
+    summary = summarize(task(), RESOLVED, records, "unused")  # its soft ttft_p90 SLO: the latency axis
+    points, front = tradeoff_points(summary)
+    assert set(points) == {1, 2, 3} and front == [3]
