@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 import shlex
 from typing import Any
 
@@ -105,6 +106,10 @@ def manifests(task: Task, raw: dict[str, Any], image: str, kind: str = "rayjob",
                         "runs OME tasks (on one machine, run `autotuner run` there)")
     if kind not in KINDS:
         raise TaskError(f"kuberay: --kind must be one of {', '.join(KINDS)}, not {kind}")
+    if not image.strip():
+        raise TaskError("kuberay: --image must name the driver's container image")
+    if not re.fullmatch(r"[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?", results_size):
+        raise TaskError(f"kuberay: --results-size must be a Kubernetes quantity such as 10Gi, not {results_size!r}")
     namespace = task.deployment.namespace
     name = kube.resource_name(task.name, "autotuner")
     labels = dict(kube.MANAGED_BY) | {kube.EXPERIMENT_LABEL: kube.label_value(task.name)}

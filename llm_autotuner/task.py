@@ -30,7 +30,15 @@ _SAFE_VALUE = re.compile(r"^[^\s\-\x00-\x1f][^\s\x00-\x1f]*$")
 _FLAG_NAME = re.compile(r"^-{0,2}[A-Za-z][A-Za-z0-9_-]*$")
 _TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _SCENARIO = re.compile(r"^[A-Z]\([0-9.,]+\)(/\([0-9.,]+\))?$")
-_SECRET_ENV = re.compile(r"TOKEN|API_?KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
+_SECRET_ENV = re.compile(r"TOKEN|API[_-]?KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
+
+
+def _no_secrets(values: dict[str, str]) -> dict[str, str]:
+    for name in values:
+        if _SECRET_ENV.search(name):
+            raise ValueError(f"{name} looks like a secret, and the task file is copied into the results; export it "
+                             "where autotuner runs (local engines inherit it) or use a Kubernetes Secret (OME)")
+    return values
 
 
 def check_value(value: Scalar) -> Scalar:
@@ -68,6 +76,9 @@ class IntRange(_Strict):
     def values(self) -> list[int]:
         return list(range(self.min, self.max + 1, self.step or 1))
 
+    def count(self) -> int:  # without listing them: min 1, max 1e9 is a fine random-search range
+        return (self.max - self.min) // (self.step or 1) + 1
+
     def holds(self, value: Any) -> bool:
         return (isinstance(value, int) and not isinstance(value, bool) and self.min <= value <= self.max
                 and (value - self.min) % (self.step or 1) == 0)
@@ -95,6 +106,9 @@ class FloatRange(_Strict):
         low, step = _decimal(self.min), _decimal(self.step)
         count = (_decimal(self.max) - low) / step
         return [float(low + k * step) for k in range(int(count) + 1)]
+
+    def count(self) -> int | None:
+        return None if self.step is None else int((_decimal(self.max) - _decimal(self.min)) / _decimal(self.step)) + 1
 
     def holds(self, value: Any) -> bool:
         if not isinstance(value, (int, float)) or isinstance(value, bool):
@@ -171,11 +185,7 @@ class Engine(_Strict):
     @field_validator("env")
     @classmethod
     def _no_secrets(cls, env: dict[str, str]) -> dict[str, str]:
-        for name in env:
-            if _SECRET_ENV.search(name):
-                raise ValueError(f"{name} looks like a secret, and the task file is copied into the results; export it "
-                                 "where autotuner runs (local engines inherit it) or use a Kubernetes Secret (OME)")
-        return env
+        return _no_secrets(env)
 
 
 class LocalDeployment(_Strict):
@@ -218,6 +228,11 @@ class OmeDeployment(_Strict):
     env: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
     create_runtime: RuntimeToCreate | None = None
+
+    @field_validator("env", "annotations")
+    @classmethod
+    def _no_secrets(cls, values: dict[str, str]) -> dict[str, str]:
+        return _no_secrets(values)  # they go into every InferenceService and the kuberay ConfigMap too
 
 
 Deployment = Annotated[
@@ -343,7 +358,7 @@ class Search(_Strict):
     algorithm_args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the searcher")
     num_samples: int = Field(default=12, ge=1, description="trials the searcher proposes")
     max_concurrent: int | None = Field(default=None, ge=1, description="default: what Ray's resources allow")
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)  # numpy's range, which the searchers seed
     scheduler: Annotated[str, AfterValidator(lambda v: _named_or_import_path(v, SCHEDULER_NAMES))] = "asha"
     scheduler_args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the scheduler")
     grace_period: int = Field(default=1, ge=1, description="stages every trial runs before ASHA may stop it")
@@ -352,8 +367,8 @@ class Search(_Strict):
     initial_points: list[dict[str, Scalar]] = Field(
         default_factory=list, description="configs to try first (each counts toward num_samples)")
     time_budget_s: float | None = Field(default=None, gt=0, description="stop the search after this long")
-    confirm_top_k: int = Field(default=3, ge=0, description="after the search, re-measure this many best configs")
-    confirm_repeats: int = Field(default=2, ge=0, description="full-length re-measurements of each (0: none)")
+    confirm_top_k: int = Field(default=3, ge=0, le=100, description="after the search, re-measure this many best configs")
+    confirm_repeats: int = Field(default=2, ge=0, le=100, description="full-length re-measurements of each (0: none)")
     max_consecutive_failures: int = Field(default=5, ge=1,
                                           description="stop the run after this many failed trials in a row")
     patience: int | None = Field(default=None, ge=1,
@@ -494,20 +509,33 @@ def _axis(spec: Any) -> list | None:
     return None
 
 
+# A grid is listed whole before its first trial; past this many configs it would not finish anyway
+# (at a minute per trial, 70 days) and the list alone could take the machine's memory.
+MAX_GRID_POINTS = 100_000
+
+
 def grid_points(search_space: dict[str, Any]) -> list[dict[str, Any]]:
     """Every combination of a discrete space, in a fixed order; a float range needs a step."""
-    axes = {name: _axis(spec) for name, spec in search_space.items()}
-    for name, values in axes.items():
-        if values is None:
+    for name, spec in search_space.items():
+        if _count(spec) is None:
             raise TaskError(f"search.algorithm: grid needs a discrete space, but search_space.{name} is a float "
                             "range without a step; give it choices or a step")
+    size = space_size(search_space)
+    if size > MAX_GRID_POINTS:
+        raise TaskError(f"search.algorithm: grid over {size} configs (at most {MAX_GRID_POINTS}); "
+                        "take larger steps or fewer choices, or search with hyperopt")
+    axes = {name: _axis(spec) for name, spec in search_space.items()}
     return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+
+
+def _count(spec: Any) -> int | None:
+    return len(spec) if isinstance(spec, list) else spec.count()
 
 
 def space_size(search_space: dict[str, Any]) -> int | None:
     """How many configs a space holds; None when a float range without a step makes it unbounded."""
-    axes = [_axis(spec) for spec in search_space.values()]
-    return None if any(values is None for values in axes) else math.prod(len(values) for values in axes)
+    counts = [_count(spec) for spec in search_space.values()]
+    return None if any(count is None for count in counts) else math.prod(counts)
 
 
 def _known_metric(value: str, allowed: tuple[str, ...]) -> str:
@@ -555,7 +583,12 @@ def read_task_file(path: str | Path) -> Any:
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise TaskError(f"{path}: not valid YAML or JSON{where}: {getattr(error, 'problem', error)}") from None
+        problem = " ".join(str(getattr(error, "problem", None) or error).split())
+        raise TaskError(f"{path}: not valid YAML or JSON{where}: {problem}") from None
+    except RecursionError:
+        raise TaskError(f"{path}: not a task file (nested too deeply to read)") from None
+    except TypeError:  # a complex key (`? [a, b]`): a list or mapping where a name should be
+        raise TaskError(f"{path}: a key that is a list or mapping; every key of a task file is a name") from None
     return data
 
 
@@ -598,11 +631,16 @@ def _one_line(error: ValidationError) -> str:
     if first["type"] == "union_tag_not_found":  # a range without `type`
         return f"{field}: a range needs 'type: int' or 'type: float'"
     got = first.get("input")
+    if (isinstance(got, (dict, list)) or got is None) and first["type"] in _SCALAR_TYPES:
+        # A union of scalars reports its first member ("a valid boolean"), which is not the problem.
+        what = "null" if got is None else f"a {type(got).__name__}"
+        return f"{field}: must be a single value (a number, a string or true/false), not {what}"
     if first["type"] in ("literal_error", "value_error") or isinstance(got, (dict, list)) or got is None:
         return f"{field}: {message}"
     return f"{field}: {message} (got {got!r})"
 
 
+_SCALAR_TYPES = {"bool_type", "int_type", "float_type", "string_type"}
 _UNION_TAGS = {"choices", "range", "local", "ome", "constrained-float", "Slo", "limit", "slo", "int", "float", "bool", "str", "IntRange", "FloatRange"}
 
 

@@ -158,6 +158,8 @@ def _render(args) -> int:
             print(f"# {name}\n{text}")
         return EXIT_OK
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise TaskError(f"--out: {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
         (out / name).write_text(text)
@@ -207,9 +209,13 @@ def _kuberay(args) -> int:
     from llm_autotuner.cluster import kuberay
     from llm_autotuner.task import parse_task, read_task_file
 
+    from llm_autotuner.tuner.driver import preflight
+
     data = read_task_file(args.task)
     task = parse_task(data, args.task)
-    sys.stdout.write(kuberay.to_yaml(kuberay.manifests(task, data, args.image, args.kind, args.results_size)))
+    documents = kuberay.manifests(task, data, args.image, args.kind, args.results_size)
+    preflight(task)  # the checks `validate` makes: a task that would fail in the cluster fails here
+    sys.stdout.write(kuberay.to_yaml(documents))
     return EXIT_OK
 
 

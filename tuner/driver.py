@@ -74,6 +74,9 @@ def preflight(task: Task) -> None:
         raise TaskError(f"model.tokenizer: {tokenizer} does not exist (a local folder, or a hub id such as org/name)")
     backend_for(task.deployment).check(profile, task)
     storage_for(task)  # a storage.filesystem that cannot be built fails here, in one line
+    existing = next(path for path in (task.results_path, *task.results_path.parents) if path.exists())
+    if not existing.is_dir():
+        raise TaskError(f"results_dir: {existing} is a file; the results go into a folder {task.results_path}")
 
 
 def _check_flags(task: Task, profile: EngineProfile) -> None:
@@ -87,12 +90,26 @@ def _check_flags(task: Task, profile: EngineProfile) -> None:
         seen: dict[str, str] = {}
         for name in names:
             canonical = profile.canonical(name)
+            _check_resource_flag(profile, canonical, f"{where}.{name}", names[name])
             if canonical in profile.managed:
                 raise TaskError(f"{where}.{name}: the tuner sets this flag itself for each trial")
             if canonical in seen:
                 raise TaskError(f"{where}.{name}: the same flag as {where}.{seen[canonical]} ({task.engine.name} "
                                 f"--{canonical}); give it once")
             seen[canonical] = name
+
+
+def _check_resource_flag(profile: EngineProfile, canonical: str, where: str, domain: Any) -> None:
+    """A flag the trial's claim is computed from (GPUs: tp x dp x pp; CPUs: llama.cpp's threads)
+    takes whole numbers, GPU counts of at least 1: else the claim could not be made, after Ray started."""
+    gpus = canonical in profile.gpu_flags
+    if not gpus and canonical != profile.cpu_flag:
+        return
+    values = domain if isinstance(domain, list) else [domain.min, domain.max] if hasattr(domain, "min") else [domain]
+    for value in values:
+        if not isinstance(value, int) or isinstance(value, bool) or (gpus and value < 1):
+            what = "a GPU count: a whole number of at least 1" if gpus else "a whole number of threads"
+            raise TaskError(f"{where}: {value!r} is not {what}")
 
 
 def resolve(task: Task, backend: Backend, storage: Storage, run_id: str, *, local_ray: bool = True) -> Resolved:

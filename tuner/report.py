@@ -22,9 +22,13 @@ _PAGES = jinja2.Environment(loader=jinja2.PackageLoader("llm_autotuner.templates
 def read_summary(results_dir: Path) -> dict:
     path = results_dir / "results.json"
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise TaskError(f"{path}: cannot read results ({error})") from None
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError) as error:  # ValueError: not JSON, or not UTF-8 text
+        raise TaskError(f"{path}: cannot read results ({' '.join(str(error).split())})") from None
+    needed = ("task_name", "objective", "slos", "all_results", "best_result")
+    if not isinstance(summary, dict) or any(key not in summary for key in needed):
+        raise TaskError(f"{path}: not the results.json of an autotuner run (it needs {', '.join(needed)})")
+    return summary
 
 
 def _status(summary: dict) -> str:

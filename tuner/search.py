@@ -354,6 +354,8 @@ def build_searcher(task: Task, max_concurrent: int) -> Searcher:
         inner: Searcher = cls(**args)
     except TypeError as error:
         raise TaskError(f"search.algorithm_args: {search.algorithm} does not take these arguments ({error})") from None
+    except (AssertionError, ValueError) as error:  # Ray's and the libraries' own checks of their arguments
+        raise TaskError(f"search: {search.algorithm} refuses these settings ({_one_line(error)})") from None
     if search.algorithm != "grid":
         inner = DistinctConfigs(inner, task.search_space, search.seed, listed=len(points))
     searcher: Searcher = ConcurrencyLimiter(inner, max_concurrent=max_concurrent)
@@ -376,10 +378,18 @@ def build_scheduler(task: Task) -> TrialScheduler:
             defaults["brackets"] = 3
     elif search.scheduler == "median":
         defaults = {"time_attr": TIME_ATTR, "grace_period": search.grace_period, "min_samples_required": 3}
+    if search.scheduler in ("asha", "hyperband", "median") and search.grace_period > stages:
+        raise TaskError(f"search.grace_period: {search.grace_period} stages, but benchmark.concurrency has {stages}")
     try:
         return cls(**(defaults | search.scheduler_args))
     except TypeError as error:
         raise TaskError(f"search.scheduler_args: {search.scheduler} does not take these arguments ({error})") from None
+    except (AssertionError, ValueError) as error:  # Ray's own checks of the scheduler's arguments
+        raise TaskError(f"search: the {search.scheduler} scheduler refuses these settings ({_one_line(error)})") from None
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 class NoImprovementStopper(Stopper, Callback):

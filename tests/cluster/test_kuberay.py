@@ -134,6 +134,29 @@ def test_a_local_task_is_refused_in_one_line():
     assert "deployment.backend is local" in completed.stderr
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"search": {"scheduler_args": {"mode": "up"}}}, "search: the asha scheduler refuses these settings"),
+    ({"search_space": {"tp-size": [0, 1]}}, "search_space.tp-size: 0 is not a GPU count"),
+])
+def test_the_checks_validate_makes_run_before_anything_is_printed(tmp_path, change, message):
+    # A task the driver would refuse in the cluster's pod is refused here, before `kubectl apply`.
+    data = yaml.safe_load(EXAMPLE.read_text())
+    for key, value in change.items():
+        data[key] = {**data.get(key, {}), **value} if key == "search" else value
+    path = tmp_path / "task.yaml"
+    path.write_text(yaml.safe_dump(data))
+    completed = kuberay(str(path), "--image", IMAGE)
+    assert completed.returncode == 2 and completed.stdout == ""
+    assert message in completed.stderr and completed.stderr.strip().count("\n") == 0
+
+
+@pytest.mark.parametrize("args, message", [(["--image", ""], "--image must name"),
+                                           (["--image", IMAGE, "--results-size", "banana"], "--results-size")])
+def test_bad_options_are_refused_in_one_line(args, message):
+    completed = kuberay(str(EXAMPLE), *args)
+    assert completed.returncode == 2 and completed.stdout == "" and message in completed.stderr
+
+
 def test_the_image_is_rays_own_at_the_pinned_version_with_the_project_installed_from_its_files():
     dockerfile = (ROOT / "Dockerfile").read_text()
     version = re.search(r"^ARG RAY_VERSION=(\S+)$", dockerfile, re.M).group(1)

@@ -115,3 +115,29 @@ def test_a_ray_client_address_is_refused_before_anything_starts(tmp_path):
                              "does not drive; run it on a node of the cluster with --address HOST:6379, or submit it "
                              "there with `ray job submit`\n")
     assert not (tmp_path / "results").exists()
+
+
+def test_a_huge_unstepped_range_is_counted_not_listed():
+    # A billion integers is a fine range for a searcher; listing them to count would take the memory.
+    from llm_autotuner.task import space_size
+
+    assert space_size({"seed-like": IntRange(type="int", min=1, max=10**9), "p": [1, 2]}) == 2 * 10**9
+    assert space_size({"f": FloatRange(type="float", min=0.1, max=0.9, step=0.05)}) == 17
+
+
+@pytest.mark.parametrize("content", ["{}", "[]", '{"task_name": "x"}'])
+def test_report_on_a_file_that_is_not_a_runs_results_exits_2_in_one_line(tmp_path, content):
+    (tmp_path / "results.json").write_text(content)
+    result = _cli("report", str(tmp_path))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "not the results.json of an autotuner run" in result.stderr
+
+
+def test_render_into_a_path_that_is_a_file_exits_2_in_one_line(tmp_path):
+    from pathlib import Path
+
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    example = Path(__file__).parents[2] / "examples" / "ome-sglang.yaml"
+    result = _cli("render", str(example), "--out", str(taken))
+    assert result.returncode == 2 and result.stderr == f"autotuner: error: --out: {taken} exists and is not a folder\n"
