@@ -10,12 +10,13 @@ import difflib
 import itertools
 import math
 import re
+import types
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError,
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, ValidationError,
                       field_validator, model_validator)
 
 from llm_autotuner.errors import TaskError
@@ -57,6 +58,27 @@ def check_flag_name(name: str) -> str:
 class _Strict(BaseModel):
     # No NaN or infinity anywhere (YAML's .nan and .inf): no range, limit or weight means anything with one.
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_true_for_a_number(cls, data: Any) -> Any:
+        # pydantic reads true as 1 for a number: `num_samples: true` would run one trial.
+        if isinstance(data, dict):
+            for name, value in data.items():
+                field = cls.model_fields.get(name) if isinstance(name, str) else None
+                if isinstance(value, bool) and field is not None and _is_number(field.annotation):
+                    raise ValueError(f"{name}: {str(value).lower()} is not a number")
+        return data
+
+
+def _is_number(annotation: Any) -> bool:
+    """Whether a field takes an int or a float (maybe optional or annotated) and not a boolean."""
+    if get_origin(annotation) is Annotated:
+        return _is_number(get_args(annotation)[0])
+    if get_origin(annotation) in (Union, types.UnionType):
+        members = [a for a in get_args(annotation) if a is not type(None)]
+        return bool(members) and all(_is_number(a) for a in members)
+    return annotation in (int, float)
 
 
 class IntRange(_Strict):
@@ -302,10 +324,22 @@ class Slo(_Strict):
 
 
 # A number is a hard limit; a mapping is an Slo.
+def _not_a_bool(value: Any) -> Any:
+    if isinstance(value, bool):  # pydantic would read true as a limit of 1
+        raise ValueError(f"{str(value).lower()} is not a limit; give a number (or {{limit: N, hard: false}})")
+    return value
+
+
 SloValue = Annotated[
     Union[Annotated[float, Field(gt=0), Tag("limit")], Annotated[Slo, Tag("slo")]],
     Discriminator(lambda v: "slo" if isinstance(v, (dict, Slo)) else "limit"),
+    BeforeValidator(_not_a_bool),
 ]
+
+
+def _among(value: Any, choices: list) -> bool:
+    """`value in choices`, where true is not 1 (Python's `True in [1, 2]` holds)."""
+    return any(value == choice and isinstance(value, bool) == isinstance(choice, bool) for choice in choices)
 
 
 class Objective(_Strict):
@@ -477,7 +511,7 @@ class Task(_Strict):
                 domain = self.search_space.get(name)
                 if domain is None:
                     raise ValueError(f"{where}: not a parameter of search_space")
-                if not (value in domain if isinstance(domain, list) else domain.holds(value)):
+                if not (_among(value, domain) if isinstance(domain, list) else domain.holds(value)):
                     # Between two steps is outside too, so a stepped range's values are named.
                     steps = domain.values() if not isinstance(domain, list) and domain.step else []
                     shown = steps if len(steps) <= 3 else [steps[0], steps[1], "...", steps[-1]]
