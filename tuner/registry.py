@@ -45,8 +45,11 @@ def load(path: str, field: str, package: str | None = None) -> type:
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        missing = package or error.name or module_name
-        raise TaskError(f"{field}: cannot import {module_name} ({error}); install it: pip install {missing}") from None
+        if package:  # a searcher or scheduler Ray Tune wraps: its library
+            raise TaskError(f"{field}: cannot import {module_name} ({error}); install it: pip install {package}") from None
+        # The user's own class: a module of theirs, or a library it needs.
+        raise TaskError(f"{field}: cannot import {module_name} ({error}); install what it needs, and put the "
+                        "folder holding your module on PYTHONPATH") from None
     try:
         return getattr(module, attribute)
     except AttributeError:
