@@ -180,8 +180,12 @@ def start_ray(backend: Backend, address: str | None, dashboard: bool = True) -> 
             # Trials on other nodes need our package; the engines and genai-bench must be installed there.
             with shipped_package() as package:
                 # Workers' own output stays in their logs (the dashboard shows them), as with a local Ray.
-                context = ray.init(address=address, runtime_env={"py_modules": [package]}, configure_logging=False,
-                                   log_to_driver=False)
+                try:
+                    context = ray.init(address=address, runtime_env={"py_modules": [package]},
+                                       configure_logging=False, log_to_driver=False)
+                except (ConnectionError, TimeoutError, RuntimeError, ValueError) as error:
+                    raise TaskError(f"--address: cannot join a Ray cluster at {address} "
+                                    f"({' '.join(str(error).split())[:300]})") from None
         else:
             # Ray starts workers at niceness 15: any other work on the machine then starves the
             # trials' own processes (measured: 40 s to start a trial actor next to two busy loops).
