@@ -10,6 +10,7 @@ import math
 import os
 import secrets
 import shutil
+import socket
 import tempfile
 import time
 from contextlib import closing
@@ -53,6 +54,9 @@ NO_TRIAL_CHECKPOINTS = tune.CheckpointConfig(checkpoint_at_end=False, checkpoint
 RUN_AGAIN_ONCE = tune.FailureConfig(max_failures=1)
 
 
+ADDRESS_TIMEOUT_S = 10.0
+
+
 def check_address(address: str | None) -> None:
     """Ray Client (ray://) is refused: through it Ray Tune runs its loop in an actor on the head
     node (ray/tune/tuner.py, `_remote_tuner`), where this process's Ctrl-C, its progress lines and
@@ -61,6 +65,15 @@ def check_address(address: str | None) -> None:
     if given and given.startswith("ray://"):
         raise TaskError(f"{where}: {given} is a Ray Client address, which autotuner does not drive; run it on a "
                         f"node of the cluster with --address HOST:6379, or submit it there with `ray job submit`")
+    host, _, port = (given or "").rpartition(":")
+    if host and port.isdigit():
+        # ray.init retries an address nothing answers at for good (measured: still retrying after
+        # 5 minutes): a run must not hang on a mistyped address.
+        try:
+            socket.create_connection((host, int(port)), timeout=ADDRESS_TIMEOUT_S).close()
+        except OSError as error:
+            raise TaskError(f"{where}: no Ray cluster answers at {given} ({error.strerror or error}); "
+                            "start one with `ray start --head`, or give its head's HOST:PORT") from None
 
 
 def preflight(task: Task) -> None:

@@ -141,3 +141,20 @@ def test_render_into_a_path_that_is_a_file_exits_2_in_one_line(tmp_path):
     example = Path(__file__).parents[2] / "examples" / "ome-sglang.yaml"
     result = _cli("render", str(example), "--out", str(taken))
     assert result.returncode == 2 and result.stderr == f"autotuner: error: --out: {taken} exists and is not a folder\n"
+
+
+def test_an_address_nothing_answers_at_is_refused_at_once(tmp_path):
+    # ray.init would retry it for good: a mistyped --address must not hang the run.
+    import socket
+    import time
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    path = tmp_path / "task.yaml"
+    path.write_text(json.dumps(VALID | {"results_dir": str(tmp_path / "results")}))
+    started = time.monotonic()
+    result = _cli("run", str(path), "--address", f"127.0.0.1:{port}")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"autotuner: error: --address: no Ray cluster answers at 127.0.0.1:{port}")
+    assert time.monotonic() - started < 50 and not (tmp_path / "results").exists()
