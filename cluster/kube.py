@@ -10,7 +10,7 @@ from pathlib import Path
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from llm_autotuner.errors import DeploymentError, InfrastructureError
+from llm_autotuner.errors import DeploymentError, InfrastructureError, SetupError, TaskError
 
 OME_GROUP, OME_VERSION = "ome.io", "v1beta1"
 REQUEST_TIMEOUT_S = 30  # every API call has a deadline
@@ -27,14 +27,25 @@ def in_cluster() -> bool:
 
 def api_client(kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
     """From the named kubeconfig, else the pod's service account when in a cluster, else ~/.kube/config."""
-    if kubeconfig is None and context is None and in_cluster():
-        configuration = client.Configuration()
-        config.load_incluster_config(client_configuration=configuration)
-        return client.ApiClient(configuration)
     try:
+        if kubeconfig is None and context is None and in_cluster():
+            configuration = client.Configuration()
+            config.load_incluster_config(client_configuration=configuration)
+            return client.ApiClient(configuration)
         return config.new_client_from_config(config_file=kubeconfig, context=context)
     except (config.ConfigException, OSError) as error:
         raise DeploymentError(f"cannot load the Kubernetes configuration: {error}") from None
+
+
+def check_config(kubeconfig: str | None, context: str | None) -> None:
+    """The configuration a run talks to Kubernetes with loads (the named file, the named context),
+    checked before the run moves the last results aside or starts anything."""
+    if kubeconfig and not Path(kubeconfig).expanduser().is_file():
+        raise TaskError(f"deployment.kubeconfig: {kubeconfig} is not a file")
+    try:
+        api_client(kubeconfig, context)
+    except DeploymentError as error:
+        raise SetupError(f"deployment{'.context' if context else ''}: {error}") from None
 
 
 def run_tag(run_id: str) -> str:

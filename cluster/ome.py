@@ -114,12 +114,15 @@ class OmeBackend(Backend):
     # The runtime's image brings the engine and the controller mounts the model: nothing of them is
     # on this machine or the Ray nodes to check or set up; only that the space fits the GPU budget.
     def check(self, profile: EngineProfile, task: Task) -> None:
+        if self.settings.kubeconfig or self.settings.context:  # named: it must load here (no default to fall back to)
+            kube.check_config(self.settings.kubeconfig, self.settings.context)
         gpus = profile.resources(profile.merged(task.engine.args, cheapest_params(task))).get("GPU", 0.0)
         if gpus > self.settings.gpu_budget:
             raise TaskError(f"search_space: even its smallest config needs {gpus:g} GPUs; deployment.gpu_budget "
                             f"is {self.settings.gpu_budget}")
 
     def setup(self, profile: EngineProfile, task: Task, prove_here: bool) -> EngineSetup:
+        kube.check_config(self.settings.kubeconfig, self.settings.context)
         return EngineSetup(executable="", model_path=task.model.path or MODEL_PATH_IN_POD,
                            served_name=task.model.name, tokenizer=task.model.tokenizer or "")
 

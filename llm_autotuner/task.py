@@ -66,8 +66,14 @@ class _Strict(BaseModel):
         if isinstance(data, dict):
             for name, value in data.items():
                 field = cls.model_fields.get(name) if isinstance(name, str) else None
-                if isinstance(value, bool) and field is not None and _is_number(field.annotation):
+                if field is None:
+                    continue
+                if isinstance(value, bool) and _is_number(field.annotation):
                     raise ValueError(f"{name}: {str(value).lower()} is not a number")
+                if isinstance(value, list) and _is_number_list(field.annotation):
+                    for item in value:
+                        if isinstance(item, bool):
+                            raise ValueError(f"{name}: {str(item).lower()} is not a number")
         return data
 
 
@@ -79,6 +85,15 @@ def _is_number(annotation: Any) -> bool:
         members = [a for a in get_args(annotation) if a is not type(None)]
         return bool(members) and all(_is_number(a) for a in members)
     return annotation in (int, float)
+
+
+def _is_number_list(annotation: Any) -> bool:
+    """Whether a field takes a list of numbers (maybe optional or annotated)."""
+    if get_origin(annotation) is Annotated:
+        return _is_number_list(get_args(annotation)[0])
+    if get_origin(annotation) in (Union, types.UnionType):
+        return any(_is_number_list(a) for a in get_args(annotation) if a is not type(None))
+    return get_origin(annotation) is list and _is_number(get_args(annotation)[0])
 
 
 class IntRange(_Strict):

@@ -206,6 +206,8 @@ def _rbac(args) -> int:
 
 
 def _kuberay(args) -> int:
+    import yaml
+
     from llm_autotuner.cluster import kuberay
     from llm_autotuner.task import parse_task, read_task_file
 
@@ -214,7 +216,9 @@ def _kuberay(args) -> int:
     data = read_task_file(args.task)
     task = parse_task(data, args.task)
     documents = kuberay.manifests(task, data, args.image, args.kind, args.results_size)
-    preflight(task)  # the checks `validate` makes: a task that would fail in the cluster fails here
+    # The checks `validate` makes, on the task as the pod runs it (no kubeconfig: the pod's own
+    # credentials): a task that would fail in the cluster fails here.
+    preflight(parse_task(yaml.safe_load(kuberay.in_cluster_task(data)), args.task))
     sys.stdout.write(kuberay.to_yaml(documents))
     return EXIT_OK
 

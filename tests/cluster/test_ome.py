@@ -243,3 +243,29 @@ def test_names_are_valid_unique_and_short():
     assert resource_name("exp", "t1") == "exp-t1"
     assert resource_name("a-b", "c") != resource_name("a", "b-c")
     assert resource_name("a-b", "c", "r1") != resource_name("a", "b-c", "r1")
+
+
+def test_a_context_the_kubeconfig_lacks_is_refused_before_the_last_results_are_moved(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from llm_autotuner.tuner import cli
+
+    with KubeEmulator() as emulator:
+        kubeconfig = emulator.write_kubeconfig(tmp_path / "kubeconfig")  # names the context "emulator" only
+    task = {"name": "ctx", "model": {"name": "org/model", "tokenizer": "org/model"}, "engine": {"name": "sglang"},
+            "deployment": {"backend": "ome", "namespace": NS, "model": "m", "runtime": "r", "gpu_budget": 2,
+                           "kubeconfig": str(kubeconfig), "context": "production"},
+            "search_space": {"tp-size": [1, 2]}}
+    (tmp_path / "task.yaml").write_text(yaml.safe_dump(task))
+    earlier = tmp_path / "results" / "ctx" / "results.json"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    for command in ("validate", "run"):
+        assert cli.main([command, "task.yaml"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("autotuner: error: deployment.context: "), err
+        assert "production" in err
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["ctx"] and earlier.read_text() == "{}"
+    # The pod a RayJob runs uses its own service account: the local kubeconfig is not its concern.
+    assert cli.main(["kuberay", "task.yaml", "--image", "registry/autotuner:1"]) == 0
