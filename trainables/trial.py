@@ -121,8 +121,8 @@ class TrialTrainable(tune.Trainable):
                                  creation_number(working_dir.name, self.trial_id), config)
         import ray
 
-        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
-        self.folder = TrialFolder(resolved.storage, self.trial_id, node, resolved.run_id)
+        self.node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+        self.folder = TrialFolder(resolved.storage, self.trial_id, self.node, resolved.run_id)
         self.workdir = self.folder.path
         self.timeline = Timeline(self.workdir / "timeline.json")
         self.timeline.mark("trial_start")
@@ -147,8 +147,9 @@ class TrialTrainable(tune.Trainable):
             result = self._next_stage()
         except AutotunerError as error:
             result = self._failure(error)
-        # Which attempt's folder holds this trial's files (cluster/storage.py: assemble).
-        return result | {"files": self.folder.key}
+        # Which attempt's folder holds this trial's files (cluster/storage.py: assemble); the node
+        # says which build of the engine it ran (best_command.txt names that one).
+        return result | {"files": self.folder.key, "node": self.node}
 
     def _next_stage(self) -> dict:
         task = self.task

@@ -1,6 +1,7 @@
 """Results: Pareto front over several objectives, the recommended point, files written."""
 
 import csv
+import dataclasses
 
 import pytest
 
@@ -119,3 +120,15 @@ def test_the_tradeoff_plots_front_is_of_trials_that_ran_every_stage():
     summary = summarize(task(), RESOLVED, records, "unused")  # its soft ttft_p90 SLO: the latency axis
     points, front = tradeoff_points(summary)
     assert set(points) == {1, 2, 3} and front == [3]
+
+
+def test_the_launch_line_names_the_build_the_winner_ran_on_its_ray_node(tmp_path):
+    # On a Ray cluster each node proves its own build (CPU flags differ between machines): the line
+    # names the binary of the node the winner ran on, not the driver's.
+    resolved = dataclasses.replace(RESOLVED, node_executables={"node-a": "/a/llama-server", "node-b": "/b/llama-server"})
+    winner, other = record(1, 2, 200, 0.5), record(2, 1, 100, 0.5)
+    for run, node in ((winner, "node-b"), (other, "node-a")):
+        for report in run.reports:
+            report["node"] = node
+    write(tmp_path, summarize(task(), resolved, [winner, other], "unused"))
+    assert (tmp_path / "best_command.txt").read_text().split()[0] == "/b/llama-server"
