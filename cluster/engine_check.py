@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import tempfile
 import time
 import urllib.error
@@ -20,6 +21,7 @@ from llm_autotuner.cluster.procs import ProcessGroup, exit_hint, exit_text, tell
 from llm_autotuner.errors import SetupError
 
 CHECK_TIMEOUT_S = 120.0  # model load plus one short completion, on a busy machine
+HELP_TIMEOUT_S = 30.0  # `--help` prints at once; this is for a machine under load
 _POLL_S = 0.1
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -87,3 +89,20 @@ def _completion(base: str) -> bool:
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, json.JSONDecodeError):
         return False  # not listening yet, or still loading (503)
     return isinstance(answer.get("content"), str) and answer.get("tokens_predicted", 0) >= 1
+
+
+def listed_flags(binary: str | Path) -> frozenset[str] | None:
+    """Every flag spelling llama-server's `--help` lists ("-c", "--ctx-size", "--no-kv-offload"...),
+    or None when the binary could not say (then nothing is refused on its word)."""
+    try:
+        shown = subprocess.run([str(binary), "--help"], capture_output=True, text=True, timeout=HELP_TIMEOUT_S,
+                               stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    names: set[str] = set()
+    for line in shown.stdout.splitlines():
+        for token in line.split():  # a line's leading spellings: "-kvo,  --kv-offload, -nkvo, --no-kv-offload"
+            if not token.startswith("-"):
+                break
+            names.add(token.rstrip(","))
+    return frozenset(names) if shown.returncode == 0 and names else None

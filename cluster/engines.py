@@ -83,6 +83,11 @@ class EngineProfile:
         check_nodes(engine.binary or self.default_binary, [] if engine.binary else list(self.modules), skip)
         return {}
 
+    def known_flags(self, executable: str) -> frozenset[str] | None:
+        """The flag spellings the engine's binary on this machine accepts, or None when it cannot
+        be asked here (an engine that is not installed on the driver's machine)."""
+        return None
+
     def canonical(self, key: str) -> str:
         bare = key.lstrip("-").replace("_", "-")
         return self.aliases.get(bare, bare)
@@ -155,6 +160,11 @@ class LlamaCppProfile(EngineProfile):
             executable = engine.binary or self.default_binary  # each node's own: setup_nodes
         tokenizer = model.tokenizer or str(llamacpp_setup.ensure_tokenizer(Path(path)))
         return EngineSetup(executable, path, model.name or Path(path).name.removesuffix(".gguf"), tokenizer)
+
+    def known_flags(self, executable: str) -> frozenset[str] | None:
+        from llm_autotuner.cluster.engine_check import listed_flags
+
+        return listed_flags(executable)
 
     def setup_nodes(self, engine: Engine, skip: set[str]) -> dict[str, str]:
         # Nodes of one cluster can have different CPUs while sharing one home (one cache).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import importlib
 import logging
 import math
@@ -123,6 +124,22 @@ def _check_resource_flag(profile: EngineProfile, canonical: str, where: str, dom
         if not isinstance(value, int) or isinstance(value, bool) or (gpus and value < 1):
             what = "a GPU count: a whole number of at least 1" if gpus else "a whole number of threads"
             raise TaskError(f"{where}: {value!r} is not {what}")
+
+
+def check_known_flags(task: Task, executable: str) -> None:
+    """A flag the engine's binary does not know stops every trial given it at start: refused
+    before the run (the binary's own list, where it can be asked here), naming the nearest one."""
+    profile = profile_for(task.engine.name)
+    known = profile.known_flags(executable)
+    if known is None:
+        return
+    for where, names in (("engine.args", task.engine.args), ("search_space", task.search_space)):
+        for name in names:
+            flag = f"--{profile.canonical(name)}"
+            if flag not in known:
+                near = difflib.get_close_matches(flag, sorted(known), n=1)
+                hint = f"; did you mean {near[0]}?" if near else ""
+                raise TaskError(f"{where}.{name}: {Path(executable).name} has no {flag} (its --help){hint}")
 
 
 def resolve(task: Task, backend: Backend, storage: Storage, run_id: str, *, local_ray: bool = True) -> Resolved:
@@ -260,6 +277,8 @@ def run(task: Task, *, address: str | None = None, resume: bool = False, dashboa
     backend = backend_for(task.deployment)
     storage = storage_for(task)
     resolved = resolve(task, backend, storage, run_id, local_ray=local_ray)
+    if local_ray:
+        check_known_flags(task, resolved.executable)
     if resume:
         results_dir = task.results_path.absolute()
         if not storage.exists(storage.path(RAY_EXPERIMENT_NAME, "tuner.pkl")):

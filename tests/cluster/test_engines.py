@@ -3,8 +3,13 @@
 import subprocess
 
 import pytest
+import ray
+import yaml
 
 from llm_autotuner.cluster.engines import LLAMA_CPP, SGLANG, VLLM, Launch
+from llm_autotuner.task import parse_task
+from llm_autotuner.tuner import cli
+from llm_autotuner.tuner.driver import check_known_flags
 
 LAUNCH = Launch("llama-server", "/models/m.gguf", "m", "127.0.0.1", 9000)
 
@@ -33,7 +38,7 @@ def test_llama_cpp_false_turns_off_every_flag_the_real_server_can_turn_off(llama
     trial would run (and the results report) another config than the one named."""
     help_text = subprocess.run([llama_server, "--help"], capture_output=True, text=True, timeout=60).stdout
     pairs = set()
-    for line in help_text.splitlines():
+    for line in help_text.splitlines():  # a pair is named on one line (--mmproj and --no-mmproj are not a pair)
         names = set()
         for token in line.split():  # the line's leading flag spellings: "-kvo,  --kv-offload, -nkvo, --no-kv-offload"
             if not token.startswith("-"):
@@ -95,3 +100,19 @@ def test_values_that_could_smuggle_a_flag_are_refused(value):
 
 def test_negative_numbers_are_values_not_flags():
     assert LLAMA_CPP.flag_argv({"parallel": -1}) == ["--parallel", "-1"]
+
+
+def test_run_refuses_a_flag_the_llama_server_binary_does_not_know(llama_server, tmp_path, monkeypatch, capsys):
+    # Passed through, `--ctx-sise` would stop every trial's engine at start: a whole run of failures.
+    task = {"name": "typo", "model": {"path": "builtin:smollm2"}, "engine": {"name": "llama.cpp", "binary": llama_server},
+            "search_space": {"threads": [1], "ctx-sise": [512, 1024]}}
+    (tmp_path / "task.yaml").write_text(yaml.safe_dump(task))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["run", "task.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "search_space.ctx-sise: llama-server has no --ctx-sise (its --help); did you mean --ctx-size?" in err
+    assert not ray.is_initialized() and not (tmp_path / "results").exists()
+    # A flag it knows, under any of its spellings, passes.
+    task["search_space"] = {"threads": [1], "c": [512], "no-warmup": [True]}
+    check_known_flags(parse_task(task), llama_server)
