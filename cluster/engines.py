@@ -83,9 +83,9 @@ class EngineProfile:
         check_nodes(engine.binary or self.default_binary, [] if engine.binary else list(self.modules), skip)
         return {}
 
-    def known_flags(self, executable: str) -> frozenset[str] | None:
-        """The flag spellings the engine's binary on this machine accepts, or None when it cannot
-        be asked here (an engine that is not installed on the driver's machine)."""
+    def known_flags(self, engine: Engine, executable: str | None = None) -> frozenset[str] | None:
+        """The flag spellings the engine's binary accepts (`executable`, else the one installed on
+        this machine), or None when it cannot be asked here (an engine not on this machine)."""
         return None
 
     def canonical(self, key: str) -> str:
@@ -161,10 +161,12 @@ class LlamaCppProfile(EngineProfile):
         tokenizer = model.tokenizer or str(llamacpp_setup.ensure_tokenizer(Path(path)))
         return EngineSetup(executable, path, model.name or Path(path).name.removesuffix(".gguf"), tokenizer)
 
-    def known_flags(self, executable: str) -> frozenset[str] | None:
+    def known_flags(self, engine: Engine, executable: str | None = None) -> frozenset[str] | None:
+        from llm_autotuner.cluster import llamacpp_setup
         from llm_autotuner.cluster.engine_check import listed_flags
 
-        return listed_flags(executable)
+        binary = executable or llamacpp_setup.installed_llama_server(engine.binary)
+        return listed_flags(binary) if binary else None
 
     def setup_nodes(self, engine: Engine, skip: set[str]) -> dict[str, str]:
         # Nodes of one cluster can have different CPUs while sharing one home (one cache).

@@ -39,6 +39,18 @@ def chosen_binary(task_binary: str | None = None) -> tuple[str, str] | None:
     return None
 
 
+def installed_llama_server(task_binary: str | None = None) -> str | None:
+    """The llama-server `ensure_llama_server` would try first, if it is on this machine already:
+    nothing is built or proven (what `validate` asks for its flags)."""
+    chosen = chosen_binary(task_binary)
+    if chosen:
+        return shutil.which(chosen[1])
+    if shutil.which("llama-server"):
+        return shutil.which("llama-server")
+    configs = llamacpp_build.build_configs(llamacpp_build.cpu_features())
+    return next((str(c.binary) for c in configs if llamacpp_build.read_record(c) and c.binary.is_file()), None)
+
+
 def ensure_llama_server(task_binary: str | None = None, progress=print) -> Path:
     """A `llama-server` that served a completion on this machine just now.
 

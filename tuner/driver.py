@@ -91,6 +91,7 @@ def preflight(task: Task) -> None:
     existing = next(path for path in (task.results_path, *task.results_path.parents) if path.exists())
     if not existing.is_dir():
         raise TaskError(f"results_dir: {existing} is a file; the results go into a folder {task.results_path}")
+    check_known_flags(task)
 
 
 def _check_flags(task: Task, profile: EngineProfile) -> None:
@@ -126,11 +127,12 @@ def _check_resource_flag(profile: EngineProfile, canonical: str, where: str, dom
             raise TaskError(f"{where}: {value!r} is not {what}")
 
 
-def check_known_flags(task: Task, executable: str) -> None:
+def check_known_flags(task: Task, executable: str | None = None) -> None:
     """A flag the engine's binary does not know stops every trial given it at start: refused
-    before the run (the binary's own list, where it can be asked here), naming the nearest one."""
+    before the run (the binary's own list, where it can be asked here), naming the nearest one.
+    `executable`: the binary the trials will run, else the one installed here (validate)."""
     profile = profile_for(task.engine.name)
-    known = profile.known_flags(executable)
+    known = profile.known_flags(task.engine, executable)
     if known is None:
         return
     for where, names in (("engine.args", task.engine.args), ("search_space", task.search_space)):
@@ -139,7 +141,7 @@ def check_known_flags(task: Task, executable: str) -> None:
             if flag not in known:
                 near = difflib.get_close_matches(flag, sorted(known), n=1)
                 hint = f"; did you mean {near[0]}?" if near else ""
-                raise TaskError(f"{where}.{name}: {Path(executable).name} has no {flag} (its --help){hint}")
+                raise TaskError(f"{where}.{name}: {task.engine.name} has no {flag} (its --help){hint}")
 
 
 def resolve(task: Task, backend: Backend, storage: Storage, run_id: str, *, local_ray: bool = True) -> Resolved:

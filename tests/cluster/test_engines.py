@@ -102,16 +102,17 @@ def test_negative_numbers_are_values_not_flags():
     assert LLAMA_CPP.flag_argv({"parallel": -1}) == ["--parallel", "-1"]
 
 
-def test_run_refuses_a_flag_the_llama_server_binary_does_not_know(llama_server, tmp_path, monkeypatch, capsys):
+def test_validate_and_run_refuse_a_flag_the_llama_server_binary_does_not_know(llama_server, tmp_path, monkeypatch, capsys):
     # Passed through, `--ctx-sise` would stop every trial's engine at start: a whole run of failures.
     task = {"name": "typo", "model": {"path": "builtin:smollm2"}, "engine": {"name": "llama.cpp", "binary": llama_server},
             "search_space": {"threads": [1], "ctx-sise": [512, 1024]}}
     (tmp_path / "task.yaml").write_text(yaml.safe_dump(task))
     monkeypatch.chdir(tmp_path)
-    assert cli.main(["run", "task.yaml"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1, err
-    assert "search_space.ctx-sise: llama-server has no --ctx-sise (its --help); did you mean --ctx-size?" in err
+    for command in ("validate", "run"):
+        assert cli.main([command, "task.yaml"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        assert "search_space.ctx-sise: llama.cpp has no --ctx-sise (its --help); did you mean --ctx-size?" in err
     assert not ray.is_initialized() and not (tmp_path / "results").exists()
     # A flag it knows, under any of its spellings, passes.
     task["search_space"] = {"threads": [1], "c": [512], "no-warmup": [True]}
