@@ -36,12 +36,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from llm_autotuner.cluster.procs import ProcessGroup
 from llm_autotuner.errors import SetupError
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 # An already downloaded source distribution (an offline machine, a mirror); else pip downloads it.
 SDIST_ENV = "AUTOTUNER_LLAMA_CPP_SDIST"
 STEP_TIMEOUT_S = 3600  # a download or build step; the build takes 5-20 minutes on 2 cores
+LOCK_WAIT_S = 7200  # for another process's build of the same config: its steps' deadlines, and then some
+LOCK_POLL_S = 1.0
 
 # ggml's x86 instruction-set options and the /proc/cpuinfo flags each one compiles in
 # (ggml-cpu/CMakeLists.txt: GGML_AVX512 adds -mavx512f -mavx512cd -mavx512vl -mavx512dq -mavx512bw).
@@ -154,7 +157,7 @@ def build(config: BuildConfig, progress=print, *, replace: bool = False) -> Path
     """
     config.folder.parent.mkdir(parents=True, exist_ok=True)
     with open(config.folder.parent / f".{config.folder.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        _wait_for_lock(lock, progress)
         if not replace and read_record(config) is not None:
             return config.binary
         with tempfile.TemporaryDirectory(prefix="autotuner-llama-build-") as tmp:
@@ -179,6 +182,26 @@ def build(config: BuildConfig, progress=print, *, replace: bool = False) -> Path
             partial.replace(config.folder)  # atomic: an interrupted build never leaves a half binary
     progress(f"[setup] llama-server built: {config.binary}")
     return config.binary
+
+
+def _wait_for_lock(lock, progress) -> None:
+    """Take the build's lock; while another process builds, say so once and wait for it, up to
+    LOCK_WAIT_S (a holder that is stopped or hung must not hang this run without a word)."""
+    deadline = time.monotonic() + LOCK_WAIT_S
+    said = False
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        if not said:
+            progress(f"[setup] another process is building this llama-server (lock {lock.name}); waiting for it")
+            said = True
+        if time.monotonic() > deadline:
+            raise SetupError(f"another process held the build lock {lock.name} for over {LOCK_WAIT_S} s; "
+                             "stop it (or remove the lock file if no build runs) and try again")
+        time.sleep(LOCK_POLL_S)
 
 
 def _sdist(work: Path, progress) -> Path:
@@ -215,10 +238,18 @@ def _extract_vendored_llama_cpp(sdist: Path, dest: Path) -> Path:
 
 
 def _run(argv: list[str]) -> None:
-    # Output streams to the terminal so the user sees the build progress.
+    """Output streams to the terminal so the user sees the build progress. The step runs as a
+    process group of its own, stopped whole (cmake's make and its compilers too) on a timeout,
+    Ctrl-C or error, and by a watchdog should this process be killed (a cancelled Ray task)."""
     try:
-        result = subprocess.run(argv, stdin=subprocess.DEVNULL, timeout=STEP_TIMEOUT_S)
+        group = ProcessGroup(argv, log_path=None)
+    except OSError as error:
+        raise SetupError(f"cannot run {argv[0]}: {error.strerror or error}") from None
+    try:
+        code = group.process.wait(timeout=STEP_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         raise SetupError(f"command still running after {STEP_TIMEOUT_S} s, stopped: {' '.join(argv)}") from None
-    if result.returncode != 0:
-        raise SetupError(f"command failed with exit code {result.returncode}: {' '.join(argv)}")
+    finally:
+        group.stop(grace_s=2.0)  # at once when it ended: only what it left behind is signalled
+    if code != 0:
+        raise SetupError(f"command failed with exit code {code}: {' '.join(argv)}")

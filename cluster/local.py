@@ -68,10 +68,14 @@ class LocalDeployer(Deployer):
             group = ProcessGroup(argv, log_path=str(spec.workdir / "engine.log"),
                                  env={**os.environ, **spec.env})
         except OSError as error:
-            raise DeploymentError(f"cannot start {argv[0]}: {error.strerror}") from None
+            raise DeploymentError(f"cannot start {argv[0]}: {error.strerror or error}") from None
         record = EngineRecord(spec.run_id, spec.experiment, spec.trial_id, group.pgid, group.started, argv[0],
                               records.host_id(), spec.run_host)
-        record.save()
+        try:
+            record.save()
+        except BaseException:  # unrecorded, `autotuner cleanup` could not find it later
+            group.stop(grace_s=0)
+            raise
         base_url = f"http://{self.host}:{port}"
         return LocalDeployment(spec, base_url, base_url + spec.profile.health_path, group, record)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -80,18 +81,25 @@ class ProcessGroup:
     can outlive it: not on an ASHA stop, an error, Ctrl-C, or a SIGKILL of the worker.
     """
 
-    def __init__(self, argv: list[str], *, log_path: str, env: dict[str, str] | None = None,
+    def __init__(self, argv: list[str], *, log_path: str | None, env: dict[str, str] | None = None,
                  cwd: str | None = None):
+        """`log_path`: where its output goes (appended); None: this process's own stdout and stderr."""
         self.argv = argv
         self.log_path = log_path
-        with open(log_path, "ab") as log:
-            self.log_start = log.tell()  # the log may hold an earlier process's lines: not ours
+        with open(log_path, "ab") if log_path else contextlib.nullcontext() as log:
+            self.log_start = log.tell() if log else 0  # the log may hold an earlier process's lines: not ours
             self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True,
+                                            stderr=subprocess.STDOUT if log else None, start_new_session=True,
                                             env=env, cwd=cwd, preexec_fn=_normal_priority)
         self.pgid = self.process.pid
         self.started = start_time(self.pgid)
-        self._watchdog_pipe = _start_watchdog(self.pgid, self.started)
+        try:
+            self._watchdog_pipe = _start_watchdog(self.pgid, self.started)
+        except BaseException:  # no watchdog, no owner: the child must not outlive this (EMFILE, Ctrl-C)
+            kill_group(self.pgid, self.started)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=KILL_WAIT_S)
+            raise
 
     def poll(self) -> int | None:
         return self.process.poll()
@@ -114,6 +122,8 @@ class ProcessGroup:
             self._watchdog_pipe.close()
 
     def log_tail(self, lines: int = 15) -> str:
+        if not self.log_path:
+            return ""
         try:
             with open(self.log_path, "rb") as log:
                 log.seek(0, os.SEEK_END)
@@ -158,11 +168,19 @@ def niceness(pid: int) -> int | None:
 
 def _start_watchdog(pgid: int, started: int | None) -> IO[bytes]:
     read_end, write_end = os.pipe()
+    launcher = None
     try:
         launcher = subprocess.Popen(
             [sys.executable, "-m", "llm_autotuner.cluster.watchdog", str(pgid), str(started or 0)],
             stdin=read_end, stdout=subprocess.DEVNULL, start_new_session=True)
-        launcher.wait(timeout=30)  # it forks the real watchdog and exits at once
+        if launcher.wait(timeout=30) != 0:  # it forks the real watchdog and exits at once
+            raise OSError(f"the engine's watchdog did not start (exit code {launcher.returncode})")
+        return os.fdopen(write_end, "wb")
+    except BaseException:
+        os.close(write_end)  # a watchdog that did start sees the pipe close, and ends the group
+        if launcher is not None and launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+        raise
     finally:
         os.close(read_end)
-    return os.fdopen(write_end, "wb")

@@ -141,3 +141,43 @@ def test_make_engine_fails_with_one_line_for_a_broken_binary(own_cache):
                                timeout=120, env={**os.environ, "LLAMA_SERVER": str(env_binary)})
     assert completed.returncode == 2
     assert completed.stderr.count("\n") == 1 and "killed by SIGILL" in completed.stderr
+
+
+def running(*argv: str) -> bool:
+    """Whether a process whose command line is exactly `argv` runs."""
+    wanted = [a.encode() for a in argv]
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and open(f"/proc/{entry}/cmdline", "rb").read().split(b"\0")[:-1] == wanted:
+                return True
+        except OSError:
+            pass
+    return False
+
+
+def test_a_build_step_past_its_deadline_is_stopped_with_everything_it_started(monkeypatch):
+    # cmake's build runs make, which runs the compilers: stopping cmake alone left them compiling.
+    monkeypatch.setattr(llamacpp_build, "STEP_TIMEOUT_S", 1)
+    with pytest.raises(SetupError, match="still running after 1 s"):
+        llamacpp_build._run(["sh", "-c", "sleep 4243 & wait"])
+    assert not running("sleep", "4243")
+
+
+def test_a_build_another_process_holds_is_waited_for_with_a_word_and_a_deadline(own_cache, monkeypatch):
+    import fcntl
+    import threading
+
+    config = llamacpp_build.build_configs(llamacpp_build.cpu_features())[0]
+    config.folder.parent.mkdir(parents=True)
+    holder = open(config.folder.parent / f".{config.folder.name}.lock", "w")
+    fcntl.flock(holder, fcntl.LOCK_EX)  # another process's build (flock locks are per open file)
+    monkeypatch.setattr(llamacpp_build, "LOCK_WAIT_S", 1)
+    lines = []
+    with pytest.raises(SetupError, match="held the build lock .* for over 1 s"):
+        llamacpp_build.build(config, lines.append)
+    assert any("another process is building this llama-server" in line for line in lines), lines
+    # Released in time, the waiter goes on to build (here: to its missing source distribution).
+    monkeypatch.setattr(llamacpp_build, "LOCK_WAIT_S", 60)
+    threading.Timer(1.0, holder.close).start()
+    with pytest.raises(SetupError, match="no-such-sdist"):
+        llamacpp_build.build(config, lines.append)

@@ -153,3 +153,28 @@ def test_watchdog_kills_the_engine_when_its_owner_is_sigkilled(tmp_path):
         assert gone(pgid, within_s=10)
     finally:
         owner.kill()
+
+
+def test_a_watchdog_that_cannot_start_takes_the_engine_with_it(tmp_path, monkeypatch):
+    # The engine is already running when its watchdog starts: if that fails (a full process table,
+    # too many open files), nothing would ever stop the engine. The watchdog runs as
+    # `sys.executable -m ...watchdog`; /bin/false stands in for an interpreter that cannot start it.
+    from llm_autotuner.cluster.procs import ProcessGroup
+
+    before = engine_like("sleep", "4242")
+    monkeypatch.setattr(sys, "executable", "/bin/false")
+    with pytest.raises(OSError, match="watchdog did not start"):
+        ProcessGroup(["sleep", "4242"], log_path=str(tmp_path / "log"))
+    assert engine_like("sleep", "4242") == before
+
+
+def engine_like(*argv: str) -> set[int]:
+    """PIDs of running processes whose command line is exactly `argv`."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes().split(b"\0")[:-1] == [a.encode() for a in argv]:
+                found.add(int(entry.name))
+        except OSError:
+            pass
+    return found
