@@ -348,11 +348,12 @@ def sweep(task: Task, backend: Backend, resolved: Resolved) -> None:
     """Remove whatever this run left behind, once it is over, and what other, dead runs of the
     task left. Local engines also have watchdogs; this is the backstop."""
     storage = resolved.storage
+    if storage.direct:
+        # A trial whose worker was killed mid-benchmark could not scrub its genai-bench files: done
+        # first, as the cleanup below talks to a cluster that may not answer (or be interrupted).
+        scrub_folder(Path(storage.path("trials")))
     for line in backend.cleanup(task.name) + backend.settle(resolved.run_id):
         print(f"[autotuner] {line}")
-    if storage.direct:
-        # A trial whose worker was killed mid-benchmark could not scrub its genai-bench files.
-        scrub_folder(Path(storage.path("trials")))
     gather_files(resolved, [])
 
 

@@ -4,9 +4,12 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 import yaml
 
 from llm_autotuner.cluster.procs import start_time
@@ -112,3 +115,36 @@ def test_cleanup_needs_a_task_or_all():
     result = cli("cleanup")
     assert result.returncode == 2
     assert "name a TASK, or pass --all" in result.stderr
+
+
+def test_the_end_of_run_sweep_masks_the_api_key_even_when_the_cluster_does_not_answer(tmp_path, monkeypatch):
+    # genai-bench writes the key into its files; a trial whose worker was killed could not mask
+    # them, so the sweep does, before it talks to a Kubernetes API that may be gone.
+    from llm_autotuner.cluster.backend import backend_for
+    from llm_autotuner.cluster.storage import storage_for
+    from llm_autotuner.task import parse_task
+    from llm_autotuner.trainables.trial import Resolved
+    from llm_autotuner.tuner.driver import sweep
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # nothing listens here once the socket closes
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "gone",
+        "clusters": [{"name": "gone", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+        "users": [{"name": "gone", "user": {"token": "t"}}],
+        "contexts": [{"name": "gone", "context": {"cluster": "gone", "user": "gone"}}]}))
+    task = parse_task({"name": "swept", "model": {"name": "org/m", "tokenizer": "org/m"}, "engine": {"name": "sglang"},
+                       "deployment": {"backend": "ome", "namespace": "ns", "model": "m", "runtime": "r",
+                                      "gpu_budget": 1, "kubeconfig": str(kubeconfig)},
+                       "search_space": {"tp-size": [1]}, "results_dir": str(tmp_path / "results")})
+    monkeypatch.setenv("AUTOTUNER_API_KEY", "sk-live-123456")
+    storage = storage_for(task)
+    log = Path(storage.path("trials")) / "t1" / "genai-bench.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("api_key=sk-live-123456\n")
+    resolved = Resolved("", "", "org/m", "org/m", storage, "20261204-000000-ab12")
+    with pytest.raises(Exception):  # the API does not answer
+        sweep(task, backend_for(task.deployment), resolved)
+    assert log.read_text() == "api_key=***\n"
