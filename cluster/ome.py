@@ -8,6 +8,7 @@ unschedulable fails the trial at once with the reason, instead of waiting out th
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -183,14 +184,25 @@ class OmeDeployer(Deployer):
         manifest["metadata"]["ownerReferences"] = [owner_reference(self.settings, spec.experiment, spec.run_id,
                                                                    self.api)]
         name, namespace = manifest["metadata"]["name"], self.settings.namespace
+        spec.workdir.mkdir(parents=True, exist_ok=True)
+        (spec.workdir / "inference_service.yaml").write_text(manifests.to_yaml(manifest))
+        deployment = OmeTrialDeployment(name, namespace, manifest)
         try:
             self.custom.create_namespaced_custom_object(kube.OME_GROUP, kube.OME_VERSION, namespace, PLURAL,
                                                         manifest, _request_timeout=kube.REQUEST_TIMEOUT_S)
         except ApiException as error:
             raise kube.explain(error, "create", KIND, name, namespace) from None
-        spec.workdir.mkdir(parents=True, exist_ok=True)
-        (spec.workdir / "inference_service.yaml").write_text(manifests.to_yaml(manifest))
-        return OmeTrialDeployment(name, namespace, manifest)
+        except BaseException as error:
+            # The create may have been carried out before its answer was lost (a read timeout, a
+            # dropped connection, Ctrl-C): an object nobody knows of would hold its GPUs until the
+            # run's end while Ray gives them to the next trial. Deleted by name, if it is there.
+            with contextlib.suppress(Exception):
+                self.teardown(deployment)
+            if isinstance(error, (HTTPError, OSError)):
+                raise DeploymentError(f"creating {KIND} {name} in {namespace}: no answer from the API "
+                                      f"({type(error).__name__}); deleted it in case it was made") from None
+            raise
+        return deployment
 
     def wait_ready(self, deployment: OmeTrialDeployment, deadline: float) -> None:
         resource_version: str | None = None

@@ -15,15 +15,12 @@ from kubernetes.stream import portforward
 
 ACCEPT_POLL_S = 0.2
 RELAY_CHUNK = 65536
+CONNECT_TIMEOUT_S = 30.0  # to open one stream; the client's own handshake has no deadline
 
 
 class PortForward:
     def __init__(self, api: client.ApiClient, namespace: str, pod: str, port: int):
-        # The client's portforward() swaps its ApiClient's request function while it connects, so
-        # it gets a client of its own (the trial's other API calls must not see the swap) and a
-        # lock (relays connect one at a time).
-        self._core = client.CoreV1Api(client.ApiClient(api.configuration))
-        self._connecting = threading.Lock()
+        self._configuration = api.configuration
         self.namespace, self.pod, self.port = namespace, pod, port
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -51,14 +48,49 @@ class PortForward:
                 return
             threading.Thread(target=self._relay, args=(local,), daemon=True).start()
 
+    def _open_stream(self):
+        """One port-forward stream. The client's portforward() swaps its ApiClient's request function
+        while it connects, so each stream gets a client of its own: one whose handshake stalls holds
+        up no other."""
+        core = client.CoreV1Api(client.ApiClient(self._configuration))
+        return portforward(core.connect_get_namespaced_pod_portforward, self.pod, self.namespace, ports=str(self.port))
+
+    def _open_within(self, seconds: float):
+        """The stream, or None when it failed or was not open within `seconds`. The client's
+        websocket connect has no timeout (kubernetes/stream/ws_client.py: create_websocket), so it
+        runs in a thread of its own; a stream that opens after it was given up on is closed."""
+        opened: list = []
+        ready, gate = threading.Event(), threading.Lock()
+
+        def open_stream() -> None:
+            try:
+                stream = self._open_stream()
+            except Exception:  # noqa: BLE001 - the API may refuse or drop; the caller sees None
+                stream = None
+            with gate:
+                if not ready.is_set():
+                    opened.append(stream)
+                    ready.set()
+                    return
+            if stream is not None:
+                stream.close()  # given up on
+
+        threading.Thread(target=open_stream, name=f"port-forward-open-{self.pod}", daemon=True).start()
+        ready.wait(seconds)
+        with gate:
+            ready.set()  # from now on a late stream is closed by its opener
+            return opened[0] if opened else None
+
     def _relay(self, local: socket.socket) -> None:
+        stream = self._open_within(CONNECT_TIMEOUT_S)
         try:
-            with self._connecting:
-                stream = portforward(self._core.connect_get_namespaced_pod_portforward, self.pod,
-                                     self.namespace, ports=str(self.port), _request_timeout=30)
-            remote = stream.socket(self.port)
-        except Exception:  # noqa: BLE001 - the API may refuse or drop; the client sees a closed connection
+            remote = stream.socket(self.port) if stream is not None else None
+        except Exception:  # noqa: BLE001 - the stream broke as it opened
+            remote = None
+        if remote is None:  # the client sees a closed connection
             local.close()
+            if stream is not None:
+                stream.close()
             return
         with self._lock:
             self._sockets.update((local, remote))

@@ -214,6 +214,8 @@ class KubeEmulator:
         self._events: list[_Event] = []
         self._rv = 1000  # never list "0": to a watch, resourceVersion 0 means "any", not "from the start"
         self._faults: list[dict] = []
+        self._lost_answers: list[tuple[str, re.Pattern]] = []  # (method, path): served, then the answer lost
+        self._stalled_forwards = 0  # port-forward handshakes left unanswered
         self._drop_rule: dict | None = None
         self._history: int | None = None  # events kept for watches to resume from (None: all)
         self.expired_watches: list[str] = []  # resourceVersions a watch was refused for (410)
@@ -324,6 +326,19 @@ class KubeEmulator:
         }
         with self._lock:
             self._faults.append(fault)
+
+    def stall_port_forwards(self, times: int = 1) -> None:
+        """Leave the next `times` port-forward handshakes unanswered until the emulator stops, as
+        an API server (or a VPN) that stops answering mid-connect does."""
+        with self._lock:
+            self._stalled_forwards = times
+
+    def lose_answer_to_next(self, method: str, path_regex: str) -> None:
+        """Carry out the next request whose method and path match, then close its connection
+        without an answer, as when a load balancer or a network drop cuts it: the change is made,
+        but the client only sees a broken connection (and cannot know whether it was made)."""
+        with self._lock:
+            self._lost_answers.append((method.upper(), re.compile(path_regex)))
 
     def drop_watches_after(self, n_events: int, times: int | None = 1, abrupt: bool = True) -> None:
         """Cut the next `times` watch connections (None: all) right after they have sent `n_events` events.
@@ -616,6 +631,15 @@ class KubeEmulator:
                         self._faults.remove(fault)
                     raise fault["error"]
 
+    def _answer_lost(self, method: str, path: str) -> bool:
+        """Whether the answer to this (already served) request is to be lost, using the rule up."""
+        with self._lock:
+            for rule in self._lost_answers:
+                if rule[0] == method and rule[1].search(path):
+                    self._lost_answers.remove(rule)
+                    return True
+        return False
+
     def _watch_drop(self, sent: int) -> str | None:
         """'abrupt' or 'graceful' when a watch that has sent `sent` events must be cut now, else None."""
         with self._lock:
@@ -842,7 +866,12 @@ class _Handler(BaseHTTPRequestHandler):
                 if isinstance(body, str):
                     raise _ApiError(400, "BadRequest", "the request body is not valid JSON")
                 content_type = self.headers.get("Content-Type", "")
-                self._send_json(*self.emulator._serve(self.command, route, query, body, content_type))
+                answer = self.emulator._serve(self.command, route, query, body, content_type)
+                if self.emulator._answer_lost(self.command, url.path):
+                    self.close_connection = True
+                    _shutdown(self.connection)
+                    return
+                self._send_json(*answer)
         except _ApiError as error:
             self._send_json(error.code, error.status())
 
@@ -890,6 +919,13 @@ class _Handler(BaseHTTPRequestHandler):
             raise _ApiError(400, "BadRequest", "the ports query parameter must list port numbers")
         ports = [int(p) for p in ports]
         targets = [self.emulator._port_target(route.namespace, route.name, port) for port in ports]
+        with self.emulator._lock:
+            stall = self.emulator._stalled_forwards > 0
+            self.emulator._stalled_forwards -= stall
+            while stall and not self.emulator._stopping:
+                self.emulator._lock.wait()
+        if stall:
+            return
         self._accept_websocket()
         self.close_connection = True
         ws = _WebSocket(self.connection, self.rfile)

@@ -75,24 +75,29 @@ class BenchmarkJobRunner:
         # Owned by the run's Lease, as its InferenceService is (cluster/lease.py).
         manifest["metadata"]["ownerReferences"] = [owner_reference(self.ome, self.task.name, self.run_id, api)]
         (workdir / "benchmark_job.yaml").write_text(manifests.to_yaml(manifest))
-        try:
-            custom.create_namespaced_custom_object(kube.OME_GROUP, kube.OME_VERSION, self.ome.namespace, PLURAL,
-                                                   manifest, _request_timeout=kube.REQUEST_TIMEOUT_S)
-        except ApiException as error:
-            raise BenchmarkError(str(kube.explain(error, "create", KIND, name, self.ome.namespace))) from None
         results = Path(self.settings.results_mount) / self.run_id / trial_id
+        # Until the API says it refused the create, the job may exist (a lost answer, Ctrl-C
+        # during the call): the `finally` deletes it by name.
+        may_exist = True
         try:
+            try:
+                custom.create_namespaced_custom_object(kube.OME_GROUP, kube.OME_VERSION, self.ome.namespace, PLURAL,
+                                                       manifest, _request_timeout=kube.REQUEST_TIMEOUT_S)
+            except ApiException as error:
+                may_exist = False
+                raise BenchmarkError(str(kube.explain(error, "create", KIND, name, self.ome.namespace))) from None
             yield watch_stages(self.task.benchmark, results, _JobState(custom, self.ome.namespace, name),
                                self.settings.timeout_s, request_limits(self.task.limits))
         finally:
-            try:
-                custom.delete_namespaced_custom_object(
-                    kube.OME_GROUP, kube.OME_VERSION, self.ome.namespace, PLURAL, name,
-                    body=client.V1DeleteOptions(propagation_policy="Foreground"),
-                    _request_timeout=kube.REQUEST_TIMEOUT_S)
-            except ApiException as error:
-                if error.status != 404:
-                    raise BenchmarkError(str(kube.explain(error, "delete", KIND, name, self.ome.namespace))) from None
+            if may_exist:
+                try:
+                    custom.delete_namespaced_custom_object(
+                        kube.OME_GROUP, kube.OME_VERSION, self.ome.namespace, PLURAL, name,
+                        body=client.V1DeleteOptions(propagation_policy="Foreground"),
+                        _request_timeout=kube.REQUEST_TIMEOUT_S)
+                except ApiException as error:
+                    if error.status != 404:
+                        raise BenchmarkError(str(kube.explain(error, "delete", KIND, name, self.ome.namespace))) from None
 
 
 class _JobState:

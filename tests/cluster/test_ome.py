@@ -269,3 +269,52 @@ def test_a_context_the_kubeconfig_lacks_is_refused_before_the_last_results_are_m
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["ctx"] and earlier.read_text() == "{}"
     # The pod a RayJob runs uses its own service account: the local kubeconfig is not its concern.
     assert cli.main(["kuberay", "task.yaml", "--image", "registry/autotuner:1"]) == 0
+
+
+def test_a_create_whose_answer_is_lost_leaves_no_inference_service(emulator, tmp_path):
+    # The API made the object, then the connection broke before the answer: the trial fails, and
+    # the object, which nothing else knows of, does not stay to hold its GPUs.
+    emulator.lose_answer_to_next("POST", "/inferenceservices$")
+    deployer = OmeDeployer(settings(), api=emulator.api_client())
+    with pytest.raises(DeploymentError, match="no answer from the API"):
+        deployer.deploy(spec(tmp_path, {}))
+    assert any(r.method == "POST" and r.path.endswith("/inferenceservices") for r in emulator.requests)
+    custom = client.CustomObjectsApi(emulator.api_client())
+    assert custom.list_namespaced_custom_object(GROUP, VERSION, NS, PLURAL)["items"] == []
+
+
+def test_a_port_forward_whose_handshake_stalls_fails_that_connection_only(emulator, tmp_path, monkeypatch):
+    # The client's websocket connect has no deadline: one stalled handshake used to hold up every
+    # later connection of the trial's benchmark behind it, for good.
+    import http.server
+    import threading
+
+    from llm_autotuner.cluster import portforward
+
+    class Hello(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    emulator.put_pod(NS, {"metadata": {"name": "engine-0"}})
+    emulator.set_pod_target(NS, "engine-0", 8080, server.server_address)
+    monkeypatch.setattr(portforward, "CONNECT_TIMEOUT_S", 2.0)
+    emulator.stall_port_forwards(1)
+    forward = portforward.PortForward(emulator.api_client(), NS, "engine-0", 8080)
+    try:
+        started = time.monotonic()
+        with pytest.raises(Exception):  # the stalled one: closed after the deadline, not left hanging
+            urllib.request.urlopen(forward.url, timeout=20).read()
+        assert time.monotonic() - started < 10
+        assert urllib.request.urlopen(forward.url, timeout=20).read() == b"ok"  # the next one is not held up
+    finally:
+        forward.close()
+        server.shutdown()
+        server.server_close()
