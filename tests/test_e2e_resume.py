@@ -18,7 +18,9 @@ from tests.conftest import Driver, engine_processes, instant_engine
 pytestmark = pytest.mark.e2e
 
 
-def test_resume_after_sigkill(tmp_path):
+def killed_after_two_trials(tmp_path, stages=(2, 4)):
+    """A run of 4 trials plus the baseline, SIGKILLed once trials 1 and 2 are done: (its task
+    file, the engines' served name, the trial numbers that finished)."""
     served = f"resume-{uuid.uuid4().hex[:8]}"
     task = {
         "name": "resumed",
@@ -26,7 +28,7 @@ def test_resume_after_sigkill(tmp_path):
         "engine": {"name": "llama.cpp", "binary": str(instant_engine(tmp_path / "engine", delay_s=0.1)),
                    "args": {"ctx-size": 1024, "threads": 1}},
         "search_space": {"parallel": [1, 2, 4, 8]},
-        "benchmark": {"traffic_scenario": "D(32,16)", "concurrency": [2, 4], "max_requests_per_stage": 4},
+        "benchmark": {"traffic_scenario": "D(32,16)", "concurrency": list(stages), "max_requests_per_stage": 4},
         "search": {"algorithm": "random", "num_samples": 4, "scheduler": "none", "seed": 2, "confirm_repeats": 0},
         "results_dir": str(tmp_path / "results"),
     }
@@ -42,6 +44,29 @@ def test_resume_after_sigkill(tmp_path):
     while engine_processes(served) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert engine_processes(served) == set()
+    return path, served, done
+
+
+def test_ctrl_c_stops_a_resumed_run(tmp_path):
+    # Ray restores the first session's stoppers from its saved state: a Ctrl-C that only reached
+    # this session's let the running trial go on through all its stages, and the next ones start.
+    path, served, done = killed_after_two_trials(tmp_path, stages=(1, 2, 4, 8))
+    with Driver(path, "--resume") as second:
+        second.read_until(": stage 2/4")
+        running = re.findall(r"trial (\d+): stage 2/4", "".join(second.lines))[-1]
+        second.process.send_signal(signal.SIGINT)
+        output = second.finish(timeout_s=120)
+    assert second.process.returncode == 1, output[-3000:]
+    assert "The run was interrupted" in output
+    results = json.loads((tmp_path / "results" / "resumed" / "results.json").read_text())
+    statuses = {str(t["experiment_id"]): t["status"] for t in results["all_results"]}
+    assert statuses[running] == "interrupted", (running, statuses)
+    assert results["interrupted"] is True
+    assert engine_processes(served) == set()
+
+
+def test_resume_after_sigkill(tmp_path):
+    path, served, done = killed_after_two_trials(tmp_path)
 
     second = subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(path), "--resume", "--no-dashboard"],
                             capture_output=True, text=True, timeout=240)

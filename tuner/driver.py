@@ -445,16 +445,23 @@ def _tune(task: Task, backend: Backend, resolved: Resolved, results_dir: Path, a
     # The experiment state is saved at most this often; a run killed between two saves would run
     # its last finished trials again on --resume. Writing it is cheap at our trial counts.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    callbacks = [progress, live_results, ends, guard, *stoppers[2:]]
     if resume:
-        # Ray restores the searcher's and the scheduler's state and the run config (callbacks).
-        # The filesystem again: Ray would otherwise take the path for a local one (tuner_internal.py).
+        # Ray restores the searcher's and the scheduler's state and the run config. The filesystem
+        # again: Ray would otherwise take the path for a local one (tuner_internal.py).
         tuner = tune.Tuner.restore(storage.path(RAY_EXPERIMENT_NAME), trainable, resume_unfinished=True,
                                    restart_errored=True, param_space=to_ray(task.search_space),
                                    storage_filesystem=storage.ray_filesystem)
+        # The restored run config holds unpickled copies of the first session's callbacks, which
+        # `_finish` never sees (TrialEnds, the live results): ours replace them. Ray 2.60 offers no
+        # public way to (tuner_internal.py). The stoppers restore as ours: tuner/session.py.
+        internal = tuner._local_tuner
+        internal._run_config = dataclasses.replace(internal.get_run_config(), callbacks=callbacks,
+                                                   stop=CombinedStopper(*stoppers))
         print(f"[autotuner] {task.name}: resuming {storage.where(RAY_EXPERIMENT_NAME)}", flush=True)
         with closing(progress):
             grid = tuner.fit()
-        return _finish(task, backend, resolved, results_dir, grid, trainable, max_concurrent, None, interrupt, ends,
+        return _finish(task, backend, resolved, results_dir, grid, trainable, max_concurrent, guard, interrupt, ends,
                        live)
     tuner = tune.Tuner(
         trainable,
@@ -472,7 +479,7 @@ def _tune(task: Task, backend: Backend, resolved: Resolved, results_dir: Path, a
             sync_config=tune.SyncConfig(sync_artifacts=False),
             failure_config=RUN_AGAIN_ONCE,
             checkpoint_config=NO_TRIAL_CHECKPOINTS,
-            callbacks=[progress, live_results, ends, guard, *stoppers[2:]],
+            callbacks=callbacks,
             stop=CombinedStopper(*stoppers),
             verbose=0,
         ),

@@ -21,9 +21,10 @@ import threading
 from ray.tune import Callback, Stopper
 
 from llm_autotuner.cluster.storage import Storage
+from llm_autotuner.tuner.session import SessionBound
 
 
-class Interrupt(Stopper):
+class Interrupt(SessionBound, Stopper):
     """The first signal leaves a stop in the storage. A trial whose actor Ray was already starting
     when the signal came reads it before it deploys anything (see TrialTrainable.step), so no
     engine starts after a stop even in that window, on whichever node."""
@@ -32,6 +33,7 @@ class Interrupt(Stopper):
         self.requested: str | None = None  # the signal's name, once one came
         self.storage = storage
         storage.clear_stop()  # a resumed run's earlier stop
+        self.bind()  # the stopper Ray restores on --resume is this one (tuner/session.py)
 
     def install(self) -> None:
         """Take SIGINT and SIGTERM (main thread only; call after ray.init, which sets its own)."""

@@ -22,6 +22,7 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 from llm_autotuner.objective import INFEASIBLE_SCORE
 from llm_autotuner.outcome import BASELINE_KEY, Outcome
 from llm_autotuner.tuner import registry
+from llm_autotuner.tuner.session import SessionBound
 from llm_autotuner.errors import TaskError, lost_worker, trial_error
 from llm_autotuner.metrics import maximize
 from llm_autotuner.task import Task, grid_points, space_size
@@ -349,7 +350,13 @@ def build_searcher(task: Task, max_concurrent: int) -> Searcher:
     elif search.algorithm == "random":
         args = {"seed": search.seed, "points_to_evaluate": points} | args
     elif search.algorithm == "grid":
+        # Every config runs anyway; settings it would drop are refused, not ignored.
+        if points or args:
+            field = "initial_points" if points else "algorithm_args"
+            raise TaskError(f"search.{field}: grid runs every config of the space, in order, and takes none")
         args = {"points": grid_points(task.search_space)}
+    elif points:  # a plug-in searcher: Ray's own convention for points to try first
+        args = {"points_to_evaluate": points} | args
     try:
         inner: Searcher = cls(**args)
     except TypeError as error:
@@ -392,7 +399,7 @@ def _one_line(error: Exception) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
-class NoImprovementStopper(Stopper, Callback):
+class NoImprovementStopper(SessionBound, Stopper, Callback):
     """Stops the search once `patience` trials in a row have ended without a new best score, each
     judged on the value the searcher is told (StageLadder): a trial stopped early is no new best."""
 
@@ -401,6 +408,7 @@ class NoImprovementStopper(Stopper, Callback):
         self.best = float("-inf")
         self.since_best = 0
         self.ladder = StageLadder({METRIC: True})
+        self.bind()  # one object as callback and stopper, also on --resume (tuner/session.py)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         self.ladder.observe(trial.trial_id, result)
@@ -425,7 +433,7 @@ class NoImprovementStopper(Stopper, Callback):
         return self.since_best >= self.patience
 
 
-class FailureGuard(Stopper, Callback):
+class FailureGuard(SessionBound, Stopper, Callback):
     """Stops the run after `limit` trials in a row failed (not infeasible: failed to deploy or to
     measure): then something is wrong beyond any one config, and `reason` says what. A trial that
     found its failure to be the setup's (`setup_failure`: the engine fails even without the tuned
@@ -437,6 +445,7 @@ class FailureGuard(Stopper, Callback):
         self.limit = limit
         self.failures: list[str] = []  # first lines of the errors of the current streak
         self.setup_failure: str | None = None
+        self.bind()  # one object as callback and stopper, also on --resume (tuner/session.py)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         result = trial.last_result or {}

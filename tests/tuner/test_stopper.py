@@ -3,6 +3,9 @@ failure guard ends it after k failed trials in a row, naming the likely cause.""
 
 from types import SimpleNamespace
 
+import cloudpickle
+from ray.tune.stopper import CombinedStopper
+
 from llm_autotuner.tuner.search import FailureGuard, NoImprovementStopper
 
 
@@ -61,3 +64,14 @@ def test_failure_guard_stops_at_the_first_failure_no_config_can_avoid():
     guard.on_trial_complete(0, [], trial)
     assert guard.stop_all()
     assert guard.reason == "stopped: the engine fails at start whatever its tuned flags (also with engine.args only): x"
+
+
+def test_stoppers_saved_with_the_experiment_load_as_the_resumed_sessions_own():
+    # Ray saves the stoppers in its experiment state and puts the saved ones back on --resume:
+    # copies the resumed session's callbacks never update and its Ctrl-C never reaches.
+    saved = cloudpickle.dumps(CombinedStopper(FailureGuard(3), NoImprovementStopper(4)))
+    guard, patience = FailureGuard(3), NoImprovementStopper(4)  # the resumed session's
+    guard.setup_failure = "the engine fails at start"
+    restored = cloudpickle.loads(saved)
+    assert list(restored._stoppers) == [guard, patience]
+    assert restored.stop_all()  # the live guard's verdict
