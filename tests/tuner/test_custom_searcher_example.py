@@ -4,9 +4,14 @@ keeps its state across --resume (a searcher that cannot is refused)."""
 import subprocess
 import sys
 
+import pytest
 import yaml
 from ray import tune
 from ray.tune.search import Searcher
+
+from llm_autotuner.errors import TaskError
+from llm_autotuner.task import parse_task
+from llm_autotuner.tuner.search import build_searcher
 
 
 def test_coordinate_descent_example(monkeypatch):
@@ -58,3 +63,19 @@ def test_resume_is_refused_for_a_searcher_that_cannot_save_its_state(tmp_path):
     assert run.stderr.strip().splitlines() == [
         "autotuner: error: --resume: search.algorithm tests.tuner.test_search_e2e:ListedSearcher has no "
         "save/restore, so its state was not kept; run again without --resume"]
+
+
+def test_initial_points_reach_a_plug_in_searcher_or_are_refused(monkeypatch):
+    # They were dropped without a word for any `package.module:Class` searcher.
+    def task(algorithm):
+        return parse_task({"name": "t", "model": {"path": "builtin:smollm2"}, "engine": {"name": "llama.cpp"},
+                           "search_space": {"threads": [1, 2], "parallel": [1, 4, 8]},
+                           "search": {"algorithm": algorithm, "initial_points": [{"threads": 2, "parallel": 8}]}})
+
+    searcher = build_searcher(task("ray.tune.search.optuna:OptunaSearch"), 1)
+    searcher.set_search_properties("score", "max", {"threads": tune.choice([1, 2]), "parallel": tune.choice([1, 4, 8])})
+    searcher.suggest("baseline")
+    assert searcher.suggest("first") == {"threads": 2, "parallel": 8}
+    monkeypatch.syspath_prepend("examples/custom-searcher")
+    with pytest.raises(TaskError, match="points_to_evaluate"):  # a searcher that takes no such points
+        build_searcher(task("my_searcher:CoordinateDescent"), 1)
