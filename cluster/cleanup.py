@@ -70,7 +70,8 @@ def wait_until_gone(settings: OmeDeployment, selector: str, timeout_s: float,
     """Wait until none of our objects matching `selector` is left (deletions finish on their own,
     after finalizers and pods' grace periods); the names still there at `timeout_s`."""
     custom = client.CustomObjectsApi(api or kube.api_client(settings.kubeconfig, settings.context))
-    label_selector = ",".join([*(f"{k}={v}" for k, v in kube.MANAGED_BY.items()), selector])
+    # No empty part: the API refuses a selector ending in "," (400).
+    label_selector = ",".join([*(f"{k}={v}" for k, v in kube.MANAGED_BY.items()), *([selector] if selector else [])])
     deadline = time.monotonic() + timeout_s
     while True:
         left = []

@@ -85,20 +85,35 @@ def labels(experiment: str, run_id: str, trial_id: str | None = None) -> dict[st
     return result
 
 
+def passing(error: ApiException) -> bool:
+    """An answer that says "not now" (throttled, the server or its etcd busy): worth asking again
+    before the call's deadline, not a verdict on the config."""
+    return error.status == 429 or error.status >= 500
+
+
 def explain(error: ApiException, verb: str, kind: str, name: str, namespace: str | None) -> DeploymentError:
     """An API error as a trial error that says what to do."""
     where = f" in namespace {namespace}" if namespace else ""
     if error.status == 409:
         return DeploymentError(f"{kind} {name} already exists{where}: a leftover of an earlier run? "
                                "`autotuner cleanup TASK` removes the tuner's leftovers")
+    said = _message(error)
+    if error.status == 403 and "admission webhook" in said:
+        # A validating webhook (OME's, a policy engine's) refused this object: this config's fault.
+        return DeploymentError(f"the API refused to {verb} {kind} {name}{where}: {said}")
+    if error.status == 403 and "exceeded quota" in said:
+        return InfrastructureError(f"cannot {verb} {kind} {name}{where}: the namespace's ResourceQuota is used up "
+                                   f"({said})")
     if error.status == 403:
         return InfrastructureError(f"forbidden to {verb} {kind} {name}{where}: grant the tuner's account the "
-                               "rights in `autotuner rbac` (see README, 'Tuning on Kubernetes with OME')")
+                                   "rights in `autotuner rbac` (see README, 'Tuning on Kubernetes with OME')"
+                                   + (f"; the API said: {said}" if said else ""))
     if error.status == 404:
         return InfrastructureError(f"cannot {verb} {kind} {name}{where}: the API answered 404 - is OME installed "
-                               f"(kubectl get crd {kind.lower()}s.ome.io) and does the namespace exist?")
+                                   f"(kubectl get crd {kind.lower()}s.ome.io) and does the namespace exist?"
+                                   + (f" The API said: {said}" if said else ""))
     reason = error.reason or ""
-    return DeploymentError(f"cannot {verb} {kind} {name}{where}: HTTP {error.status} {reason} {_message(error)}".strip())
+    return DeploymentError(f"cannot {verb} {kind} {name}{where}: HTTP {error.status} {reason} {said}".strip())
 
 
 def _message(error: ApiException) -> str:

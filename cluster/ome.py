@@ -33,6 +33,7 @@ WATCH_SEGMENT_S = 5  # how long one watch runs before the pods are checked again
 FAILED_WAITING_REASONS = {"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError",
                           "InvalidImageName", "CreateContainerError"}
 DELETE_WAIT_S = 120
+PASSING_WAIT_S = 1.0  # before asking again an API that answered "not now" (429, 5xx) or dropped the connection
 MODEL_PATH_IN_POD = "$(MODEL_PATH)"  # how a runtime's command names the model the controller mounted
 OME_GPU_RESOURCE = "ome_gpu"  # Ray custom resource: the Kubernetes GPUs the trials may hold at once
 
@@ -188,9 +189,11 @@ class OmeDeployer(Deployer):
         (spec.workdir / "inference_service.yaml").write_text(manifests.to_yaml(manifest))
         deployment = OmeTrialDeployment(name, namespace, manifest)
         try:
-            self.custom.create_namespaced_custom_object(kube.OME_GROUP, kube.OME_VERSION, namespace, PLURAL,
-                                                        manifest, _request_timeout=kube.REQUEST_TIMEOUT_S)
+            self._create(deployment)
         except ApiException as error:
+            if error.status >= 500:  # a webhook or etcd timing out may answer after the write was stored
+                with contextlib.suppress(Exception):
+                    self.teardown(deployment)
             raise kube.explain(error, "create", KIND, name, namespace) from None
         except BaseException as error:
             # The create may have been carried out before its answer was lost (a read timeout, a
@@ -203,6 +206,21 @@ class OmeDeployer(Deployer):
                                       f"({type(error).__name__}); deleted it in case it was made") from None
             raise
         return deployment
+
+    def _create(self, deployment: OmeTrialDeployment) -> None:
+        """Create the InferenceService. One of its name is there already only when Ray runs this
+        trial again after losing its worker (the name holds the run and the trial): that earlier
+        attempt's, whose teardown never ran. It goes, and the create is made once more."""
+        for attempt in (1, 2):
+            try:
+                self.custom.create_namespaced_custom_object(kube.OME_GROUP, kube.OME_VERSION, deployment.namespace,
+                                                            PLURAL, deployment.manifest,
+                                                            _request_timeout=kube.REQUEST_TIMEOUT_S)
+                return
+            except ApiException as error:
+                if error.status != 409 or attempt == 2:
+                    raise
+            self.teardown(deployment)
 
     def wait_ready(self, deployment: OmeTrialDeployment, deadline: float) -> None:
         resource_version: str | None = None
@@ -230,24 +248,32 @@ class OmeDeployer(Deployer):
             except ApiException as error:
                 if error.status == 410:  # our resourceVersion expired: start over from now
                     resource_version = None
+                elif kube.passing(error):
+                    time.sleep(PASSING_WAIT_S)  # the API is busy: ask again shortly, not at once
                 else:
                     raise kube.explain(error, "watch", KIND, deployment.name, deployment.namespace) from None
             except (HTTPError, OSError):
-                pass  # the watch connection dropped: re-establish it from the last resourceVersion
+                time.sleep(PASSING_WAIT_S)  # the connection dropped: re-establish it from the last resourceVersion
             failure = self._pod_failure(deployment, unschedulable_since)
             if failure:
                 raise DeploymentError(f"{KIND} {deployment.name}: {failure}")
 
-    def _engine_pods(self, deployment: OmeTrialDeployment) -> list:
+    def _engine_pods(self, deployment: OmeTrialDeployment) -> list | None:
+        """The engine's pods; None when the API is briefly busy (429, 5xx, a dropped connection):
+        not known this time, and the next look, seconds later, sees them (deadlines still hold)."""
         try:
             return self.core.list_namespaced_pod(
                 deployment.namespace, label_selector=f"ome.io/inferenceservice={deployment.name}",
                 _request_timeout=kube.REQUEST_TIMEOUT_S).items
         except ApiException as error:
+            if kube.passing(error):
+                return None
             raise kube.explain(error, "list pods of", KIND, deployment.name, deployment.namespace) from None
+        except (HTTPError, OSError):
+            return None
 
     def _pod_failure(self, deployment: OmeTrialDeployment, unschedulable_since: dict[str, float]) -> str | None:
-        for pod in self._engine_pods(deployment):
+        for pod in self._engine_pods(deployment) or []:
             reason = pod_failure(pod)
             if reason:
                 return reason
@@ -273,7 +299,7 @@ class OmeDeployer(Deployer):
             if not url:
                 raise DeploymentError(f"{KIND} {deployment.name} is Ready but has no status.url")
             return Endpoint(url.rstrip("/"), cluster_url, failure=serving.failure)
-        pods = [p for p in self._engine_pods(deployment) if (p.status and p.status.phase == "Running")]
+        pods = [p for p in self._engine_pods(deployment) or [] if (p.status and p.status.phase == "Running")]
         if not pods:
             raise DeploymentError(f"{KIND} {deployment.name} is Ready but no engine pod is Running to forward to")
         deployment.forward = PortForward(self.api, deployment.namespace, pods[0].metadata.name, self.settings.port)
@@ -326,7 +352,8 @@ class ServingPods:
 
     def __init__(self, deployer: "OmeDeployer", deployment: OmeTrialDeployment):
         self.deployer, self.deployment = deployer, deployment
-        self.known = {pod.metadata.name: (pod.metadata.uid, _restarts(pod)) for pod in deployer._engine_pods(deployment)}
+        self.known = {pod.metadata.name: (pod.metadata.uid, _restarts(pod))
+                      for pod in deployer._engine_pods(deployment) or []}
         self.checked, self.found = time.monotonic(), None
 
     def failure(self) -> str | None:
@@ -334,9 +361,12 @@ class ServingPods:
             return self.found
         self.checked = time.monotonic()
         try:
-            pods = {pod.metadata.name: pod for pod in self.deployer._engine_pods(self.deployment)}
-        except (AutotunerError, HTTPError, OSError):
+            listed = self.deployer._engine_pods(self.deployment)
+        except AutotunerError:
+            listed = None
+        if listed is None:
             return None  # the API did not answer this time: the engine may well be serving
+        pods = {pod.metadata.name: pod for pod in listed}
         for name, (uid, restarts) in self.known.items():
             pod = pods.get(name)
             if pod is None or pod.metadata.uid != uid:

@@ -214,7 +214,7 @@ class KubeEmulator:
         self._events: list[_Event] = []
         self._rv = 1000  # never list "0": to a watch, resourceVersion 0 means "any", not "from the start"
         self._faults: list[dict] = []
-        self._lost_answers: list[tuple[str, re.Pattern]] = []  # (method, path): served, then the answer lost
+        self._lost_answers: list[tuple[str, re.Pattern, int | None]] = []  # served, then the answer lost
         self._stalled_forwards = 0  # port-forward handshakes left unanswered
         self._drop_rule: dict | None = None
         self._history: int | None = None  # events kept for watches to resume from (None: all)
@@ -333,12 +333,13 @@ class KubeEmulator:
         with self._lock:
             self._stalled_forwards = times
 
-    def lose_answer_to_next(self, method: str, path_regex: str) -> None:
+    def lose_answer_to_next(self, method: str, path_regex: str, instead: int | None = None) -> None:
         """Carry out the next request whose method and path match, then close its connection
-        without an answer, as when a load balancer or a network drop cuts it: the change is made,
-        but the client only sees a broken connection (and cannot know whether it was made)."""
+        without an answer, as when a load balancer or a network drop cuts it; or, with `instead`
+        (500, 504), answer that error, as an API server whose etcd or webhook timed out after the
+        write was stored does. Either way the change is made and the client cannot tell."""
         with self._lock:
-            self._lost_answers.append((method.upper(), re.compile(path_regex)))
+            self._lost_answers.append((method.upper(), re.compile(path_regex), instead))
 
     def drop_watches_after(self, n_events: int, times: int | None = 1, abrupt: bool = True) -> None:
         """Cut the next `times` watch connections (None: all) right after they have sent `n_events` events.
@@ -631,14 +632,14 @@ class KubeEmulator:
                         self._faults.remove(fault)
                     raise fault["error"]
 
-    def _answer_lost(self, method: str, path: str) -> bool:
-        """Whether the answer to this (already served) request is to be lost, using the rule up."""
+    def _answer_lost(self, method: str, path: str) -> tuple | None:
+        """The rule whose (method, path, instead) loses the answer to this served request, used up."""
         with self._lock:
             for rule in self._lost_answers:
                 if rule[0] == method and rule[1].search(path):
                     self._lost_answers.remove(rule)
-                    return True
-        return False
+                    return rule
+        return None
 
     def _watch_drop(self, sent: int) -> str | None:
         """'abrupt' or 'graceful' when a watch that has sent `sent` events must be cut now, else None."""
@@ -867,10 +868,13 @@ class _Handler(BaseHTTPRequestHandler):
                     raise _ApiError(400, "BadRequest", "the request body is not valid JSON")
                 content_type = self.headers.get("Content-Type", "")
                 answer = self.emulator._serve(self.command, route, query, body, content_type)
-                if self.emulator._answer_lost(self.command, url.path):
+                lost = self.emulator._answer_lost(self.command, url.path)
+                if lost and lost[2] is None:
                     self.close_connection = True
                     _shutdown(self.connection)
                     return
+                if lost:
+                    raise _ApiError(lost[2], "InternalError", "etcdserver: request timed out")
                 self._send_json(*answer)
         except _ApiError as error:
             self._send_json(error.code, error.status())

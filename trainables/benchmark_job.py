@@ -15,6 +15,7 @@ from typing import Iterator
 
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+from urllib3.exceptions import HTTPError
 
 from llm_autotuner.cluster import kube, manifests
 from llm_autotuner.cluster.deployer import Endpoint, EngineSpec
@@ -84,7 +85,8 @@ class BenchmarkJobRunner:
                 custom.create_namespaced_custom_object(kube.OME_GROUP, kube.OME_VERSION, self.ome.namespace, PLURAL,
                                                        manifest, _request_timeout=kube.REQUEST_TIMEOUT_S)
             except ApiException as error:
-                may_exist = False
+                # A 5xx (a webhook or etcd timing out) may come after the write was stored.
+                may_exist = error.status >= 500
                 raise BenchmarkError(str(kube.explain(error, "create", KIND, name, self.ome.namespace))) from None
             yield watch_stages(self.task.benchmark, results, _JobState(custom, self.ome.namespace, name),
                                self.settings.timeout_s, request_limits(self.task.limits))
@@ -115,11 +117,16 @@ class _JobState:
             job = self.custom.get_namespaced_custom_object(kube.OME_GROUP, kube.OME_VERSION, self.namespace,
                                                            PLURAL, self.name, _request_timeout=kube.REQUEST_TIMEOUT_S)
         except ApiException as error:
+            if kube.passing(error):
+                return None  # the API is busy (429, 5xx): asked again in a few seconds
             return str(kube.explain(error, "read", KIND, self.name, self.namespace))
+        except (HTTPError, OSError):
+            return None  # the connection dropped: the same
         status = job.get("status") or {}
         state = status.get("state")
         if state == "Failed":
-            return f"{KIND} {self.name} failed: {status.get('details') or status.get('message') or 'no details'}"
+            # The CRD's status names its text failureMessage (and details): a `message` would be pruned.
+            return f"{KIND} {self.name} failed: {status.get('failureMessage') or status.get('details') or 'no details'}"
         if state == "Completed":
             # Its files may still be on their way through the volume: give them one more look.
             return f"{KIND} {self.name} completed, but its results are not under the driver's results_mount"

@@ -99,7 +99,7 @@ def test_pod_failures_fail_fast_with_the_reason(emulator, tmp_path, scenario, ex
     (404, "NotFound", "is OME installed"),
 ])
 def test_api_errors_say_what_to_do(emulator, tmp_path, status, reason, expected):
-    emulator.fail_next("POST", "/inferenceservices", status, reason)
+    emulator.fail_next("POST", "/inferenceservices", status, reason, times=2)  # a 409 is tried twice
     with pytest.raises(DeploymentError, match=expected.replace("?", r"\?")):
         OmeDeployer(settings(), api=emulator.api_client()).deploy(spec(tmp_path, {}))
 
@@ -271,12 +271,14 @@ def test_a_context_the_kubeconfig_lacks_is_refused_before_the_last_results_are_m
     assert cli.main(["kuberay", "task.yaml", "--image", "registry/autotuner:1"]) == 0
 
 
-def test_a_create_whose_answer_is_lost_leaves_no_inference_service(emulator, tmp_path):
-    # The API made the object, then the connection broke before the answer: the trial fails, and
-    # the object, which nothing else knows of, does not stay to hold its GPUs.
-    emulator.lose_answer_to_next("POST", "/inferenceservices$")
+@pytest.mark.parametrize("instead, expected", [(None, "no answer from the API"),
+                                               (504, "HTTP 504 .*etcdserver: request timed out")])
+def test_a_create_whose_answer_is_lost_leaves_no_inference_service(emulator, tmp_path, instead, expected):
+    # The API made the object, then the connection broke (or the server timed out) before the
+    # answer: the trial fails, and the object, which nothing else knows of, does not stay to hold its GPUs.
+    emulator.lose_answer_to_next("POST", "/inferenceservices$", instead)
     deployer = OmeDeployer(settings(), api=emulator.api_client())
-    with pytest.raises(DeploymentError, match="no answer from the API"):
+    with pytest.raises(DeploymentError, match=expected):
         deployer.deploy(spec(tmp_path, {}))
     assert any(r.method == "POST" and r.path.endswith("/inferenceservices") for r in emulator.requests)
     custom = client.CustomObjectsApi(emulator.api_client())
@@ -318,3 +320,35 @@ def test_a_port_forward_whose_handshake_stalls_fails_that_connection_only(emulat
         forward.close()
         server.shutdown()
         server.server_close()
+
+
+def test_a_webhook_denial_fails_the_config_with_the_webhooks_words(emulator, tmp_path):
+    # Not an RBAC problem (which stops the run): a validating webhook judged this config.
+    from llm_autotuner.errors import InfrastructureError
+
+    said = 'admission webhook "vinferenceservice.ome.io" denied the request: tensor parallel size exceeds GPUs'
+    emulator.fail_next("POST", "/inferenceservices", 403, "Forbidden", said)
+    with pytest.raises(DeploymentError) as caught:
+        OmeDeployer(settings(), api=emulator.api_client()).deploy(spec(tmp_path, {}))
+    assert not isinstance(caught.value, InfrastructureError)
+    assert said in str(caught.value)
+
+
+def test_a_trial_ray_runs_again_replaces_its_earlier_attempts_inference_service(emulator, tmp_path):
+    # Ray runs a trial again (same id, same name) when its worker was lost before the teardown:
+    # the earlier attempt's object is still there, and its GPUs with it.
+    OmeDeployer(settings(), api=emulator.api_client()).deploy(spec(tmp_path, {"ctx-size": 1024}))  # the lost attempt
+    again = OmeDeployer(settings(), api=emulator.api_client()).deploy(spec(tmp_path, {"ctx-size": 1024}))
+    custom = client.CustomObjectsApi(emulator.api_client())
+    assert [o["metadata"]["name"] for o in custom.list_namespaced_custom_object(GROUP, VERSION, NS, PLURAL)["items"]] \
+        == [again.name]
+
+
+def test_a_busy_api_while_the_engine_starts_is_waited_out_not_blamed_on_the_config(emulator, controller, tmp_path):
+    # 429 (throttled) and 503 (the API server or its etcd busy) say "not now": a trial failed on
+    # one would teach the searcher that a good config is bad.
+    emulator.fail_next("GET", "/inferenceservices$", 429, "TooManyRequests", times=2)  # the readiness watch
+    emulator.fail_next("GET", "/pods$", 503, "ServiceUnavailable", times=2)
+    deployer = OmeDeployer(settings(), api=emulator.api_client())
+    with deployer.deployed(spec(tmp_path, {"ctx-size": 1024}), ready_timeout_s=60) as endpoint:
+        assert urllib.request.urlopen(endpoint.url + "/health", timeout=30).status == 200
