@@ -22,7 +22,7 @@ def delete_labelled(settings: OmeDeployment, selector: str = "", *, skip_live_ru
     with `skip_live_runs`, keep those whose run's Lease is live, and delete the expired Leases too
     (an object of a dead run that nobody deletes goes with its Lease, by garbage collection).
     Objects that no run Lease owns are leftovers (the Lease was deleted, or an earlier version made
-    them). Returns (kind, name) removed."""
+    them). Returns (kind, name) removed or already on their way out."""
     api = api or kube.api_client(settings.kubeconfig, settings.context)
     custom = client.CustomObjectsApi(api)
     managed = ",".join(f"{k}={v}" for k, v in kube.MANAGED_BY.items())
@@ -40,9 +40,12 @@ def delete_labelled(settings: OmeDeployment, selector: str = "", *, skip_live_ru
             raise kube.explain(error, "list", kind, "objects", settings.namespace) from None
         for item in listed.get("items", []):
             name = item["metadata"]["name"]
-            if item["metadata"].get("deletionTimestamp"):
-                continue  # already being deleted (its trial's teardown): see wait_until_gone
             if skip_live_runs and run_lease_uid(item) in live:
+                continue
+            if item["metadata"].get("deletionTimestamp"):
+                # Already being deleted (a dead run's teardown, the garbage collector): it still holds
+                # its GPUs, so it counts as removed and the caller waits for it to go.
+                removed.append((kind, name))
                 continue
             try:
                 custom.delete_namespaced_custom_object(

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import os
 import re
+import threading
 from pathlib import Path
+from typing import Any, Callable
+
+import psutil
 
 from kubernetes import client, config
+from kubernetes.config import kube_config
 from kubernetes.client.rest import ApiException
 
 from llm_autotuner.errors import DeploymentError, InfrastructureError, SetupError, TaskError
 
 OME_GROUP, OME_VERSION = "ome.io", "v1beta1"
 REQUEST_TIMEOUT_S = 30  # every API call has a deadline
+# A kubeconfig's credential plugin (aws eks get-token, gke-gcloud-auth-plugin, kubelogin) answers in
+# seconds; one waiting for a login nobody does never answers, and the client waits without a deadline.
+CREDENTIAL_PLUGIN_TIMEOUT_S = 120
 RBAC_MANIFEST = Path(__file__).with_name("rbac.yaml")  # shipped in the wheel; `autotuner rbac` prints it
 MANAGED_BY = {"app.kubernetes.io/managed-by": "autotuner"}
 EXPERIMENT_LABEL, RUN_LABEL, TRIAL_LABEL = "autotuner.io/experiment", "autotuner.io/run", "autotuner.io/trial"
@@ -26,15 +36,63 @@ def in_cluster() -> bool:
 
 
 def api_client(kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
-    """From the named kubeconfig, else the pod's service account when in a cluster, else ~/.kube/config."""
+    """From the named kubeconfig, else the pod's service account when in a cluster, else ~/.kube/config.
+    Running its credential plugin (at load, and again when the credential expires) has a deadline."""
     try:
         if kubeconfig is None and context is None and in_cluster():
             configuration = client.Configuration()
             config.load_incluster_config(client_configuration=configuration)
             return client.ApiClient(configuration)
-        return config.new_client_from_config(config_file=kubeconfig, context=context)
+        load = functools.partial(config.new_client_from_config, config_file=kubeconfig, context=context)
+        plugin = _credential_plugin(kubeconfig, context)
+        api = _within_deadline(load, plugin) if plugin else load()
     except (config.ConfigException, OSError) as error:
         raise DeploymentError(f"cannot load the Kubernetes configuration: {error}") from None
+    refresh = api.configuration.refresh_api_key_hook
+    if plugin and refresh is not None:  # runs the plugin again once its credential expires, inside an API call
+        api.configuration.refresh_api_key_hook = lambda configuration: _within_deadline(
+            functools.partial(refresh, configuration), plugin)
+    return api
+
+
+def _credential_plugin(kubeconfig: str | None, context: str | None) -> str | None:
+    """The program the kubeconfig runs for the context's credentials (`exec`), by file name, or None."""
+    try:
+        merged = kube_config.KubeConfigMerger(kubeconfig or config.KUBE_CONFIG_DEFAULT_LOCATION).config
+        current = context or merged["current-context"]
+        user = next(c["context"]["user"] for c in merged["contexts"] if c["name"] == current)
+        return next(Path(u["user"]["exec"]["command"]).name for u in merged["users"] if u["name"] == user)
+    except Exception:  # noqa: BLE001 - no plugin to name; loading the config reports what is wrong with it
+        return None
+
+
+def _within_deadline(load: Callable[[], Any], plugin: str) -> Any:
+    """`load()`, which runs the kubeconfig's credential plugin and waits for it without a deadline,
+    given CREDENTIAL_PLUGIN_TIMEOUT_S; then the plugin is killed and the error says what to do."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = load()
+        except BaseException as error:  # handed to the caller's thread
+            outcome["error"] = error
+
+    worker = threading.Thread(target=run, name="kubeconfig-credential-plugin", daemon=True)
+    worker.start()
+    worker.join(CREDENTIAL_PLUGIN_TIMEOUT_S)
+    if worker.is_alive():
+        for child in psutil.Process().children():
+            with contextlib.suppress(psutil.Error):
+                if plugin in (Path(arg).name for arg in child.cmdline()[:2]):  # itself, or a script's interpreter
+                    child.kill()
+        worker.join(5)
+        raise InfrastructureError(  # no config can avoid it: the run stops, naming it
+            f"cannot load the Kubernetes configuration: its credential plugin {plugin} did not answer within "
+            f"{CREDENTIAL_PLUGIN_TIMEOUT_S} s (does it wait for a login? run `kubectl get namespaces` with the same "
+            "kubeconfig once)")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def check_config(kubeconfig: str | None, context: str | None) -> None:
@@ -108,6 +166,13 @@ def explain(error: ApiException, verb: str, kind: str, name: str, namespace: str
         return InfrastructureError(f"forbidden to {verb} {kind} {name}{where}: grant the tuner's account the "
                                    "rights in `autotuner rbac` (see README, 'Tuning on Kubernetes with OME')"
                                    + (f"; the API said: {said}" if said else ""))
+    if error.status == 401:
+        return InfrastructureError(f"the API did not accept the kubeconfig's credentials to {verb} {kind} {name}{where} "
+                                   "(HTTP 401): does `kubectl get namespaces` with the same kubeconfig work?"
+                                   + (f" The API said: {said}" if said else ""))
+    if error.status == 404 and said.startswith("namespaces ") and "not found" in said:
+        return InfrastructureError(f"cannot {verb} {kind} {name}: namespace {namespace} does not exist "
+                                   "(deployment.namespace)")
     if error.status == 404:
         return InfrastructureError(f"cannot {verb} {kind} {name}{where}: the API answered 404 - is OME installed "
                                    f"(kubectl get crd {kind.lower()}s.ome.io) and does the namespace exist?"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 
 from kubernetes import client
@@ -27,7 +28,7 @@ from urllib3.exceptions import HTTPError
 from llm_autotuner.cluster import kube
 from llm_autotuner.cluster.procs import start_time
 from llm_autotuner.cluster.records import host_id
-from llm_autotuner.errors import InfrastructureError
+from llm_autotuner.errors import AutotunerError, InfrastructureError
 from llm_autotuner.task import OmeDeployment as OmeSettings
 
 GROUP_VERSION, KIND = "coordination.k8s.io/v1", "Lease"
@@ -71,7 +72,6 @@ class RunLease:
         self.api = client.CoordinationV1Api(api or kube.api_client(settings.kubeconfig, settings.context))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.lost = False  # renewal found the Lease gone: the run's objects are being collected
 
     def __enter__(self) -> "RunLease":
         now = _micro_time(datetime.now(timezone.utc))
@@ -91,18 +91,33 @@ class RunLease:
         return self
 
     def _renew(self) -> None:
+        renewed, warned, lost = time.monotonic(), False, False
         while not self._stop.wait(self.renew_s):
             patch = {"spec": {"renewTime": _micro_time(datetime.now(timezone.utc))}}
             try:
                 self.api.patch_namespaced_lease(self.name, self.namespace, patch,
                                                 _request_timeout=kube.REQUEST_TIMEOUT_S)
+                renewed, warned = time.monotonic(), False
+                continue
             except ApiException as error:
-                if error.status == 404 and not self.lost:
-                    self.lost = True
-                    print(f"[autotuner] warning: this run's Lease {self.name} was deleted (an expired run's "
-                          "cleanup after this host stalled?): Kubernetes is removing the run's objects", flush=True)
-            except (HTTPError, OSError):
-                pass  # the next renewal tries again; the Lease outlives three missed ones
+                if error.status == 404:
+                    if not lost:  # the trials' deploys refuse from now on (owner_reference)
+                        lost = True
+                        print(f"[autotuner] warning: this run's Lease {self.name} was deleted (an expired run's "
+                              "cleanup after this host stalled?): Kubernetes is removing the run's objects",
+                              flush=True)
+                    continue
+                problem = str(kube.explain(error, "renew", KIND, self.name, self.namespace))
+            except (HTTPError, OSError, AutotunerError) as error:  # AutotunerError: the credential plugin's deadline
+                problem = str(error) or type(error).__name__
+            # A few missed renewals are expected (a busy API); past LEASE_S the run reads as dead to a
+            # cleanup from anywhere, which deletes its InferenceServices under the running trials.
+            late = time.monotonic() - renewed
+            if not warned and late > LEASE_S / 2:
+                warned = True
+                print(f"[autotuner] warning: this run's Lease {self.name} not renewed for {late:.0f} s ({problem}); "
+                      f"after {LEASE_S} s a cleanup from any host may judge the run dead and delete its "
+                      "InferenceServices", flush=True)
 
     def __exit__(self, *exc) -> None:
         self._stop.set()

@@ -279,12 +279,30 @@ class OmeDeployer(Deployer):
                 return reason
             if _unschedulable(pod):
                 first = unschedulable_since.setdefault(pod.metadata.name, time.monotonic())
-                if time.monotonic() - first >= self.settings.unschedulable_grace_s:
-                    return (f"pod {pod.metadata.name} unschedulable for {self.settings.unschedulable_grace_s:.0f} s: "
-                            f"{_unschedulable(pod)}")
+                if time.monotonic() - first < self.settings.unschedulable_grace_s:
+                    continue
+                if self._run_still_deleting(deployment):
+                    # An earlier trial's engine, deleted but held by a finalizer or its pods' grace
+                    # period, still has the GPUs Ray gave this trial: they come back, not this config's fault.
+                    unschedulable_since[pod.metadata.name] = time.monotonic()
+                    continue
+                return (f"pod {pod.metadata.name} unschedulable for {self.settings.unschedulable_grace_s:.0f} s: "
+                        f"{_unschedulable(pod)}")
             else:
                 unschedulable_since.pop(pod.metadata.name, None)
         return None
+
+    def _run_still_deleting(self, deployment: OmeTrialDeployment) -> bool:
+        """Whether another InferenceService of this run is still being deleted (or the API cannot say now)."""
+        run = deployment.manifest["metadata"]["labels"][kube.RUN_LABEL]
+        try:
+            listed = self.custom.list_namespaced_custom_object(
+                kube.OME_GROUP, kube.OME_VERSION, deployment.namespace, PLURAL,
+                label_selector=f"{kube.RUN_LABEL}={run}", _request_timeout=kube.REQUEST_TIMEOUT_S)
+        except (ApiException, HTTPError, OSError):
+            return True  # asked again at the next look
+        return any(item["metadata"].get("deletionTimestamp") for item in listed.get("items", [])
+                   if item["metadata"]["name"] != deployment.name)
 
     def endpoint(self, deployment: OmeTrialDeployment) -> Endpoint:
         cluster_url = f"http://{deployment.name}.{deployment.namespace}.svc.cluster.local:{self.settings.port}"
@@ -318,10 +336,14 @@ class OmeDeployer(Deployer):
         finally:
             if deployment.forward is not None:
                 deployment.forward.close()
-        self._wait_deleted(deployment)
+        if not self._wait_deleted(deployment):
+            print(f"[autotuner] warning: {KIND} {deployment.name} is still being deleted after {DELETE_WAIT_S} s "
+                  "(a finalizer, its pods' grace period): the next trial's pods wait for the GPUs it holds, and "
+                  "the run's end waits for it again", flush=True)
 
-    def _wait_deleted(self, deployment: OmeTrialDeployment) -> None:
-        """Wait (bounded) until the object is gone, so its GPUs are free before the next trial claims them."""
+    def _wait_deleted(self, deployment: OmeTrialDeployment) -> bool:
+        """Wait (bounded) until the object is gone, so its GPUs are free before the next trial claims
+        them; whether it went."""
         deadline = time.monotonic() + DELETE_WAIT_S
         while time.monotonic() < deadline:
             try:
@@ -329,8 +351,11 @@ class OmeDeployer(Deployer):
                                                          PLURAL, deployment.name, _request_timeout=kube.REQUEST_TIMEOUT_S)
             except ApiException as error:
                 if error.status == 404:
-                    return
+                    return True
+            except (HTTPError, OSError):
+                pass  # asked again
             time.sleep(1.0)
+        return False
 
 
 def _ready(obj: dict[str, Any]) -> tuple[bool, str]:

@@ -53,6 +53,13 @@ at v1.30 unless named; "docs" is kubernetes.io/docs):
   matched by uid only (the real collector also checks the owner's kind and, for namespaced
   dependents, that the owner is in the same namespace). [pkg/controller/garbagecollector/
   garbagecollector.go attemptToDeleteItem; docs: concepts/architecture/garbage-collection]
+- Authentication, when `accept_tokens(...)` names the bearer tokens it knows: any other request is
+  answered 401 with a `Status` whose message is "Unauthorized" (a kubeconfig's wrong or expired
+  token, or a credential plugin that failed: the client then sends no token at all).
+  [staging/src/k8s.io/apiserver/pkg/endpoints/filters/authentication.go]
+- Namespaces: every namespace exists unless `remove_namespace(ns)`; then a create in it is a 404
+  NotFound `namespaces "ns" not found`, while a list in it is an empty list (both as the real API
+  server answers). [plugin/pkg/admission/namespace/lifecycle]
 - Port-forward: the WebSocket protocol of `pods/{name}/portforward` (v4.channel.k8s.io framing:
   a data and an error channel per port, each opened with its port number), relayed to a real TCP
   address set with `set_pod_target`; 404 for a pod that does not exist. Port-forwards and
@@ -230,6 +237,8 @@ class KubeEmulator:
         self._requests: list[RecordedRequest] = []
         self._deletions: list[Deletion] = []
         self._deletion_delays: dict[str, float] = {}  # plural -> seconds an API delete takes
+        self._tokens: set[str] | None = None  # bearer tokens accepted (None: no authentication)
+        self._absent_namespaces: set[str] = set()
         self._pod_targets: dict[tuple[str, str, int], tuple[str, int]] = {}
         self._connections: set[socket.socket] = set()
         self._threads: set[threading.Thread] = set()  # handler, relay and hook threads that stop() joins
@@ -326,6 +335,16 @@ class KubeEmulator:
         }
         with self._lock:
             self._faults.append(fault)
+
+    def accept_tokens(self, *tokens: str) -> None:
+        """Answer 401 to every request that does not carry one of these bearer tokens."""
+        with self._lock:
+            self._tokens = set(tokens)
+
+    def remove_namespace(self, ns: str) -> None:
+        """Make `ns` a namespace that does not exist (creates in it are refused with 404)."""
+        with self._lock:
+            self._absent_namespaces.add(ns)
 
     def stall_port_forwards(self, times: int = 1) -> None:
         """Leave the next `times` port-forward handshakes unanswered until the emulator stops, as
@@ -622,6 +641,11 @@ class KubeEmulator:
         with self._lock:
             self._requests.append(RecordedRequest(method, path, query, body))
 
+    def _check_token(self, authorization: str) -> None:
+        with self._lock:
+            if self._tokens is not None and authorization.removeprefix("Bearer ") not in self._tokens:
+                raise _ApiError(401, "Unauthorized", "Unauthorized")
+
     def _check_faults(self, method: str, path: str) -> None:
         """Raise the first injected fault that matches, using up one of its `times`."""
         with self._lock:
@@ -672,6 +696,8 @@ class KubeEmulator:
         if route.name is None and method == "GET":
             return 200, self._list(route, query)
         if route.name is None and method == "POST":
+            if route.namespace in self._absent_namespaces:
+                raise _ApiError(404, "NotFound", f'namespaces "{route.namespace}" not found')
             return 201, self._create(route, body)
         if route.name is not None and route.sub in (None, "status"):
             if method == "GET":
@@ -855,6 +881,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = raw.decode(errors="replace")
         self.emulator._record(self.command, url.path, query, body)
         try:
+            self.emulator._check_token(self.headers.get("Authorization", ""))
             self.emulator._check_faults(self.command, url.path)
             route = _parse_route(url.path)
             if route is None:

@@ -12,6 +12,7 @@ from llm_autotuner.cluster.cleanup import delete_labelled
 from llm_autotuner.cluster.deployer import EngineSpec
 from llm_autotuner.cluster.engines import LLAMA_CPP
 from llm_autotuner.cluster.kube import labels
+from llm_autotuner.cluster import lease as lease_module
 from llm_autotuner.cluster.lease import HOLDER, LEASE_S, SKEW_S, RunLease, lease_name
 from llm_autotuner.cluster.ome import OmeDeployer
 from llm_autotuner.cluster.records import host_id
@@ -143,3 +144,14 @@ def test_cleanup_from_any_host_deletes_only_what_dead_runs_left(emulator):
     assert until(lambda: names(emulator) == ["isvc-live-elsewhere"], 10)
     assert names(emulator, "leases") == [leases["live-elsewhere"]["metadata"]["name"]]
 
+
+
+def test_renewals_failing_for_half_the_lease_are_warned_of_once(emulator, monkeypatch, capsys):
+    """A run whose Lease goes unrenewed past LEASE_S reads as dead to any cleanup: said while there
+    is time, once, whatever the API answers (here: RBAC taken away)."""
+    monkeypatch.setattr(lease_module, "LEASE_S", 2)
+    emulator.fail_next("PATCH", "/leases/", 403, times=1000)
+    with RunLease(settings(), "exp", "20261202-120000-ab12", api=emulator.api_client(), renew_s=0.1):
+        assert until(lambda: "not renewed for" in capsys.readouterr().out, 10)
+        time.sleep(1.0)
+        assert "not renewed" not in capsys.readouterr().out  # once

@@ -12,7 +12,7 @@ from llm_autotuner.cluster.deployer import EngineSpec
 from llm_autotuner.cluster.engines import LLAMA_CPP, SGLANG
 from llm_autotuner.cluster.kube import labels, resource_name
 from llm_autotuner.cluster.lease import RunLease
-from llm_autotuner.cluster.ome import OmeDeployer
+from llm_autotuner.cluster.ome import OmeBackend, OmeDeployer
 from tests.conftest import until
 from tests.fake_ome import GROUP, PLURAL, VERSION, FakeOme
 from tests.k8s_emulator import KubeEmulator
@@ -352,3 +352,37 @@ def test_a_busy_api_while_the_engine_starts_is_waited_out_not_blamed_on_the_conf
     deployer = OmeDeployer(settings(), api=emulator.api_client())
     with deployer.deployed(spec(tmp_path, {"ctx-size": 1024}), ready_timeout_s=60) as endpoint:
         assert urllib.request.urlopen(endpoint.url + "/health", timeout=30).status == 200
+
+
+def test_start_of_run_cleanup_waits_for_a_dead_runs_service_already_being_deleted(emulator, tmp_path):
+    """A killed run's InferenceService whose deletion began (its teardown, the garbage collector) but
+    is held by a finalizer still holds its GPUs: the next run's cleanup waits until it is gone."""
+    emulator.set_deletion_delay(PLURAL, 3.0)
+    leftover = {"apiVersion": "ome.io/v1beta1", "kind": "InferenceService", "spec": {},
+                "metadata": {"name": "left-1", "namespace": NS, "labels": labels("ome-test", "dead-run", "t1")}}
+    emulator.put(GROUP, VERSION, NS, PLURAL, leftover)
+    client.CustomObjectsApi(emulator.api_client()).delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL,
+                                                                                   "left-1")
+    assert emulator.objects(PLURAL, NS)[0]["metadata"]["deletionTimestamp"]
+    kubeconfig = emulator.write_kubeconfig(tmp_path / "kubeconfig")
+    said = OmeBackend(settings(kubeconfig=str(kubeconfig))).cleanup("ome-test")
+    assert emulator.objects(PLURAL, NS) == []  # gone when cleanup returns, not later
+    assert said == [f"InferenceService left-1 in {NS}"]
+
+
+def test_an_unschedulable_pod_waits_while_an_earlier_trial_of_the_run_is_still_being_deleted(emulator, tmp_path):
+    """Ray gave this trial the GPUs of an earlier one whose InferenceService a finalizer still holds:
+    the pod is unschedulable until it goes, which is not this config's fault."""
+    FakeOme(emulator, "unused", "unused", tmp_path, scenario="unschedulable")
+    # Longer than two looks at the pods (one per watch segment, WATCH_SEGMENT_S) with the grace between.
+    emulator.set_deletion_delay(PLURAL, 12.0)
+    deployer = OmeDeployer(settings(), api=emulator.api_client())
+    earlier = deployer.deploy(spec(tmp_path, {}, trial="t0001"))
+    client.CustomObjectsApi(emulator.api_client()).delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL,
+                                                                                   earlier.name)
+    started = time.monotonic()
+    deployment = deployer.deploy(spec(tmp_path, {}, trial="t0002"))
+    with pytest.raises(DeploymentError, match="unschedulable for 1 s"):
+        deployer.wait_ready(deployment, time.monotonic() + 60)
+    assert time.monotonic() - started >= 12.0  # failed only once the earlier one was gone
+    assert [o["metadata"]["name"] for o in emulator.objects(PLURAL, NS)] == [deployment.name]

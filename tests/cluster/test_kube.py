@@ -1,0 +1,150 @@
+"""Talking to a real cluster's API as users configure it: a kubeconfig whose credentials come from a
+plugin (`exec`: aws eks get-token, gke-gcloud-auth-plugin, kubelogin), the API refusing them, a
+namespace that does not exist. Against the HTTP-level API emulator, with a real plugin process."""
+
+import json
+import os
+import sys
+import textwrap
+import time
+
+import pytest
+from llm_autotuner.cluster import kube
+from llm_autotuner.cluster.deployer import EngineSpec
+from llm_autotuner.cluster.engines import LLAMA_CPP
+from llm_autotuner.cluster.lease import RunLease
+from llm_autotuner.cluster.ome import OmeDeployer
+from llm_autotuner.errors import InfrastructureError
+from llm_autotuner.task import OmeDeployment
+from tests.k8s_emulator import KubeEmulator
+
+NS = "tuning"
+TOKEN = "token-from-the-plugin"
+
+# A credential plugin as the exec protocol defines it: an ExecCredential on stdout. Its calls are
+# counted in a file; from call `hang_from` on it waits forever (a login nobody does).
+PLUGIN = textwrap.dedent("""\
+    import datetime, json, os, pathlib, sys, time
+    state = pathlib.Path(sys.argv[1])
+    calls = int(state.read_text() or 0) + 1 if state.exists() else 1
+    state.write_text(str(calls))
+    pathlib.Path(str(state) + ".pid").write_text(str(os.getpid()))
+    if calls >= int(sys.argv[2]):
+        time.sleep(3600)
+    # Expiring within the client's 5-minute margin: the next API call runs the plugin again.
+    expiry = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=1)
+    print(json.dumps({"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential",
+                      "status": {"token": sys.argv[3], "expirationTimestamp": expiry.strftime("%Y-%m-%dT%H:%M:%SZ")}}))
+""")
+
+
+def plugin_kubeconfig(tmp_path, emulator, hang_from: int, token: str = TOKEN):
+    script = tmp_path / "get-token"
+    script.write_text(PLUGIN)
+    state = tmp_path / "plugin-calls"
+    path = emulator.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)
+    config = json.loads(path.read_text())
+    config["users"] = [{"name": "emulator", "user": {"exec": {
+        "apiVersion": "client.authentication.k8s.io/v1", "command": sys.executable,
+        "args": [str(script), str(state), str(hang_from), token], "interactiveMode": "Never"}}}]
+    path.write_text(json.dumps(config))
+    return path, state
+
+
+def settings(kubeconfig=None, **overrides) -> OmeDeployment:
+    return OmeDeployment(**({"backend": "ome", "namespace": NS, "model": "smollm2", "runtime": "srt-smollm2",
+                            "gpu_budget": 4, "kubeconfig": str(kubeconfig) if kubeconfig else None} | overrides))
+
+
+def spec(tmp_path) -> EngineSpec:
+    return EngineSpec(experiment="kube-test", run_id="run1", trial_id="t0001", profile=LLAMA_CPP, executable="",
+                      model_path="$(MODEL_PATH)", served_name="smollm2", flags={}, workdir=tmp_path / "t0001")
+
+
+def plugin_gone(state) -> bool:
+    pid = int((state.parent / (state.name + ".pid")).read_text())
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    with open(f"/proc/{pid}/stat") as stat:  # a zombie until its parent reaps it: dead all the same
+        return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_a_token_from_a_credential_plugin_is_what_the_api_sees(tmp_path):
+    with KubeEmulator() as emulator:
+        emulator.accept_tokens(TOKEN)
+        kubeconfig, _ = plugin_kubeconfig(tmp_path, emulator, hang_from=99)
+        api = kube.api_client(str(kubeconfig))
+        with RunLease(settings(kubeconfig), "kube-test", "run1", api=api):
+            deployment = OmeDeployer(settings(kubeconfig), api=api).deploy(spec(tmp_path))
+        assert [o["metadata"]["name"] for o in emulator.objects("inferenceservices", NS)] == [deployment.name]
+
+
+def test_a_credential_plugin_that_never_answers_stops_within_the_deadline_and_is_killed(tmp_path, monkeypatch):
+    monkeypatch.setattr(kube, "CREDENTIAL_PLUGIN_TIMEOUT_S", 3)
+    with KubeEmulator() as emulator:
+        kubeconfig, state = plugin_kubeconfig(tmp_path, emulator, hang_from=1)
+        started = time.monotonic()
+        with pytest.raises(InfrastructureError, match=r"credential plugin python[\d.]* did not answer within 3 s "
+                                                      r"\(does it wait for a login\?"):
+            kube.api_client(str(kubeconfig))
+        assert time.monotonic() - started < 15
+        assert plugin_gone(state)  # when the error is raised, not later
+
+
+def test_a_credential_plugin_that_hangs_when_the_token_expires_fails_the_api_call_within_the_deadline(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(kube, "CREDENTIAL_PLUGIN_TIMEOUT_S", 3)
+    with KubeEmulator() as emulator:
+        emulator.accept_tokens(TOKEN)
+        kubeconfig, state = plugin_kubeconfig(tmp_path, emulator, hang_from=2)  # the refresh hangs
+        api = kube.api_client(str(kubeconfig))
+        assert state.read_text() == "1"
+        started = time.monotonic()
+        with pytest.raises(InfrastructureError, match="did not answer within 3 s"):
+            with RunLease(settings(kubeconfig), "kube-test", "run1", api=api):
+                pass
+        assert time.monotonic() - started < 15 and state.read_text() == "2"
+        assert plugin_gone(state)
+
+
+def test_credentials_the_api_refuses_stop_the_run_saying_so(tmp_path):
+    with KubeEmulator() as emulator:
+        emulator.accept_tokens("the-right-one")
+        kubeconfig, _ = plugin_kubeconfig(tmp_path, emulator, hang_from=99, token="a-stale-one")
+        with pytest.raises(InfrastructureError, match=r"did not accept the kubeconfig's credentials .*\(HTTP 401\)"):
+            with RunLease(settings(kubeconfig), "kube-test", "run1"):
+                pass
+
+
+def test_a_namespace_that_does_not_exist_is_named(tmp_path):
+    with KubeEmulator() as emulator:
+        emulator.remove_namespace("tunning")
+        kubeconfig = emulator.write_kubeconfig(tmp_path / "kubeconfig")
+        with pytest.raises(InfrastructureError, match=r"namespace tunning does not exist \(deployment.namespace\)"):
+            with RunLease(settings(kubeconfig, namespace="tunning"), "kube-test", "run1"):
+                pass
+        assert emulator.objects("leases", "tunning") == []
+
+
+def test_validate_and_run_refuse_a_kubeconfig_whose_plugin_never_answers_in_one_line(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from llm_autotuner.tuner import cli
+
+    monkeypatch.setattr(kube, "CREDENTIAL_PLUGIN_TIMEOUT_S", 2)
+    with KubeEmulator() as emulator:
+        kubeconfig, state = plugin_kubeconfig(tmp_path, emulator, hang_from=1)
+    task = {"name": "plugin", "model": {"name": "org/model", "tokenizer": "org/model"}, "engine": {"name": "sglang"},
+            "deployment": {"backend": "ome", "namespace": NS, "model": "m", "runtime": "r", "gpu_budget": 2,
+                           "kubeconfig": str(kubeconfig)},
+            "search_space": {"tp-size": [1, 2]}}
+    (tmp_path / "task.yaml").write_text(yaml.safe_dump(task))
+    monkeypatch.chdir(tmp_path)
+    for command in ("validate", "run"):
+        assert cli.main([command, "task.yaml"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "did not answer within 2 s" in err, err
+        assert plugin_gone(state)
+    assert not (tmp_path / "results").exists()
