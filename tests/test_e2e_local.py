@@ -216,10 +216,14 @@ def test_report_of_two_runs_names_what_changed(run, tmp_path):
     later = tmp_path / "after-upgrade"
     shutil.copytree(results_dir, later, ignore=shutil.ignore_patterns("tune", "trials"))
     summary = json.loads((later / "results.json").read_text())
-    # The same configs measured again, slower by a tenth, and another config won.
+    # The same configs measured again, slower by a tenth, and another config won; one config only
+    # this second run tried.
     for trial in summary["all_results"]:
         if trial["objective_score"] is not None:
             trial["objective_score"] *= 0.9
+    new_config = {"parallel": 2, "ubatch-size": 64}
+    summary["all_results"].append({**summary["all_results"][-1], "experiment_id": 99, "baseline": False,
+                                   "status": "completed", "parameters": new_config, "objective_score": 123.0})
     other = next(t for t in summary["all_results"]
                  if not t["baseline"] and t["parameters"] != summary["best_result"]["parameters"])
     summary["best_result"] = {**summary["best_result"], "parameters": other["parameters"]}
@@ -231,10 +235,12 @@ def test_report_of_two_runs_names_what_changed(run, tmp_path):
     ratios = [float(line.split()[-1]) for line in lines[2:] if line.startswith(("{", "engine defaults"))]
     # A config the search tried twice is one line; one cut short (its low-load stages only) is not compared.
     configs = {json.dumps(t["parameters"], sort_keys=True) for t in summary["all_results"]
-               if t["objective_score"] is not None and t["status"] == "completed"}
+               if t["objective_score"] is not None and t["status"] == "completed" and t["parameters"] != new_config}
     assert len(ratios) == len(configs) >= 3
     assert all(abs(r - 0.9) < 1e-3 for r in ratios)
     assert "Winner changed" in completed.stdout
+    only = lines[lines.index("measured only in B (1 config):") + 1]
+    assert only.split() == [*json.dumps(new_config, sort_keys=True).split(), "123"]
     changed = [k for k in other["parameters"] if other["parameters"][k] != json.loads(
         (results_dir / "results.json").read_text())["best_result"]["parameters"].get(k)]
     assert f"differs in {', '.join(sorted(changed))}" in completed.stdout

@@ -15,6 +15,7 @@ from llm_autotuner.tuner.results import fmt
 
 PLOTS = "plots"  # the folder beside index.html that holds its images
 EXPORTS = ("best.json", "best_command.txt", "best_inferenceservice.yaml")
+ONLY_LISTED = 20  # configs one run measured and the other did not, listed by name in `report A B`
 _PAGES = jinja2.Environment(loader=jinja2.PackageLoader("llm_autotuner.templates", "."),
                             autoescape=True, undefined=jinja2.StrictUndefined)
 
@@ -131,10 +132,13 @@ def compare(first_dir: Path, second_dir: Path) -> str:
     for key in sorted(a.keys() & b.keys()):
         x, y = a[key]["objective_score"], b[key]["objective_score"]
         lines.append(f"{key[:60]:<60} {fmt(x):>10} {fmt(y):>10} {y / x if x else float('nan'):>7.3f}")
-    only = [(name, sorted(mine.keys() - theirs.keys())) for name, mine, theirs in (("A", a, b), ("B", b, a))]
-    for name, keys in only:
-        if keys:
-            lines.append(f"measured only in {name}: {len(keys)} configs")
+    for name, mine, theirs in (("A", a, b), ("B", b, a)):
+        keys = sorted(mine.keys() - theirs.keys())
+        if keys:  # which, so a user can re-run them in the other setting
+            lines.append(f"measured only in {name} ({len(keys)} config{'s' * (len(keys) > 1)}):")
+            lines += [f"  {key[:58]:<58} {fmt(mine[key]['objective_score']):>10}" for key in keys[:ONLY_LISTED]]
+            if len(keys) > ONLY_LISTED:
+                lines.append(f"  and {len(keys) - ONLY_LISTED} more")
     winners = [(s.get("best_result") or {}) for s in (first, second)]
     if winners[0].get("parameters") == winners[1].get("parameters"):
         lines.append(f"Winner: the same config in both ({_describe(winners[0])}): "
