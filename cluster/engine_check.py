@@ -91,18 +91,29 @@ def _completion(base: str) -> bool:
     return isinstance(answer.get("content"), str) and answer.get("tokens_predicted", 0) >= 1
 
 
-def listed_flags(binary: str | Path) -> frozenset[str] | None:
-    """Every flag spelling llama-server's `--help` lists ("-c", "--ctx-size", "--no-kv-offload"...),
-    or None when the binary could not say (then nothing is refused on its word)."""
-    try:
-        shown = subprocess.run([str(binary), "--help"], capture_output=True, text=True, timeout=HELP_TIMEOUT_S,
-                               stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    names: set[str] = set()
-    for line in shown.stdout.splitlines():
-        for token in line.split():  # a line's leading spellings: "-kvo,  --kv-offload, -nkvo, --no-kv-offload"
-            if not token.startswith("-"):
-                break
-            names.add(token.rstrip(","))
-    return frozenset(names) if shown.returncode == 0 and names else None
+def listed_flags(*help_argvs: list[str]) -> frozenset[str] | None:
+    """Every flag spelling an engine's `--help` lists (llama-server's "-c, --ctx-size N", argparse's
+    "--tp-size TP_SIZE, --tensor-parallel-size TP_SIZE"), from the first of `help_argvs` that
+    answers, or None when none could say (then nothing is refused on its word)."""
+    for argv in help_argvs:
+        try:
+            shown = subprocess.run(argv, capture_output=True, text=True, timeout=HELP_TIMEOUT_S,
+                                   stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        names = {name for line in shown.stdout.splitlines() for name in _line_flags(line)}
+        if shown.returncode == 0 and names:
+            return frozenset(names)
+    return None
+
+
+def _line_flags(line: str) -> list[str]:
+    """The spellings a help line starts with: flags, each maybe followed by its value's name; a
+    value name ending in "," means another spelling follows, any other word starts the description."""
+    names = []
+    for token in line.split():
+        if token.startswith("-"):
+            names.append(token.rstrip(","))
+        elif not token.endswith(","):
+            break
+    return names

@@ -166,7 +166,7 @@ class LlamaCppProfile(EngineProfile):
         from llm_autotuner.cluster.engine_check import listed_flags
 
         binary = executable or llamacpp_setup.installed_llama_server(engine.binary)
-        return listed_flags(binary) if binary else None
+        return listed_flags([str(binary), "--help"]) if binary else None
 
     def setup_nodes(self, engine: Engine, skip: set[str]) -> dict[str, str]:
         # Nodes of one cluster can have different CPUs while sharing one home (one cache).
@@ -180,12 +180,26 @@ class LlamaCppProfile(EngineProfile):
 
 
 class SGLangProfile(EngineProfile):
+    def known_flags(self, engine: Engine, executable: str | None = None) -> frozenset[str] | None:
+        from llm_autotuner.cluster.engine_check import listed_flags
+
+        # None where this python has no SGLang (its --help exits 1).
+        python = executable or engine.binary or self.default_binary
+        return listed_flags([python, "-m", "sglang.launch_server", "--help"])
+
     def _launcher(self, launch: Launch) -> list[str]:
         return [launch.executable, "-m", "sglang.launch_server", "--model-path", launch.model_path,
                 "--host", launch.host, "--port", str(launch.port), "--served-model-name", launch.served_name]
 
 
 class VLLMProfile(EngineProfile):
+    def known_flags(self, engine: Engine, executable: str | None = None) -> frozenset[str] | None:
+        from llm_autotuner.cluster.engine_check import listed_flags
+
+        # vLLM >= 0.10 lists every engine argument only with --help=all; earlier ones with --help.
+        vllm = executable or engine.binary or self.default_binary
+        return listed_flags([vllm, "serve", "--help=all"], [vllm, "serve", "--help"])
+
     def _launcher(self, launch: Launch) -> list[str]:
         return [launch.executable, "serve", launch.model_path, "--host", launch.host,
                 "--port", str(launch.port), "--served-model-name", launch.served_name]

@@ -131,6 +131,8 @@ def check_known_flags(task: Task, executable: str | None = None) -> None:
     """A flag the engine's binary does not know stops every trial given it at start: refused
     before the run (the binary's own list, where it can be asked here), naming the nearest one.
     `executable`: the binary the trials will run, else the one installed here (validate)."""
+    if task.deployment.backend != "local":
+        return  # the engine is the cluster's image, maybe another version than any installed here
     profile = profile_for(task.engine.name)
     known = profile.known_flags(task.engine, executable)
     if known is None:

@@ -1,12 +1,15 @@
 """Engine profiles: parameter dicts become argv lists with each engine's own spelling."""
 
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import ray
 import yaml
 
 from llm_autotuner.cluster.engines import LLAMA_CPP, SGLANG, VLLM, Launch
+from llm_autotuner.errors import TaskError
 from llm_autotuner.task import parse_task
 from llm_autotuner.tuner import cli
 from llm_autotuner.tuner.driver import check_known_flags
@@ -117,3 +120,60 @@ def test_validate_and_run_refuse_a_flag_the_llama_server_binary_does_not_know(ll
     # A flag it knows, under any of its spellings, passes.
     task["search_space"] = {"threads": [1], "c": [512], "no-warmup": [True]}
     check_known_flags(parse_task(task), llama_server)
+
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def python_with(tmp_path, path) -> str:
+    """A python whose imports see `path` first: the launcher a task's engine.binary names."""
+    wrapper = tmp_path / "python"
+    wrapper.write_text(f"#!{sys.executable}\nimport os, sys\nos.environ['PYTHONPATH'] = {str(path)!r}\n"
+                       "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])\n")
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
+def test_validate_refuses_a_flag_the_installed_sglang_does_not_know(tmp_path, monkeypatch, capsys):
+    """SGLang's own --help is asked (argparse's, here a stand-in's: no GPU, no SGLang on this machine)."""
+    python = python_with(tmp_path, DATA / "standin_sglang")
+    task = {"name": "typo", "model": {"path": "org/model"}, "engine": {"name": "sglang", "binary": python},
+            "search_space": {"tp": [1], "mem-fraction-statc": [0.8, 0.9]}}
+    (tmp_path / "task.yaml").write_text(yaml.safe_dump(task))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["validate", "task.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert ("search_space.mem-fraction-statc: sglang has no --mem-fraction-statc (its --help); "
+            "did you mean --mem-fraction-static?") in err
+    # Every spelling of a flag it lists passes: the alias (tp), the long name, a store_true.
+    task["search_space"] = {"tensor-parallel-size": [1, 2], "dp_size": [1], "enable-mixed-chunk": [True, False],
+                            "schedule-policy": ["lpm", "fcfs"]}
+    check_known_flags(parse_task(task))
+    # A python without SGLang cannot say: the flags pass through, as on a laptop preparing a GPU run.
+    task["engine"]["binary"] = sys.executable
+    task["search_space"] = {"mem-fraction-statc": [0.8]}
+    check_known_flags(parse_task(task))
+
+
+@pytest.mark.parametrize("old", [False, True], ids=["vllm>=0.10: --help=all", "earlier: --help"])
+def test_a_flag_vllm_serve_does_not_list_is_refused(tmp_path, monkeypatch, old):
+    if old:
+        monkeypatch.setenv("STANDIN_VLLM_OLD", "1")
+    task = {"name": "typo", "model": {"path": "org/model"},
+            "engine": {"name": "vllm", "binary": str(DATA / "vllm_help_standin.py")},
+            "search_space": {"tp": [1, 2], "enable-prefix-caching": [True, False], "max-num-seq": [64, 128]}}
+    with pytest.raises(TaskError, match=r"search_space.max-num-seq: vllm has no --max-num-seq \(its --help\); "
+                                        r"did you mean --max-num-seqs\?"):
+        check_known_flags(parse_task(task))
+    task["search_space"]["max-num-seqs"] = task["search_space"].pop("max-num-seq")
+    check_known_flags(parse_task(task))
+
+
+def test_on_kubernetes_the_flags_are_the_images_not_checked_against_an_engine_here(tmp_path):
+    python = python_with(tmp_path, DATA / "standin_sglang")
+    task = {"name": "image", "model": {"name": "org/model", "tokenizer": "org/model"},
+            "engine": {"name": "sglang", "binary": python},
+            "deployment": {"backend": "ome", "namespace": "ns", "model": "m", "runtime": "r", "gpu_budget": 2},
+            "search_space": {"tp-size": [1, 2], "enable-new-feature": [True]}}
+    check_known_flags(parse_task(task))
