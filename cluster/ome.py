@@ -326,13 +326,7 @@ class OmeDeployer(Deployer):
     def teardown(self, deployment: OmeTrialDeployment) -> None:
         # The delete goes first: Ray may end this worker moments after a trial is stopped.
         try:
-            self.custom.delete_namespaced_custom_object(
-                kube.OME_GROUP, kube.OME_VERSION, deployment.namespace, PLURAL, deployment.name,
-                body=client.V1DeleteOptions(propagation_policy="Foreground"),
-                _request_timeout=kube.REQUEST_TIMEOUT_S)
-        except ApiException as error:
-            if error.status != 404:
-                raise kube.explain(error, "delete", KIND, deployment.name, deployment.namespace) from None
+            self._delete(deployment)
         finally:
             if deployment.forward is not None:
                 deployment.forward.close()
@@ -340,6 +334,28 @@ class OmeDeployer(Deployer):
             print(f"[autotuner] warning: {KIND} {deployment.name} is still being deleted after {DELETE_WAIT_S} s "
                   "(a finalizer, its pods' grace period): the next trial's pods wait for the GPUs it holds, and "
                   "the run's end waits for it again", flush=True)
+
+    def _delete(self, deployment: OmeTrialDeployment) -> None:
+        """Delete the object, asking again while the API is busy or the connection drops (a delete
+        is idempotent): an object left behind holds its GPUs until the run's end."""
+        deadline = time.monotonic() + kube.REQUEST_TIMEOUT_S
+        while True:
+            try:
+                self.custom.delete_namespaced_custom_object(
+                    kube.OME_GROUP, kube.OME_VERSION, deployment.namespace, PLURAL, deployment.name,
+                    body=client.V1DeleteOptions(propagation_policy="Foreground"),
+                    _request_timeout=kube.REQUEST_TIMEOUT_S)
+                return
+            except ApiException as error:
+                if error.status == 404:
+                    return
+                if not kube.passing(error) or time.monotonic() >= deadline:
+                    raise kube.explain(error, "delete", KIND, deployment.name, deployment.namespace) from None
+            except (HTTPError, OSError) as error:
+                if time.monotonic() >= deadline:
+                    raise DeploymentError(f"deleting {KIND} {deployment.name} in {deployment.namespace}: no answer "
+                                          f"from the API ({type(error).__name__}); the run's end deletes it") from None
+            time.sleep(PASSING_WAIT_S)
 
     def _wait_deleted(self, deployment: OmeTrialDeployment) -> bool:
         """Wait (bounded) until the object is gone, so its GPUs are free before the next trial claims

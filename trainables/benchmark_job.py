@@ -88,6 +88,9 @@ class BenchmarkJobRunner:
                 # A 5xx (a webhook or etcd timing out) may come after the write was stored.
                 may_exist = error.status >= 500
                 raise BenchmarkError(str(kube.explain(error, "create", KIND, name, self.ome.namespace))) from None
+            except (HTTPError, OSError) as error:  # deleted below, in case the API stored it
+                raise BenchmarkError(f"creating {KIND} {name} in {self.ome.namespace}: no answer from the API "
+                                     f"({type(error).__name__}); deleted it in case it was made") from None
             yield watch_stages(self.task.benchmark, results, _JobState(custom, self.ome.namespace, name),
                                self.settings.timeout_s, request_limits(self.task.limits))
         finally:
@@ -100,6 +103,9 @@ class BenchmarkJobRunner:
                 except ApiException as error:
                     if error.status != 404:
                         raise BenchmarkError(str(kube.explain(error, "delete", KIND, name, self.ome.namespace))) from None
+                except (HTTPError, OSError) as error:
+                    raise BenchmarkError(f"deleting {KIND} {name} in {self.ome.namespace}: no answer from the API "
+                                         f"({type(error).__name__}); the run's end deletes it") from None
 
 
 class _JobState:

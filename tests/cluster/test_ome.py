@@ -386,3 +386,13 @@ def test_an_unschedulable_pod_waits_while_an_earlier_trial_of_the_run_is_still_b
         deployer.wait_ready(deployment, time.monotonic() + 60)
     assert time.monotonic() - started >= 12.0  # failed only once the earlier one was gone
     assert [o["metadata"]["name"] for o in emulator.objects(PLURAL, NS)] == [deployment.name]
+
+
+@pytest.mark.parametrize("status, reason", [(503, "ServiceUnavailable"), (429, "TooManyRequests")])
+def test_a_delete_the_api_is_too_busy_for_is_asked_again(emulator, tmp_path, status, reason):
+    """(A dropped connection the client's urllib3 retries itself: a DELETE is idempotent.)"""
+    deployer = OmeDeployer(settings(), api=emulator.api_client())
+    deployment = deployer.deploy(spec(tmp_path, {}))
+    emulator.fail_next("DELETE", f"/inferenceservices/{deployment.name}$", status, reason, times=2)
+    deployer.teardown(deployment)
+    assert emulator.objects(PLURAL, NS) == []  # gone when the teardown returns

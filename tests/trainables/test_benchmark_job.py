@@ -88,3 +88,18 @@ def test_a_failed_job_fails_the_trial_with_its_details(emulator, tmp_path):
             for _ in results:
                 pass
     assert gone(emulator, "benchmarkjobs")
+
+
+@pytest.mark.parametrize("instead, expected", [(None, "no answer from the API"),
+                                               (504, "HTTP 504 .*etcdserver: request timed out")])
+def test_a_create_whose_answer_is_lost_leaves_no_job(emulator, tmp_path, instead, expected):
+    """The API stored the job, then its answer was lost (a dropped connection) or was a 5xx: the
+    job would run genai-bench against an engine being torn down. Deleted by name before the trial fails."""
+    emulator.lose_answer_to_next("POST", "/benchmarkjobs$", instead=instead)
+    workdir = tmp_path / "trials" / "t0001"
+    workdir.mkdir(parents=True)
+    with pytest.raises(BenchmarkError, match=expected):
+        with runner_for(emulator, tmp_path).run(ENDPOINT, "smollm2", workdir):
+            pass
+    assert [r.method for r in emulator.requests if "/benchmarkjobs" in r.path][:2] == ["POST", "DELETE"]
+    assert gone(emulator, "benchmarkjobs")
