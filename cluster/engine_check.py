@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -92,28 +93,32 @@ def _completion(base: str) -> bool:
 
 
 def listed_flags(*help_argvs: list[str]) -> frozenset[str] | None:
-    """Every flag spelling an engine's `--help` lists (llama-server's "-c, --ctx-size N", argparse's
-    "--tp-size TP_SIZE, --tensor-parallel-size TP_SIZE"), from the first of `help_argvs` that
-    answers, or None when none could say (then nothing is refused on its word)."""
+    """Every flag spelling an engine's help lists (llama-server's "-c,    --ctx-size N", argparse's
+    "--tp-size TP_SIZE, --tensor-parallel-size TP_SIZE"), over all of `help_argvs` that answer (one
+    help may show a part: vLLM 0.9's `--help=all` only the flags whose names hold "all", 0.10's
+    `--help` a summary), or None when none could say (then nothing is refused on its word)."""
+    names: set[str] = set()
     for argv in help_argvs:
         try:
             shown = subprocess.run(argv, capture_output=True, text=True, timeout=HELP_TIMEOUT_S,
                                    stdin=subprocess.DEVNULL)
         except (OSError, subprocess.TimeoutExpired):
             return None
-        names = {name for line in shown.stdout.splitlines() for name in _line_flags(line)}
-        if shown.returncode == 0 and names:
-            return frozenset(names)
-    return None
+        if shown.returncode == 0:
+            names.update(name for line in shown.stdout.splitlines() for name in _line_flags(line))
+    return frozenset(names) or None
 
 
 def _line_flags(line: str) -> list[str]:
-    """The spellings a help line starts with: flags, each maybe followed by its value's name; a
-    value name ending in "," means another spelling follows, any other word starts the description."""
+    """The spellings a help line starts with. Its columns are 2+ spaces apart: the spellings, each
+    maybe with its value's name ("--a A [A ...], --b A [A ...]"), then the description; a column
+    ending in "," is followed by more spellings (llama-server pads between them)."""
     names = []
-    for token in line.split():
-        if token.startswith("-"):
-            names.append(token.rstrip(","))
-        elif not token.endswith(","):
+    for column in re.split(r"\s{2,}", line.strip()):
+        tokens = column.split()
+        if not tokens or not tokens[0].startswith("-"):
+            break
+        names += [token.rstrip(",").split("=", 1)[0] for token in tokens if token.startswith("-")]
+        if not column.endswith(","):
             break
     return names

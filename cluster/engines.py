@@ -196,9 +196,10 @@ class VLLMProfile(EngineProfile):
     def known_flags(self, engine: Engine, executable: str | None = None) -> frozenset[str] | None:
         from llm_autotuner.cluster.engine_check import listed_flags
 
-        # vLLM >= 0.10 lists every engine argument only with --help=all; earlier ones with --help.
+        # vLLM >= 0.10.2 lists every engine argument only with --help=all, earlier ones with --help
+        # (0.9-0.10.1 read --help=all as "flags whose name holds all", before 0.9 it is an error).
         vllm = executable or engine.binary or self.default_binary
-        return listed_flags([vllm, "serve", "--help=all"], [vllm, "serve", "--help"])
+        return listed_flags([vllm, "serve", "--help"], [vllm, "serve", "--help=all"])
 
     def _launcher(self, launch: Launch) -> list[str]:
         return [launch.executable, "serve", launch.model_path, "--host", launch.host,

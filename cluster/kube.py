@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import hashlib
+import logging
 import os
 import re
-import threading
+import sys
 from pathlib import Path
-from typing import Any, Callable
-
-import psutil
 
 from kubernetes import client, config
 from kubernetes.config import kube_config
@@ -22,8 +18,9 @@ from llm_autotuner.errors import DeploymentError, InfrastructureError, SetupErro
 OME_GROUP, OME_VERSION = "ome.io", "v1beta1"
 REQUEST_TIMEOUT_S = 30  # every API call has a deadline
 # A kubeconfig's credential plugin (aws eks get-token, gke-gcloud-auth-plugin, kubelogin) answers in
-# seconds; one waiting for a login nobody does never answers, and the client waits without a deadline.
-CREDENTIAL_PLUGIN_TIMEOUT_S = 120
+# seconds; one waiting for a login nobody does never answers, and the client waits without a
+# deadline. Below the Lease's 60 s: a renewal waiting for a token must not outlast the run's liveness.
+CREDENTIAL_PLUGIN_TIMEOUT_S = 45
 RBAC_MANIFEST = Path(__file__).with_name("rbac.yaml")  # shipped in the wheel; `autotuner rbac` prints it
 MANAGED_BY = {"app.kubernetes.io/managed-by": "autotuner"}
 EXPERIMENT_LABEL, RUN_LABEL, TRIAL_LABEL = "autotuner.io/experiment", "autotuner.io/run", "autotuner.io/trial"
@@ -37,62 +34,62 @@ def in_cluster() -> bool:
 
 def api_client(kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
     """From the named kubeconfig, else the pod's service account when in a cluster, else ~/.kube/config.
-    Running its credential plugin (at load, and again when the credential expires) has a deadline."""
+    A credential plugin it names runs with a deadline, at load and whenever its token expires."""
     try:
         if kubeconfig is None and context is None and in_cluster():
             configuration = client.Configuration()
             config.load_incluster_config(client_configuration=configuration)
             return client.ApiClient(configuration)
-        load = functools.partial(config.new_client_from_config, config_file=kubeconfig, context=context)
-        plugin = _credential_plugin(kubeconfig, context)
-        api = _within_deadline(load, plugin) if plugin else load()
+        merged = kube_config.KubeConfigMerger(kubeconfig or config.KUBE_CONFIG_DEFAULT_LOCATION).config
+        if merged is None:
+            raise config.ConfigException("Invalid kube-config file. No configuration found.")
+        plugin = _bound_credential_plugin(merged, context)
+        # A plugin that fails is only logged by the client, which then goes on without a token:
+        # caught here, it is the one-line error it should be.
+        with _ClientLog() as logged:
+            # From the merged files, not the file: an in-memory copy, never written back.
+            api = config.new_client_from_config_dict(merged, context=context)
+        if plugin and logged.errors:
+            raise InfrastructureError(f"cannot load the Kubernetes configuration: {logged.errors[-1]}")
+        return api
     except (config.ConfigException, OSError) as error:
         raise DeploymentError(f"cannot load the Kubernetes configuration: {error}") from None
-    refresh = api.configuration.refresh_api_key_hook
-    if plugin and refresh is not None:  # runs the plugin again once its credential expires, inside an API call
-        api.configuration.refresh_api_key_hook = lambda configuration: _within_deadline(
-            functools.partial(refresh, configuration), plugin)
-    return api
 
 
-def _credential_plugin(kubeconfig: str | None, context: str | None) -> str | None:
-    """The program the kubeconfig runs for the context's credentials (`exec`), by file name, or None."""
+def _bound_credential_plugin(merged, context: str | None) -> str | None:
+    """Make the context's credential plugin (`exec`: aws eks get-token, gke-gcloud-auth-plugin,
+    kubelogin) run under credential_deadline; its program's name, or None when it has none."""
     try:
-        merged = kube_config.KubeConfigMerger(kubeconfig or config.KUBE_CONFIG_DEFAULT_LOCATION).config
         current = context or merged["current-context"]
-        user = next(c["context"]["user"] for c in merged["contexts"] if c["name"] == current)
-        return next(Path(u["user"]["exec"]["command"]).name for u in merged["users"] if u["name"] == user)
-    except Exception:  # noqa: BLE001 - no plugin to name; loading the config reports what is wrong with it
-        return None
+        user_name = next(c["context"]["user"] for c in merged["contexts"].value if c["name"] == current)
+        user = next(u["user"] for u in merged["users"].value if u["name"] == user_name)
+        plugin = user["exec"].value  # the merged copy's dict (its list items are ConfigNodes)
+        command = plugin["command"]
+    except (KeyError, TypeError, StopIteration, config.ConfigException):
+        return None  # no plugin; loading reports what else is wrong with the file
+    plugin["command"] = sys.executable
+    plugin["args"] = ["-m", "llm_autotuner.cluster.credential_deadline", str(CREDENTIAL_PLUGIN_TIMEOUT_S),
+                      command, *(plugin.get("args") or [])]
+    return Path(command).name
 
 
-def _within_deadline(load: Callable[[], Any], plugin: str) -> Any:
-    """`load()`, which runs the kubeconfig's credential plugin and waits for it without a deadline,
-    given CREDENTIAL_PLUGIN_TIMEOUT_S; then the plugin is killed and the error says what to do."""
-    outcome: dict[str, Any] = {}
+class _ClientLog(logging.Filter):
+    """Within `with`: the kubernetes client's own error records (it logs a failed credential plugin
+    to the root logger and carries on), kept instead of printed."""
 
-    def run() -> None:
-        try:
-            outcome["value"] = load()
-        except BaseException as error:  # handed to the caller's thread
-            outcome["error"] = error
+    def __enter__(self) -> "_ClientLog":
+        self.errors: list[str] = []
+        logging.getLogger().addFilter(self)
+        return self
 
-    worker = threading.Thread(target=run, name="kubeconfig-credential-plugin", daemon=True)
-    worker.start()
-    worker.join(CREDENTIAL_PLUGIN_TIMEOUT_S)
-    if worker.is_alive():
-        for child in psutil.Process().children():
-            with contextlib.suppress(psutil.Error):
-                if plugin in (Path(arg).name for arg in child.cmdline()[:2]):  # itself, or a script's interpreter
-                    child.kill()
-        worker.join(5)
-        raise InfrastructureError(  # no config can avoid it: the run stops, naming it
-            f"cannot load the Kubernetes configuration: its credential plugin {plugin} did not answer within "
-            f"{CREDENTIAL_PLUGIN_TIMEOUT_S} s (does it wait for a login? run `kubectl get namespaces` with the same "
-            "kubeconfig once)")
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
+    def __exit__(self, *exc_info) -> None:
+        logging.getLogger().removeFilter(self)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and f"{os.sep}kubernetes{os.sep}config{os.sep}" in record.pathname:
+            self.errors.append(record.getMessage())
+            return False
+        return True
 
 
 def check_config(kubeconfig: str | None, context: str | None) -> None:

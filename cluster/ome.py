@@ -225,7 +225,7 @@ class OmeDeployer(Deployer):
     def wait_ready(self, deployment: OmeTrialDeployment, deadline: float) -> None:
         resource_version: str | None = None
         last_message = "no status yet"
-        unschedulable_since: dict[str, float] = {}
+        unschedulable_since: dict[str, tuple[float, float]] = {}  # pod -> (first seen, its grace from)
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -272,19 +272,22 @@ class OmeDeployer(Deployer):
         except (HTTPError, OSError):
             return None
 
-    def _pod_failure(self, deployment: OmeTrialDeployment, unschedulable_since: dict[str, float]) -> str | None:
+    def _pod_failure(self, deployment: OmeTrialDeployment,
+                     unschedulable_since: dict[str, tuple[float, float]]) -> str | None:
         for pod in self._engine_pods(deployment) or []:
             reason = pod_failure(pod)
             if reason:
                 return reason
             if _unschedulable(pod):
-                first = unschedulable_since.setdefault(pod.metadata.name, time.monotonic())
-                if time.monotonic() - first < self.settings.unschedulable_grace_s:
+                now = time.monotonic()
+                first, grace_from = unschedulable_since.setdefault(pod.metadata.name, (now, now))
+                if now - grace_from < self.settings.unschedulable_grace_s:
                     continue
-                if self._run_still_deleting(deployment):
-                    # An earlier trial's engine, deleted but held by a finalizer or its pods' grace
-                    # period, still has the GPUs Ray gave this trial: they come back, not this config's fault.
-                    unschedulable_since[pod.metadata.name] = time.monotonic()
+                # An earlier trial's engine, deleted but held by a finalizer or its pods' grace period,
+                # may still have the GPUs Ray gave this trial: waited for (as long as a teardown waits),
+                # then the grace starts again.
+                if now - first < DELETE_WAIT_S and self._run_still_deleting(deployment):
+                    unschedulable_since[pod.metadata.name] = (first, now)
                     continue
                 return (f"pod {pod.metadata.name} unschedulable for {self.settings.unschedulable_grace_s:.0f} s: "
                         f"{_unschedulable(pod)}")

@@ -574,8 +574,9 @@ class KubeEmulator:
                         self._begin_deletion(dependent, "Background")
                     while any(self._blocks(dependent, uid) for dependent in self._dependents(uid)) and not self._stopping:
                         self._lock.wait(0.2)
-            time.sleep(max(0.0, (delay or 0.0) - (time.monotonic() - began)))
-            with self._lock:
+            with self._lock:  # the finalizer's time, cut short when the emulator stops
+                while not self._stopping and time.monotonic() - began < (delay or 0.0):
+                    self._lock.wait((delay or 0.0) - (time.monotonic() - began))
                 current = self._objects.get(key)
                 if current is not None and current["metadata"]["uid"] == uid:
                     self._remove(key, hooks=False)

@@ -136,7 +136,7 @@ def compare(first_dir: Path, second_dir: Path) -> str:
         keys = sorted(mine.keys() - theirs.keys())
         if keys:  # which, so a user can re-run them in the other setting
             lines.append(f"measured only in {name} ({len(keys)} config{'s' * (len(keys) > 1)}):")
-            lines += [f"  {key[:58]:<58} {fmt(mine[key]['objective_score']):>10}" for key in keys[:ONLY_LISTED]]
+            lines += [f"  {key}  {fmt(mine[key]['objective_score'])}" for key in keys[:ONLY_LISTED]]  # whole: to re-run
             if len(keys) > ONLY_LISTED:
                 lines.append(f"  and {len(keys) - ONLY_LISTED} more")
     winners = [(s.get("best_result") or {}) for s in (first, second)]

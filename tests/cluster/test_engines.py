@@ -156,10 +156,10 @@ def test_validate_refuses_a_flag_the_installed_sglang_does_not_know(tmp_path, mo
     check_known_flags(parse_task(task))
 
 
-@pytest.mark.parametrize("old", [False, True], ids=["vllm>=0.10: --help=all", "earlier: --help"])
-def test_a_flag_vllm_serve_does_not_list_is_refused(tmp_path, monkeypatch, old):
-    if old:
-        monkeypatch.setenv("STANDIN_VLLM_OLD", "1")
+@pytest.mark.parametrize("style", ["grouped", "search", "argparse"])
+def test_a_flag_vllm_serve_does_not_list_is_refused(tmp_path, monkeypatch, style):
+    """Each generation of vLLM's help (tests/data/vllm_help_standin.py): every flag it has passes."""
+    monkeypatch.setenv("STANDIN_VLLM_HELP", style)
     task = {"name": "typo", "model": {"path": "org/model"},
             "engine": {"name": "vllm", "binary": str(DATA / "vllm_help_standin.py")},
             "search_space": {"tp": [1, 2], "enable-prefix-caching": [True, False], "max-num-seq": [64, 128]}}
@@ -167,6 +167,7 @@ def test_a_flag_vllm_serve_does_not_list_is_refused(tmp_path, monkeypatch, old):
                                         r"did you mean --max-num-seqs\?"):
         check_known_flags(parse_task(task))
     task["search_space"]["max-num-seqs"] = task["search_space"].pop("max-num-seq")
+    task["engine"]["args"] = {"compilation-config": '{"level":3}'}  # listed after its short spelling -O
     check_known_flags(parse_task(task))
 
 

@@ -3,6 +3,7 @@ plugin (`exec`: aws eks get-token, gke-gcloud-auth-plugin, kubelogin), the API r
 namespace that does not exist. Against the HTTP-level API emulator, with a real plugin process."""
 
 import json
+import logging
 import os
 import sys
 import textwrap
@@ -33,8 +34,9 @@ PLUGIN = textwrap.dedent("""\
         time.sleep(3600)
     # Expiring within the client's 5-minute margin: the next API call runs the plugin again.
     expiry = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=1)
+    token = sys.argv[3] + str(calls) if sys.argv[3].endswith("-") else sys.argv[3]  # "t-": a new token each call
     print(json.dumps({"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential",
-                      "status": {"token": sys.argv[3], "expirationTimestamp": expiry.strftime("%Y-%m-%dT%H:%M:%SZ")}}))
+                      "status": {"token": token, "expirationTimestamp": expiry.strftime("%Y-%m-%dT%H:%M:%SZ")}}))
 """)
 
 
@@ -81,7 +83,8 @@ def test_a_token_from_a_credential_plugin_is_what_the_api_sees(tmp_path):
         assert [o["metadata"]["name"] for o in emulator.objects("inferenceservices", NS)] == [deployment.name]
 
 
-def test_a_credential_plugin_that_never_answers_stops_within_the_deadline_and_is_killed(tmp_path, monkeypatch):
+def test_a_credential_plugin_that_never_answers_stops_within_the_deadline_and_is_killed(tmp_path, monkeypatch,
+                                                                                         caplog):
     monkeypatch.setattr(kube, "CREDENTIAL_PLUGIN_TIMEOUT_S", 3)
     with KubeEmulator() as emulator:
         kubeconfig, state = plugin_kubeconfig(tmp_path, emulator, hang_from=1)
@@ -91,22 +94,30 @@ def test_a_credential_plugin_that_never_answers_stops_within_the_deadline_and_is
             kube.api_client(str(kubeconfig))
         assert time.monotonic() - started < 15
         assert plugin_gone(state)  # when the error is raised, not later
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # said once, in the error
 
 
-def test_a_credential_plugin_that_hangs_when_the_token_expires_fails_the_api_call_within_the_deadline(
-        tmp_path, monkeypatch):
+def test_a_credential_plugin_that_hangs_when_the_token_expires_mid_run_is_killed_within_the_deadline(
+        tmp_path, monkeypatch, caplog):
+    """The token expires during the run: the client runs the plugin again inside an API call. A
+    plugin that hangs then is killed at the deadline; the call goes on with the expired token,
+    which the API refuses (401): the run stops saying so, instead of hanging."""
     monkeypatch.setattr(kube, "CREDENTIAL_PLUGIN_TIMEOUT_S", 3)
     with KubeEmulator() as emulator:
-        emulator.accept_tokens(TOKEN)
-        kubeconfig, state = plugin_kubeconfig(tmp_path, emulator, hang_from=2)  # the refresh hangs
+        emulator.accept_tokens("t-1", "t-2")
+        kubeconfig, state = plugin_kubeconfig(tmp_path, emulator, hang_from=3, token="t-")
         api = kube.api_client(str(kubeconfig))
         assert state.read_text() == "1"
-        started = time.monotonic()
-        with pytest.raises(InfrastructureError, match="did not answer within 3 s"):
-            with RunLease(settings(kubeconfig), "kube-test", "run1", api=api):
-                pass
-        assert time.monotonic() - started < 15 and state.read_text() == "2"
-        assert plugin_gone(state)
+        with RunLease(settings(kubeconfig), "kube-test", "run1", api=api):  # a refresh: the plugin's second call
+            assert state.read_text() == "2"
+            emulator.accept_tokens("t-3")  # t-2 has expired
+            started = time.monotonic()
+            with pytest.raises(InfrastructureError, match=r"did not accept the kubeconfig's credentials"):
+                OmeDeployer(settings(kubeconfig), api=api).deploy(spec(tmp_path))
+            assert time.monotonic() - started < 15 and state.read_text() == "3"
+            assert plugin_gone(state)
+            assert any("did not answer within 3 s" in r.getMessage() for r in caplog.records)
+        assert emulator.objects("inferenceservices", NS) == []
 
 
 def test_credentials_the_api_refuses_stop_the_run_saying_so(tmp_path):

@@ -12,6 +12,7 @@ from llm_autotuner.cluster.deployer import EngineSpec
 from llm_autotuner.cluster.engines import LLAMA_CPP, SGLANG
 from llm_autotuner.cluster.kube import labels, resource_name
 from llm_autotuner.cluster.lease import RunLease
+from llm_autotuner.cluster import ome
 from llm_autotuner.cluster.ome import OmeBackend, OmeDeployer
 from tests.conftest import until
 from tests.fake_ome import GROUP, PLURAL, VERSION, FakeOme
@@ -370,18 +371,24 @@ def test_start_of_run_cleanup_waits_for_a_dead_runs_service_already_being_delete
     assert said == [f"InferenceService left-1 in {NS}"]
 
 
-def test_an_unschedulable_pod_waits_while_an_earlier_trial_of_the_run_is_still_being_deleted(emulator, tmp_path):
-    """Ray gave this trial the GPUs of an earlier one whose InferenceService a finalizer still holds:
-    the pod is unschedulable until it goes, which is not this config's fault."""
+def unschedulable_after_a_deletion(emulator, tmp_path, deletion_s: float):
+    """Trial t0001's InferenceService deleted, held by a finalizer for `deletion_s`; then trial
+    t0002's created, whose pod is unschedulable. (deployer, t0002's deployment)."""
     FakeOme(emulator, "unused", "unused", tmp_path, scenario="unschedulable")
-    # Longer than two looks at the pods (one per watch segment, WATCH_SEGMENT_S) with the grace between.
-    emulator.set_deletion_delay(PLURAL, 12.0)
+    emulator.set_deletion_delay(PLURAL, deletion_s)
     deployer = OmeDeployer(settings(), api=emulator.api_client())
     earlier = deployer.deploy(spec(tmp_path, {}, trial="t0001"))
     client.CustomObjectsApi(emulator.api_client()).delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL,
                                                                                    earlier.name)
+    return deployer, deployer.deploy(spec(tmp_path, {}, trial="t0002"))
+
+
+def test_an_unschedulable_pod_waits_while_an_earlier_trial_of_the_run_is_still_being_deleted(emulator, tmp_path):
+    """Ray gave this trial the GPUs of an earlier one whose InferenceService a finalizer still holds:
+    the pod is unschedulable until it goes, which is not this config's fault."""
+    # Longer than two looks at the pods (one per watch segment, WATCH_SEGMENT_S) with the grace between.
     started = time.monotonic()
-    deployment = deployer.deploy(spec(tmp_path, {}, trial="t0002"))
+    deployer, deployment = unschedulable_after_a_deletion(emulator, tmp_path, deletion_s=12.0)
     with pytest.raises(DeploymentError, match="unschedulable for 1 s"):
         deployer.wait_ready(deployment, time.monotonic() + 60)
     assert time.monotonic() - started >= 12.0  # failed only once the earlier one was gone
@@ -396,3 +403,15 @@ def test_a_delete_the_api_is_too_busy_for_is_asked_again(emulator, tmp_path, sta
     emulator.fail_next("DELETE", f"/inferenceservices/{deployment.name}$", status, reason, times=2)
     deployer.teardown(deployment)
     assert emulator.objects(PLURAL, NS) == []  # gone when the teardown returns
+
+
+def test_an_unschedulable_pod_waits_for_a_stuck_deletion_only_as_long_as_a_teardown_does(emulator, tmp_path,
+                                                                                         monkeypatch):
+    """A finalizer that never finishes: the truly unschedulable config still fails, after DELETE_WAIT_S,
+    not at the ready deadline."""
+    monkeypatch.setattr(ome, "DELETE_WAIT_S", 6)
+    deployer, deployment = unschedulable_after_a_deletion(emulator, tmp_path, deletion_s=3600.0)
+    started = time.monotonic()
+    with pytest.raises(DeploymentError, match="unschedulable for 1 s"):
+        deployer.wait_ready(deployment, time.monotonic() + 120)
+    assert time.monotonic() - started < 30
