@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import sys
+import threading
 from pathlib import Path
 
 from kubernetes import client, config
@@ -19,8 +20,9 @@ OME_GROUP, OME_VERSION = "ome.io", "v1beta1"
 REQUEST_TIMEOUT_S = 30  # every API call has a deadline
 # A kubeconfig's credential plugin (aws eks get-token, gke-gcloud-auth-plugin, kubelogin) answers in
 # seconds; one waiting for a login nobody does never answers, and the client waits without a
-# deadline. Below the Lease's 60 s: a renewal waiting for a token must not outlast the run's liveness.
+# deadline. Kept short: a Lease renewal waiting for a token may take this plus REQUEST_TIMEOUT_S.
 CREDENTIAL_PLUGIN_TIMEOUT_S = 45
+DEADLINE_WRAPPER = Path(__file__).with_name("credential_deadline.py")
 RBAC_MANIFEST = Path(__file__).with_name("rbac.yaml")  # shipped in the wheel; `autotuner rbac` prints it
 MANAGED_BY = {"app.kubernetes.io/managed-by": "autotuner"}
 EXPERIMENT_LABEL, RUN_LABEL, TRIAL_LABEL = "autotuner.io/experiment", "autotuner.io/run", "autotuner.io/trial"
@@ -47,9 +49,11 @@ def api_client(kubeconfig: str | None = None, context: str | None = None) -> cli
         # A plugin that fails is only logged by the client, which then goes on without a token:
         # caught here, it is the one-line error it should be.
         with _ClientLog() as logged:
-            # From the merged files, not the file: an in-memory copy, never written back.
-            api = config.new_client_from_config_dict(merged, context=context)
-        if plugin and logged.errors:
+            if plugin:  # the rewritten copy, in memory only: never written back to the user's file
+                api = config.new_client_from_config_dict(merged, context=context)
+            else:  # as kubectl loads it (an auth-provider's refreshed tokens are saved to the file)
+                api = config.new_client_from_config(config_file=kubeconfig, context=context)
+        if logged.errors:
             raise InfrastructureError(f"cannot load the Kubernetes configuration: {logged.errors[-1]}")
         return api
     except (config.ConfigException, OSError) as error:
@@ -58,27 +62,31 @@ def api_client(kubeconfig: str | None = None, context: str | None = None) -> cli
 
 def _bound_credential_plugin(merged, context: str | None) -> str | None:
     """Make the context's credential plugin (`exec`: aws eks get-token, gke-gcloud-auth-plugin,
-    kubelogin) run under credential_deadline; its program's name, or None when it has none."""
+    kubelogin) run under credential_deadline.py; its program's name, or None when it has none."""
     try:
         current = context or merged["current-context"]
         user_name = next(c["context"]["user"] for c in merged["contexts"].value if c["name"] == current)
-        user = next(u["user"] for u in merged["users"].value if u["name"] == user_name)
-        plugin = user["exec"].value  # the merged copy's dict (its list items are ConfigNodes)
-        command = plugin["command"]
-    except (KeyError, TypeError, StopIteration, config.ConfigException):
+        plugin = next(u["user"]["exec"] for u in merged["users"].value if u["name"] == user_name).value
+    except (KeyError, TypeError, AttributeError, StopIteration, config.ConfigException):
         return None  # no plugin; loading reports what else is wrong with the file
+    command = plugin.get("command") if isinstance(plugin, dict) else None
+    if not isinstance(command, str) or not command:
+        return None  # the client says what is wrong with it
+    # -I: neither the kubeconfig's folder (the plugin's working directory) nor the PYTHONPATH the
+    # exec `env` may give a Python plugin reaches the wrapper's own imports.
+    plugin["args"] = ["-I", str(DEADLINE_WRAPPER), str(CREDENTIAL_PLUGIN_TIMEOUT_S), command,
+                      *(plugin.get("args") or [])]
     plugin["command"] = sys.executable
-    plugin["args"] = ["-m", "llm_autotuner.cluster.credential_deadline", str(CREDENTIAL_PLUGIN_TIMEOUT_S),
-                      command, *(plugin.get("args") or [])]
     return Path(command).name
 
 
 class _ClientLog(logging.Filter):
-    """Within `with`: the kubernetes client's own error records (it logs a failed credential plugin
-    to the root logger and carries on), kept instead of printed."""
+    """Within `with`: the kubernetes client's own error records in this thread (it logs a failed
+    credential plugin to the root logger and carries on), kept instead of printed."""
 
     def __enter__(self) -> "_ClientLog":
         self.errors: list[str] = []
+        self.thread = threading.get_ident()
         logging.getLogger().addFilter(self)
         return self
 
@@ -86,7 +94,8 @@ class _ClientLog(logging.Filter):
         logging.getLogger().removeFilter(self)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.ERROR and f"{os.sep}kubernetes{os.sep}config{os.sep}" in record.pathname:
+        if (record.thread == self.thread and record.levelno >= logging.ERROR
+                and f"{os.sep}kubernetes{os.sep}config{os.sep}" in record.pathname):
             self.errors.append(record.getMessage())
             return False
         return True

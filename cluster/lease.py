@@ -122,7 +122,8 @@ class RunLease:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(kube.REQUEST_TIMEOUT_S + 1)
+            # A renewal under way may be waiting for a credential plugin, then for the API.
+            self._thread.join(kube.CREDENTIAL_PLUGIN_TIMEOUT_S + kube.REQUEST_TIMEOUT_S + 1)
         try:
             # Background: the Lease goes now, the garbage collector removes any object left after it.
             self.api.delete_namespaced_lease(self.name, self.namespace, propagation_policy="Background",

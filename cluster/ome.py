@@ -286,11 +286,14 @@ class OmeDeployer(Deployer):
                 # An earlier trial's engine, deleted but held by a finalizer or its pods' grace period,
                 # may still have the GPUs Ray gave this trial: waited for (as long as a teardown waits),
                 # then the grace starts again.
-                if now - first < DELETE_WAIT_S and self._run_still_deleting(deployment):
+                deleting = self._run_still_deleting(deployment)
+                if now - first < DELETE_WAIT_S and deleting:
                     unschedulable_since[pod.metadata.name] = (first, now)
                     continue
+                stuck = (f" (an earlier trial's {KIND}, still being deleted after {DELETE_WAIT_S} s, may hold its "
+                         "GPUs)") if deleting else ""
                 return (f"pod {pod.metadata.name} unschedulable for {self.settings.unschedulable_grace_s:.0f} s: "
-                        f"{_unschedulable(pod)}")
+                        f"{_unschedulable(pod)}{stuck}")
             else:
                 unschedulable_since.pop(pod.metadata.name, None)
         return None

@@ -71,3 +71,16 @@ class QuietLostWorkers(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
         return not (record.getMessage().startswith("Trial task failed") and lost_worker(error))
+
+
+class BriefSyncFailures(logging.Filter):
+    """Ray Tune's failed copy of the experiment state to the run's storage, in one line instead of
+    a traceback. Seen when Ray copies its folder while it replaces a file in it (the searcher's
+    state, at a Ctrl-C): the copy is retried at Ray's next save; the trials' results are not in it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and record.getMessage().startswith("Saving experiment state to storage"):
+            record.msg, record.args = f"{record.getMessage().rstrip(': ')}: {type(error).__name__}: {error}", ()
+            record.exc_info = record.exc_text = None
+        return True

@@ -236,7 +236,7 @@ def test_report_of_two_runs_names_what_changed(run, tmp_path):
     # A config the search tried twice is one line; one cut short (its low-load stages only) is not compared.
     configs = {json.dumps(t["parameters"], sort_keys=True) for t in summary["all_results"]
                if t["objective_score"] is not None and t["status"] == "completed" and t["parameters"] != new_config}
-    assert len(ratios) == len(configs) >= 3
+    assert len(ratios) == len(configs) >= 2  # the engine defaults and the winner at least (ASHA may cut the rest)
     assert all(abs(r - 0.9) < 1e-3 for r in ratios)
     assert "Winner changed" in completed.stdout
     only = lines[lines.index("measured only in B (1 config):") + 1]

@@ -34,7 +34,7 @@ from llm_autotuner.trainables.trial import GPU_LIST_VARIABLES, Resolved, TrialTr
 from llm_autotuner.tuner import registry
 from llm_autotuner.tuner.registry import GridSearcher
 from llm_autotuner.tuner import results as results_io
-from llm_autotuner.errors import QuietLostWorkers, SetupError, TaskError
+from llm_autotuner.errors import BriefSyncFailures, QuietLostWorkers, SetupError, TaskError
 from llm_autotuner.secrets import scrub_folder
 from llm_autotuner.tuner.interrupt import Interrupt, TrialEnds
 from llm_autotuner.tuner.render import winner_files
@@ -411,6 +411,7 @@ def _tune(task: Task, backend: Backend, resolved: Resolved, results_dir: Path, a
         for line in backend.cleanup(task.name):
             print(f"[autotuner] removed {line}")
     logging.getLogger("ray.tune.execution.tune_controller").addFilter(QuietLostWorkers())
+    logging.getLogger("ray.tune.execution.experiment_state").addFilter(BriefSyncFailures())
     if not verbose:  # Ray Tune's own warnings ("The process_trial_result operation took 0.5 s", ...)
         logging.getLogger("ray.tune").setLevel(logging.ERROR)
         # and its experiment box and TensorBoard hint, which its new output engine prints whatever

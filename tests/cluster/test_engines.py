@@ -8,6 +8,7 @@ import pytest
 import ray
 import yaml
 
+from llm_autotuner.cluster.engine_check import _line_flags
 from llm_autotuner.cluster.engines import LLAMA_CPP, SGLANG, VLLM, Launch
 from llm_autotuner.errors import TaskError
 from llm_autotuner.task import parse_task
@@ -167,7 +168,7 @@ def test_a_flag_vllm_serve_does_not_list_is_refused(tmp_path, monkeypatch, style
                                         r"did you mean --max-num-seqs\?"):
         check_known_flags(parse_task(task))
     task["search_space"]["max-num-seqs"] = task["search_space"].pop("max-num-seq")
-    task["engine"]["args"] = {"compilation-config": '{"level":3}'}  # listed after its short spelling -O
+    task["engine"]["args"] = {"compilation-config": '{"level":3}'}
     check_known_flags(parse_task(task))
 
 
@@ -178,3 +179,19 @@ def test_on_kubernetes_the_flags_are_the_images_not_checked_against_an_engine_he
             "deployment": {"backend": "ome", "namespace": "ns", "model": "m", "runtime": "r", "gpu_budget": 2},
             "search_space": {"tp-size": [1, 2], "enable-new-feature": [True]}}
     check_known_flags(parse_task(task))
+
+
+@pytest.mark.parametrize("line, spellings", [
+    ("-c,    --ctx-size N                     size of the prompt context", ["-c", "--ctx-size"]),
+    ("-kvo,  --kv-offload, -nkvo, --no-kv-offload   whether to offload", ["-kvo", "--kv-offload", "-nkvo",
+                                                                         "--no-kv-offload"]),
+    ("  --tp-size TP_SIZE, --tensor-parallel-size TP_SIZE", ["--tp-size", "--tensor-parallel-size"]),
+    ("  --lora-paths LORA_PATHS [LORA_PATHS ...], --lora LORA_PATHS [LORA_PATHS ...]  The list of LoRA adapters",
+     ["--lora-paths", "--lora"]),
+    ("  --schedule-policy {lpm,random,fcfs}  The scheduling policy -- of the requests", ["--schedule-policy"]),
+    ("  --speculative-algorithm={EAGLE,NGRAM}", ["--speculative-algorithm"]),
+    ("                        [--enable-mixed-chunk] [--disable-radix-cache]", []),  # usage, wrapped
+    ("                        -1 means no limit", ["-1"]),  # a description line: one more name, never fewer
+])
+def test_every_spelling_a_help_line_lists_is_read(line, spellings):
+    assert _line_flags(line) == spellings

@@ -2,6 +2,7 @@
 plugin (`exec`: aws eks get-token, gke-gcloud-auth-plugin, kubelogin), the API refusing them, a
 namespace that does not exist. Against the HTTP-level API emulator, with a real plugin process."""
 
+import contextlib
 import json
 import logging
 import os
@@ -30,6 +31,11 @@ PLUGIN = textwrap.dedent("""\
     calls = int(state.read_text() or 0) + 1 if state.exists() else 1
     state.write_text(str(calls))
     pathlib.Path(str(state) + ".pid").write_text(str(os.getpid()))
+    if len(sys.argv) > 4:  # a helper it starts that keeps the plugin's stdout open, as `cmd &` in a script
+        import subprocess
+        helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+        with open(str(state) + ".helper", "a") as helpers:
+            helpers.write(f"{helper.pid} ")
     if calls >= int(sys.argv[2]):
         time.sleep(3600)
     # Expiring within the client's 5-minute margin: the next API call runs the plugin again.
@@ -40,7 +46,7 @@ PLUGIN = textwrap.dedent("""\
 """)
 
 
-def plugin_kubeconfig(tmp_path, emulator, hang_from: int, token: str = TOKEN):
+def plugin_kubeconfig(tmp_path, emulator, hang_from: int, token: str = TOKEN, helper: bool = False):
     script = tmp_path / "get-token"
     script.write_text(PLUGIN)
     state = tmp_path / "plugin-calls"
@@ -48,7 +54,8 @@ def plugin_kubeconfig(tmp_path, emulator, hang_from: int, token: str = TOKEN):
     config = json.loads(path.read_text())
     config["users"] = [{"name": "emulator", "user": {"exec": {
         "apiVersion": "client.authentication.k8s.io/v1", "command": sys.executable,
-        "args": [str(script), str(state), str(hang_from), token], "interactiveMode": "Never"}}}]
+        "args": [str(script), str(state), str(hang_from), token, *["helper"] * helper],
+        "interactiveMode": "Never"}}}]
     path.write_text(json.dumps(config))
     return path, state
 
@@ -63,8 +70,8 @@ def spec(tmp_path) -> EngineSpec:
                       model_path="$(MODEL_PATH)", served_name="smollm2", flags={}, workdir=tmp_path / "t0001")
 
 
-def plugin_gone(state) -> bool:
-    pid = int((state.parent / (state.name + ".pid")).read_text())
+def plugin_gone(state, suffix=".pid") -> bool:
+    pid = int((state.parent / (state.name + suffix)).read_text().split()[-1])
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -95,6 +102,32 @@ def test_a_credential_plugin_that_never_answers_stops_within_the_deadline_and_is
         assert time.monotonic() - started < 15
         assert plugin_gone(state)  # when the error is raised, not later
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # said once, in the error
+
+
+def test_a_plugin_that_answers_but_leaves_a_process_holding_its_output_is_not_waited_for(tmp_path, monkeypatch):
+    monkeypatch.setattr(kube, "CREDENTIAL_PLUGIN_TIMEOUT_S", 30)
+    with KubeEmulator() as emulator:
+        emulator.accept_tokens(TOKEN)
+        kubeconfig, state = plugin_kubeconfig(tmp_path, emulator, hang_from=99, helper=True)
+        started = time.monotonic()
+        try:
+            api = kube.api_client(str(kubeconfig))
+            assert time.monotonic() - started < 15  # the client's pipe closed with the wrapper
+            with RunLease(settings(kubeconfig), "kube-test", "run1", api=api):
+                pass
+        finally:
+            for pid in (tmp_path / "plugin-calls.helper").read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), 9)
+
+
+def test_a_hanging_plugin_is_killed_with_what_it_started(tmp_path, monkeypatch):
+    monkeypatch.setattr(kube, "CREDENTIAL_PLUGIN_TIMEOUT_S", 3)
+    with KubeEmulator() as emulator:
+        kubeconfig, state = plugin_kubeconfig(tmp_path, emulator, hang_from=1, helper=True)
+        with pytest.raises(InfrastructureError, match="did not answer within 3 s"):
+            kube.api_client(str(kubeconfig))
+        assert plugin_gone(state) and plugin_gone(state, ".helper")
 
 
 def test_a_credential_plugin_that_hangs_when_the_token_expires_mid_run_is_killed_within_the_deadline(

@@ -412,6 +412,7 @@ def test_an_unschedulable_pod_waits_for_a_stuck_deletion_only_as_long_as_a_teard
     monkeypatch.setattr(ome, "DELETE_WAIT_S", 6)
     deployer, deployment = unschedulable_after_a_deletion(emulator, tmp_path, deletion_s=3600.0)
     started = time.monotonic()
-    with pytest.raises(DeploymentError, match="unschedulable for 1 s"):
+    with pytest.raises(DeploymentError, match=r"unschedulable for 1 s: .* \(an earlier trial's InferenceService, "
+                                              r"still being deleted after 6 s, may hold its GPUs\)"):
         deployer.wait_ready(deployment, time.monotonic() + 120)
     assert time.monotonic() - started < 30
