@@ -7,6 +7,7 @@ import time
 
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+from urllib3.exceptions import HTTPError
 
 from llm_autotuner.cluster import kube
 from llm_autotuner.cluster.lease import KIND as LEASE, live_leases, run_lease_uid
@@ -111,6 +112,8 @@ def wait_for_names(settings: OmeDeployment, removed: list[tuple[str, str]], time
             except ApiException as error:
                 if error.status != 404:
                     still.append((kind, name))
+            except (HTTPError, OSError):  # a dropped connection: asked again
+                still.append((kind, name))
         left = still
         if left:
             time.sleep(1.0)

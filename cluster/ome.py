@@ -336,7 +336,8 @@ class OmeDeployer(Deployer):
         finally:
             if deployment.forward is not None:
                 deployment.forward.close()
-        if not self._wait_deleted(deployment):
+        # Gone before the trial ends, so its GPUs are free when Ray gives them to the next trial.
+        if wait_for_names(self.settings, [(KIND, deployment.name)], DELETE_WAIT_S, api=self.api):
             print(f"[autotuner] warning: {KIND} {deployment.name} is still being deleted after {DELETE_WAIT_S} s "
                   "(a finalizer, its pods' grace period): the next trial's pods wait for the GPUs it holds, and "
                   "the run's end waits for it again", flush=True)
@@ -362,22 +363,6 @@ class OmeDeployer(Deployer):
                     raise DeploymentError(f"deleting {KIND} {deployment.name} in {deployment.namespace}: no answer "
                                           f"from the API ({type(error).__name__}); the run's end deletes it") from None
             time.sleep(PASSING_WAIT_S)
-
-    def _wait_deleted(self, deployment: OmeTrialDeployment) -> bool:
-        """Wait (bounded) until the object is gone, so its GPUs are free before the next trial claims
-        them; whether it went."""
-        deadline = time.monotonic() + DELETE_WAIT_S
-        while time.monotonic() < deadline:
-            try:
-                self.custom.get_namespaced_custom_object(kube.OME_GROUP, kube.OME_VERSION, deployment.namespace,
-                                                         PLURAL, deployment.name, _request_timeout=kube.REQUEST_TIMEOUT_S)
-            except ApiException as error:
-                if error.status == 404:
-                    return True
-            except (HTTPError, OSError):
-                pass  # asked again
-            time.sleep(1.0)
-        return False
 
 
 def _ready(obj: dict[str, Any]) -> tuple[bool, str]:
