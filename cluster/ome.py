@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from kubernetes import client, watch
@@ -125,7 +126,9 @@ class OmeBackend(Backend):
 
     def setup(self, profile: EngineProfile, task: Task, prove_here: bool) -> EngineSetup:
         kube.check_config(self.settings.kubeconfig, self.settings.context)
-        return EngineSetup(executable="", model_path=task.model.path or MODEL_PATH_IN_POD,
+        # The launch line (best_command.txt) names the engine's launcher as the image has it, not a
+        # path on this machine (an empty name printed as '' before the flags).
+        return EngineSetup(executable=Path(profile.default_binary).name, model_path=task.model.path or MODEL_PATH_IN_POD,
                            served_name=task.model.name, tokenizer=task.model.tokenizer or "")
 
     def setup_nodes(self, profile: EngineProfile, task: Task, skip: set[str]) -> dict[str, str]:

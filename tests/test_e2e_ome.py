@@ -131,6 +131,9 @@ def test_ray_tune_run_on_ome_against_the_emulator(tmp_path, llama_server, smollm
     args = manifest["spec"]["engine"]["runner"]["args"]
     assert args[:2] == ["--ctx-size", "2048"]
     assert args[args.index("--parallel") + 1] == str(results["all_results"][1]["parameters"]["parallel"])
+    # The launch line names the engine's launcher as the runtime's image has it (it was '').
+    line = (tmp_path / "results" / "ome-e2e" / "best_command.txt").read_text().split()
+    assert line[0] == "llama-server" and "--ctx-size" in line
 
 
 def test_a_full_run_with_the_benchmarkjob_runner_is_scored_like_the_direct_one(tmp_path, smollm2, tokenizer):
@@ -160,7 +163,8 @@ def test_a_full_run_with_the_benchmarkjob_runner_is_scored_like_the_direct_one(t
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     results = json.loads((tmp_path / "results" / "ome-e2e" / "results.json").read_text())
     trials = results["all_results"]
-    assert len(trials) == 2 and len(posted) == 2  # the baseline and a searched trial, a job each
+    # the baseline and a searched trial, a job each
+    assert len(trials) == 2 and len(posted) == 2, (trials, completed.stdout[-3000:], completed.stderr[-3000:])
     for trial, job in zip(trials, posted):
         assert trial["status"] == "completed"
         assert [s["concurrency"] for s in trial["stages"]] == [2, 4]

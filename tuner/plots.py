@@ -50,6 +50,7 @@ def write_stage_plot(summary: dict, path: Path) -> Path | None:
         return None
     best_id = _best_id(summary)
     figure, axes = plt.subplots(figsize=(8, 5))
+    labelled = set()
     for trial in trials:
         values = [stage[metric] for stage in trial["stages"]]
         stages = list(range(1, len(values) + 1))
@@ -58,9 +59,13 @@ def write_stage_plot(summary: dict, path: Path) -> Path | None:
         elif trial["experiment_id"] == best_id:
             style = dict(color=BEST, linewidth=2.5, label=f"best (trial {best_id})")
         elif trial["status"] == "stopped-by-scheduler":
-            style = dict(color=STOPPED, alpha=0.5, linewidth=1)
+            style = dict(color=STOPPED, alpha=0.5, linewidth=1, label="stopped early by the scheduler")
         else:
-            style = dict(color=OTHER, alpha=0.6, linewidth=1)
+            style = dict(color=OTHER, alpha=0.6, linewidth=1, label="other trials")
+        # Each kind once in the legend (a run may have no winner: every trial cut by the budget).
+        if style["label"] in labelled:
+            style["label"] = "_nolegend_"
+        labelled.add(style["label"])
         axes.plot(stages, values, marker="o", **style)
     axes.set_xticks(range(1, len(concurrencies) + 1),
                     [f"stage {i}\nconcurrency {c}" for i, c in enumerate(concurrencies, 1)])

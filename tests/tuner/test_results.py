@@ -132,3 +132,16 @@ def test_the_launch_line_names_the_build_the_winner_ran_on_its_ray_node(tmp_path
             report["node"] = node
     write(tmp_path, summarize(task(), resolved, [winner, other], "unused"))
     assert (tmp_path / "best_command.txt").read_text().split()[0] == "/b/llama-server"
+
+
+def test_the_stage_plot_has_a_legend_when_no_trial_finished(tmp_path, recwarn):
+    # The time budget cut the only trial after its first stage: no winner, no baseline. The plot
+    # still says what its line is (matplotlib warned "No artists with labels" into the run's output).
+    from llm_autotuner.tuner.plots import write_stage_plot
+
+    cut = latency_record(1, 1, [0.3])
+    cut.reports[-1]["outcome"], cut.ended, cut.cut_by_run = None, True, True
+    summary = summarize(task(), RESOLVED, [cut], "unused")
+    assert summary["best_result"] is None and summary["all_results"][0]["status"] == "stopped-by-budget"
+    assert write_stage_plot(summary, tmp_path / "stages.png").stat().st_size > 0
+    assert [str(w.message) for w in recwarn] == []

@@ -46,7 +46,7 @@ def local_ray():
     ray.shutdown()
 
 
-def tune_small(tmp_path, name, objective_secondary=(), space=None, **search):
+def tune_small(tmp_path, name, objective_secondary=(), space=None, concurrency=(2, 4), **search):
     task = parse_task({
         "name": name,
         "model": {"path": "builtin:smollm2", "name": "smol-search-e2e"},
@@ -54,7 +54,7 @@ def tune_small(tmp_path, name, objective_secondary=(), space=None, **search):
                    "args": {"ctx-size": 1024, "threads": 1}},
         "search_space": space or {"parallel": [1, 2, 4],
                                   "ubatch-size": {"type": "int", "min": 64, "max": 128, "step": 64}},
-        "benchmark": {"traffic_scenario": "D(32,16)", "concurrency": [2, 4], "max_requests_per_stage": 4},
+        "benchmark": {"traffic_scenario": "D(32,16)", "concurrency": list(concurrency), "max_requests_per_stage": 4},
         "objective": {"metric": "output_throughput", "secondary": list(objective_secondary)},
         "search": {"num_samples": 3, "seed": 5, "baseline": False, "confirm_repeats": 0} | search,
         "results_dir": str(tmp_path),
@@ -122,9 +122,10 @@ def test_optuna_learns_every_objective_when_there_are_several(tmp_path):
 def test_time_budget_ends_the_search(tmp_path):
     began = time.monotonic()
     space = {"parallel": [1, 2, 4], "ubatch-size": {"type": "int", "min": 64, "max": 128}}  # 195 configs
+    # Twelve stages of a second or more each: the budget always ends inside a trial (with two
+    # stages, it once ended exactly as the second trial finished, and no trial was cut).
     summary = tune_small(tmp_path, "budget", algorithm="random", scheduler="none", num_samples=50,
-                         time_budget_s=20, space=space)
-    # Trials here take several seconds each: 50 of them would take minutes.
+                         time_budget_s=20, space=space, concurrency=range(1, 13))
     assert 1 <= summary["total_experiments"] < 50
     # The trial the budget cut mid-way says so (not "stopped by the scheduler": there is none here).
     statuses = [t["status"] for t in summary["all_results"]]
