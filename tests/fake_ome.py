@@ -22,10 +22,11 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from llm_autotuner.cluster.local import free_port
+from llm_autotuner.cluster.local import PORT_TAKEN_WORDS, free_port
 from llm_autotuner.cluster.procs import ProcessGroup
 
 GROUP, VERSION, PLURAL = "ome.io", "v1beta1", "inferenceservices"
+PORT_ATTEMPTS = 5
 
 
 class FakeOme:
@@ -96,28 +97,16 @@ class FakeOme:
             {"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "False"}],
             containerStatuses=[self._container(False, {"waiting": {"reason": "ContainerCreating"}})]))
         time.sleep(self.phase_s)
-        port = free_port()
-        args = isvc["spec"]["engine"]["runner"].get("args", [])
-        argv = [self.llama_server, "--model", self.model, "--host", "127.0.0.1", "--port", str(port),
-                "--alias", "smollm2"] + args
-        group = ProcessGroup(argv, log_path=str(self.log_dir / f"{name}.log"))
-        with self.lock:
-            self.engines[name] = group
-            self.started[name] = time.time()
-            self.ports[name] = port
         self._event(ns, pod_name, "Started", "Started container ome-container")
         running = [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "False"}]
         self.emulator.put_pod(ns, self._pod(isvc, phase="Running", conditions=running,
                                             containerStatuses=[self._container(False, {"running": {}})]))
-        self.emulator.set_pod_target(ns, pod_name, 8080, ("127.0.0.1", port))
-        deadline = time.monotonic() + self.ready_timeout_s
-        healthy = False
-        while time.monotonic() < deadline and group.poll() is None and not healthy:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                    healthy = response.status == 200
-            except OSError:
-                time.sleep(0.2)
+        for _ in range(PORT_ATTEMPTS):
+            group, healthy = self._run_engine(isvc)
+            # A pod has a network namespace of its own; these engines share this host's ports, and
+            # another process may take the one chosen before the engine binds it: a new port then.
+            if healthy or not any(words in group.log_tail(5).lower() for words in PORT_TAKEN_WORDS):
+                break
         if not healthy:
             code = group.poll()
             if code is not None:  # exited: the kubelet restarts it, backing off
@@ -133,6 +122,30 @@ class FakeOme:
         self.emulator.set_status(GROUP, VERSION, ns, PLURAL, name,
                                  {"url": f"http://{name}.{ns}.svc.cluster.local:8080"})
         self.emulator.add_condition(GROUP, VERSION, ns, PLURAL, name, "Ready", "True")
+
+    def _run_engine(self, isvc: dict) -> tuple[ProcessGroup, bool]:
+        """The pod's engine started on a free local port and made its port-forward target; whether it
+        answered its readiness probe before it exited or the probe gave up."""
+        name, ns = isvc["metadata"]["name"], isvc["metadata"]["namespace"]
+        port = free_port()
+        args = isvc["spec"]["engine"]["runner"].get("args", [])
+        argv = [self.llama_server, "--model", self.model, "--host", "127.0.0.1", "--port", str(port),
+                "--alias", "smollm2"] + args
+        group = ProcessGroup(argv, log_path=str(self.log_dir / f"{name}.log"))
+        with self.lock:
+            self.engines[name] = group
+            self.started[name] = time.time()
+            self.ports[name] = port
+        self.emulator.set_pod_target(ns, f"{name}-engine-0", 8080, ("127.0.0.1", port))
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline and group.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return group, True
+            except OSError:
+                time.sleep(0.2)
+        return group, False
 
     @staticmethod
     def _container(ready: bool, state: dict, last: dict | None = None, restarts: int = 0) -> dict:
