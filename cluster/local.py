@@ -114,8 +114,8 @@ class LocalDeployer(Deployer):
         return Endpoint(deployment.base_url, deployment.base_url, failure=lambda: _exit_reason(deployment.group))
 
     def teardown(self, deployment: LocalDeployment) -> None:
-        deployment.group.stop(TEARDOWN_GRACE_S)
-        deployment.record.forget()
+        if deployment.group.stop(TEARDOWN_GRACE_S):
+            deployment.record.forget()  # else kept: the run's end, `autotuner cleanup` or the next run find it
 
 
 def _exit_reason(group: ProcessGroup) -> str | None:

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from typing import IO
 
 
@@ -39,6 +40,23 @@ def kill_group(pgid: int, started: int | None, sig: int = signal.SIGKILL) -> boo
 
 
 KILL_WAIT_S = 10.0
+GONE_POLL_S = 0.05
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of group `pgid` still runs. Zombies do not count: they hold no memory
+    or GPU, and where nothing reaps orphans (a container without an init) they never go."""
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
 
 # What a signal that ended a process means, and what to tell the user ({program}: its file name).
 _SIGNALS = {
@@ -104,9 +122,11 @@ class ProcessGroup:
     def poll(self) -> int | None:
         return self.process.poll()
 
-    def stop(self, grace_s: float = 10.0) -> None:
+    def stop(self, grace_s: float = 10.0) -> bool:
         """SIGTERM the group at once, give it `grace_s` to exit, then SIGKILL what is left
-        (at once when `grace_s` is 0)."""
+        (at once when `grace_s` is 0). True once every process of the group is gone: not only the
+        one started (SGLang and vLLM hold the GPUs in child processes, which take a moment to die
+        after the kill; the next trial given those GPUs must find them free)."""
         if grace_s > 0:
             kill_group(self.pgid, self.started, signal.SIGTERM)
             try:
@@ -114,12 +134,17 @@ class ProcessGroup:
             except subprocess.TimeoutExpired:
                 pass
         kill_group(self.pgid, self.started, signal.SIGKILL)
+        deadline = time.monotonic() + KILL_WAIT_S
         try:
             self.process.wait(timeout=KILL_WAIT_S)
         except subprocess.TimeoutExpired:
-            pass  # unkillable (D state); the watchdog stays armed on it
-        else:
-            self._watchdog_pipe.close()
+            return False  # unkillable (D state); the watchdog stays armed on it
+        while group_alive(self.pgid):
+            if time.monotonic() >= deadline:
+                return False  # the same, for a child
+            time.sleep(GONE_POLL_S)
+        self._watchdog_pipe.close()
+        return True
 
     def log_tail(self, lines: int = 15) -> str:
         if not self.log_path:

@@ -17,7 +17,7 @@ from functools import lru_cache
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from llm_autotuner.cluster.procs import kill_group, start_time
+from llm_autotuner.cluster.procs import group_alive, kill_group, start_time
 
 
 def state_dir() -> Path:
@@ -87,7 +87,7 @@ def engine_records() -> list[EngineRecord]:
     return records
 
 
-def kill_leftover_engines(experiment: str | None = None) -> list[EngineRecord]:
+def kill_leftover_engines(experiment: str | None = None, wait_s: float = 10.0) -> list[EngineRecord]:
     """Kill this host's engines whose run is over (all experiments, or one); return what was
     removed. A run whose driver is on another host cannot be judged here: its engines are left."""
     removed = []
@@ -95,8 +95,8 @@ def kill_leftover_engines(experiment: str | None = None) -> list[EngineRecord]:
         judged_here = record.here() and record.run_host in ("", host_id())
         if judged_here and (experiment is None or record.experiment == experiment) and not run_alive(record.run_id):
             kill_group(record.pgid, record.started)
-            record.forget()
             removed.append(record)
+    _forget_when_gone(removed, wait_s)
     return removed
 
 
@@ -106,22 +106,19 @@ def kill_run_engines(run_id: str, wait_s: float = 10.0) -> list[EngineRecord]:
     removed = [record for record in engine_records() if record.run_id == run_id and record.here()]
     for record in removed:
         kill_group(record.pgid, record.started)
-    deadline = time.monotonic() + wait_s
-    for record in removed:
-        while group_alive(record.pgid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        record.forget()
+    _forget_when_gone(removed, wait_s)
     return removed
 
 
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _forget_when_gone(killed: list[EngineRecord], wait_s: float) -> None:
+    """Wait, up to `wait_s` in all, for each killed group to go; forget the records of those gone.
+    One still there keeps its record: `autotuner cleanup` or the next run find it again."""
+    deadline = time.monotonic() + wait_s
+    for record in killed:
+        while group_alive(record.pgid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not group_alive(record.pgid):
+            record.forget()
 
 
 def _write(path: Path, data: dict) -> None:

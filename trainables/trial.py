@@ -194,7 +194,8 @@ class TrialTrainable(tune.Trainable):
         setup_failure = None
         if isinstance(error, InfrastructureError):
             setup_failure = f"the cluster refused what every trial needs: {str(error).splitlines()[0]}"
-        elif isinstance(error, DeploymentError) and self.stages is None:
+        elif isinstance(error, DeploymentError) and self.stages is None and not stop_requested(self.resolved.storage):
+            # (After a stop no control engine is started: the failure may be the stop's own kill.)
             setup_failure = failure_without_tuned_flags(self.task, self.resolved, self.params, str(error),
                                                         self.workdir)
         # Reported, not raised: the searcher then learns this config is bad, and the search goes on

@@ -354,7 +354,9 @@ def sweep(task: Task, backend: Backend, resolved: Resolved) -> None:
         # A trial whose worker was killed mid-benchmark could not scrub its genai-bench files: done
         # first, as the cleanup below talks to a cluster that may not answer (or be interrupted).
         scrub_folder(Path(storage.path("trials")))
-    for line in backend.cleanup(task.name) + backend.settle(resolved.run_id):
+    # This run's own first, waiting for them to go: the cleanup of dead runs that follows counts
+    # this run as dead too (its lock is gone), and would kill its engines without that wait.
+    for line in backend.settle(resolved.run_id) + backend.cleanup(task.name):
         print(f"[autotuner] {line}")
     gather_files(resolved, [])
 

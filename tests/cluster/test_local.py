@@ -178,3 +178,27 @@ def engine_like(*argv: str) -> set[int]:
         except OSError:
             pass
     return found
+
+
+def test_stop_returns_once_every_process_of_the_engine_is_gone(tmp_path):
+    # SGLang and vLLM hold the GPUs in child processes. The leader here exits at once on SIGTERM; its
+    # child holds 3 GiB, whose release after the SIGKILL takes a moment: the next trial given the
+    # same GPUs must not find them still held. (stop() returned when the leader was reaped.)
+    from llm_autotuner.cluster.procs import ProcessGroup, group_alive
+
+    ready = tmp_path / "ready"
+    child = f"b = bytearray(3 << 30); open({str(ready)!r}, 'w').close(); import time; time.sleep(300)"
+    leader = ("import signal, subprocess, sys, time\n"
+              "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+              f"subprocess.Popen([sys.executable, '-c', {child!r}])\n"
+              "time.sleep(300)\n")
+    group = ProcessGroup([sys.executable, "-c", leader], log_path=str(tmp_path / "log"))
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert ready.exists()
+        assert group.stop(grace_s=5) is True
+        assert not group_alive(group.pgid)
+    finally:
+        group.stop(grace_s=0)
