@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import signal
@@ -104,20 +105,21 @@ class ProcessGroup:
         """`log_path`: where its output goes (appended); None: this process's own stdout and stderr."""
         self.argv = argv
         self.log_path = log_path
-        with open(log_path, "ab") if log_path else contextlib.nullcontext() as log:
-            self.log_start = log.tell() if log else 0  # the log may hold an earlier process's lines: not ours
-            self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                            stderr=subprocess.STDOUT if log else None, start_new_session=True,
-                                            env=env, cwd=cwd, preexec_fn=_normal_priority)
+        # The watchdog first: the engine names itself to it before exec, so there is no moment
+        # when the engine runs and nothing would stop it should this process die.
+        self._watchdog_pipe = _start_watchdog()
+        try:
+            with open(log_path, "ab") if log_path else contextlib.nullcontext() as log:
+                self.log_start = log.tell() if log else 0  # the log may hold an earlier process's lines: not ours
+                self.process = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT if log else None,
+                    start_new_session=True, env=env, cwd=cwd,
+                    preexec_fn=functools.partial(_in_child, self._watchdog_pipe.fileno()))
+        except BaseException:  # nothing started (or it failed to exec): the watchdog sees EOF and ends
+            self._watchdog_pipe.close()
+            raise
         self.pgid = self.process.pid
         self.started = start_time(self.pgid)
-        try:
-            self._watchdog_pipe = _start_watchdog(self.pgid, self.started)
-        except BaseException:  # no watchdog, no owner: the child must not outlive this (EMFILE, Ctrl-C)
-            kill_group(self.pgid, self.started)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=KILL_WAIT_S)
-            raise
 
     def poll(self) -> int | None:
         return self.process.poll()
@@ -171,11 +173,14 @@ def telling_line(log: str) -> str:
     return (problems[:1] or lines[-1:] or ["no output"])[0][-300:]
 
 
-def _normal_priority() -> None:
-    """In the child before exec: niceness 0. Ray runs its workers at niceness 15 and children
-    inherit it, so an engine or load generator started from a trial would yield the CPU to any
-    other work on the node and measure slower than it is. Raising priority needs CAP_SYS_NICE (or
-    RLIMIT_NICE); without it the process keeps the worker's niceness (see `niceness`)."""
+def _in_child(watchdog_fd: int) -> None:
+    """In the child before exec (after setsid: its PID is its group's id): name itself to the
+    watchdog, then take niceness 0. Ray runs its workers at niceness 15 and children inherit it, so
+    an engine or load generator started from a trial would yield the CPU to any other work on the
+    node and measure slower than it is. Raising priority needs CAP_SYS_NICE (or RLIMIT_NICE);
+    without it the process keeps the worker's niceness (see `niceness`)."""
+    os.write(watchdog_fd, b"%d\n" % os.getpid())
+    os.close(watchdog_fd)  # the owner's copy alone keeps the watchdog waiting
     try:
         os.setpriority(os.PRIO_PROCESS, 0, 0)
     except OSError:
@@ -191,18 +196,19 @@ def niceness(pid: int) -> int | None:
         return None
 
 
-def _start_watchdog(pgid: int, started: int | None) -> IO[bytes]:
+def _start_watchdog() -> IO[bytes]:
+    """A watchdog waiting for the PID of the group it guards on the returned pipe, then for the
+    pipe's end (closed by its owner, or by the kernel when the owner dies)."""
     read_end, write_end = os.pipe()
     launcher = None
     try:
-        launcher = subprocess.Popen(
-            [sys.executable, "-m", "llm_autotuner.cluster.watchdog", str(pgid), str(started or 0)],
-            stdin=read_end, stdout=subprocess.DEVNULL, start_new_session=True)
+        launcher = subprocess.Popen([sys.executable, "-m", "llm_autotuner.cluster.watchdog"],
+                                    stdin=read_end, stdout=subprocess.DEVNULL, start_new_session=True)
         if launcher.wait(timeout=30) != 0:  # it forks the real watchdog and exits at once
             raise OSError(f"the engine's watchdog did not start (exit code {launcher.returncode})")
         return os.fdopen(write_end, "wb")
     except BaseException:
-        os.close(write_end)  # a watchdog that did start sees the pipe close, and ends the group
+        os.close(write_end)  # a watchdog that did start sees the pipe close with nothing to guard
         if launcher is not None and launcher.poll() is None:
             launcher.kill()
             launcher.wait()

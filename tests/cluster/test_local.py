@@ -155,10 +155,35 @@ def test_watchdog_kills_the_engine_when_its_owner_is_sigkilled(tmp_path):
         owner.kill()
 
 
-def test_a_watchdog_that_cannot_start_takes_the_engine_with_it(tmp_path, monkeypatch):
-    # The engine is already running when its watchdog starts: if that fails (a full process table,
-    # too many open files), nothing would ever stop the engine. The watchdog runs as
-    # `sys.executable -m ...watchdog`; /bin/false stands in for an interpreter that cannot start it.
+def test_an_engine_is_guarded_from_its_first_instant(tmp_path):
+    # The owner (a trial's worker) can die at any moment, also while the engine is just starting:
+    # here the engine itself SIGKILLs its owner at once. Its group must still go, with no record and
+    # no sweep to find it. (The watchdog used to start just after the engine: a window of a few
+    # milliseconds that this test rarely hits; the engine now names itself to its watchdog before
+    # it execs, so there is no window.)
+    for attempt in range(5):
+        pid_file = tmp_path / f"engine-{attempt}"
+        owner = subprocess.Popen(
+            [sys.executable, "-c",
+             "from llm_autotuner.cluster.procs import ProcessGroup\n"
+             f"group = ProcessGroup(['sh', '-c', 'echo $$ > {pid_file}; kill -9 $PPID; exec sleep 300'], log_path=None)\n"
+             "import time; time.sleep(300)\n"],
+            cwd=os.getcwd())
+        try:
+            owner.wait(timeout=30)
+            deadline = time.monotonic() + 10
+            while not pid_file.exists() or not pid_file.read_text().endswith("\n"):
+                assert time.monotonic() < deadline, "the engine never ran"
+                time.sleep(0.01)
+            assert gone(int(pid_file.read_text()), within_s=10), f"attempt {attempt}: the engine outlived its owner"
+        finally:
+            owner.kill()
+
+
+def test_no_engine_starts_when_its_watchdog_cannot(tmp_path, monkeypatch):
+    # Should the watchdog fail to start (a full process table, too many open files), nothing would
+    # ever stop the engine. The watchdog runs as `sys.executable -m ...watchdog`; /bin/false stands
+    # in for an interpreter that cannot start it.
     from llm_autotuner.cluster.procs import ProcessGroup
 
     before = engine_like("sleep", "4242")
