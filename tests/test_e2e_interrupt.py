@@ -12,12 +12,13 @@ import uuid
 import pytest
 import yaml
 
+from llm_autotuner.cluster.records import engine_records
 from tests.conftest import Driver, engine_processes, instant_engine
 
 pytestmark = pytest.mark.e2e
 
 
-def start_and_interrupt(tmp_path, signals):
+def start_and_interrupt(tmp_path, signals, gap_s=0.2):
     served = f"int-{uuid.uuid4().hex[:8]}"
     task = {
         "name": "interrupted",
@@ -38,12 +39,16 @@ def start_and_interrupt(tmp_path, signals):
         began = time.monotonic()
         for number, sig in enumerate(signals):
             if number:
-                time.sleep(0.2)
+                time.sleep(gap_s)
+            if driver.process.poll() is not None:
+                break
             driver.process.send_signal(sig)
         output = driver.finish(timeout_s=120)
         took = time.monotonic() - began
     assert "Traceback" not in output, output[-3000:]
     assert engine_processes(served) == set()
+    # The way out finished its sweep: no record of this run's engines is left for a later cleanup.
+    assert [r for r in engine_records() if r.experiment == "interrupted"] == []
     results = json.loads((tmp_path / "results" / "interrupted" / "results.json").read_text())
     statuses = {r["experiment_id"]: r["status"] for r in results["all_results"]}
     assert statuses[1] == "completed"  # the baseline finished before the signal
@@ -68,3 +73,17 @@ def test_a_second_ctrl_c_tears_down_at_once(tmp_path):
     assert took < 30
     # Valid, with the trial that had finished (written when it did, or on the way out).
     assert {r["experiment_id"] for r in results["all_results"]} <= {1, 2}
+
+
+def test_more_signals_do_not_cut_the_way_out_short(tmp_path):
+    # An impatient user presses Ctrl-C again and again (or a supervisor sends SIGTERM after it):
+    # the signals after the second only say that the cleanup is under way; it still finishes
+    # (start_and_interrupt: no engine and no record of one left, no traceback).
+    code, output, results, took = start_and_interrupt(
+        tmp_path, [signal.SIGINT, signal.SIGINT] + [signal.SIGINT, signal.SIGTERM] * 100, gap_s=0.01)
+    # The line printed after the cleanup. Python puts back the default handlers as it exits: a
+    # signal that lands there, after everything is done, ends the process by it.
+    assert "interrupted twice: engines killed without waiting" in output
+    assert code in (130, -signal.SIGINT, -signal.SIGTERM), output[-3000:]
+    assert output.count("cleaning up what this run started") <= 1
+    assert took < 30

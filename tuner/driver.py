@@ -36,7 +36,7 @@ from llm_autotuner.tuner.registry import GridSearcher
 from llm_autotuner.tuner import results as results_io
 from llm_autotuner.errors import BriefSyncFailures, QuietLostWorkers, SetupError, TaskError
 from llm_autotuner.secrets import scrub_folder
-from llm_autotuner.tuner.interrupt import Interrupt, TrialEnds
+from llm_autotuner.tuner.interrupt import Interrupt, TrialEnds, signals_noted
 from llm_autotuner.tuner.render import winner_files
 from llm_autotuner.tuner.report import write_report
 from llm_autotuner.tuner.progress import LiveProgress, ProgressPrinter
@@ -348,17 +348,29 @@ def _confirm(task: Task, trainable, resolved: Resolved, trials: list, max_concur
 
 def sweep(task: Task, backend: Backend, resolved: Resolved) -> None:
     """Remove whatever this run left behind, once it is over, and what other, dead runs of the
-    task left. Local engines also have watchdogs; this is the backstop."""
+    task left. Local engines also have watchdogs; this is the backstop. Signals meanwhile do not
+    cut it short, and a step that fails does not skip the next (nor hide how the run ended)."""
     storage = resolved.storage
-    if storage.direct:
-        # A trial whose worker was killed mid-benchmark could not scrub its genai-bench files: done
-        # first, as the cleanup below talks to a cluster that may not answer (or be interrupted).
-        scrub_folder(Path(storage.path("trials")))
-    # This run's own first, waiting for them to go: the cleanup of dead runs that follows counts
-    # this run as dead too (its lock is gone), and would kill its engines without that wait.
-    for line in backend.settle(resolved.run_id) + backend.cleanup(task.name):
-        print(f"[autotuner] {line}")
-    gather_files(resolved, [])
+
+    def engines() -> None:
+        # This run's own first, waiting for them to go: the cleanup of dead runs that follows counts
+        # this run as dead too (its lock is gone), and would kill its engines without that wait.
+        for line in backend.settle(resolved.run_id) + backend.cleanup(task.name):
+            print(f"[autotuner] {line}")
+
+    # A trial whose worker was killed mid-benchmark could not scrub its genai-bench files: done
+    # first, as the cleanup after it talks to a cluster that may not answer.
+    steps = ([("scrubbing secrets from the trials' files", lambda: scrub_folder(Path(storage.path("trials"))))]
+             if storage.direct else [])
+    steps += [("removing engines", engines), ("gathering the trials' files", lambda: gather_files(resolved, []))]
+    with signals_noted():
+        for what, step in steps:
+            try:
+                step()
+            except Exception as error:
+                said = str(error).strip().splitlines()
+                print(f"[autotuner] warning: {what} failed: {said[0] if said else repr(error)} "
+                      "(`autotuner cleanup TASK_FILE` removes what is left)", flush=True)
 
 
 def check_storage(storage: Storage, run_id: str) -> None:

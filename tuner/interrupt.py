@@ -4,7 +4,10 @@ Ray Tune's own SIGINT handler only ends its loop; what comes after `fit()` (our 
 runs) would still start. So we take the signals ourselves (`TUNE_DISABLE_SIGINT_HANDLER`) and stop
 the experiment through a Stopper: Ray then starts no new trial and stops the running ones, whose
 `cleanup` tears their engines down. The driver asks `requested` before each phase. A second signal
-raises KeyboardInterrupt: the driver kills the engines without waiting (exit 130).
+raises KeyboardInterrupt: the driver kills the engines without waiting (exit 130). Signals after
+that, and during the end-of-run sweep, are not acted on (said once): they could only cut short the
+cleanup (every wait of which has a deadline) and leave engines running. (As the interpreter exits,
+after the cleanup, Python puts the default handlers back: a signal then ends the process by it.)
 
 `TrialEnds` tells trials the run cut off (a signal, the time budget, patience, the failure guard)
 from those that ended: Ray marks both TERMINATED, but only the latter reach `on_trial_complete`
@@ -13,6 +16,7 @@ from those that ended: Ray marks both TERMINATED, but only the latter reach `on_
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -44,6 +48,9 @@ class Interrupt(SessionBound, Stopper):
 
     def _handle(self, signum: int, frame) -> None:
         if self.requested:
+            # The way out has begun: later signals could only cut its cleanup short.
+            for sig in STOPPING_SIGNALS:
+                signal.signal(sig, _noted)
             raise KeyboardInterrupt
         self.requested = signal.Signals(signum).name
         # In a thread: on an object store the write is a network call, and a second Ctrl-C must
@@ -66,6 +73,38 @@ class Interrupt(SessionBound, Stopper):
 
     def stop_all(self) -> bool:
         return self.requested is not None
+
+
+STOPPING_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _noted(signum: int, frame) -> None:
+    """A signal during a cleanup: said (once), not acted on. (Not SIG_IGN: a signal already on its
+    way to a handler would then raise "ignored due to race condition" in whatever code runs.)"""
+    if not _noted.said:
+        _noted.said = True
+        with contextlib.suppress(OSError):
+            print(f"\n[autotuner] {signal.Signals(signum).name}: cleaning up what this run started; it ends "
+                  "by itself shortly (more signals are not acted on)", file=sys.stderr, flush=True)
+
+
+_noted.said = False
+
+
+@contextlib.contextmanager
+def signals_noted():
+    """While a cleanup runs, SIGINT and SIGTERM only say that it does (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in STOPPING_SIGNALS}
+    for sig in STOPPING_SIGNALS:
+        signal.signal(sig, _noted)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class TrialEnds(Callback):

@@ -117,7 +117,7 @@ def test_cleanup_needs_a_task_or_all():
     assert "name a TASK, or pass --all" in result.stderr
 
 
-def test_the_end_of_run_sweep_masks_the_api_key_even_when_the_cluster_does_not_answer(tmp_path, monkeypatch):
+def test_the_end_of_run_sweep_masks_the_api_key_even_when_the_cluster_does_not_answer(tmp_path, monkeypatch, capsys):
     # genai-bench writes the key into its files; a trial whose worker was killed could not mask
     # them, so the sweep does, before it talks to a Kubernetes API that may be gone.
     from llm_autotuner.cluster.backend import backend_for
@@ -145,6 +145,7 @@ def test_the_end_of_run_sweep_masks_the_api_key_even_when_the_cluster_does_not_a
     log.parent.mkdir(parents=True)
     log.write_text("api_key=sk-live-123456\n")
     resolved = Resolved("", "", "org/m", "org/m", storage, "20261204-000000-ab12")
-    with pytest.raises(Exception):  # the API does not answer
-        sweep(task, backend_for(task.deployment), resolved)
+    sweep(task, backend_for(task.deployment), resolved)
     assert log.read_text() == "api_key=***\n"
+    # The API that does not answer is a warning, not the run's outcome (which it would hide).
+    assert "[autotuner] warning: removing engines failed: " in capsys.readouterr().out
