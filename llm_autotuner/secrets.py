@@ -24,12 +24,19 @@ def scrubbed(data: bytes) -> bytes:
 
 
 def scrub_folder(folder: Path) -> None:
-    """Mask the API key in every file under `folder`, in place."""
-    if not api_key() or not folder.is_dir():
+    """Mask the API key in every file under `folder`, in place. A file (or folder) that goes while
+    this runs held nothing left to mask: skipped, never an error that would hide the caller's."""
+    if not api_key():
         return
-    for path in folder.rglob("*"):
-        if path.is_file() and not path.is_symlink():
-            data = path.read_bytes()
-            clean = scrubbed(data)
-            if clean != data:
-                path.write_bytes(clean)
+    for root, _, names in os.walk(folder):  # os.walk skips folders that vanish
+        for name in names:
+            path = Path(root, name)
+            try:
+                if path.is_symlink() or not path.is_file():
+                    continue
+                data = path.read_bytes()
+                clean = scrubbed(data)
+                if clean != data:
+                    path.write_bytes(clean)
+            except FileNotFoundError:
+                continue
