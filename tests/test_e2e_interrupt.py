@@ -18,7 +18,9 @@ from tests.conftest import Driver, engine_processes, instant_engine
 pytestmark = pytest.mark.e2e
 
 
-def start_and_interrupt(tmp_path, signals, gap_s=0.2):
+def start_and_interrupt(tmp_path, signals, gap_s=0.2, at="trial 2: stage 1/3", search=None):
+    """Interrupt when the driver prints `at` (by default while the second trial benchmarks: the
+    first has finished by then)."""
     served = f"int-{uuid.uuid4().hex[:8]}"
     task = {
         "name": "interrupted",
@@ -27,15 +29,14 @@ def start_and_interrupt(tmp_path, signals, gap_s=0.2):
                    "args": {"ctx-size": 2048, "threads": 1}},
         "search_space": {"parallel": [2, 4]},
         "benchmark": {"traffic_scenario": "D(64,32)", "concurrency": [2, 4, 8], "max_requests_per_stage": 8},
-        "search": {"num_samples": 4, "scheduler": "none", "seed": 0, "confirm_repeats": 0},
+        "search": search or {"num_samples": 4, "scheduler": "none", "seed": 0, "confirm_repeats": 0},
         "results_dir": str(tmp_path / "results"),
     }
     path = tmp_path / "task.yaml"
     path.write_text(yaml.safe_dump(task))
     with Driver(path) as driver:
-        # Interrupt while the second trial is benchmarking: the first has finished by then.
-        driver.read_until("trial 2: stage 1/3")
-        assert engine_processes(served), "trial 2's engine should be running"
+        driver.read_until(at)
+        assert engine_processes(served), f"an engine should be running at '{at}'"
         began = time.monotonic()
         for number, sig in enumerate(signals):
             if number:
@@ -87,3 +88,19 @@ def test_more_signals_do_not_cut_the_way_out_short(tmp_path):
     assert code in (130, -signal.SIGINT, -signal.SIGTERM), output[-3000:]
     assert output.count("cleaning up what this run started") <= 1
     assert took < 30
+
+
+def test_a_second_ctrl_c_during_the_confirmation_keeps_its_finished_runs(tmp_path):
+    # The search is over and two re-measurements have finished (two finalists' first: the best two
+    # configs and the baseline, which may be one of them) when the user stops the run twice: those
+    # runs are in results.json.
+    search = {"num_samples": 2, "scheduler": "none", "seed": 0, "confirm_top_k": 2, "confirm_repeats": 2}
+    code, output, results, _ = start_and_interrupt(tmp_path, [signal.SIGINT, signal.SIGINT],
+                                                   at="confirm 3: stage 1/3", search=search)
+    assert code == 130, output[-3000:]
+    assert results["in_progress"] is True  # the final write never came
+    assert [r["status"] for r in results["all_results"]] == ["completed"] * 3  # the baseline and 2 samples
+    runs = [len(row["runs"]) for row in results["confirmation"]]
+    assert sorted(runs, reverse=True)[:2] == [1, 1] and sum(runs) == 2, results["confirmation"]
+    assert any(row["baseline"] for row in results["confirmation"])
+    assert results["selection"]["chosen_on"] == "confirmation"

@@ -117,7 +117,7 @@ def _run(args) -> int:
     except KeyboardInterrupt:
         # The second interrupt: driver.run has killed this run's engines on the way out.
         print(f"autotuner: interrupted twice: engines killed without waiting; {task.results_path}/results.json "
-              "holds the trials that had finished (continue with --resume)", file=sys.stderr)
+              "holds the trials and re-measurements that had finished (continue with --resume)", file=sys.stderr)
         return EXIT_INTERRUPTED
     print()
     print(results.table(summary))

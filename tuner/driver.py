@@ -312,16 +312,21 @@ def run(task: Task, *, address: str | None = None, resume: bool = False, dashboa
         lock.unlink(missing_ok=True)  # when the hold itself failed
 
 
-def _confirm(task: Task, trainable, resolved: Resolved, trials: list, max_concurrent: int,
+def _confirm(task: Task, trainable, resolved: Resolved, results_dir: Path, trials: list, max_concurrent: int,
              interrupt: Interrupt, live: bool = False) -> list[results_io.TrialRecord]:
     """Noise control: re-measure the finalists (the best configs, and the baseline so the gain
     compares configs measured alike) at full length, so the winner is chosen on several runs
     rather than on one lucky one. They run in turns (A B C A B C), not back to back: the machine
     drifts by several percent over minutes (docs/benchmarks.md), and back to back one config would
-    get a good spell to itself. Returns the runs; `results_io.summarize` chooses the winner on them."""
+    get a good spell to itself. Returns the runs; `results_io.summarize` chooses the winner on them.
+    Meanwhile results.json holds the search's trials and the runs finished so far (a second Ctrl-C
+    ends the run without the final write)."""
     finalists = results_io.finalists(task, trials)
     if not finalists:
         return []
+    experiment_dir = resolved.storage.where(RAY_EXPERIMENT_NAME)
+    searched = results_io.summarize(task, resolved, trials, experiment_dir) | {"in_progress": True}
+    results_io.write(results_dir, searched)
     configs = [dict(r.parameters) | ({BASELINE_KEY: True} if r.baseline else {})
                for _ in range(task.search.confirm_repeats) for r in finalists]
     names = ", ".join("the engine defaults" if r.baseline else f"experiment {r.experiment_id}" for r in finalists)
@@ -336,7 +341,8 @@ def _confirm(task: Task, trainable, resolved: Resolved, trials: list, max_concur
         run_config=tune.RunConfig(name=CONFIRM_EXPERIMENT_NAME, **resolved.storage.ray_storage(),
                                   failure_config=RUN_AGAIN_ONCE, verbose=0, stop=interrupt,
                                   checkpoint_config=NO_TRIAL_CHECKPOINTS,
-                                  callbacks=[progress]),
+                                  callbacks=[progress, results_io.LiveResults(task, resolved, results_dir,
+                                                                              experiment_dir, trials)]),
     )
     with closing(progress):
         runs = results_io.from_result_grid(tuner.fit())
@@ -531,7 +537,7 @@ def _finish(task: Task, backend: Backend, resolved: Resolved, results_dir: Path,
         settle(backend, resolved.run_id)  # the search's last engines are gone before the confirmation runs
     gather_files(resolved, trials)  # (the confirmation runs' files: in the sweep, after their engines are gone)
     confirmations = (None if interrupt.requested or stopped_because
-                     else _confirm(task, trainable, resolved, trials, max_concurrent, interrupt, live))
+                     else _confirm(task, trainable, resolved, results_dir, trials, max_concurrent, interrupt, live))
     summary = results_io.summarize(task, resolved, trials, storage.where(RAY_EXPERIMENT_NAME), confirmations)
     summary["interrupted"] = summary["interrupted"] or interrupt.requested is not None
     summary["stopped_because"] = stopped_because

@@ -152,10 +152,13 @@ def _in_creation_order(records: list[TrialRecord]) -> list[TrialRecord]:
 
 class LiveResults(Callback):
     """Rewrites results.json and trials.csv (atomically) each time a trial ends, so a crash at any
-    moment leaves valid files holding every trial finished so far. The run's end writes the final ones."""
+    moment leaves valid files holding every trial finished so far. The run's end writes the final ones.
+    With `searched` (the search's trials), the trials seen are that search's confirmation runs."""
 
-    def __init__(self, task: Task, resolved: Resolved, results_dir: Path, experiment_dir: str):
+    def __init__(self, task: Task, resolved: Resolved, results_dir: Path, experiment_dir: str,
+                 searched: list[TrialRecord] | None = None):
         self.task, self.resolved, self.results_dir, self.experiment_dir = task, resolved, results_dir, experiment_dir
+        self.searched = searched
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._write(trials, trial.trial_id)
@@ -164,7 +167,9 @@ class LiveResults(Callback):
         self._write(trials, trial.trial_id)
 
     def _write(self, trials, ending: str) -> None:
-        summary = summarize(self.task, self.resolved, from_trials(trials, {ending}), self.experiment_dir)
+        ended = from_trials(trials, {ending})
+        summary = (summarize(self.task, self.resolved, ended, self.experiment_dir) if self.searched is None else
+                   summarize(self.task, self.resolved, self.searched, self.experiment_dir, ended))
         summary["in_progress"] = True
         write(self.results_dir, summary)
 
