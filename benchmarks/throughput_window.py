@@ -6,6 +6,8 @@ is still in flight. Two ways to turn its requests into tokens/s:
   little: completed tokens / (sum of every request's duration / concurrency) (Little's law).
 Each is measured on short stages (as the tuner runs them) and on one long stage, where the edges
 weigh little; the estimator whose short-stage figure sits closer to the long one is less biased.
+The tuner reports the window (trainables/genai_bench.py): with `--parallel` below the concurrency
+(requests queue in the engine) Little's law overstated the short stages by 18-23%.
 
 Usage: python benchmarks/throughput_window.py [--rounds 3] [--concurrency 4] [--short N]
 """
@@ -34,7 +36,9 @@ def stage(endpoint, tokenizer: str, concurrency: int, requests: int, workdir: Pa
     log = read_request_log(workdir / "genai-bench" / "requests.jsonl", concurrency)
     tokens = sum(r["output_tokens"] or 0 for r in log if r["status"] == 200)
     window = max(r["done"] for r in log) - min(r["sent"] for r in log)
-    return {"window": tokens / window, "little": metrics["output_throughput"], "requests": len(log)}
+    busy = sum(r["done"] - r["sent"] for r in log) / concurrency
+    return {"window": tokens / window, "little": tokens / busy, "tuner": metrics["output_throughput"],
+            "requests": len(log)}
 
 
 def main() -> None:
@@ -42,12 +46,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--short", type=int, help="requests of a short stage (default: 4 x concurrency)")
+    parser.add_argument("--parallel", type=int, help="the engine's slots (default: the concurrency); fewer "
+                        "than the concurrency makes requests queue in the engine")
     args = parser.parse_args()
     server, model = llamacpp_setup.ensure_llama_server(), llamacpp_setup.smollm2_gguf()
     tokenizer = str(llamacpp_setup.ensure_tokenizer(model))
     with tempfile.TemporaryDirectory() as tmp:
         spec = EngineSpec("bench", "bench", "t", LLAMA_CPP, str(server), str(model), "smol",
-                          {"ctx-size": 4096, "parallel": args.concurrency, "threads": 2}, Path(tmp) / "engine")
+                          {"ctx-size": 4096, "parallel": args.parallel or args.concurrency, "threads": 2}, Path(tmp) / "engine")
         short, long = [], []
         with LocalDeployer().deployed(spec, 60) as endpoint:
             for number in range(args.rounds):  # in turns, so drift hits both alike
@@ -55,11 +61,11 @@ def main() -> None:
                                    Path(tmp) / f"short{number}"))
                 long.append(stage(endpoint, tokenizer, args.concurrency, 12 * args.concurrency,
                                   Path(tmp) / f"long{number}"))
-    print(f"concurrency {args.concurrency}, {args.rounds} rounds; long stages sent "
+    print(f"concurrency {args.concurrency}, parallel {args.parallel or args.concurrency}, {args.rounds} rounds; long stages sent "
           f"{statistics.mean(r['requests'] for r in long):.0f} requests, short {statistics.mean(r['requests'] for r in short):.0f}")
     print("| estimator | short stage tok/s | long stage tok/s | short / long |")
     print("|---|---|---|---|")
-    for name in ("window", "little"):
+    for name in ("window", "little", "tuner"):
         s, lo = statistics.mean(r[name] for r in short), statistics.mean(r[name] for r in long)
         print(f"| {name} | {s:.1f} | {lo:.1f} | {s / lo:.3f} |")
 

@@ -52,17 +52,19 @@ def parse_stage_file(path: Path, request_limits: dict[str, float] | None = None,
                      requests: list[dict] | None = None, fixed_length: bool = False) -> dict:
     """One genai-bench result file -> our stage metrics (seconds, tokens/s, our own error rate).
 
-    Throughputs are the completed requests' tokens over the time `concurrency` requests were in
-    flight: the sum of every request's time, from sent to answered, failed ones included (a
-    config that fails requests slowly pays for their time), divided by the concurrency (Little's
-    law). `requests` are the stage's lines of our request log (trainables/timed_genai_bench.py),
-    which time every request; without them (a BenchmarkJob's genai-bench) only completed requests
-    have times. On an idle machine this equals the tokens over the stage's window (first sent to
-    last answered) within 0.3% (benchmarks/throughput_window.py, docs/benchmarks.md); unlike the
-    window, it does not charge the engine for time the client took to send its next request. The
-    window is kept as `window_s`; genai-bench's own figures (over a duration ending at its next
-    once-a-second check) as `*_genai_bench`. `goodput` counts, per second of the same time, the completed requests whose
-    own latencies met every limit in `request_limits` (per-request field -> seconds, from the SLOs).
+    Throughputs are the completed requests' tokens over the stage's window: first request sent to
+    last answer, failed requests included (a config that fails requests slowly pays for their
+    time). `requests` are the stage's lines of our request log (trainables/timed_genai_bench.py),
+    which time every request; without them (a BenchmarkJob's genai-bench) the window is
+    genai-bench's run duration, which ends at its next once-a-second check (up to a second long).
+    Not the sum of the requests' times over the concurrency (Little's law): a stage is too short
+    for a steady state, and its first requests wait less than the later ones while those in flight
+    when genai-bench ends the stage are dropped, so where requests queue in the engine (fewer slots
+    than the concurrency) that time overstated the throughput by 18-23% on 16 requests at
+    concurrency 8 (benchmarks/throughput_window.py, docs/benchmarks.md). genai-bench's own figures
+    (over its run duration) are kept as `*_genai_bench`. `goodput` counts, per second of the same
+    window, the completed requests whose own latencies met every limit in `request_limits`
+    (per-request field -> seconds, from the SLOs).
     `truncated_fraction`: the completed requests answered with fewer output tokens than they asked
     for; known only when the backend asks for answers of fixed length (`fixed_length`: sglang and
     vllm send ignore_eos), else None.
@@ -76,21 +78,18 @@ def parse_stage_file(path: Path, request_limits: dict[str, float] | None = None,
     done = [r for r in data.get("individual_request_metrics") or []
             if not r.get("error_code") and r.get("e2e_latency")]
     if requests:
-        busy_s = sum(r["done"] - r["sent"] for r in requests) / concurrency
         window_s = max(r["done"] for r in requests) - min(r["sent"] for r in requests)
     else:
-        busy_s = sum(r["e2e_latency"] for r in done) / min(concurrency, len(done)) if done else 0.0
-        window_s = aggregated.get("run_duration")
+        window_s = aggregated.get("run_duration") or 0.0
     metrics = {
         "concurrency": concurrency,
         "duration_s": aggregated.get("run_duration"),
-        "busy_s": busy_s,
-        "timed": "every request" if requests else "completed requests",
+        "timed": "every request" if requests else "genai-bench's run duration",
         "window_s": window_s,
-        "output_throughput": sum(r["num_output_tokens"] for r in done) / busy_s if busy_s else 0.0,
-        "total_throughput": sum(r["total_tokens"] for r in done) / busy_s if busy_s else 0.0,
-        "requests_per_second": len(done) / busy_s if busy_s else 0.0,
-        "goodput": _good(done, request_limits or {}) / busy_s if busy_s else 0.0,
+        "output_throughput": sum(r["num_output_tokens"] for r in done) / window_s if window_s else 0.0,
+        "total_throughput": sum(r["total_tokens"] for r in done) / window_s if window_s else 0.0,
+        "requests_per_second": len(done) / window_s if window_s else 0.0,
+        "goodput": _good(done, request_limits or {}) / window_s if window_s else 0.0,
         "output_throughput_genai_bench": aggregated["mean_output_throughput_tokens_per_s"],
         "total_throughput_genai_bench": aggregated["mean_total_tokens_throughput_tokens_per_s"],
         "requests_per_second_genai_bench": aggregated["requests_per_second"],
