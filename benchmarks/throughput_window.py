@@ -7,7 +7,8 @@ is still in flight. Two ways to turn its requests into tokens/s:
 Each is measured on short stages (as the tuner runs them) and on one long stage, where the edges
 weigh little; the estimator whose short-stage figure sits closer to the long one is less biased.
 The tuner reports the window (trainables/genai_bench.py): with `--parallel` below the concurrency
-(requests queue in the engine) Little's law overstated the short stages by 18-23%.
+(requests queue in the engine) Little's law put the short stages 22-23% above the window and
+11-18% above a long stage (docs/benchmarks.md).
 
 Usage: python benchmarks/throughput_window.py [--rounds 3] [--concurrency 4] [--short N]
 """

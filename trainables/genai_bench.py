@@ -60,7 +60,7 @@ def parse_stage_file(path: Path, request_limits: dict[str, float] | None = None,
     Not the sum of the requests' times over the concurrency (Little's law): a stage is too short
     for a steady state, and its first requests wait less than the later ones while those in flight
     when genai-bench ends the stage are dropped, so where requests queue in the engine (fewer slots
-    than the concurrency) that time overstated the throughput by 18-23% on 16 requests at
+    than the concurrency) that time put the throughput 22-23% above the window on 16 requests at
     concurrency 8 (benchmarks/throughput_window.py, docs/benchmarks.md). genai-bench's own figures
     (over its run duration) are kept as `*_genai_bench`. `goodput` counts, per second of the same
     window, the completed requests whose own latencies met every limit in `request_limits`
