@@ -39,6 +39,7 @@ class LocalDeployment:
     health_url: str
     group: ProcessGroup
     record: EngineRecord
+    port: int
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -77,7 +78,7 @@ class LocalDeployer(Deployer):
             group.stop(grace_s=0)
             raise
         base_url = f"http://{self.host}:{port}"
-        return LocalDeployment(spec, base_url, base_url + spec.profile.health_path, group, record)
+        return LocalDeployment(spec, base_url, base_url + spec.profile.health_path, group, record, port)
 
     def wait_ready(self, deployment: LocalDeployment, deadline: float) -> None:
         for attempt in range(1, PORT_ATTEMPTS + 1):
@@ -90,7 +91,7 @@ class LocalDeployer(Deployer):
                 self.teardown(deployment)
                 fresh = self._start(deployment.spec, self.pick_port(self.host))
                 deployment.base_url, deployment.health_url = fresh.base_url, fresh.health_url
-                deployment.group, deployment.record = fresh.group, fresh.record
+                deployment.group, deployment.record, deployment.port = fresh.group, fresh.record, fresh.port
 
     def _wait(self, deployment: LocalDeployment, deadline: float) -> None:
         while True:
@@ -102,12 +103,17 @@ class LocalDeployer(Deployer):
                 raise DeploymentError(f"engine {exit_text(code)} before it was ready: "
                                       f"{exit_hint(code, deployment.group.argv[0]) or telling_line(tail)}"
                                       f"\nlast lines of its log:\n{tail}")
-            if _healthy(deployment.health_url):
+            # Another program may hold the port and answer there (the port was free when chosen):
+            # benchmarking it would measure someone else's server. Ours then exits, unable to bind.
+            answered = _healthy(deployment.health_url)
+            if answered and deployment.group.listens_on(deployment.port):
                 return
             if time.monotonic() >= deadline:
                 tail = deployment.group.log_tail()
+                whose = (f"; a program outside the engine's process group answers on port {deployment.port}"
+                         if answered else "")
                 raise DeploymentError(f"engine not ready at {deployment.health_url} before the deadline "
-                                      f"(deployment.ready_timeout_s); last lines of its log:\n{tail}")
+                                      f"(deployment.ready_timeout_s){whose}; last lines of its log:\n{tail}")
             time.sleep(HEALTH_POLL_S)
 
     def endpoint(self, deployment: LocalDeployment) -> Endpoint:

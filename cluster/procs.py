@@ -12,6 +12,8 @@ import sys
 import time
 from typing import IO
 
+import psutil
+
 
 def start_time(pid: int) -> int | None:
     """Clock ticks since boot when `pid` started (field 22 of /proc/PID/stat), or None if gone."""
@@ -147,6 +149,23 @@ class ProcessGroup:
             time.sleep(GONE_POLL_S)
         self._watchdog_pipe.close()
         return True
+
+    def listens_on(self, port: int) -> bool:
+        """Whether a process of this group (the one started or a child: SGLang's and vLLM's API
+        servers may be either) holds a listening TCP socket on `port`."""
+        try:
+            leader = psutil.Process(self.pgid)
+            members = [leader, *leader.children(recursive=True)]
+        except psutil.Error:  # gone
+            return False
+        for member in members:
+            try:
+                if any(conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port
+                       for conn in member.net_connections(kind="tcp")):
+                    return True
+            except psutil.Error:
+                continue
+        return False
 
     def log_tail(self, lines: int = 15) -> str:
         if not self.log_path:

@@ -1,11 +1,13 @@
 """The local backend against the real llama-server: ready, serve, tear down; fail fast and clearly."""
 
+import http.server
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -95,6 +97,35 @@ def test_a_port_taken_before_the_engine_binds_it_is_replaced(tmp_path, llama_ser
     finally:
         for sock in held:
             sock.close()
+
+
+class _AnswersEverything(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b'{"status": "ok"}')
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_server_answering_on_the_chosen_port_is_not_taken_for_the_engine(tmp_path, llama_server, smollm2):
+    """Another program took the port and answers /health: the trial must not benchmark it."""
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _AnswersEverything)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    free = free_port()
+    ports = iter([other.server_address[1], free])
+    try:
+        deployer = LocalDeployer(pick_port=lambda host: next(ports))
+        with deployer.deployed(spec(tmp_path, llama_server, smollm2, {"ctx-size": 1024}), 60) as endpoint:
+            assert endpoint.url == f"http://127.0.0.1:{free}"
+            with urllib.request.urlopen(endpoint.url + "/v1/models", timeout=10) as response:
+                assert f"smol-{tmp_path.name}" in response.read().decode()
+        log = (tmp_path / "engine.log").read_text()
+        assert log.count("couldn't bind HTTP server socket") == 1
+    finally:
+        other.shutdown()
+        other.server_close()
 
 
 def test_when_every_port_tried_is_taken_the_reason_says_so(tmp_path, llama_server, smollm2):
