@@ -15,6 +15,7 @@ from typing import Any
 
 from pyarrow.fs import LocalFileSystem
 from ray.tune import Callback
+from scipy.stats import ttest_ind
 
 from llm_autotuner.cluster.engines import Launch, profile_for
 from llm_autotuner.outcome import BASELINE_KEY, Outcome, creation_number, stage_metrics, trial_params
@@ -291,30 +292,45 @@ def rank_finalists(task: Task, records: list[TrialRecord], runs: list[TrialRecor
                   reverse=True)
 
 
-def noise_verdict(ranked: list[Finalist]) -> tuple[bool | None, str]:
-    """Whether the top two qualified finalists are within noise of each other: their runs' ranges
-    overlap. One run each has no range: that is said instead."""
+SIGNIFICANCE = 0.05  # two configs are told apart when the t-test's p-value is below this
+
+
+def noise_verdict(ranked: list[Finalist]) -> tuple[bool | None, float | None, str]:
+    """Whether the top two qualified finalists are within noise of each other (`difference_p`),
+    the p-value, and a sentence saying so. One run each shows no spread: that is said instead."""
     top = [f for f in ranked if f.qualified][:2]
     if len(top) < 2:
-        return None, "Fewer than two finalists completed their re-measurements: nothing to compare"
+        return None, None, "Fewer than two finalists completed their re-measurements: nothing to compare"
     first, second = top
     names = f"Experiments {first.record.experiment_id} and {second.record.experiment_id}"
-    if min(len(first.values), len(second.values)) < 2:
-        return None, (f"{names} were re-measured once each, which shows no spread; "
-                      f"search.confirm_repeats 2 or more would")
-    ranges = "; ".join(f"{f.record.experiment_id}: {min(f.values):.4g} to {max(f.values):.4g}" for f in top)
-    if runs_overlap(first, second):
-        return True, (f"{names} are within noise of each other: their runs overlap ({ranges}); "
-                      f"these measurements cannot tell them apart")
-    return False, f"{names} are apart by more than the noise: their runs do not overlap ({ranges})"
+    p_value = difference_p(first, second)
+    if p_value is None:
+        return None, None, (f"{names} were re-measured once each, which shows no spread; "
+                            f"search.confirm_repeats 2 or more would")
+    runs = f"{len(first.values)} and {len(second.values)} runs" if len(first.values) != len(second.values) \
+        else f"{len(first.values)} runs each"
+    evidence = (f"t-test p = {p_value:.2g}, {runs}; " +
+                "; ".join(f"{f.record.experiment_id}: {min(f.values):.4g} to {max(f.values):.4g}" for f in top))
+    if p_value >= SIGNIFICANCE:
+        return True, p_value, (f"{names} are within noise of each other ({evidence}): these runs cannot tell them "
+                               f"apart; more search.confirm_repeats could")
+    return False, p_value, f"{names} are apart by more than the noise ({evidence})"
 
 
-def runs_overlap(a: Finalist, b: Finalist) -> bool | None:
-    """Whether two finalists' re-measurements overlap (then they cannot be told apart); None when
-    either has fewer than two runs, which show no spread."""
+def difference_p(a: Finalist, b: Finalist) -> float | None:
+    """The two-sided p-value of Student's t-test on two finalists' re-measurements: how often
+    runs of two equally good configs would differ at least this much (small: told apart). None
+    when either has fewer than two runs, which show no spread.
+
+    Why this test: with the default 2 runs each, two equally good configs' ranges fail to overlap
+    one time in three, so non-overlapping ranges (the rule before) told apart configs that were
+    not. The pooled variance suits runs taken in turns on one machine (its drift is the noise of
+    all of them), and with equal run counts the test stays right when the spreads differ."""
     if min(len(a.values), len(b.values)) < 2:
         return None
-    return min(a.values) <= max(b.values) and min(b.values) <= max(a.values)
+    if stdev(a.values) == stdev(b.values) == 0:  # no spread at all: the t statistic is undefined
+        return 1.0 if fmean(a.values) == fmean(b.values) else 0.0
+    return float(ttest_ind(a.values, b.values, equal_var=True).pvalue)
 
 
 @dataclass
@@ -331,14 +347,15 @@ def choose_on_confirmation(task: Task, ranked: list[Finalist]) -> Choice:
     """The first of the ranking, compared with the baseline's own re-measurements."""
     winner = ranked[0] if ranked[0].qualified else None
     baseline = next((f for f in ranked if f.record.baseline and f.qualified), None)
-    within_noise, noise = noise_verdict(ranked)
+    within_noise, p_value, noise = noise_verdict(ranked)
     why = (f"Chosen on the mean of each finalist's re-measurements ({task.search.confirm_repeats} each, run in "
            f"turns); one that failed or broke a hard SLO disqualifies its config." if winner else
            "No winner: every finalist failed or broke a hard SLO in a re-measurement.")
-    gain_within_noise = runs_overlap(winner, baseline) if winner and baseline and winner is not baseline else None
+    gain_p = difference_p(winner, baseline) if winner and baseline and winner is not baseline else None
     return Choice(winner and winner.record, winner and winner.mean, baseline and baseline.mean,
-                  {"chosen_on": "confirmation", "why": why, "within_noise": within_noise, "noise": noise,
-                   "gain_within_noise": gain_within_noise})
+                  {"chosen_on": "confirmation", "why": why, "within_noise": within_noise, "p_value": p_value,
+                   "noise": noise, "gain_within_noise": None if gain_p is None else gain_p >= SIGNIFICANCE,
+                   "gain_p_value": gain_p})
 
 
 def choose_on_search(task: Task, records: list[TrialRecord], runs: list[TrialRecord] | None) -> Choice:
@@ -354,7 +371,8 @@ def choose_on_search(task: Task, records: list[TrialRecord], runs: list[TrialRec
         reason = "no confirmation run finished (the run was interrupted)"
     return Choice(best, best and best.objective, baseline and baseline.objective,
                   {"chosen_on": "search", "why": f"Chosen on each config's single run in the search: {reason}.",
-                   "within_noise": None, "noise": None, "gain_within_noise": None})
+                   "within_noise": None, "p_value": None, "noise": None, "gain_within_noise": None,
+                   "gain_p_value": None})
 
 
 def summarize(task: Task, resolved: Resolved, records: list[TrialRecord], experiment_dir: str,
@@ -555,7 +573,8 @@ def table(summary: dict) -> str:
     elif summary["gain_over_baseline"] is not None:
         alike = ", re-measured alike" if summary["baseline"].get("runs") else ""
         if selection.get("gain_within_noise"):
-            alike += "; within noise: their runs overlap"
+            p_value = selection.get("gain_p_value")  # absent in older versions' results.json
+            alike += "; within noise" + (f": t-test p = {p_value:.2g}" if p_value is not None else "")
         text += f"  ({summary['gain_over_baseline']:+.1%} vs. engine defaults " \
                 f"{summary['baseline']['objective_score']:.4g}{alike})"
     if selection.get("chosen_on") == "search":
