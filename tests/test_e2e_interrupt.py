@@ -104,3 +104,42 @@ def test_a_second_ctrl_c_during_the_confirmation_keeps_its_finished_runs(tmp_pat
     assert sorted(runs, reverse=True)[:2] == [1, 1] and sum(runs) == 2, results["confirmation"]
     assert any(row["baseline"] for row in results["confirmation"])
     assert results["selection"]["chosen_on"] == "confirmation"
+
+
+@pytest.mark.parametrize("warmup_requests", [None, 0], ids=["in-the-warm-up", "in-a-stage"])
+def test_a_trial_waiting_on_a_slow_engine_tears_it_down_itself_when_stopped(tmp_path, warmup_requests):
+    """Ray asks a stopped trial to end only once its current stage (or warm-up) returns, and gives
+    it 10 s at the run's end. Here each answer takes 40 s: the trial must see the stop while it
+    waits and tear its engine down itself (its timeline's `engine_gone`), not leave it to the
+    watchdog and the driver's sweep ("its teardown was cut short")."""
+    served = f"int-{uuid.uuid4().hex[:8]}"
+    task = {
+        "name": "interrupted-slow",
+        "model": {"path": "builtin:smollm2", "name": served},
+        "engine": {"name": "llama.cpp", "binary": str(instant_engine(tmp_path / "engine", delay_s=40)),
+                   "args": {"ctx-size": 2048, "threads": 1}},
+        "search_space": {"parallel": [2, 4]},
+        "benchmark": {"traffic_scenario": "D(64,32)", "concurrency": [2], "max_requests_per_stage": 2,
+                      "warmup_requests": warmup_requests},
+        "search": {"num_samples": 1, "baseline": False, "scheduler": "none", "seed": 0, "confirm_repeats": 0},
+        "results_dir": str(tmp_path / "results"),
+    }
+    path = tmp_path / "task.yaml"
+    path.write_text(yaml.safe_dump(task))
+    with Driver(path) as driver:
+        driver.read_until("trial 1: start")
+        deadline = time.monotonic() + 60
+        while not engine_processes(served):
+            assert time.monotonic() < deadline, "the engine never started"
+            time.sleep(0.2)
+        time.sleep(3)  # the engine ready, the trial waiting on its answers
+        driver.process.send_signal(signal.SIGINT)
+        output = driver.finish(timeout_s=120)
+    assert driver.process.returncode == 1, output[-3000:]
+    assert "teardown was cut short" not in output, output[-3000:]
+    assert engine_processes(served) == set()
+    [timeline] = (tmp_path / "results" / "interrupted-slow" / "trials").glob("*/timeline.json")
+    marks = json.loads(timeline.read_text())
+    assert "engine_gone" in marks, marks
+    results = json.loads((tmp_path / "results" / "interrupted-slow" / "results.json").read_text())
+    assert [r["status"] for r in results["all_results"]] == ["interrupted"]

@@ -69,7 +69,8 @@ class BenchmarkJobRunner:
         name = self._name(trial_id)
         # Warmed up from here as the direct runner does: the job's first stage must not pay the
         # engine's cold start. The key, if any, is ours (the job cannot carry one: manifests.py).
-        warm_up(endpoint.url, model_name, self.task.benchmark, self.api_backend, workdir / "warmup.json", api_key())
+        warm_up(endpoint.url, model_name, self.task.benchmark, self.api_backend, workdir / "warmup.json", api_key(),
+                endpoint.failure)
         api = kube.api_client(self.ome.kubeconfig, self.ome.context)
         custom = client.CustomObjectsApi(api)
         manifest = self.manifest(name, trial_id, endpoint, model_name)

@@ -192,7 +192,7 @@ class GenaiBenchRunner:
         out_dir = workdir / "genai-bench"
         out_dir.mkdir(parents=True, exist_ok=True)
         warm_up(endpoint.url, model_name, self.benchmark, self.api_backend, out_dir / "warmup.json",
-                api_key())
+                api_key(), endpoint.failure)
         request_log = out_dir / "requests.jsonl"
         env = {**os.environ, "ENABLE_UI": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                "MPLCONFIGDIR": str(out_dir / "mpl"), REQUEST_LOG_ENV: str(request_log)}

@@ -10,9 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ray import tune
 
@@ -145,6 +145,9 @@ class TrialTrainable(tune.Trainable):
         # survives a Ctrl-C that comes during the teardown).
         try:
             result = self._next_stage()
+        except RunStopped:
+            self._teardown()  # now, within the seconds Ray gives a stopping trial
+            result = interrupted(len(self.measured))
         except AutotunerError as error:
             result = self._failure(error)
         # Which attempt's folder holds this trial's files (cluster/storage.py: assemble); the node
@@ -156,7 +159,7 @@ class TrialTrainable(tune.Trainable):
         if self.stages is None:
             if stop_requested(self.resolved.storage):
                 # Ray was starting this trial as the run was stopped: deploy nothing.
-                return {"stage": 0, "score": INFEASIBLE_SCORE, "outcome": Outcome.INTERRUPTED.value, "done": True}
+                return interrupted(0)
             too_big = self.resolved.nodes and shortfall(
                 trial_claim(task, self.params, self.resolved.node_cpus), list(self.resolved.nodes))
             if too_big:  # placed with next to nothing (tuner/driver.py): skipped, and the searcher told why
@@ -166,8 +169,9 @@ class TrialTrainable(tune.Trainable):
             self.endpoint = self.running.enter_context(
                 backend_for(task.deployment).deployer().deployed(self.spec, task.deployment.ready_timeout_s))
             self.timeline.mark("engine_ready")
+            watched = replace(self.endpoint, failure=stop_aware(self.endpoint.failure, self.resolved.storage))
             self.stages = iter(self.running.enter_context(
-                self.runner.run(self.endpoint, self.resolved.served_name, self.workdir)))
+                self.runner.run(watched, self.resolved.served_name, self.workdir)))
         stage, metrics = next(self.stages)
         crashed = self.endpoint.failure()
         if crashed:  # the stage's numbers may hold the crash: not reported
@@ -218,6 +222,36 @@ class TrialTrainable(tune.Trainable):
             self.timeline.mark("trial_end")
         finally:
             self.folder.close()  # after the teardown: the engine's log is complete
+
+
+def interrupted(stage: int) -> dict:
+    """The report of a trial the run's stop cut short: neither for nor against its config."""
+    return {"stage": stage, "score": INFEASIBLE_SCORE, "outcome": Outcome.INTERRUPTED.value, "done": True}
+
+
+STOP_LOOK_S = 1.0  # how often a trial's waits look for the run's stop (a file, or an object store read)
+
+
+class RunStopped(Exception):
+    """The run was stopped (Ctrl-C, SIGTERM) while this trial waited for its benchmark."""
+
+
+def stop_aware(failure: Callable[[], str | None], storage: Storage) -> Callable[[], str | None]:
+    """`failure` (why the engine stopped serving), which also raises RunStopped once the run's stop
+    is seen. Ray asks a stopped trial to end only after its current stage (or warm-up) returns,
+    which can take minutes, and gives a stopping trial 10 s at the run's end: without this the
+    engine's teardown would be cut short, left to the watchdogs and the driver's sweep."""
+    next_look = 0.0
+
+    def check() -> str | None:
+        nonlocal next_look
+        if time.monotonic() >= next_look:
+            next_look = time.monotonic() + STOP_LOOK_S
+            if stop_requested(storage):
+                raise RunStopped
+        return failure()
+
+    return check
 
 
 def stop_requested(storage: Storage) -> bool:

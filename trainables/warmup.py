@@ -12,8 +12,9 @@ import re
 import time
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
+from typing import Callable
 
 from llm_autotuner.errors import BenchmarkError
 from llm_autotuner.task import Benchmark
@@ -21,6 +22,7 @@ from llm_autotuner.task import Benchmark
 # Requests go straight to the engine, never through a proxy from the environment.
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 _NUMBERS = re.compile(r"[\d.]+")
+POLL_S = 0.25  # how often the warm-up asks whether the engine still serves
 
 
 def lengths(scenario: str) -> tuple[int, int]:
@@ -38,14 +40,15 @@ def lengths(scenario: str) -> tuple[int, int]:
 
 
 def warm_up(base_url: str, model_name: str, benchmark: Benchmark, api_backend: str, record: Path,
-            api_key: str | None = None) -> dict:
+            api_key: str | None = None, failure: Callable[[], str | None] = lambda: None) -> dict:
     """Send the warm-up requests (benchmark.warmup_requests, default the highest concurrency, all at
     once), wait for them within benchmark.stage_timeout_s, and write what happened to `record`.
     A failed warm-up request is not an error here: the stages measure whatever is wrong. But an
     engine that answered none of them by the deadline fails the trial now (BenchmarkError): with
     no more load than the last stage's, over longer than a stage lasts, its last stage would finish
     no request either, and the stages would take minutes to show it (seen: llama.cpp's polling
-    threads on a busy 2-core machine, docs/benchmarks.md)."""
+    threads on a busy 2-core machine, docs/benchmarks.md). `failure()`, asked while the requests
+    run, says why the engine stopped serving (it crashed): the warm-up then ends at once."""
     count = max(benchmark.concurrency) if benchmark.warmup_requests is None else benchmark.warmup_requests
     prompt_tokens, answer_tokens = lengths(benchmark.traffic_scenario)
     body = {"model": model_name, "max_tokens": answer_tokens, "stream": False,
@@ -57,8 +60,18 @@ def warm_up(base_url: str, model_name: str, benchmark: Benchmark, api_backend: s
     deadline = started + benchmark.stage_timeout_s
     statuses: list[int | str] = []
     if count:
-        with ThreadPoolExecutor(max_workers=count) as pool:
-            statuses = list(pool.map(lambda _: _send(base_url, body, api_key, deadline), range(count)))
+        pool = ThreadPoolExecutor(max_workers=count)
+        try:
+            sent = [pool.submit(_send, base_url, body, api_key, deadline) for _ in range(count)]
+            while wait(sent, timeout=POLL_S).not_done:
+                ended = failure()
+                if ended is not None:
+                    raise BenchmarkError(f"{ended} (in the warm-up)")
+            statuses = [request.result() for request in sent]
+        finally:
+            # Not waited for after a failure: the requests still out end with the engine's teardown
+            # (their connections close) or at their deadline.
+            pool.shutdown(wait=False, cancel_futures=True)
     summary = {"requests": count, "answered": statuses.count(200), "statuses": statuses,
                "started": started, "ended": time.monotonic()}
     record.write_text(json.dumps(summary, indent=2))

@@ -8,6 +8,7 @@ is the stand-in that answers after a sleep longer than any deadline; genai-bench
 """
 
 import json
+import time
 
 import pytest
 
@@ -17,6 +18,7 @@ from llm_autotuner.cluster.local import LocalDeployer
 from llm_autotuner.errors import BenchmarkError
 from llm_autotuner.task import parse_task
 from llm_autotuner.trainables.genai_bench import GenaiBenchRunner
+from llm_autotuner.trainables.warmup import warm_up
 from tests.conftest import instant_engine
 
 pytestmark = pytest.mark.e2e
@@ -63,3 +65,19 @@ def test_a_stage_that_finished_no_request_fails_at_its_end_not_after_the_next_st
     log = (tmp_path / "genai-bench.log").read_text()
     assert "num_concurrency 1 has finished" in log
     assert "num_concurrency 2 has finished" not in log  # killed in stage 2, not waited for
+
+
+def test_the_warm_up_ends_as_soon_as_the_engine_is_known_to_have_stopped_serving(silent_engine, tmp_path):
+    # The trial's own check (an engine crash, or the run's stop: tests/test_e2e_interrupt.py) is
+    # asked while the warm-up's requests wait, not only after they come back (here: never).
+    asked = []
+
+    def failure():
+        asked.append(time.monotonic())
+        return "engine exited with code 1 during the benchmark" if len(asked) >= 4 else None
+
+    began = time.monotonic()
+    with pytest.raises(BenchmarkError, match=r"engine exited with code 1 during the benchmark \(in the warm-up\)"):
+        warm_up(silent_engine.url, "smol-too-slow", benchmark(stage_timeout_s=60), "sglang", tmp_path / "warmup.json",
+                None, failure)
+    assert time.monotonic() - began < 10  # not the warm-up's 60 s
