@@ -18,22 +18,29 @@ from tests.conftest import Driver, engine_processes, instant_engine
 pytestmark = pytest.mark.e2e
 
 
-def start_and_interrupt(tmp_path, signals, gap_s=0.2, at="trial 2: stage 1/3", search=None):
-    """Interrupt when the driver prints `at` (by default while the second trial benchmarks: the
-    first has finished by then)."""
+def write_task(tmp_path, name, delay_s, benchmark, search):
+    """A task of the instant stand-in engine (answers after `delay_s`); its path and served name."""
     served = f"int-{uuid.uuid4().hex[:8]}"
     task = {
-        "name": "interrupted",
+        "name": name,
         "model": {"path": "builtin:smollm2", "name": served},
-        "engine": {"name": "llama.cpp", "binary": str(instant_engine(tmp_path / "engine", delay_s=0.2)),
+        "engine": {"name": "llama.cpp", "binary": str(instant_engine(tmp_path / "engine", delay_s=delay_s)),
                    "args": {"ctx-size": 2048, "threads": 1}},
         "search_space": {"parallel": [2, 4]},
-        "benchmark": {"traffic_scenario": "D(64,32)", "concurrency": [2, 4, 8], "max_requests_per_stage": 8},
-        "search": search or {"num_samples": 4, "scheduler": "none", "seed": 0, "confirm_repeats": 0},
+        "benchmark": {"traffic_scenario": "D(64,32)"} | benchmark,
+        "search": {"scheduler": "none", "seed": 0, "confirm_repeats": 0} | search,
         "results_dir": str(tmp_path / "results"),
     }
     path = tmp_path / "task.yaml"
     path.write_text(yaml.safe_dump(task))
+    return path, served
+
+
+def start_and_interrupt(tmp_path, signals, gap_s=0.2, at="trial 2: stage 1/3", search=None):
+    """Interrupt when the driver prints `at` (by default while the second trial benchmarks: the
+    first has finished by then)."""
+    path, served = write_task(tmp_path, "interrupted", 0.2, {"concurrency": [2, 4, 8], "max_requests_per_stage": 8},
+                              search or {"num_samples": 4})
     with Driver(path) as driver:
         driver.read_until(at)
         assert engine_processes(served), f"an engine should be running at '{at}'"
@@ -112,20 +119,9 @@ def test_a_trial_waiting_on_a_slow_engine_tears_it_down_itself_when_stopped(tmp_
     it 10 s at the run's end. Here each answer takes 40 s: the trial must see the stop while it
     waits and tear its engine down itself (its timeline's `engine_gone`), not leave it to the
     watchdog and the driver's sweep ("its teardown was cut short")."""
-    served = f"int-{uuid.uuid4().hex[:8]}"
-    task = {
-        "name": "interrupted-slow",
-        "model": {"path": "builtin:smollm2", "name": served},
-        "engine": {"name": "llama.cpp", "binary": str(instant_engine(tmp_path / "engine", delay_s=40)),
-                   "args": {"ctx-size": 2048, "threads": 1}},
-        "search_space": {"parallel": [2, 4]},
-        "benchmark": {"traffic_scenario": "D(64,32)", "concurrency": [2], "max_requests_per_stage": 2,
-                      "warmup_requests": warmup_requests},
-        "search": {"num_samples": 1, "baseline": False, "scheduler": "none", "seed": 0, "confirm_repeats": 0},
-        "results_dir": str(tmp_path / "results"),
-    }
-    path = tmp_path / "task.yaml"
-    path.write_text(yaml.safe_dump(task))
+    path, served = write_task(tmp_path, "interrupted-slow", 40,
+                              {"concurrency": [2], "max_requests_per_stage": 2, "warmup_requests": warmup_requests},
+                              {"num_samples": 1, "baseline": False})
     with Driver(path) as driver:
         driver.read_until("trial 1: start")
         deadline = time.monotonic() + 60
