@@ -15,6 +15,10 @@ def _no_news() -> str | None:
     return None
 
 
+def _carry_on() -> None:
+    pass
+
+
 @dataclass(frozen=True)
 class Endpoint:
     url: str  # where this process (the trial) reaches the engine
@@ -50,9 +54,10 @@ class Deployer:
     def deploy(self, spec: EngineSpec) -> Any:
         raise NotImplementedError
 
-    def wait_ready(self, deployment: Any, deadline: float) -> None:
+    def wait_ready(self, deployment: Any, deadline: float, interrupt: Callable[[], None] = _carry_on) -> None:
         """Return once the engine serves; raise DeploymentError on failure or at `deadline`
-        (a time.monotonic() value)."""
+        (a time.monotonic() value). `interrupt()` is called every few seconds at most while it
+        waits: what it raises (the run was stopped) ends the wait."""
         raise NotImplementedError
 
     def endpoint(self, deployment: Any) -> Endpoint:
@@ -62,11 +67,12 @@ class Deployer:
         raise NotImplementedError
 
     @contextlib.contextmanager
-    def deployed(self, spec: EngineSpec, ready_timeout_s: float) -> Iterator[Endpoint]:
+    def deployed(self, spec: EngineSpec, ready_timeout_s: float,
+                 interrupt: Callable[[], None] = _carry_on) -> Iterator[Endpoint]:
         """Deploy, wait until ready, yield its endpoint; tear down on every exit path."""
         deployment = self.deploy(spec)
         try:
-            self.wait_ready(deployment, time.monotonic() + ready_timeout_s)
+            self.wait_ready(deployment, time.monotonic() + ready_timeout_s, interrupt)
             yield self.endpoint(deployment)
         finally:
             self.teardown(deployment)

@@ -80,10 +80,11 @@ class LocalDeployer(Deployer):
         base_url = f"http://{self.host}:{port}"
         return LocalDeployment(spec, base_url, base_url + spec.profile.health_path, group, record, port)
 
-    def wait_ready(self, deployment: LocalDeployment, deadline: float) -> None:
+    def wait_ready(self, deployment: LocalDeployment, deadline: float,
+                   interrupt: Callable[[], None] = lambda: None) -> None:
         for attempt in range(1, PORT_ATTEMPTS + 1):
             try:
-                return self._wait(deployment, deadline)
+                return self._wait(deployment, deadline, interrupt)
             except _PortTaken as taken:
                 if attempt == PORT_ATTEMPTS:
                     raise DeploymentError(f"{taken} ({PORT_ATTEMPTS} ports tried, each taken before the "
@@ -93,8 +94,9 @@ class LocalDeployer(Deployer):
                 deployment.base_url, deployment.health_url = fresh.base_url, fresh.health_url
                 deployment.group, deployment.record, deployment.port = fresh.group, fresh.record, fresh.port
 
-    def _wait(self, deployment: LocalDeployment, deadline: float) -> None:
+    def _wait(self, deployment: LocalDeployment, deadline: float, interrupt: Callable[[], None]) -> None:
         while True:
+            interrupt()
             code = deployment.group.poll()
             if code is not None:
                 tail = deployment.group.log_tail()

@@ -12,7 +12,7 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
@@ -225,11 +225,13 @@ class OmeDeployer(Deployer):
                     raise
             self.teardown(deployment)
 
-    def wait_ready(self, deployment: OmeTrialDeployment, deadline: float) -> None:
+    def wait_ready(self, deployment: OmeTrialDeployment, deadline: float,
+                   interrupt: Callable[[], None] = lambda: None) -> None:
         resource_version: str | None = None
         last_message = "no status yet"
         unschedulable_since: dict[str, tuple[float, float]] = {}  # pod -> (first seen, its grace from)
         while True:
+            interrupt()  # between watch segments (WATCH_SEGMENT_S)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise DeploymentError(f"{KIND} {deployment.name} not Ready before the deadline "

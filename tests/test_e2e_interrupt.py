@@ -6,14 +6,18 @@ what is checked is the driver's way out, which an engine's speed does not change
 
 import json
 import signal
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import yaml
 
 from llm_autotuner.cluster.records import engine_records
 from tests.conftest import Driver, engine_processes, instant_engine
+
+NEVER_READY = Path(__file__).parent / "data" / "fake_engine_never_ready.py"
 
 pytestmark = pytest.mark.e2e
 
@@ -113,29 +117,60 @@ def test_a_second_ctrl_c_during_the_confirmation_keeps_its_finished_runs(tmp_pat
     assert results["selection"]["chosen_on"] == "confirmation"
 
 
-@pytest.mark.parametrize("warmup_requests", [None, 0], ids=["in-the-warm-up", "in-a-stage"])
-def test_a_trial_waiting_on_a_slow_engine_tears_it_down_itself_when_stopped(tmp_path, warmup_requests):
-    """Ray asks a stopped trial to end only once its current stage (or warm-up) returns, and gives
-    it 10 s at the run's end. Here each answer takes 40 s: the trial must see the stop while it
-    waits and tear its engine down itself (its timeline's `engine_gone`), not leave it to the
-    watchdog and the driver's sweep ("its teardown was cut short")."""
+def loading_engine(path):
+    """The instant stand-in when the driver's engine check starts it; as a trial's engine (given
+    LOADING_FOREVER by the task's engine.env) it answers /health "loading" for ever, as an engine
+    loading a big model."""
+    instant = instant_engine(path.parent / "instant-engine")
+    path.write_text(f"#!{sys.executable}\nimport os, runpy, sys\n"
+                    f"if os.environ.get('LOADING_FOREVER'):\n"
+                    f"    runpy.run_path({str(NEVER_READY)!r}, run_name='__main__')\n"
+                    f"os.execv({str(instant)!r}, [{str(instant)!r}, *sys.argv[1:]])\n")
+    path.chmod(0o755)
+    return path
+
+
+def processes_of(served):
+    """PIDs of the processes whose argv names the served model: the engine (whatever runs it) and
+    genai-bench."""
+    pids = set()
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and served in (proc / "cmdline").read_bytes().decode(errors="replace").split("\0"):
+                pids.add(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.parametrize("wait", ["ready", "warm-up", "stage"])
+def test_a_trial_waiting_on_a_slow_engine_tears_it_down_itself_when_stopped(tmp_path, wait):
+    """Ray asks a stopped trial to end only once its current step returns, and gives it 10 s at
+    the run's end. Here the engine loads for ever, or each answer takes 40 s: the trial must see
+    the stop while it waits and tear its engine down itself (its timeline's `stopped`), not leave
+    it to the watchdog and the driver's sweep ("its teardown was cut short")."""
     path, served = write_task(tmp_path, "interrupted-slow", 40,
-                              {"concurrency": [2], "max_requests_per_stage": 2, "warmup_requests": warmup_requests},
+                              {"concurrency": [2], "max_requests_per_stage": 2,
+                               "warmup_requests": 0 if wait == "stage" else None},
                               {"num_samples": 1, "baseline": False})
+    if wait == "ready":
+        task = yaml.safe_load(path.read_text())
+        task["engine"] |= {"binary": str(loading_engine(tmp_path / "loading-engine")), "env": {"LOADING_FOREVER": "1"}}
+        path.write_text(yaml.safe_dump(task))
     with Driver(path) as driver:
         driver.read_until("trial 1: start")
         deadline = time.monotonic() + 60
-        while not engine_processes(served):
+        while not processes_of(served):
             assert time.monotonic() < deadline, "the engine never started"
             time.sleep(0.2)
-        time.sleep(3)  # the engine ready, the trial waiting on its answers
+        time.sleep(3)  # the trial waiting on the engine's start or on its answers
         driver.process.send_signal(signal.SIGINT)
         output = driver.finish(timeout_s=120)
     assert driver.process.returncode == 1, output[-3000:]
     assert "teardown was cut short" not in output, output[-3000:]
-    assert engine_processes(served) == set()
+    assert processes_of(served) == set()
     [timeline] = (tmp_path / "results" / "interrupted-slow" / "trials").glob("*/timeline.json")
     marks = json.loads(timeline.read_text())
-    assert "engine_gone" in marks, marks
+    assert "stopped" in marks and ("engine_ready" in marks) is (wait != "ready"), marks
     results = json.loads((tmp_path / "results" / "interrupted-slow" / "results.json").read_text())
     assert [r["status"] for r in results["all_results"]] == ["interrupted"]

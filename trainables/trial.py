@@ -147,6 +147,7 @@ class TrialTrainable(tune.Trainable):
             result = self._next_stage()
         except RunStopped:
             self._teardown()  # now, within the seconds Ray gives a stopping trial
+            self.timeline.mark("stopped")  # the engine gone (if it was still starting: `deployed` tore it down)
             result = interrupted(len(self.measured))
         except AutotunerError as error:
             result = self._failure(error)
@@ -166,10 +167,11 @@ class TrialTrainable(tune.Trainable):
                 return {"stage": 0, "score": INFEASIBLE_SCORE, "objective": None, "violation": f"the config {too_big}",
                         "objectives": {m: worst_value(m) for m in task.objective.metrics}, "slos_met": False,
                         "error": None, "metrics": None, "outcome": Outcome.INFEASIBLE.value, "done": True}
-            self.endpoint = self.running.enter_context(
-                backend_for(task.deployment).deployer().deployed(self.spec, task.deployment.ready_timeout_s))
+            stop_watch = StopWatch(self.resolved.storage)
+            self.endpoint = self.running.enter_context(backend_for(task.deployment).deployer().deployed(
+                self.spec, task.deployment.ready_timeout_s, stop_watch.check))
             self.timeline.mark("engine_ready")
-            watched = replace(self.endpoint, failure=stop_aware(self.endpoint.failure, self.resolved.storage))
+            watched = replace(self.endpoint, failure=stop_watch.around(self.endpoint.failure))
             self.stages = iter(self.running.enter_context(
                 self.runner.run(watched, self.resolved.served_name, self.workdir)))
         stage, metrics = next(self.stages)
@@ -233,25 +235,32 @@ STOP_LOOK_S = 1.0  # how often a trial's waits look for the run's stop (a file, 
 
 
 class RunStopped(Exception):
-    """The run was stopped (Ctrl-C, SIGTERM) while this trial waited for its benchmark."""
+    """The run was stopped (Ctrl-C, SIGTERM) while this trial waited on its engine or benchmark."""
 
 
-def stop_aware(failure: Callable[[], str | None], storage: Storage) -> Callable[[], str | None]:
-    """`failure` (why the engine stopped serving), which also raises RunStopped once the run's stop
-    is seen. Ray asks a stopped trial to end only after its current stage (or warm-up) returns,
-    which can take minutes, and gives a stopping trial 10 s at the run's end: without this the
-    engine's teardown would be cut short, left to the watchdogs and the driver's sweep."""
-    next_look = 0.0
+class StopWatch:
+    """Raises RunStopped from a trial's waits once the run's stop is seen (looked for at most every
+    STOP_LOOK_S). Ray asks a stopped trial to end only when its current step returns (an engine
+    loading a model, a warm-up, a stage: minutes), and gives a stopping trial 10 s at the run's
+    end: without this the teardown would be cut short, left to the watchdogs and the driver's sweep."""
 
-    def check() -> str | None:
-        nonlocal next_look
-        if time.monotonic() >= next_look:
-            next_look = time.monotonic() + STOP_LOOK_S
-            if stop_requested(storage):
+    def __init__(self, storage: Storage):
+        self.storage = storage
+        self.next_look = 0.0
+
+    def check(self) -> None:
+        if time.monotonic() >= self.next_look:
+            self.next_look = time.monotonic() + STOP_LOOK_S
+            if stop_requested(self.storage):
                 raise RunStopped
-        return failure()
 
-    return check
+    def around(self, failure: Callable[[], str | None]) -> Callable[[], str | None]:
+        """`failure` (why the engine stopped serving), checking for the stop first."""
+        def checked() -> str | None:
+            self.check()
+            return failure()
+
+        return checked
 
 
 def stop_requested(storage: Storage) -> bool:
