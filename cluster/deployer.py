@@ -15,8 +15,8 @@ def _no_news() -> str | None:
     return None
 
 
-def _carry_on() -> None:
-    pass
+def carry_on() -> None:
+    """The default `interrupt` of the waits: nothing stops them but their deadline."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class Deployer:
     def deploy(self, spec: EngineSpec) -> Any:
         raise NotImplementedError
 
-    def wait_ready(self, deployment: Any, deadline: float, interrupt: Callable[[], None] = _carry_on) -> None:
+    def wait_ready(self, deployment: Any, deadline: float, interrupt: Callable[[], None] = carry_on) -> None:
         """Return once the engine serves; raise DeploymentError on failure or at `deadline`
         (a time.monotonic() value). `interrupt()` is called every few seconds at most while it
         waits: what it raises (the run was stopped) ends the wait."""
@@ -68,7 +68,7 @@ class Deployer:
 
     @contextlib.contextmanager
     def deployed(self, spec: EngineSpec, ready_timeout_s: float,
-                 interrupt: Callable[[], None] = _carry_on) -> Iterator[Endpoint]:
+                 interrupt: Callable[[], None] = carry_on) -> Iterator[Endpoint]:
         """Deploy, wait until ready, yield its endpoint; tear down on every exit path."""
         deployment = self.deploy(spec)
         try:

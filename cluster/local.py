@@ -14,7 +14,7 @@ from typing import Callable
 
 from llm_autotuner.cluster import records
 from llm_autotuner.cluster.backend import Backend
-from llm_autotuner.cluster.deployer import Deployer, Endpoint, EngineSpec
+from llm_autotuner.cluster.deployer import Deployer, Endpoint, EngineSpec, carry_on
 from llm_autotuner.cluster.engines import Launch
 from llm_autotuner.cluster.nodes import everywhere
 from llm_autotuner.cluster.procs import ProcessGroup, exit_hint, exit_text, telling_line
@@ -81,7 +81,7 @@ class LocalDeployer(Deployer):
         return LocalDeployment(spec, base_url, base_url + spec.profile.health_path, group, record, port)
 
     def wait_ready(self, deployment: LocalDeployment, deadline: float,
-                   interrupt: Callable[[], None] = lambda: None) -> None:
+                   interrupt: Callable[[], None] = carry_on) -> None:
         for attempt in range(1, PORT_ATTEMPTS + 1):
             try:
                 return self._wait(deployment, deadline, interrupt)

@@ -22,7 +22,7 @@ from llm_autotuner.cluster import kube, manifests
 from llm_autotuner.cluster.lease import RunLease, owner_reference
 from llm_autotuner.cluster.backend import Backend, cheapest_params
 from llm_autotuner.cluster.cleanup import delete_labelled, wait_for_names, wait_until_gone
-from llm_autotuner.cluster.deployer import Deployer, Endpoint, EngineSpec
+from llm_autotuner.cluster.deployer import Deployer, Endpoint, EngineSpec, carry_on
 from llm_autotuner.cluster.engines import EngineProfile, EngineSetup
 from llm_autotuner.cluster.portforward import PortForward
 from llm_autotuner.errors import AutotunerError, DeploymentError, TaskError
@@ -226,7 +226,7 @@ class OmeDeployer(Deployer):
             self.teardown(deployment)
 
     def wait_ready(self, deployment: OmeTrialDeployment, deadline: float,
-                   interrupt: Callable[[], None] = lambda: None) -> None:
+                   interrupt: Callable[[], None] = carry_on) -> None:
         resource_version: str | None = None
         last_message = "no status yet"
         unschedulable_since: dict[str, tuple[float, float]] = {}  # pod -> (first seen, its grace from)

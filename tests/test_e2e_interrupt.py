@@ -174,3 +174,24 @@ def test_a_trial_waiting_on_a_slow_engine_tears_it_down_itself_when_stopped(tmp_
     assert "stopped" in marks and ("engine_ready" in marks) is (wait != "ready"), marks
     results = json.loads((tmp_path / "results" / "interrupted-slow" / "results.json").read_text())
     assert [r["status"] for r in results["all_results"]] == ["interrupted"]
+
+
+def test_the_time_budget_ending_reaches_a_trial_waiting_on_its_engine(tmp_path):
+    """The time budget ends the run while the trial waits on 60-s answers: like a signal's, the
+    budget's stop must reach the trial within a second, so it tears its engine down itself instead
+    of having Ray cut its teardown short 10 s later."""
+    path, served = write_task(tmp_path, "budget-slow", 60,
+                              {"concurrency": [2], "max_requests_per_stage": 2, "warmup_requests": 0},
+                              {"num_samples": 1, "baseline": False, "time_budget_s": 20})
+    began = time.monotonic()
+    with Driver(path) as driver:
+        output = driver.finish(timeout_s=150)
+    assert time.monotonic() - began < 60, output[-3000:]  # the run ended before the first answer could come
+    assert "Traceback" not in output and "teardown was cut short" not in output, output[-3000:]
+    assert processes_of(served) == set()
+    [timeline] = (tmp_path / "results" / "budget-slow" / "trials").glob("*/timeline.json")
+    marks = json.loads(timeline.read_text())
+    assert "stopped" in marks and "engine_gone" in marks, marks
+    results = json.loads((tmp_path / "results" / "budget-slow" / "results.json").read_text())
+    assert [r["status"] for r in results["all_results"]] == ["stopped-by-budget"]
+    assert results["interrupted"] is False

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import ray
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler
-from ray.tune.stopper import CombinedStopper
+from ray.tune.stopper import TimeoutStopper
 
 from llm_autotuner.cluster import records
 from llm_autotuner.cluster.backend import Backend, backend_for, cheapest_params, shortfall, trial_claim
@@ -36,7 +36,7 @@ from llm_autotuner.tuner.registry import GridSearcher
 from llm_autotuner.tuner import results as results_io
 from llm_autotuner.errors import BriefSyncFailures, QuietLostWorkers, SetupError, TaskError
 from llm_autotuner.secrets import scrub_folder
-from llm_autotuner.tuner.interrupt import Interrupt, TrialEnds, signals_noted
+from llm_autotuner.tuner.interrupt import Interrupt, RunEnd, TrialEnds, signals_noted
 from llm_autotuner.tuner.render import winner_files
 from llm_autotuner.tuner.report import write_report
 from llm_autotuner.tuner.progress import LiveProgress, ProgressPrinter
@@ -460,7 +460,9 @@ def _tune(task: Task, backend: Backend, resolved: Resolved, results_dir: Path, a
     trials = num_trials(task)
     searcher, scheduler = build_searcher(task, max_concurrent), build_scheduler(task)
     guard = FailureGuard(task.search.max_consecutive_failures)
-    stoppers = [guard, interrupt] + ([NoImprovementStopper(task.search.patience)] if task.search.patience else [])
+    patience = [NoImprovementStopper(task.search.patience)] if task.search.patience else []
+    budget = [TimeoutStopper(task.search.time_budget_s)] if task.search.time_budget_s else []
+    run_end = RunEnd(resolved.storage, guard, interrupt, *patience, *budget)
     ends = TrialEnds()
     progress = progress_display(task, trials, live)
     storage = resolved.storage
@@ -468,7 +470,7 @@ def _tune(task: Task, backend: Backend, resolved: Resolved, results_dir: Path, a
     # The experiment state is saved at most this often; a run killed between two saves would run
     # its last finished trials again on --resume. Writing it is cheap at our trial counts.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
-    callbacks = [progress, live_results, ends, guard, *stoppers[2:]]
+    callbacks = [progress, live_results, ends, guard, *patience]
     if resume:
         # Ray restores the searcher's and the scheduler's state and the run config. The filesystem
         # again: Ray would otherwise take the path for a local one (tuner_internal.py).
@@ -477,10 +479,11 @@ def _tune(task: Task, backend: Backend, resolved: Resolved, results_dir: Path, a
                                    storage_filesystem=storage.ray_filesystem)
         # The restored run config holds unpickled copies of the first session's callbacks, which
         # `_finish` never sees (TrialEnds, the live results): ours replace them. Ray 2.60 offers no
-        # public way to (tuner_internal.py). The stoppers restore as ours: tuner/session.py.
+        # public way to (tuner_internal.py). Ray puts the saved RunEnd back (its time budget what is
+        # left of it), holding this session's stoppers: tuner/session.py.
         internal = tuner._local_tuner
         internal._run_config = dataclasses.replace(internal.get_run_config(), callbacks=callbacks,
-                                                   stop=CombinedStopper(*stoppers))
+                                                   stop=run_end)
         print(f"[autotuner] {task.name}: resuming {storage.where(RAY_EXPERIMENT_NAME)}", flush=True)
         with closing(progress):
             grid = tuner.fit()
@@ -491,7 +494,6 @@ def _tune(task: Task, backend: Backend, resolved: Resolved, results_dir: Path, a
         param_space=to_ray(task.search_space),
         tune_config=tune.TuneConfig(
             metric=METRIC, mode=MODE, num_samples=trials, search_alg=searcher, scheduler=scheduler,
-            time_budget_s=task.search.time_budget_s,
             max_concurrent_trials=max_concurrent,
             reuse_actors=False,  # teardown in cleanup() before the resources are free: see TrialTrainable
         ),
@@ -503,7 +505,7 @@ def _tune(task: Task, backend: Backend, resolved: Resolved, results_dir: Path, a
             failure_config=RUN_AGAIN_ONCE,
             checkpoint_config=NO_TRIAL_CHECKPOINTS,
             callbacks=callbacks,
-            stop=CombinedStopper(*stoppers),
+            stop=run_end,  # the time budget too: its end must reach the waiting trials
             verbose=0,
         ),
     )
@@ -535,6 +537,7 @@ def _finish(task: Task, backend: Backend, resolved: Resolved, results_dir: Path,
     stopped_because = guard.reason if guard else None
     if not (interrupt.requested or stopped_because):
         settle(backend, resolved.run_id)  # the search's last engines are gone before the confirmation runs
+        interrupt.clear_run_end()  # the time budget or patience left the stop for the search's trials only
     gather_files(resolved, trials)  # (the confirmation runs' files: in the sweep, after their engines are gone)
     confirmations = (None if interrupt.requested or stopped_because
                      else _confirm(task, trainable, resolved, results_dir, trials, max_concurrent, interrupt, live))

@@ -9,6 +9,9 @@ that, and during the end-of-run sweep, are not acted on (said once): they could 
 cleanup (every wait of which has a deadline) and leave engines running. (As the interpreter exits,
 after the cleanup, Python puts the default handlers back: a signal then ends the process by it.)
 
+`RunEnd` carries every end of the run (a signal, the time budget, patience, the failure guard) to
+the trials through the stop it leaves in the storage.
+
 `TrialEnds` tells trials the run cut off (a signal, the time budget, patience, the failure guard)
 from those that ended: Ray marks both TERMINATED, but only the latter reach `on_trial_complete`
 (the scheduler's stops included).
@@ -23,6 +26,7 @@ import sys
 import threading
 
 from ray.tune import Callback, Stopper
+from ray.tune.stopper import CombinedStopper
 
 from llm_autotuner.cluster.storage import Storage
 from llm_autotuner.tuner.session import SessionBound
@@ -68,11 +72,49 @@ class Interrupt(SessionBound, Stopper):
         except OSError:
             pass  # an unreachable storage: Ray still stops the running trials
 
+    def clear_run_end(self) -> None:
+        """Takes back the stop that the search's end left for its trials (RunEnd), so that the
+        confirmation runs go on; a signal's stays. (`requested` is set before the signal's own
+        write starts: seen unset here, any later signal writes after this.)"""
+        with contextlib.suppress(OSError):  # an unreachable storage: those runs stop at once, results still written
+            self.storage.clear_stop()
+        if self.requested:
+            self._leave_stop()
+
     def __call__(self, trial_id: str, result: dict) -> bool:
         return False
 
     def stop_all(self) -> bool:
         return self.requested is not None
+
+
+class RunEnd(CombinedStopper):
+    """The run's stoppers as one: a signal (Interrupt), the time budget, patience, the failure guard.
+    Whichever ends the run leaves the stop in the storage before Ray stops the trials: Ray asks a
+    trial to stop only once its current step returns (an engine loading a model, a warm-up, a
+    stage: minutes) and gives it 10 s at the run's end, so a trial waiting there would have its
+    teardown cut short. Seeing the stop, it tears down itself within a second (StopWatch).
+
+    Pickled by value with Ray's experiment state: on --resume Ray puts this saved copy back, its
+    time budget what the first session left of it (the session-bound stoppers in it come back as
+    the new session's; tuner/session.py)."""
+
+    def __init__(self, storage: Storage, *stoppers: Stopper):
+        super().__init__(*stoppers)
+        self.storage = storage
+        self.left = False  # the stop was left in the storage
+
+    def stop_all(self) -> bool:
+        if not super().stop_all():
+            return False
+        if not self.left:
+            self.left = True
+            with contextlib.suppress(OSError):  # an unreachable storage: Ray still stops the trials
+                self.storage.request_stop()
+        return True
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, left=False)  # a resumed run clears the earlier stop (Interrupt)
 
 
 STOPPING_SIGNALS = (signal.SIGINT, signal.SIGTERM)

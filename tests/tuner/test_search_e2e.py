@@ -125,9 +125,13 @@ def test_time_budget_ends_the_search(tmp_path):
     # Twelve stages of a second or more each: the budget always ends inside a trial (with two
     # stages, it once ended exactly as the second trial finished, and no trial was cut).
     summary = tune_small(tmp_path, "budget", algorithm="random", scheduler="none", num_samples=50,
-                         time_budget_s=20, space=space, concurrency=range(1, 13))
+                         time_budget_s=40, space=space, concurrency=range(1, 13), confirm_top_k=1, confirm_repeats=1)
     assert 1 <= summary["total_experiments"] < 50
     # The trial the budget cut mid-way says so (not "stopped by the scheduler": there is none here).
     statuses = [t["status"] for t in summary["all_results"]]
     assert statuses[-1] == "stopped-by-budget" and "stopped-by-scheduler" not in statuses, statuses
-    assert time.monotonic() - began < 20 + 60  # the budget, plus the last trial's teardown and the results
+    # The stop the budget left for the search's trials does not stop the confirmation run.
+    [finalist] = summary["confirmation"]
+    assert len(finalist["runs"]) == 1 and finalist["failed_runs"] == 0, finalist
+    # The budget, the last trial's teardown, one confirmation run and the results.
+    assert time.monotonic() - began < 40 + 90

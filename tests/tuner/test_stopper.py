@@ -1,11 +1,15 @@
 """The patience stopper ends the search after k finished trials in a row without a new best; the
 failure guard ends it after k failed trials in a row, naming the likely cause."""
 
+import time
 from types import SimpleNamespace
 
 import cloudpickle
-from ray.tune.stopper import CombinedStopper
+from pyarrow.fs import LocalFileSystem
+from ray.tune.stopper import CombinedStopper, TimeoutStopper
 
+from llm_autotuner.cluster.storage import Storage
+from llm_autotuner.tuner.interrupt import Interrupt, RunEnd
 from llm_autotuner.tuner.search import FailureGuard, NoImprovementStopper
 
 
@@ -75,3 +79,34 @@ def test_stoppers_saved_with_the_experiment_load_as_the_resumed_sessions_own():
     restored = cloudpickle.loads(saved)
     assert list(restored._stoppers) == [guard, patience]
     assert restored.stop_all()  # the live guard's verdict
+
+
+def test_whichever_stopper_ends_the_run_leaves_the_stop_for_its_trials(tmp_path):
+    # Trials waiting on an engine or a stage look for the stop in the storage (trainables/trial.py):
+    # the time budget and patience must leave it as a signal does.
+    storage = Storage(LocalFileSystem(), str(tmp_path), str(tmp_path))
+    interrupt = Interrupt(storage)
+    run_end = RunEnd(storage, interrupt, NoImprovementStopper(4), TimeoutStopper(0.5))
+    assert not run_end.stop_all() and not storage.stop_requested()
+    time.sleep(0.6)
+    assert run_end.stop_all() and storage.stop_requested()
+    # The confirmation runs come after the search's end: its stop is taken back for them...
+    interrupt.clear_run_end()
+    assert not storage.stop_requested()
+    # ...but not a signal's.
+    interrupt.requested = "SIGINT"
+    interrupt.clear_run_end()
+    assert storage.stop_requested()
+
+
+def test_a_run_resumed_after_its_time_budget_ran_out_stops_its_trials_at_once(tmp_path):
+    storage = Storage(LocalFileSystem(), str(tmp_path), str(tmp_path))
+    run_end = RunEnd(storage, Interrupt(storage), TimeoutStopper(0.5))
+    run_end.stop_all()
+    time.sleep(0.6)
+    assert run_end.stop_all()
+    saved = cloudpickle.dumps(run_end)  # Ray's experiment state
+    Interrupt(storage)  # the resumed session's: it clears the first session's stop
+    assert not storage.stop_requested()
+    restored = cloudpickle.loads(saved)  # what Ray puts back on --resume
+    assert restored.stop_all() and storage.stop_requested()
