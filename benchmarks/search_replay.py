@@ -52,6 +52,8 @@ SETTINGS = {
     "optuna-top2x1": {"algorithm": "optuna", "num_samples": 8, "confirm_top_k": 2, "confirm_repeats": 1},
     "hyperopt-12-top2x1": {"algorithm": "hyperopt", "num_samples": 12, "confirm_top_k": 2, "confirm_repeats": 1},
     "optuna-12-top2x1": {"algorithm": "optuna", "num_samples": 12, "confirm_top_k": 2, "confirm_repeats": 1},
+    "hyperopt-12-top3x2": {"algorithm": "hyperopt", "num_samples": 12, "confirm_top_k": 3, "confirm_repeats": 2},
+    "hyperopt-12-top2x3": {"algorithm": "hyperopt", "num_samples": 12, "confirm_top_k": 2, "confirm_repeats": 3},
     "hyperopt-no-asha": {"algorithm": "hyperopt", "num_samples": 8, "scheduler": "none"},
     "hyperopt-16": {"algorithm": "hyperopt", "num_samples": 16},
     "random-16": {"algorithm": "random", "num_samples": 16},

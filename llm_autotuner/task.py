@@ -416,8 +416,10 @@ class Search(_Strict):
     initial_points: list[dict[str, Scalar]] = Field(
         default_factory=list, description="configs to try first (each counts toward num_samples)")
     time_budget_s: float | None = Field(default=None, gt=0, description="stop the search after this long")
-    confirm_top_k: int = Field(default=3, ge=0, le=100, description="after the search, re-measure this many best configs")
-    confirm_repeats: int = Field(default=2, ge=0, le=100, description="full-length re-measurements of each (0: none)")
+    # 2 x 3 rather than 3 x 2: about as many runs, the same winner in replays (docs/benchmarks.md),
+    # and a t-test on 3 runs each tells apart configs twice as close as on 2 (README, point 6).
+    confirm_top_k: int = Field(default=2, ge=0, le=100, description="after the search, re-measure this many best configs")
+    confirm_repeats: int = Field(default=3, ge=0, le=100, description="full-length re-measurements of each (0: none)")
     max_consecutive_failures: int = Field(default=5, ge=1,
                                           description="stop the run after this many failed trials in a row")
     patience: int | None = Field(default=None, ge=1,
