@@ -235,7 +235,8 @@ STOP_LOOK_S = 1.0  # how often a trial's waits look for the run's stop (a file, 
 
 
 class RunStopped(Exception):
-    """The run was stopped (Ctrl-C, SIGTERM) while this trial waited on its engine or benchmark."""
+    """The run was stopped (a signal, its time budget, patience, the failure guard: RunEnd in
+    tuner/interrupt.py) while this trial waited on its engine or benchmark."""
 
 
 class StopWatch:

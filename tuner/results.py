@@ -227,15 +227,21 @@ def config_key(parameters: dict[str, Any], baseline: bool) -> str:
 
 
 def finalists(task: Task, records: list[TrialRecord]) -> list[TrialRecord]:
-    """What the confirmation runs re-measure: the `confirm_top_k` best configs, and the baseline
-    always (when it completed), so that the gain compares two configs measured alike; none when
+    """What the confirmation runs re-measure, in the search's order: the `confirm_top_k` best tuned
+    configs, and the baseline always (when it completed), so that the gain compares two configs
+    measured alike. The baseline takes no tuned config's place when its own run ranked among the
+    best: which tuned config beats the defaults is what the re-measurement is for. None when
     confirmation is off."""
     search = task.search
     if not (search.confirm_top_k and search.confirm_repeats):
         return []
-    top = candidates(task, records)[:search.confirm_top_k]
+    ranked = candidates(task, records)
+    chosen = [r for r in ranked if not r.baseline][:search.confirm_top_k]
     baseline = next((r for r in records if r.baseline and r.status == Outcome.COMPLETED), None)
-    return top + ([baseline] if baseline and not any(r.baseline for r in top) else [])
+    if baseline:
+        chosen.append(baseline)
+    place = {r.trial_id: rank for rank, r in enumerate(ranked)}
+    return sorted(chosen, key=lambda r: place.get(r.trial_id, len(ranked)))  # (stable: an unranked baseline last)
 
 
 # A re-measurement that ends so is the config's doing, and counts against it.
