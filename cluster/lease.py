@@ -32,8 +32,11 @@ from llm_autotuner.errors import InfrastructureError
 from llm_autotuner.task import OmeDeployment as OmeSettings
 
 GROUP_VERSION, KIND = "coordination.k8s.io/v1", "Lease"
-LEASE_S = 60  # leaseDurationSeconds: how long a run may go without renewing before it counts as dead
-RENEW_S = 15  # a renewal every RENEW_S survives three failed ones (API server busy, a network blip)
+RENEW_S = 15  # a renewal is tried every RENEW_S, each given at most RENEW_S for its request
+# leaseDurationSeconds: how long a run may go without renewing before it counts as dead. Between
+# two renewals at most RENEW_S + kube.CREDENTIAL_PLUGIN_TIMEOUT_S (45 s, a token refreshed) +
+# RENEW_S = 75 s go by; two renewals in a row that time out take 60 s and the third lands by 90 s.
+LEASE_S = 90
 SKEW_S = 30  # tolerated difference between the clocks of the run's host and of the one judging it
 # The driver's pod, from the downward API (cluster/kuberay.py sets them): variable -> pod field.
 POD_ENV = {"AUTOTUNER_POD_NAME": "metadata.name", "AUTOTUNER_POD_UID": "metadata.uid",
@@ -95,8 +98,10 @@ class RunLease:
         while not self._stop.wait(self.renew_s):
             patch = {"spec": {"renewTime": _micro_time(datetime.now(timezone.utc))}}
             try:
+                # A request the API leaves unanswered (a stuck load balancer) is given up when the
+                # next renewal is due, not after kube.REQUEST_TIMEOUT_S: that one tries afresh.
                 self.api.patch_namespaced_lease(self.name, self.namespace, patch,
-                                                _request_timeout=kube.REQUEST_TIMEOUT_S)
+                                                _request_timeout=min(kube.REQUEST_TIMEOUT_S, self.renew_s))
                 renewed, warned = time.monotonic(), False
                 continue
             except ApiException as error:

@@ -418,7 +418,8 @@ class Search(_Strict):
     time_budget_s: float | None = Field(default=None, gt=0, description="stop the search after this long")
     # 2 x 3 rather than 3 x 2: about as many runs, the same winner in replays (docs/benchmarks.md),
     # and a t-test on 3 runs each tells apart configs twice as close as on 2 (README, point 6).
-    confirm_top_k: int = Field(default=2, ge=0, le=100, description="after the search, re-measure this many best configs")
+    confirm_top_k: int = Field(default=2, ge=0, le=100, description=(
+        "after the search, re-measure this many best tuned configs (and the baseline, if measured)"))
     confirm_repeats: int = Field(default=3, ge=0, le=100, description="full-length re-measurements of each (0: none)")
     max_consecutive_failures: int = Field(default=5, ge=1,
                                           description="stop the run after this many failed trials in a row")

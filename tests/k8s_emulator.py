@@ -223,6 +223,7 @@ class KubeEmulator:
         self._faults: list[dict] = []
         self._lost_answers: list[tuple[str, re.Pattern, int | None]] = []  # served, then the answer lost
         self._stalled_forwards = 0  # port-forward handshakes left unanswered
+        self._stalled_requests: list[dict] = []  # (method, path, times) of requests left unanswered
         self._drop_rule: dict | None = None
         self._history: int | None = None  # events kept for watches to resume from (None: all)
         self.expired_watches: list[str] = []  # resourceVersions a watch was refused for (410)
@@ -351,6 +352,26 @@ class KubeEmulator:
         an API server (or a VPN) that stops answering mid-connect does."""
         with self._lock:
             self._stalled_forwards = times
+
+    def stall_next(self, method: str, path_regex: str, times: int = 1) -> None:
+        """Leave the next `times` requests whose method and path match unanswered (nothing carried
+        out) until the emulator stops, as an API server behind a stuck load balancer does: only the
+        client's own deadline ends the wait."""
+        with self._lock:
+            self._stalled_requests.append({"method": method.upper(), "path": re.compile(path_regex), "times": times})
+
+    def _stalled(self, method: str, path: str) -> bool:
+        """True once a stalled request's wait ended (the emulator stopping): it gets no answer."""
+        with self._lock:
+            rule = next((r for r in self._stalled_requests if r["method"] == method and r["path"].search(path)), None)
+            if rule is None:
+                return False
+            rule["times"] -= 1
+            if rule["times"] <= 0:
+                self._stalled_requests.remove(rule)
+            while not self._stopping:
+                self._lock.wait()
+            return True
 
     def lose_answer_to_next(self, method: str, path_regex: str, instead: int | None = None) -> None:
         """Carry out the next request whose method and path match, then close its connection
@@ -884,6 +905,9 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             self.emulator._check_token(self.headers.get("Authorization", ""))
             self.emulator._check_faults(self.command, url.path)
+            if self.emulator._stalled(self.command, url.path):
+                self.close_connection = True
+                return
             route = _parse_route(url.path)
             if route is None:
                 self._send_json(200, self.emulator._discovery(url.path))

@@ -46,7 +46,7 @@ def names(emulator, plural="inferenceservices") -> list[str]:
 
 
 def test_the_lease_is_renewed_while_the_run_holds_it_and_deleted_at_its_end(emulator):
-    with RunLease(settings(), "exp", "20261202-120000-ab12", api=emulator.api_client(), renew_s=0.2) as lease:
+    with RunLease(settings(), "exp", "20261202-120000-ab12", api=emulator.api_client(), renew_s=0.5) as lease:
         (first,) = emulator.objects("leases", NS)
         assert first["spec"]["leaseDurationSeconds"] == LEASE_S and first["spec"]["holderIdentity"]
         assert first["metadata"]["labels"] == labels("exp", "20261202-120000-ab12")
@@ -155,3 +155,18 @@ def test_renewals_failing_for_half_the_lease_are_warned_of_once(emulator, monkey
         assert until(lambda: "not renewed for" in capsys.readouterr().out, 10)
         time.sleep(1.0)
         assert "not renewed" not in capsys.readouterr().out  # once
+
+
+def test_a_renewal_the_api_leaves_unanswered_is_given_up_for_the_next_one(emulator):
+    """An API server that never answers one PATCH (a stuck load balancer) must not hold the renewals
+    up for a whole request timeout (30 s) and more: the run would read as dead to any cleanup while
+    it runs. The stuck renewal is given up when the next is due, and that one renews the Lease."""
+    emulator.stall_next("PATCH", "/leases/")
+    with RunLease(settings(), "exp", "20261202-120000-ab12", api=emulator.api_client(), renew_s=1.0):
+        (created,) = emulator.objects("leases", NS)
+        began = time.monotonic()
+        assert until(lambda: emulator.objects("leases", NS)[0]["spec"]["renewTime"] != created["spec"]["renewTime"],
+                     10)
+        assert time.monotonic() - began < 10
+    patches = [r for r in emulator.requests if r.method == "PATCH" and "/leases/" in r.path]
+    assert len(patches) >= 2  # the stalled one, then the one that renewed
