@@ -248,9 +248,12 @@ VLLM = VLLMProfile(
     name="vllm",
     health_path="/health",
     api_backend="vllm",
-    aliases={"tp": "tensor-parallel-size", "pp": "pipeline-parallel-size", "dp": "data-parallel-size"},
+    aliases={"tp": "tensor-parallel-size", "pp": "pipeline-parallel-size", "dp": "data-parallel-size",
+             "pcp": "prefill-context-parallel-size"},
     negative_prefix="--no-",  # vLLM's engine arguments: every boolean is --X / --no-X
-    gpu_flags=("tensor-parallel-size", "pipeline-parallel-size", "data-parallel-size"),
+    # world = tp x pp x pcp, times dp (-dcp reuses the tp GPUs, expert parallelism the tp x dp ranks)
+    gpu_flags=("tensor-parallel-size", "pipeline-parallel-size", "prefill-context-parallel-size",
+               "data-parallel-size"),
     managed=frozenset({"model", "host", "port", "served-model-name"}),
     default_binary="vllm",
 )

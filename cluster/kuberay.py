@@ -80,7 +80,10 @@ def head_group(task: Task, name: str, image: str, service_account: str) -> dict:
     env = [{"name": variable, "valueFrom": {"fieldRef": {"fieldPath": field}}} for variable, field in POD_ENV.items()]
     return {
         "rayStartParams": {"num-cpus": str(cpus),
-                           "resources": json.dumps({OME_GPU_RESOURCE: task.deployment.gpu_budget}),
+                           # KubeRay pastes each value into a bash command line unquoted: the JSON
+                           # carries its own quotes (KubeRay strips them when it reads the value).
+                           "resources": "'" + json.dumps({OME_GPU_RESOURCE: task.deployment.gpu_budget},
+                                                         separators=(",", ":")) + "'",
                            "dashboard-host": "0.0.0.0"},
         "template": {"spec": {
             "serviceAccountName": service_account,

@@ -83,6 +83,9 @@ def test_vllm_launch_negative_booleans_and_gpu_count():
     assert argv[:3] == ["vllm", "serve", "meta/llama"]
     assert "--no-enable-prefix-caching" in argv
     assert VLLM.resources(flags)["GPU"] == 4.0
+    # Prefill context parallelism multiplies the world too (tp x pp x pcp, then x dp).
+    assert VLLM.resources(VLLM.merged({}, {"tp": 2, "pcp": 2, "dp": 2}))["GPU"] == 8.0
+    assert "--prefill-context-parallel-size" in VLLM.flag_argv(VLLM.merged({}, {"pcp": 2}))
 
 
 def test_llama_cpp_claims_its_threads_as_cpus():

@@ -90,8 +90,9 @@ def test_a_rayjob_runs_the_task_with_its_results_on_a_volume_and_the_gpu_budget_
     assert in_pod.deployment.kubeconfig is None and in_pod.search_space == task.search_space
 
     # Ray holds the task's GPU budget, which trials claim their GPUs from; one CPU per running trial.
-    resources = json.loads(head["rayStartParams"]["resources"])
-    assert resources == {"ome_gpu": task.deployment.gpu_budget}
+    # KubeRay runs `ray start ... --resources=<value>` through bash: the value must stay one word.
+    (flag,) = shlex.split(f"--resources={head['rayStartParams']['resources']}")
+    assert json.loads(flag.removeprefix("--resources=")) == {"ome_gpu": task.deployment.gpu_budget}
     assert int(head["rayStartParams"]["num-cpus"]) == 8 + 1  # 8 tp-1 trials fit 8 GPUs, + the driver
     assert container["resources"]["limits"]["cpu"] == head["rayStartParams"]["num-cpus"]
 
