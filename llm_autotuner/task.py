@@ -30,7 +30,8 @@ Scalar = Union[bool, int, float, str]
 _SAFE_VALUE = re.compile(r"^[^\s\-\x00-\x1f][^\s\x00-\x1f]*$")
 _FLAG_NAME = re.compile(r"^-{0,2}[A-Za-z][A-Za-z0-9_-]*$")
 _TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-_SCENARIO = re.compile(r"^[A-Z]\([0-9.,]+\)(/\([0-9.,]+\))?$")
+# genai-bench's text-to-text scenarios, as its own patterns accept them (genai_bench/scenarios/text.py).
+_SCENARIO = re.compile(r"^(D\(\d+,\d+\)|N\(\d+,\d+\)/\(\d+,\d+\)|U\(\d+,\d+\)(/\(\d+,\d+\))?)$")
 _SECRET_ENV = re.compile(r"TOKEN|API[_-]?KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
 
 
@@ -177,13 +178,16 @@ def _check_range(low: float, high: float, log: bool, step: float | None) -> None
                          "list log-spaced values as choices, e.g. [64, 128, 256, 512]")
     if step > high - low:
         raise ValueError(f"step {step} is larger than the range {low}..{high}")
+    # The count first, in floats: a decimal remainder of a quotient beyond its precision (1e-30
+    # steps) raises instead of answering.
+    count = math.floor((high - low) / step) + 1
+    if count > MAX_STEPPED_VALUES:
+        shown = str(count) if count < 10**9 else f"about {float(count):.1e}"
+        raise ValueError(f"{shown} values from min to max in steps of {step}; a stepped range may hold at most "
+                         f"{MAX_STEPPED_VALUES}: take a larger step, or leave step out")
     span = _decimal(high) - _decimal(low)
     if span % _decimal(step):
         raise ValueError(f"max - min ({span}) is not a multiple of step ({step})")
-    count = int(span / _decimal(step)) + 1
-    if count > MAX_STEPPED_VALUES:
-        raise ValueError(f"{count} values from min to max in steps of {step}; a stepped range may hold at most "
-                         f"{MAX_STEPPED_VALUES}: take a larger step, or leave step out")
 
 
 def _check_choices(values: list[Scalar]) -> list[Scalar]:
@@ -299,7 +303,8 @@ class Benchmark(_Strict):
     concurrency: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)] = [1, 4, 8]
     max_requests_per_stage: int = Field(default=16, ge=1)
     max_minutes_per_stage: int = Field(default=1, ge=1, description="genai-bench takes whole minutes")
-    stage_timeout_s: float = Field(default=300.0, gt=0, description="deadline for one stage")
+    stage_timeout_s: float = Field(default=300.0, gt=0, description="deadline for one stage (default: 300 s, "
+                                   "or max_minutes_per_stage + 2 minutes if longer)")
     api_backend: Literal["openai", "sglang", "vllm"] | None = None
     runner: Literal["direct", "benchmarkjob"] = Field(
         default="direct", description="direct: genai-bench from the trial; benchmarkjob: an OME BenchmarkJob")
@@ -309,6 +314,24 @@ class Benchmark(_Strict):
                                         "not measured (default: the highest concurrency; 0: none)")
     stage_weights: list[Annotated[float, Field(gt=0)]] | None = Field(
         default=None, description="each stage's weight in the objective (default: equal)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _deadline_after_the_longest_stage(cls, data: Any) -> Any:
+        minutes = data.get("max_minutes_per_stage") if isinstance(data, dict) else None
+        if isinstance(minutes, int) and "stage_timeout_s" not in data:
+            # A stage bounded by time runs its minutes, then drains the requests still out.
+            data = data | {"stage_timeout_s": max(300.0, 60.0 * minutes + 120.0)}
+        return data
+
+    @model_validator(mode="after")
+    def _a_stage_can_finish_before_its_deadline(self) -> "Benchmark":
+        if self.runner == "direct" and self.stage_timeout_s <= 60 * self.max_minutes_per_stage:
+            raise ValueError(f"stage_timeout_s ({self.stage_timeout_s:g} s) must be longer than a stage may run "
+                             f"(max_minutes_per_stage {self.max_minutes_per_stage} = "
+                             f"{60 * self.max_minutes_per_stage} s, then its last answers): every trial would fail "
+                             f"at its deadline; set it to {60 * self.max_minutes_per_stage + 120} or leave it out")
+        return self
 
     @model_validator(mode="after")
     def _weights_per_stage(self) -> "Benchmark":
@@ -320,7 +343,8 @@ class Benchmark(_Strict):
     @classmethod
     def _scenario(cls, value: str) -> str:
         if not _SCENARIO.match(value):
-            raise ValueError(f"{value!r} is not a genai-bench scenario such as D(100,64) or N(480,240)/(300,150)")
+            raise ValueError(f"{value!r} is not a genai-bench text scenario: D(in,out), N(in_mean,in_sd)/(out_mean,out_sd), "
+                             "U(in_max,out_max) or U(in_min,in_max)/(out_min,out_max), whole token counts, no spaces")
         return value
 
     @field_validator("concurrency")
@@ -616,7 +640,27 @@ def load_task(path: str | Path, search_overrides: dict[str, Any] | None = None) 
     data = read_task_file(path)
     if search_overrides and isinstance(data, dict):
         data["search"] = {**(data.get("search") or {}), **search_overrides}
-    return parse_task(data, str(path))
+    return with_absolute_paths(parse_task(data, str(path)))
+
+
+def with_absolute_paths(task: Task) -> Task:
+    """The task's local paths (model, tokenizer, engine binary) made absolute from the folder the
+    command runs in, `~` expanded: each trial runs in its own folder (Ray's trial directory), and
+    the engine and genai-bench start there. A name that is no local path stays as written: a hub
+    id (`org/model`) or a binary looked up on PATH."""
+    def local(value: str | None, *, path_if_slash: bool) -> str | None:
+        if not value or value.startswith("builtin:"):
+            return value
+        expanded = Path(value).expanduser()
+        if expanded.is_absolute():
+            return str(expanded)  # `~/x` expanded, `/x` as written
+        is_path = value.startswith(("./", "../")) or expanded.exists() or (path_if_slash and "/" in value)
+        return str(expanded.absolute()) if is_path else value
+
+    model = task.model.model_copy(update={"path": local(task.model.path, path_if_slash=False),
+                                          "tokenizer": local(task.model.tokenizer, path_if_slash=False)})
+    engine = task.engine.model_copy(update={"binary": local(task.engine.binary, path_if_slash=True)})
+    return task.model_copy(update={"model": model, "engine": engine})
 
 
 def read_task_file(path: str | Path) -> Any:

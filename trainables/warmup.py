@@ -26,14 +26,14 @@ POLL_S = 0.25  # how often the warm-up asks whether the engine still serves
 
 
 def lengths(scenario: str) -> tuple[int, int]:
-    """Typical (prompt, answer) token counts of a genai-bench scenario: D(100,64) -> (100, 64);
-    N(480,240)/(300,150) -> the means; U(50,200)/(20,100) -> the middles; E(64) -> (64, 1)."""
+    """Typical (prompt, answer) token counts of a genai-bench text scenario (task.py checks the form):
+    D(100,64) -> (100, 64); N(480,240)/(300,150) -> the means; U(50,200)/(20,100) -> the middles;
+    U(200,100) (from 1 up to each maximum) -> (100, 50)."""
     numbers = [float(n) for n in _NUMBERS.findall(scenario)]
     kind = scenario[0]
-    if kind == "E":
-        return int(numbers[0]), 1
     if kind == "U":
-        return int((numbers[0] + numbers[1]) / 2), int((numbers[2] + numbers[3]) / 2)
+        low_in, high_in, low_out, high_out = numbers if len(numbers) == 4 else (1, numbers[0], 1, numbers[1])
+        return int((low_in + high_in) / 2), int((low_out + high_out) / 2)
     if kind == "N":
         return int(numbers[0]), int(numbers[2])
     return int(numbers[0]), int(numbers[1])

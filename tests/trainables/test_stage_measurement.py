@@ -107,3 +107,14 @@ def test_requests_queued_behind_one_slot_do_not_look_faster(llama_server, smollm
     # Within the noise of a shared machine: at concurrency 1 the client's own time between an answer
     # and the next request counts too, which favours the queued stage a little.
     assert queued["output_throughput"] < 1.15 * alone["output_throughput"], (alone, queued)
+
+
+def test_the_warm_up_sizes_its_requests_from_every_text_scenario_form():
+    """The warm-up's requests are as long as the stages' (trainables/warmup.py: lengths): every form
+    `validate` lets through has its typical lengths, U(max_in,max_out) included (from 1 up)."""
+    from llm_autotuner.trainables.warmup import lengths
+
+    assert lengths("D(100,64)") == (100, 64)
+    assert lengths("N(480,240)/(300,150)") == (480, 300)
+    assert lengths("U(50,200)/(20,100)") == (125, 60)
+    assert lengths("U(200,100)") == (100, 50)

@@ -44,9 +44,9 @@ def benchmark(**settings):
 
 
 def test_a_warm_up_that_got_no_answer_fails_the_trial_before_genai_bench_starts(silent_engine, tokenizer, tmp_path):
-    runner = GenaiBenchRunner(benchmark(stage_timeout_s=60), tokenizer, "sglang")
+    runner = GenaiBenchRunner(benchmark(stage_timeout_s=61), tokenizer, "sglang")
     with pytest.raises(BenchmarkError, match=r"warm-up: none of its 2 requests was answered within "
-                                             r"benchmark.stage_timeout_s \(60 s\): the engine is too slow"):
+                                             r"benchmark.stage_timeout_s \(61 s\): the engine is too slow"):
         with runner.run(silent_engine, "smol-too-slow", tmp_path):
             pass
     warm_up = json.loads((tmp_path / "genai-bench" / "warmup.json").read_text())
@@ -78,6 +78,6 @@ def test_the_warm_up_ends_as_soon_as_the_engine_is_known_to_have_stopped_serving
 
     began = time.monotonic()
     with pytest.raises(BenchmarkError, match=r"engine exited with code 1 during the benchmark \(in the warm-up\)"):
-        warm_up(silent_engine.url, "smol-too-slow", benchmark(stage_timeout_s=60), "sglang", tmp_path / "warmup.json",
+        warm_up(silent_engine.url, "smol-too-slow", benchmark(stage_timeout_s=61), "sglang", tmp_path / "warmup.json",
                 None, failure)
-    assert time.monotonic() - began < 10  # not the warm-up's 60 s
+    assert time.monotonic() - began < 10  # not the warm-up's 61 s

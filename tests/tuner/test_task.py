@@ -31,6 +31,10 @@ def test_valid_task_gets_defaults():
     assert task.benchmark.concurrency == [1, 4, 8]
     assert isinstance(task.search_space["ubatch-size"], IntRange)
     assert task.search_space["threads"] == [1, 2]
+    assert task.benchmark.stage_timeout_s == 300
+    # Stages of 5 minutes: the default deadline leaves them time to drain (a set one is checked).
+    longer = parse_task(copy.deepcopy(VALID) | {"benchmark": {"max_minutes_per_stage": 5}})
+    assert longer.benchmark.stage_timeout_s == 420
 
 
 def test_a_bad_task_error_starts_with_the_file_and_is_one_line():
@@ -158,3 +162,29 @@ def test_an_address_nothing_answers_at_is_refused_at_once(tmp_path):
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith(f"autotuner: error: --address: no Ray cluster answers at 127.0.0.1:{port}")
     assert time.monotonic() - started < 50 and not (tmp_path / "results").exists()
+
+
+def test_local_paths_are_made_absolute_from_the_folder_the_command_runs_in(tmp_path, monkeypatch):
+    """Each trial's engine and genai-bench start in the trial's own folder: a path written relative
+    to where the user runs `autotuner` (or with `~`) must reach them absolute. Names that are not
+    local paths (a hub id, a binary on PATH, the built-in model) stay as written."""
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "m.gguf").write_bytes(b"GGUF")
+    (tmp_path / "tok").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+
+    def loaded(model: dict, binary: str | None) -> tuple:
+        task = {"name": "t", "model": model, "engine": {"name": "llama.cpp", "binary": binary},
+                "search_space": {"parallel": [1, 2]}}
+        (tmp_path / "task.yaml").write_text(json.dumps(task))
+        got = load_task("task.yaml")
+        return got.model.path, got.model.tokenizer, got.engine.binary
+
+    assert loaded({"path": "models/m.gguf", "tokenizer": "~/tok"}, "./bin/llama-server") == (
+        str(tmp_path / "models" / "m.gguf"), str(tmp_path / "tok"), str(tmp_path / "bin" / "llama-server"))
+    assert loaded({"path": "../elsewhere/m.gguf", "tokenizer": "tok"}, "bin/llama-server") == (
+        str(tmp_path / "../elsewhere/m.gguf"), str(tmp_path / "tok"), str(tmp_path / "bin" / "llama-server"))
+    assert loaded({"path": "org/model", "tokenizer": "org/model"}, "llama-server") == (
+        "org/model", "org/model", "llama-server")
+    assert loaded({"path": "builtin:smollm2"}, None) == ("builtin:smollm2", None, None)
