@@ -67,6 +67,8 @@ def rbac(namespace: str, with_runtime: bool, port_forward: bool) -> list[dict]:
             document["rules"] = [rule for rule in document["rules"] if rule["resources"] != ["pods/portforward"]]
         if "namespace" in document["metadata"]:
             document["metadata"]["namespace"] = namespace
+        if document["kind"] == "ClusterRoleBinding":  # cluster-wide: one per namespace, named after it
+            document["metadata"]["name"] = f"autotuner-runtime-{namespace}"
         for subject in document.get("subjects", []):
             subject["namespace"] = namespace
         documents.append(document)

@@ -180,3 +180,19 @@ def test_the_role_asks_for_port_forwards_only_when_the_task_uses_them(tmp_path, 
     path.write_text(yaml.safe_dump(task))
     role = documents(str(path), "--image", IMAGE)["Role"]
     assert any("pods/portforward" in rule["resources"] for rule in role["rules"]) == forwards
+
+
+def test_each_namespace_gets_its_own_cluster_role_binding(tmp_path):
+    """A ClusterRoleBinding is cluster-wide: were the name shared, applying a second namespace's
+    manifests would take the runtime role from the first namespace's service account."""
+    bindings = []
+    for namespace in ("team-a", "team-b"):
+        task = yaml.safe_load(EXAMPLE.read_text())
+        task["deployment"] |= {"namespace": namespace,
+                               "create_runtime": {"image": "lmsysorg/sglang:v0.5.5", "model_architecture": "LlamaForCausalLM",
+                                                  "command": ["python3", "-m", "sglang.launch_server"]}}
+        path = tmp_path / f"{namespace}.yaml"
+        path.write_text(yaml.safe_dump(task))
+        bindings.append(documents(str(path), "--image", IMAGE)["ClusterRoleBinding"])
+    assert bindings[0]["metadata"]["name"] != bindings[1]["metadata"]["name"]
+    assert [b["subjects"][0]["namespace"] for b in bindings] == ["team-a", "team-b"]
