@@ -123,6 +123,14 @@ class OmeBackend(Backend):
         if gpus > self.settings.gpu_budget:
             raise TaskError(f"search_space: even its smallest config needs {gpus:g} GPUs; deployment.gpu_budget "
                             f"is {self.settings.gpu_budget}")
+        # Each InferenceService's GPUs are counted from its flags (a missing one counts 1), and that
+        # count replaces the runtime's: a runtime started with --tp-size 4 would get 1 GPU in the
+        # baseline (the runtime's command with engine.args only) and in every config not tuning it.
+        tensor_parallel = profile.gpu_flags[0] if profile.gpu_flags else None
+        if tensor_parallel and tensor_parallel not in {profile.canonical(name) for name in task.engine.args}:
+            raise TaskError(f"engine.args: set {tensor_parallel} to the runtime's own value (e.g. {tensor_parallel}: 1): "
+                            f"on OME each InferenceService gets the GPUs its flags count, not the runtime's number, "
+                            f"so the baseline and every config that does not tune it need it")
 
     def setup(self, profile: EngineProfile, task: Task, prove_here: bool) -> EngineSetup:
         kube.check_config(self.settings.kubeconfig, self.settings.context)

@@ -253,7 +253,7 @@ def test_a_context_the_kubeconfig_lacks_is_refused_before_the_last_results_are_m
 
     with KubeEmulator() as emulator:
         kubeconfig = emulator.write_kubeconfig(tmp_path / "kubeconfig")  # names the context "emulator" only
-    task = {"name": "ctx", "model": {"name": "org/model", "tokenizer": "org/model"}, "engine": {"name": "sglang"},
+    task = {"name": "ctx", "model": {"name": "org/model", "tokenizer": "org/model"}, "engine": {"name": "sglang", "args": {"tp-size": 1}},
             "deployment": {"backend": "ome", "namespace": NS, "model": "m", "runtime": "r", "gpu_budget": 2,
                            "kubeconfig": str(kubeconfig), "context": "production"},
             "search_space": {"tp-size": [1, 2]}}
