@@ -24,6 +24,7 @@ import uuid
 import pytest
 import yaml
 
+from llm_autotuner.cluster.llamacpp_setup import smollm2_gguf
 from llm_autotuner.cluster.local import free_port
 from tests.browser import Browser
 from tests.conftest import engine_processes, until
@@ -35,9 +36,13 @@ pytestmark = pytest.mark.e2e
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     served = f"e2e-{uuid.uuid4().hex[:8]}"
+    # As a user runs it: from their project folder, the model and the results given relative to it
+    # (each trial's engine and genai-bench start in the trial's own folder).
+    (root / "models").mkdir()
+    (root / "models" / "smollm2.gguf").symlink_to(smollm2_gguf())
     task = {
         "name": "e2e-small",
-        "model": {"path": "builtin:smollm2", "name": served},
+        "model": {"path": "models/smollm2.gguf", "name": served},
         "engine": {"name": "llama.cpp", "args": {"ctx-size": 2048, "threads": 1}},
         "search_space": {"parallel": [1, 4], "ubatch-size": [1, 512]},
         "benchmark": {"traffic_scenario": "D(32,64)", "concurrency": [4, 8], "max_requests_per_stage": 8},
@@ -45,12 +50,12 @@ def run(tmp_path_factory):
         "search": {"num_samples": 3, "seed": 3, "grace_period": 1, "reduction_factor": 2,
                    "initial_points": [{"parallel": 4, "ubatch-size": 512}, {"parallel": 1, "ubatch-size": 1}],
                    "confirm_top_k": 1, "confirm_repeats": 1},
-        "results_dir": str(root / "results"),
+        "results_dir": "results",
     }
     path = root / "task.yaml"
     path.write_text(yaml.safe_dump(task))
-    completed = subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(path), "--no-dashboard"],
-                               capture_output=True, text=True, timeout=1500)
+    completed = subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", "task.yaml", "--no-dashboard"],
+                               capture_output=True, text=True, timeout=1500, cwd=root)
     results_dir = root / "results" / "e2e-small"
     return completed, results_dir, served
 
