@@ -8,11 +8,14 @@ import os
 import re
 import sys
 import threading
+import time
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from kubernetes import client, config
 from kubernetes.config import kube_config
 from kubernetes.client.rest import ApiException
+from urllib3.exceptions import HTTPError
 
 from llm_autotuner.errors import DeploymentError, InfrastructureError, SetupError, TaskError
 
@@ -153,6 +156,27 @@ def passing(error: ApiException) -> bool:
     """An answer that says "not now" (throttled, the server or its etcd busy): worth asking again
     before the call's deadline, not a verdict on the config."""
     return error.status == 429 or error.status >= 500
+
+
+PASSING_WAIT_S = 1.0  # before asking again an API that answered "not now" (429, 5xx) or dropped the connection
+T = TypeVar("T")
+
+
+def asked_again_while_busy(call: Callable[[], T]) -> T:
+    """`call()`, asked again while the API answers "not now" or drops the connection, until
+    REQUEST_TIMEOUT_S has gone by; then its last error is raised. Only for calls whose repeat is
+    safe: a delete, a read, or a create whose caller handles the 409 of an attempt stored before."""
+    deadline = time.monotonic() + REQUEST_TIMEOUT_S
+    while True:
+        try:
+            return call()
+        except ApiException as error:
+            if not passing(error) or time.monotonic() >= deadline:
+                raise
+        except (HTTPError, OSError):
+            if time.monotonic() >= deadline:
+                raise
+        time.sleep(PASSING_WAIT_S)
 
 
 def explain(error: ApiException, verb: str, kind: str, name: str, namespace: str | None) -> DeploymentError:

@@ -34,7 +34,6 @@ WATCH_SEGMENT_S = 5  # how long one watch runs before the pods are checked again
 FAILED_WAITING_REASONS = {"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError",
                           "InvalidImageName", "CreateContainerError"}
 DELETE_WAIT_S = 120
-PASSING_WAIT_S = 1.0  # before asking again an API that answered "not now" (429, 5xx) or dropped the connection
 MODEL_PATH_IN_POD = "$(MODEL_PATH)"  # how a runtime's command names the model the controller mounted
 OME_GPU_RESOURCE = "ome_gpu"  # Ray custom resource: the Kubernetes GPUs the trials may hold at once
 
@@ -219,19 +218,22 @@ class OmeDeployer(Deployer):
         return deployment
 
     def _create(self, deployment: OmeTrialDeployment) -> None:
-        """Create the InferenceService. One of its name is there already only when Ray runs this
-        trial again after losing its worker (the name holds the run and the trial): that earlier
-        attempt's, whose teardown never ran. It goes, and the create is made once more."""
-        for attempt in (1, 2):
-            try:
-                self.custom.create_namespaced_custom_object(kube.OME_GROUP, kube.OME_VERSION, deployment.namespace,
-                                                            PLURAL, deployment.manifest,
-                                                            _request_timeout=kube.REQUEST_TIMEOUT_S)
-                return
-            except ApiException as error:
-                if error.status != 409 or attempt == 2:
-                    raise
+        """Create the InferenceService, asked again while the API is busy: a busy API server is no
+        verdict on the config. One of its name is there already when an attempt before was carried
+        out though its answer was lost, or when Ray runs this trial again after losing its worker
+        (the name holds the run and the trial) and that attempt's teardown never ran: it goes, and
+        the create is made once more."""
+        def create() -> None:
+            self.custom.create_namespaced_custom_object(kube.OME_GROUP, kube.OME_VERSION, deployment.namespace,
+                                                        PLURAL, deployment.manifest,
+                                                        _request_timeout=kube.REQUEST_TIMEOUT_S)
+        try:
+            kube.asked_again_while_busy(create)
+        except ApiException as error:
+            if error.status != 409:
+                raise
             self.teardown(deployment)
+            kube.asked_again_while_busy(create)
 
     def wait_ready(self, deployment: OmeTrialDeployment, deadline: float,
                    interrupt: Callable[[], None] = carry_on) -> None:
@@ -262,11 +264,11 @@ class OmeDeployer(Deployer):
                 if error.status == 410:  # our resourceVersion expired: start over from now
                     resource_version = None
                 elif kube.passing(error):
-                    time.sleep(PASSING_WAIT_S)  # the API is busy: ask again shortly, not at once
+                    time.sleep(kube.PASSING_WAIT_S)  # the API is busy: ask again shortly, not at once
                 else:
                     raise kube.explain(error, "watch", KIND, deployment.name, deployment.namespace) from None
             except (HTTPError, OSError):
-                time.sleep(PASSING_WAIT_S)  # the connection dropped: re-establish it from the last resourceVersion
+                time.sleep(kube.PASSING_WAIT_S)  # the connection dropped: re-establish it from the last resourceVersion
             failure = self._pod_failure(deployment, unschedulable_since)
             if failure:
                 raise DeploymentError(f"{KIND} {deployment.name}: {failure}")
@@ -356,26 +358,18 @@ class OmeDeployer(Deployer):
                   "the run's end waits for it again", flush=True)
 
     def _delete(self, deployment: OmeTrialDeployment) -> None:
-        """Delete the object, asking again while the API is busy or the connection drops (a delete
-        is idempotent): an object left behind holds its GPUs until the run's end."""
-        deadline = time.monotonic() + kube.REQUEST_TIMEOUT_S
-        while True:
-            try:
-                self.custom.delete_namespaced_custom_object(
-                    kube.OME_GROUP, kube.OME_VERSION, deployment.namespace, PLURAL, deployment.name,
-                    body=client.V1DeleteOptions(propagation_policy="Foreground"),
-                    _request_timeout=kube.REQUEST_TIMEOUT_S)
-                return
-            except ApiException as error:
-                if error.status == 404:
-                    return
-                if not kube.passing(error) or time.monotonic() >= deadline:
-                    raise kube.explain(error, "delete", KIND, deployment.name, deployment.namespace) from None
-            except (HTTPError, OSError) as error:
-                if time.monotonic() >= deadline:
-                    raise DeploymentError(f"deleting {KIND} {deployment.name} in {deployment.namespace}: no answer "
-                                          f"from the API ({type(error).__name__}); the run's end deletes it") from None
-            time.sleep(PASSING_WAIT_S)
+        """Delete the object, asked again while the API is busy (a delete is idempotent): an object
+        left behind holds its GPUs until the run's end."""
+        try:
+            kube.asked_again_while_busy(lambda: self.custom.delete_namespaced_custom_object(
+                kube.OME_GROUP, kube.OME_VERSION, deployment.namespace, PLURAL, deployment.name,
+                body=client.V1DeleteOptions(propagation_policy="Foreground"), _request_timeout=kube.REQUEST_TIMEOUT_S))
+        except ApiException as error:
+            if error.status != 404:
+                raise kube.explain(error, "delete", KIND, deployment.name, deployment.namespace) from None
+        except (HTTPError, OSError) as error:
+            raise DeploymentError(f"deleting {KIND} {deployment.name} in {deployment.namespace}: no answer "
+                                  f"from the API ({type(error).__name__}); the run's end deletes it") from None
 
 
 def _ready(obj: dict[str, Any]) -> tuple[bool, str]:

@@ -97,10 +97,10 @@ class BenchmarkJobRunner:
         finally:
             if may_exist:
                 try:
-                    custom.delete_namespaced_custom_object(
+                    kube.asked_again_while_busy(lambda: custom.delete_namespaced_custom_object(
                         kube.OME_GROUP, kube.OME_VERSION, self.ome.namespace, PLURAL, name,
                         body=client.V1DeleteOptions(propagation_policy="Foreground"),
-                        _request_timeout=kube.REQUEST_TIMEOUT_S)
+                        _request_timeout=kube.REQUEST_TIMEOUT_S))
                 except ApiException as error:
                     if error.status != 404:
                         raise BenchmarkError(str(kube.explain(error, "delete", KIND, name, self.ome.namespace))) from None

@@ -103,3 +103,17 @@ def test_a_create_whose_answer_is_lost_leaves_no_job(emulator, tmp_path, instead
             pass
     assert [r.method for r in emulator.requests if "/benchmarkjobs" in r.path][:2] == ["POST", "DELETE"]
     assert gone(emulator, "benchmarkjobs")
+
+
+def test_a_delete_the_api_answers_busy_is_asked_again(emulator, tmp_path):
+    """A job left behind runs genai-bench against the next trial's engine: the delete is asked
+    again while the API answers "not now" (here after a create whose answer was lost)."""
+    emulator.lose_answer_to_next("POST", "/benchmarkjobs$")
+    emulator.fail_next("DELETE", "/benchmarkjobs/", 503, "ServiceUnavailable", times=2)
+    workdir = tmp_path / "trials" / "t0001"
+    workdir.mkdir(parents=True)
+    with pytest.raises(BenchmarkError, match="no answer from the API"):
+        with runner_for(emulator, tmp_path).run(ENDPOINT, "smollm2", workdir):
+            pass
+    assert [r.method for r in emulator.requests if "/benchmarkjobs" in r.path] == ["POST", "DELETE", "DELETE", "DELETE"]
+    assert gone(emulator, "benchmarkjobs")
