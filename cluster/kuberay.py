@@ -80,6 +80,17 @@ def head_group(task: Task, name: str, image: str, service_account: str) -> dict:
     cpus = math.ceil(trials * max(task.benchmark.client_cpus, 0.5)) + 1  # + the driver
     memory = f"{2 + trials}Gi"  # the driver and Ray, then about 1 GiB per genai-bench
     env = [{"name": variable, "valueFrom": {"fieldRef": {"fieldPath": field}}} for variable, field in POD_ENV.items()]
+    mounts = [{"name": "task", "mountPath": TASK_MOUNT, "readOnly": True}, {"name": "results", "mountPath": RESULTS_MOUNT}]
+    volumes = [{"name": "task", "configMap": {"name": name}},
+               {"name": "results", "persistentVolumeClaim": {"claimName": name}}]
+    jobs = task.benchmark.benchmark_job
+    if task.benchmark.runner == "benchmarkjob" and jobs is not None:
+        # The driver reads each BenchmarkJob's result files where the jobs write them: the claim of
+        # output_storage_uri (pvc://CLAIM/PATH), its PATH mounted at results_mount.
+        claim, _, path = jobs.output_storage_uri.removeprefix("pvc://").partition("/")
+        mounts.append({"name": "benchmark-results", "mountPath": jobs.results_mount}
+                      | ({"subPath": path.strip("/")} if path.strip("/") else {}))
+        volumes.append({"name": "benchmark-results", "persistentVolumeClaim": {"claimName": claim}})
     return {
         "rayStartParams": {"num-cpus": str(cpus),
                            # KubeRay pastes each value into a bash command line unquoted: the JSON
@@ -95,11 +106,9 @@ def head_group(task: Task, name: str, image: str, service_account: str) -> dict:
                 "resources": {"requests": {"cpu": str(cpus), "memory": memory},
                               "limits": {"cpu": str(cpus), "memory": memory}},
                 "ports": [{"containerPort": 8265, "name": "dashboard"}],
-                "volumeMounts": [{"name": "task", "mountPath": TASK_MOUNT, "readOnly": True},
-                                 {"name": "results", "mountPath": RESULTS_MOUNT}],
+                "volumeMounts": mounts,
             }],
-            "volumes": [{"name": "task", "configMap": {"name": name}},
-                        {"name": "results", "persistentVolumeClaim": {"claimName": name}}],
+            "volumes": volumes,
         }},
     }
 

@@ -196,3 +196,18 @@ def test_each_namespace_gets_its_own_cluster_role_binding(tmp_path):
         bindings.append(documents(str(path), "--image", IMAGE)["ClusterRoleBinding"])
     assert bindings[0]["metadata"]["name"] != bindings[1]["metadata"]["name"]
     assert [b["subjects"][0]["namespace"] for b in bindings] == ["team-a", "team-b"]
+
+
+def test_a_benchmarkjob_task_mounts_the_claim_its_jobs_write_to_where_the_driver_reads():
+    """The driver reads each BenchmarkJob's files under results_mount: the head pod must mount the
+    claim of output_storage_uri (its path) there, or every trial fails with no results."""
+    example = ROOT / "examples" / "ome-sglang-benchmarkjob.yaml"
+    task = yaml.safe_load(example.read_text())["benchmark"]["benchmark_job"]
+    objects = documents(str(example), "--image", IMAGE)
+    validate(objects["RayJob"])
+    pod = objects["RayJob"]["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == task["results_mount"]]
+    claim, path = task["output_storage_uri"].removeprefix("pvc://").split("/", 1)
+    assert volumes[mount["name"]]["persistentVolumeClaim"]["claimName"] == claim
+    assert mount.get("subPath") == path
