@@ -74,6 +74,11 @@ class EngineProfile:
         check_executable(executable)
         return EngineSetup(executable, model.path, model.name or Path(model.path).name, model.tokenizer or model.path)
 
+    def launch_paths(self, model: Model, engine: Engine) -> tuple[str, str]:
+        """(binary, model) as a launch line written without a run names them (`render`): what is
+        on this machine now, nothing built or proven."""
+        return engine.binary or self.default_binary, model.path or ""
+
     def setup_nodes(self, engine: Engine, skip: set[str]) -> dict[str, str]:
         """On a Ray cluster: Ray node id -> the binary proven on that node, for every node but
         those in `skip`; empty when the same binary serves everywhere (checked to be there)."""
@@ -160,6 +165,12 @@ class LlamaCppProfile(EngineProfile):
             executable = engine.binary or self.default_binary  # each node's own: setup_nodes
         tokenizer = model.tokenizer or str(llamacpp_setup.ensure_tokenizer(Path(path)))
         return EngineSetup(executable, path, model.name or Path(path).name.removesuffix(".gguf"), tokenizer)
+
+    def launch_paths(self, model: Model, engine: Engine) -> tuple[str, str]:
+        from llm_autotuner.cluster import llamacpp_setup
+
+        binary = llamacpp_setup.installed_llama_server(engine.binary) or engine.binary or self.default_binary
+        return str(binary), str(llamacpp_setup.smollm2_gguf()) if model.path in BUILTIN_MODELS else model.path
 
     def known_flags(self, engine: Engine, executable: str | None = None) -> frozenset[str] | None:
         from llm_autotuner.cluster import llamacpp_setup

@@ -28,9 +28,9 @@ def render_trials(task: Task, trials: int) -> dict[str, str]:
     """File name -> content: per trial what its backend would deploy (a manifest on OME, a launch
     line locally) and, with the BenchmarkJob runner, its job."""
     profile = profile_for(task.engine.name)
+    executable, model_path = profile.launch_paths(task.model, task.engine)
     specs = [EngineSpec(experiment=task.name, run_id=RENDER_RUN_ID, trial_id=f"trial{number}", profile=profile,
-                        executable=task.engine.binary or profile.default_binary,
-                        model_path=task.model.path or "", served_name=task.model.name or "model",
+                        executable=executable, model_path=model_path, served_name=task.model.name or "model",
                         flags=profile.merged(task.engine.args, sample(task.search_space)), workdir=Path("."),
                         env=dict(task.engine.env))
              for number in range(1, trials + 1)]

@@ -62,7 +62,9 @@ def test_render_local_example_writes_launch_lines(tmp_path):
     result = cli("render", "examples/quickstart-cpu.yaml", "--trials", "2", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
     launch = json.loads((tmp_path / "trial-1-launch.json").read_text())
-    assert launch["argv"][0] == "llama-server" and "--parallel" in launch["argv"]
+    assert launch["argv"][0].endswith("llama-server") and "--parallel" in launch["argv"]
+    # A line that starts the engine here: the built-in model is named by its file, not "builtin:".
+    assert Path(launch["argv"][launch["argv"].index("--model") + 1]).is_file()
 
 
 def test_render_with_create_runtime_writes_a_valid_runtime(tmp_path):
