@@ -87,7 +87,13 @@ def wait_until_gone(settings: OmeDeployment, selector: str, timeout_s: float,
             except ApiException as error:
                 if error.status == 404:
                     continue
-                raise kube.explain(error, "list", kind, "objects", settings.namespace) from None
+                if not kube.passing(error):
+                    raise kube.explain(error, "list", kind, "objects", settings.namespace) from None
+                left.append(f"{kind} objects (the API answered {error.status}: not known whether any is left)")
+                continue
+            except (HTTPError, OSError) as error:  # a dropped connection: asked again, as a busy API is
+                left.append(f"{kind} objects (no answer from the API: {type(error).__name__})")
+                continue
             left += [f"{kind} {item['metadata']['name']}" for item in listed.get("items", [])]
         if not left or time.monotonic() >= deadline:
             return left

@@ -435,3 +435,17 @@ def test_an_unschedulable_pod_waits_for_a_stuck_deletion_only_as_long_as_a_teard
                                               r"still being deleted after 6 s, may hold its GPUs\)"):
         deployer.wait_ready(deployment, time.monotonic() + 120)
     assert time.monotonic() - started < 30
+
+
+def test_the_end_of_run_wait_asks_again_when_the_api_is_busy(emulator):
+    """The run's last step (settle: its objects gone) must not fail because one list was answered
+    503: it asks again within its deadline. (A dropped connection urllib3 itself retries for a GET.)"""
+    from llm_autotuner.cluster.cleanup import wait_until_gone
+
+    ours = {"apiVersion": "ome.io/v1beta1", "kind": "InferenceService", "spec": {}}
+    emulator.put(GROUP, VERSION, NS, PLURAL, ours | {"metadata": {"name": "going", "namespace": NS,
+                                                                  "labels": labels("exp", "run-1", "t1")}})
+    delete_labelled(settings(), "autotuner.io/run=run-1", api=emulator.api_client())
+    emulator.fail_next("GET", f"/{PLURAL}$", 503, "ServiceUnavailable", times=2)
+    assert wait_until_gone(settings(), "autotuner.io/run=run-1", 20, api=emulator.api_client()) == []
+    assert emulator.objects(PLURAL, NS) == []
