@@ -648,18 +648,19 @@ def with_absolute_paths(task: Task) -> Task:
     command runs in, `~` expanded: each trial runs in its own folder (Ray's trial directory), and
     the engine and genai-bench start there. A name that is no local path stays as written: a hub
     id (`org/model`) or a binary looked up on PATH."""
-    def local(value: str | None, *, path_if_slash: bool) -> str | None:
+    def local(value: str | None, *, binary: bool = False) -> str | None:
         if not value or value.startswith("builtin:"):
             return value
         expanded = Path(value).expanduser()
         if expanded.is_absolute():
             return str(expanded)  # `~/x` expanded, `/x` as written
-        is_path = value.startswith(("./", "../")) or expanded.exists() or (path_if_slash and "/" in value)
+        # A binary is a path when it has a slash (as a shell reads it: a bare name is looked up on
+        # PATH, even with a file of that name here); a model or tokenizer when it is here.
+        is_path = "/" in value if binary else value.startswith(("./", "../")) or expanded.exists()
         return str(expanded.absolute()) if is_path else value
 
-    model = task.model.model_copy(update={"path": local(task.model.path, path_if_slash=False),
-                                          "tokenizer": local(task.model.tokenizer, path_if_slash=False)})
-    engine = task.engine.model_copy(update={"binary": local(task.engine.binary, path_if_slash=True)})
+    model = task.model.model_copy(update={"path": local(task.model.path), "tokenizer": local(task.model.tokenizer)})
+    engine = task.engine.model_copy(update={"binary": local(task.engine.binary, binary=True)})
     return task.model_copy(update={"model": model, "engine": engine})
 
 

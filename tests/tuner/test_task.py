@@ -185,6 +185,7 @@ def test_local_paths_are_made_absolute_from_the_folder_the_command_runs_in(tmp_p
         str(tmp_path / "models" / "m.gguf"), str(tmp_path / "tok"), str(tmp_path / "bin" / "llama-server"))
     assert loaded({"path": "../elsewhere/m.gguf", "tokenizer": "tok"}, "bin/llama-server") == (
         str(tmp_path / "../elsewhere/m.gguf"), str(tmp_path / "tok"), str(tmp_path / "bin" / "llama-server"))
+    (tmp_path / "llama-server").write_text("")  # a bare name is still looked up on PATH, as a shell does
     assert loaded({"path": "org/model", "tokenizer": "org/model"}, "llama-server") == (
         "org/model", "org/model", "llama-server")
     assert loaded({"path": "builtin:smollm2"}, None) == ("builtin:smollm2", None, None)
