@@ -199,18 +199,19 @@ def test_the_time_budget_ending_reaches_a_trial_waiting_on_its_engine(tmp_path):
     assert results["interrupted"] is False
 
 
-def test_ctrl_c_during_the_setup_stops_it_and_says_no_trial_ran(tmp_path):
+def test_ctrl_c_during_the_setup_stops_it_and_says_no_trial_ran(tmp_path, monkeypatch):
     """A Ctrl-C before the first trial (here: while the engine binary is being proven, before Ray
     starts) is not 'interrupted twice': the setup's processes are stopped and the run says that
     nothing was measured."""
-    delay = "61.25"  # the stand-in's answer never comes in time; this value finds its process
-    path, _ = write_task(tmp_path, "early", float(delay), {"concurrency": [2]}, {"num_samples": 1})
+    marker = f"INSTANT_ENGINE_CHECK_DELAY_S=600.{uuid.uuid4().int % 10**6}"  # the check never ends by itself
+    monkeypatch.setenv(*marker.split("=", 1))
+    path, _ = write_task(tmp_path, "early", 0.2, {"concurrency": [2]}, {"num_samples": 1})
 
     def checking() -> set[int]:
         found = set()
         for pid in engine_processes("autotuner-check"):
             try:
-                if f"INSTANT_ENGINE_DELAY_S={delay}".encode() in Path(f"/proc/{pid}/environ").read_bytes():
+                if marker.encode() in Path(f"/proc/{pid}/environ").read_bytes():
                     found.add(pid)
             except OSError:
                 pass
@@ -220,7 +221,7 @@ def test_ctrl_c_during_the_setup_stops_it_and_says_no_trial_ran(tmp_path):
         deadline = time.monotonic() + 120
         while not checking() and time.monotonic() < deadline and driver.process.poll() is None:
             time.sleep(0.2)
-        assert checking(), "the engine check never started"
+        assert checking(), "the engine check never started:\n" + driver.finish(timeout_s=30)
         driver.process.send_signal(signal.SIGINT)
         output = driver.finish(timeout_s=60)
     assert driver.process.returncode == 130, output[-3000:]

@@ -108,22 +108,20 @@ def _run(args) -> int:
                  if value is not None}
     task = load_task(args.task, overrides)
     from llm_autotuner.tuner import driver, results
-    from llm_autotuner.tuner.interrupt import SecondInterrupt
+    from llm_autotuner.tuner.interrupt import handled_a_signal
 
     sys.stdout, sys.stderr = _OutputThatMayGo(sys.stdout), _OutputThatMayGo(sys.stderr)
 
     try:
         summary = driver.run(task, address=args.address, resume=args.resume, dashboard=not args.no_dashboard,
                              live=sys.stdout.isatty() and not args.quiet, verbose=args.verbose)
-    except SecondInterrupt:
-        # driver.run has killed this run's engines on the way out.
-        print(f"autotuner: interrupted twice: engines killed without waiting; {task.results_path}/results.json "
-              "holds the trials and re-measurements that had finished (continue with --resume)", file=sys.stderr)
-        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
-        # Before the run's own handler was installed: the setup (the engine's build or check,
-        # Ray's start), whose processes are stopped on the way out. No trial had started.
-        print("autotuner: interrupted during the setup, before any trial: nothing was measured", file=sys.stderr)
+        if handled_a_signal():  # the second: driver.run has killed this run's engines on the way out
+            print(f"autotuner: interrupted twice: engines killed without waiting; {task.results_path}/results.json "
+                  "holds the trials and re-measurements that had finished (continue with --resume)", file=sys.stderr)
+        else:  # before the run's handler was installed: the setup (the engine's build or check, Ray's
+            # start), whose processes are stopped on the way out. No trial had started.
+            print("autotuner: interrupted during the setup, before any trial: nothing was measured", file=sys.stderr)
         return EXIT_INTERRUPTED
     print()
     print(results.table(summary))

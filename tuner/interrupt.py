@@ -4,7 +4,7 @@ Ray Tune's own SIGINT handler only ends its loop; what comes after `fit()` (our 
 runs) would still start. So we take the signals ourselves (`TUNE_DISABLE_SIGINT_HANDLER`) and stop
 the experiment through a Stopper: Ray then starts no new trial and stops the running ones, whose
 `cleanup` tears their engines down. The driver asks `requested` before each phase. A second signal
-raises SecondInterrupt: the driver kills the engines without waiting (exit 130). Signals after
+raises KeyboardInterrupt: the driver kills the engines without waiting (exit 130). Signals after
 that, and during the end-of-run sweep, are not acted on (said once): they could only cut short the
 cleanup (every wait of which has a deadline) and leave engines running. (As the interpreter exits,
 after the cleanup, Python puts the default handlers back: a signal then ends the process by it.)
@@ -32,9 +32,14 @@ from llm_autotuner.cluster.storage import Storage
 from llm_autotuner.tuner.session import SessionBound
 
 
-class SecondInterrupt(KeyboardInterrupt):
-    """A second signal: the run's way out is cut short. (A bare KeyboardInterrupt is a Ctrl-C that
-    came before the handler was installed: during the setup, before any trial.)"""
+_first_signal: list[str] = []  # the signal the run's handler took, once one came (this process)
+
+
+def handled_a_signal() -> bool:
+    """Whether a KeyboardInterrupt is a second signal (the run's handler took the first), rather
+    than a Ctrl-C before the handler was installed: during the setup, before any trial. (Read from
+    here, not from the exception's type: code between the handler and the CLI may raise its own.)"""
+    return bool(_first_signal)
 
 
 class Interrupt(SessionBound, Stopper):
@@ -60,8 +65,9 @@ class Interrupt(SessionBound, Stopper):
             # The way out has begun: later signals could only cut its cleanup short.
             for sig in STOPPING_SIGNALS:
                 signal.signal(sig, _noted)
-            raise SecondInterrupt
+            raise KeyboardInterrupt
         self.requested = signal.Signals(signum).name
+        _first_signal.append(self.requested)
         # In a thread: on an object store the write is a network call, and a second Ctrl-C must
         # not wait for it.
         threading.Thread(target=self._leave_stop, name="autotuner-stop", daemon=True).start()
