@@ -85,3 +85,37 @@ def test_resume_after_sigkill(tmp_path):
         assert len(trial["stages"]) == 2, trial
         marks = json.loads((trials_dir / trial["trial_id"] / "timeline.json").read_text())
         assert marks["trial_start"] < marks["engine_ready"] < marks["stage_1_done"] < marks["stage_2_done"], marks
+
+
+def test_resume_after_ctrl_c_runs_the_trials_the_signal_cut_off_and_those_never_started(tmp_path):
+    """The README's advice after a Ctrl-C: continue with --resume. The resumed run measures every
+    trial the search was to run: the one the signal interrupted runs again from its start, the
+    ones never started run, and the finished ones do not run again."""
+    served = f"resume-{uuid.uuid4().hex[:8]}"
+    task = {
+        "name": "resumed",
+        "model": {"path": "builtin:smollm2", "name": served},
+        "engine": {"name": "llama.cpp", "binary": str(instant_engine(tmp_path / "engine", delay_s=0.1)),
+                   "args": {"ctx-size": 1024, "threads": 1}},
+        "search_space": {"parallel": [1, 2, 4, 8]},
+        "benchmark": {"traffic_scenario": "D(32,16)", "concurrency": [2, 4, 8], "max_requests_per_stage": 4},
+        "search": {"algorithm": "random", "num_samples": 4, "scheduler": "none", "seed": 2, "confirm_repeats": 0},
+        "results_dir": str(tmp_path / "results"),
+    }
+    path = tmp_path / "task.yaml"
+    path.write_text(yaml.safe_dump(task))
+    with Driver(path) as first:
+        first.read_until("trial 3: stage 1/3")  # trials run one at a time: 1 and 2 have finished
+        first.process.send_signal(signal.SIGINT)
+        first.finish(timeout_s=120)
+    done = set(re.findall(r"trial (\d+): done", "".join(first.lines)))
+    assert first.process.returncode == 1 and done == {"1", "2"}, "".join(first.lines)[-3000:]
+
+    second = subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(path), "--resume", "--no-dashboard"],
+                            capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert not set(re.findall(r"trial (\d+): start", second.stdout)) & done, second.stdout
+    results = json.loads((tmp_path / "results" / "resumed" / "results.json").read_text())
+    assert results["interrupted"] is False
+    assert [t["status"] for t in results["all_results"]] == ["completed"] * 5, results["all_results"]
+    assert engine_processes(served) == set()

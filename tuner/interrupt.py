@@ -1,9 +1,11 @@
 """Ctrl-C and SIGTERM: the first stops the run where it stands, the second at once.
 
 Ray Tune's own SIGINT handler only ends its loop; what comes after `fit()` (our confirmation
-runs) would still start. So we take the signals ourselves (`TUNE_DISABLE_SIGINT_HANDLER`) and stop
-the experiment through a Stopper: Ray then starts no new trial and stops the running ones, whose
-`cleanup` tears their engines down. The driver asks `requested` before each phase. A second signal
+runs) would still start, and SIGTERM it does not take. So we take the signals ourselves
+(`TUNE_DISABLE_SIGINT_HANDLER`), leave the stop for the trials, and call Ray's handler (kept on
+SIGUSR1): Ray then starts no new trial, saves the experiment as it stands (so --resume runs the cut
+trials and the rest of the search) and stops the running trials, whose `cleanup` tears their
+engines down. The driver asks `requested` before each phase. A second signal
 raises KeyboardInterrupt: the driver kills the engines without waiting (exit 130). Signals after
 that, and during the end-of-run sweep, are not acted on (said once): they could only cut short the
 cleanup (every wait of which has a deadline) and leave engines running. (As the interpreter exits,
@@ -68,6 +70,13 @@ class Interrupt(SessionBound, Stopper):
             raise KeyboardInterrupt
         self.requested = signal.Signals(signum).name
         _first_signal.append(self.requested)
+        # Ray Tune's own end of a run on a signal (the handler it keeps on SIGUSR1 while a fit()
+        # runs): its loop stops starting trials and saves the experiment with the cut trials still
+        # running and the search unfinished, then stops the trials; --resume runs them again, as
+        # after a kill. (A Stopper's end would save them as ended and the search as finished.)
+        ray_handler = signal.getsignal(signal.SIGUSR1)
+        if callable(ray_handler):
+            ray_handler(signal.SIGUSR1, frame)
         # In a thread: on an object store the write is a network call, and a second Ctrl-C must
         # not wait for it.
         threading.Thread(target=self._leave_stop, name="autotuner-stop", daemon=True).start()
@@ -96,7 +105,7 @@ class Interrupt(SessionBound, Stopper):
         return False
 
     def stop_all(self) -> bool:
-        return self.requested is not None
+        return False  # a signal ends the fit through Ray's own handler (see _handle), resumably
 
 
 class RunEnd(CombinedStopper):
