@@ -18,9 +18,8 @@ from tests.conftest import Driver, engine_processes, instant_engine
 pytestmark = pytest.mark.e2e
 
 
-def killed_after_two_trials(tmp_path, stages=(2, 4)):
-    """A run of 4 trials plus the baseline, SIGKILLed once trials 1 and 2 are done: (its task
-    file, the engines' served name, the trial numbers that finished)."""
+def resumable_task(tmp_path, stages) -> tuple:
+    """A task of 4 random trials plus the baseline on the instant stand-in: (its file, the engines' served name)."""
     served = f"resume-{uuid.uuid4().hex[:8]}"
     task = {
         "name": "resumed",
@@ -34,6 +33,13 @@ def killed_after_two_trials(tmp_path, stages=(2, 4)):
     }
     path = tmp_path / "task.yaml"
     path.write_text(yaml.safe_dump(task))
+    return path, served
+
+
+def killed_after_two_trials(tmp_path, stages=(2, 4)):
+    """A run of 4 trials plus the baseline, SIGKILLed once trials 1 and 2 are done: (its task
+    file, the engines' served name, the trial numbers that finished)."""
+    path, served = resumable_task(tmp_path, stages)
     with Driver(path) as first:
         first.read_until("trial 2: done")  # trials run one at a time here: 1 and 2 have finished
         done = set(re.findall(r"trial (\d+): done", "".join(first.lines)))
@@ -91,19 +97,7 @@ def test_resume_after_ctrl_c_runs_the_trials_the_signal_cut_off_and_those_never_
     """The README's advice after a Ctrl-C: continue with --resume. The resumed run measures every
     trial the search was to run: the one the signal interrupted runs again from its start, the
     ones never started run, and the finished ones do not run again."""
-    served = f"resume-{uuid.uuid4().hex[:8]}"
-    task = {
-        "name": "resumed",
-        "model": {"path": "builtin:smollm2", "name": served},
-        "engine": {"name": "llama.cpp", "binary": str(instant_engine(tmp_path / "engine", delay_s=0.1)),
-                   "args": {"ctx-size": 1024, "threads": 1}},
-        "search_space": {"parallel": [1, 2, 4, 8]},
-        "benchmark": {"traffic_scenario": "D(32,16)", "concurrency": [2, 4, 8], "max_requests_per_stage": 4},
-        "search": {"algorithm": "random", "num_samples": 4, "scheduler": "none", "seed": 2, "confirm_repeats": 0},
-        "results_dir": str(tmp_path / "results"),
-    }
-    path = tmp_path / "task.yaml"
-    path.write_text(yaml.safe_dump(task))
+    path, served = resumable_task(tmp_path, (2, 4, 8))
     with Driver(path) as first:
         first.read_until("trial 3: stage 1/3")  # trials run one at a time: 1 and 2 have finished
         first.process.send_signal(signal.SIGINT)
