@@ -56,7 +56,9 @@ class TrialRecord:
     @property
     def status(self) -> Outcome:
         if self.error:
-            return Outcome.FAILED_INFRASTRUCTURE if self.infrastructure else Outcome(self.last.get("outcome", "failed"))
+            # A stage report carries "outcome": None; Ray's error after it (an exception the trial
+            # did not turn into a report) is a failure.
+            return Outcome.FAILED_INFRASTRUCTURE if self.infrastructure else Outcome(self.last.get("outcome") or "failed")
         stated = self.last.get("outcome")
         if stated:
             return Outcome(stated)  # the trial decided its end: last stage, broken SLO, STOP file

@@ -145,3 +145,15 @@ def test_the_stage_plot_has_a_legend_when_no_trial_finished(tmp_path, recwarn):
     assert summary["best_result"] is None and summary["all_results"][0]["status"] == "stopped-by-budget"
     assert write_stage_plot(summary, tmp_path / "stages.png").stat().st_size > 0
     assert [str(w.message) for w in recwarn] == []
+
+
+def test_a_trial_ray_errored_after_a_stage_is_failed_and_the_results_are_still_written(tmp_path):
+    """An exception the trial did not report (a full disk while it marked its timeline) makes Ray
+    mark it ERROR after its first stage: it is `failed`, and results.json is written all the same."""
+    first = record(1, 2, 80.0, 0.5)
+    first.reports = first.reports[:1]  # its stage 1 report: "outcome": None
+    errored = dataclasses.replace(first, ray_error="OSError: [Errno 28] No space left on device")
+    assert errored.status.value == "failed"
+    summary = summarize(task(), RESOLVED, [errored, record(2, 4, 90.0, 0.5)], str(tmp_path))
+    write(tmp_path, summary)
+    assert (tmp_path / "results.json").is_file()
