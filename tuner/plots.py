@@ -188,6 +188,17 @@ def trial_end_times(summary: dict, results_dir: Path) -> dict:
     return {key: m["trial_end"] - min(starts) for key, m in marks.items() if "trial_end" in m}
 
 
+def best_over_time(trials: list[dict], ends: dict, better: Callable[[float, float], bool]) -> list[tuple]:
+    """(end time, best objective so far) in the order the trials ended: trials overlap, and one
+    started later may end sooner, so the running best is taken in this order, not the start order."""
+    timed, best = [], None
+    for end, value in sorted((ends[t["experiment_id"]], t["objective_score"]) for t in trials
+                             if ends.get(t["experiment_id"]) is not None):
+        best = value if best is None or better(value, best) else best
+        timed.append((end, best))
+    return timed
+
+
 def write_progress_plot(summary: dict, path: Path, ends: dict) -> Path | None:
     """The best objective found so far, against trials and against time: whether more trials
     would likely have found better."""
@@ -205,13 +216,12 @@ def write_progress_plot(summary: dict, path: Path, ends: dict) -> Path | None:
         if best is None or better(trial["objective_score"], best):
             best = trial["objective_score"]
         curve.append((trial["experiment_id"], ends.get(trial["experiment_id"]), best))
-    timed = [(end, value) for _, end, value in curve if end is not None]
+    timed = best_over_time(scored, ends, better)
     figure, grid = plt.subplots(1, 2 if timed else 1, figsize=(12 if timed else 6, 4), squeeze=False)
     grid[0][0].step([key for key, _, _ in curve], [value for _, _, value in curve], where="post", marker="o")
     grid[0][0].set_xlabel("trial (in the order they started)")
     grid[0][0].set_ylabel(f"best {metric} so far")
     if timed:
-        timed.sort()
         grid[0][1].step([end / 60 for end, _ in timed], [value for _, value in timed], where="post", marker="o")
         grid[0][1].set_xlabel("minutes since the first trial started")
     for axes in grid[0]:

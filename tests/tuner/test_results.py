@@ -157,3 +157,14 @@ def test_a_trial_ray_errored_after_a_stage_is_failed_and_the_results_are_still_w
     summary = summarize(task(), RESOLVED, [errored, record(2, 4, 90.0, 0.5)], str(tmp_path))
     write(tmp_path, summary)
     assert (tmp_path / "results.json").is_file()
+
+
+def test_the_best_so_far_against_time_never_gets_worse_when_trials_overlap():
+    """Trial 2 started after trial 1 but ended first: the curve against time follows the order of
+    the ends (100 at 5 min, then 150 at 10 min), never showing the best dropping."""
+    from llm_autotuner.tuner.plots import best_over_time
+
+    trials = [{"experiment_id": 1, "objective_score": 150.0}, {"experiment_id": 2, "objective_score": 100.0}]
+    curve = best_over_time(trials, {1: 600.0, 2: 300.0}, lambda a, b: a > b)
+    assert curve == [(300.0, 100.0), (600.0, 150.0)]
+    assert [best for _, best in curve] == sorted(best for _, best in curve)
