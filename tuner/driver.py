@@ -313,7 +313,7 @@ def run(task: Task, *, address: str | None = None, resume: bool = False, dashboa
 
 
 def _confirm(task: Task, trainable, resolved: Resolved, results_dir: Path, trials: list, max_concurrent: int,
-             interrupt: Interrupt, live: bool = False) -> list[results_io.TrialRecord]:
+             interrupt: Interrupt, live: bool = False) -> list[results_io.TrialRecord] | None:
     """Noise control: re-measure the finalists (the best configs, and the baseline so the gain
     compares configs measured alike) at full length, so the winner is chosen on several runs
     rather than on one lucky one. They run in turns (A B C A B C), not back to back: the machine
@@ -323,7 +323,7 @@ def _confirm(task: Task, trainable, resolved: Resolved, results_dir: Path, trial
     ends the run without the final write)."""
     finalists = results_io.finalists(task, trials)
     if not finalists:
-        return []
+        return None  # none to re-measure: not an interrupted confirmation
     experiment_dir = resolved.storage.where(RAY_EXPERIMENT_NAME)
     searched = results_io.summarize(task, resolved, trials, experiment_dir) | {"in_progress": True}
     results_io.write(results_dir, searched)

@@ -374,7 +374,8 @@ def choose_on_search(task: Task, records: list[TrialRecord], runs: list[TrialRec
     if not (task.search.confirm_top_k and task.search.confirm_repeats):
         reason = "confirmation is off (search.confirm_top_k or search.confirm_repeats is 0)"
     elif runs is None:
-        reason = "no confirmation runs were made (the search is still going, or the run ended before them)"
+        reason = ("no confirmation runs were made (no config completed the search, the search is still going, "
+                  "or the run ended before them)")
     else:
         reason = "no confirmation run finished (the run was interrupted)"
     return Choice(best, best and best.objective, baseline and baseline.objective,
