@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from llm_autotuner.cluster.records import engine_records
-from tests.conftest import Driver, engine_processes, instant_engine, until
+from tests.conftest import Driver, engine_processes, instant_engine
 
 NEVER_READY = Path(__file__).parent / "data" / "fake_engine_never_ready.py"
 
@@ -197,35 +197,3 @@ def test_the_time_budget_ending_reaches_a_trial_waiting_on_its_engine(tmp_path):
     results = json.loads((tmp_path / "results" / "budget-slow" / "results.json").read_text())
     assert [r["status"] for r in results["all_results"]] == ["stopped-by-budget"]
     assert results["interrupted"] is False
-
-
-def test_ctrl_c_during_the_setup_stops_it_and_says_no_trial_ran(tmp_path, monkeypatch):
-    """A Ctrl-C before the first trial (here: while the engine binary is being proven, before Ray
-    starts) is not 'interrupted twice': the setup's processes are stopped and the run says that
-    nothing was measured."""
-    marker = f"INSTANT_ENGINE_CHECK_DELAY_S=600.{uuid.uuid4().int % 10**6}"  # the check never ends by itself
-    monkeypatch.setenv(*marker.split("=", 1))
-    path, _ = write_task(tmp_path, "early", 0.2, {"concurrency": [2]}, {"num_samples": 1})
-
-    def checking() -> set[int]:
-        found = set()
-        for pid in engine_processes("autotuner-check"):
-            try:
-                if marker.encode() in Path(f"/proc/{pid}/environ").read_bytes():
-                    found.add(pid)
-            except OSError:
-                pass
-        return found
-
-    with Driver(path) as driver:
-        deadline = time.monotonic() + 120
-        while not checking() and time.monotonic() < deadline and driver.process.poll() is None:
-            time.sleep(0.2)
-        assert checking(), "the engine check never started:\n" + driver.finish(timeout_s=30)
-        driver.process.send_signal(signal.SIGINT)
-        output = driver.finish(timeout_s=60)
-    assert driver.process.returncode == 130, output[-3000:]
-    assert "interrupted during the setup, before any trial" in output and "interrupted twice" not in output
-    assert "Traceback" not in output, output[-3000:]
-    assert until(lambda: not checking(), 10)
-    assert not (tmp_path / "results" / "early" / "results.json").exists()
