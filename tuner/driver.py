@@ -339,7 +339,7 @@ def _confirm(task: Task, trainable, resolved: Resolved, results_dir: Path, trial
                                     search_alg=GridSearcher(points=configs), scheduler=FIFOScheduler(),
                                     max_concurrent_trials=max_concurrent, reuse_actors=False),
         run_config=tune.RunConfig(name=CONFIRM_EXPERIMENT_NAME, **resolved.storage.ray_storage(),
-                                  failure_config=RUN_AGAIN_ONCE, verbose=0, stop=interrupt,
+                                  failure_config=RUN_AGAIN_ONCE, verbose=0,
                                   checkpoint_config=NO_TRIAL_CHECKPOINTS,
                                   callbacks=[progress, results_io.LiveResults(task, resolved, results_dir,
                                                                               experiment_dir, trials)]),
@@ -462,7 +462,7 @@ def _tune(task: Task, backend: Backend, resolved: Resolved, results_dir: Path, a
     guard = FailureGuard(task.search.max_consecutive_failures)
     patience = [NoImprovementStopper(task.search.patience)] if task.search.patience else []
     budget = [TimeoutStopper(task.search.time_budget_s)] if task.search.time_budget_s else []
-    run_end = RunEnd(resolved.storage, guard, interrupt, *patience, *budget)
+    run_end = RunEnd(resolved.storage, guard, *patience, *budget)
     ends = TrialEnds()
     progress = progress_display(task, trials, live)
     storage = resolved.storage

@@ -11,7 +11,7 @@ that, and during the end-of-run sweep, are not acted on (said once): they could 
 cleanup (every wait of which has a deadline) and leave engines running. (As the interpreter exits,
 after the cleanup, Python puts the default handlers back: a signal then ends the process by it.)
 
-`RunEnd` carries every end of the run (a signal, the time budget, patience, the failure guard) to
+`RunEnd` carries the other ends of the run (the time budget, patience, the failure guard) to
 the trials through the stop it leaves in the storage.
 
 `TrialEnds` tells trials the run cut off (a signal, the time budget, patience, the failure guard)
@@ -31,7 +31,6 @@ from ray.tune import Callback, Stopper
 from ray.tune.stopper import CombinedStopper
 
 from llm_autotuner.cluster.storage import Storage
-from llm_autotuner.tuner.session import SessionBound
 
 
 _first_signal: list[str] = []  # the signal the run's handler took, once one came (this process)
@@ -44,16 +43,16 @@ def handled_a_signal() -> bool:
     return bool(_first_signal)
 
 
-class Interrupt(SessionBound, Stopper):
+class Interrupt:
     """The first signal leaves a stop in the storage. A trial whose actor Ray was already starting
     when the signal came reads it before it deploys anything (see TrialTrainable.step), so no
-    engine starts after a stop even in that window, on whichever node."""
+    engine starts after a stop even in that window, on whichever node. (Not a Stopper: a Stopper's
+    end would save the cut trials as ended; Ray's own handler ends the fit, see `_handle`.)"""
 
     def __init__(self, storage: Storage) -> None:
         self.requested: str | None = None  # the signal's name, once one came
         self.storage = storage
         storage.clear_stop()  # a resumed run's earlier stop
-        self.bind()  # the stopper Ray restores on --resume is this one (tuner/session.py)
 
     def install(self) -> None:
         """Take SIGINT and SIGTERM (main thread only; call after ray.init, which sets its own)."""
@@ -101,16 +100,9 @@ class Interrupt(SessionBound, Stopper):
         if self.requested:
             self._leave_stop()
 
-    def __call__(self, trial_id: str, result: dict) -> bool:
-        return False
-
-    def stop_all(self) -> bool:
-        return False  # a signal ends the fit through Ray's own handler (see _handle), resumably
-
 
 class RunEnd(CombinedStopper):
-    """The run's stoppers as one: a signal (Interrupt), the time budget, patience, the failure guard.
-    Whichever ends the run leaves the stop in the storage before Ray stops the trials: Ray asks a
+    """The run's stoppers as one: the time budget, patience, the failure guard. Whichever ends the run leaves the stop in the storage before Ray stops the trials: Ray asks a
     trial to stop only once its current step returns (an engine loading a model, a warm-up, a
     stage: minutes) and gives it 10 s at the run's end, so a trial waiting there would have its
     teardown cut short. Seeing the stop, it tears down itself within a second (StopWatch).

@@ -86,7 +86,7 @@ def test_whichever_stopper_ends_the_run_leaves_the_stop_for_its_trials(tmp_path)
     # the time budget and patience must leave it as a signal does.
     storage = Storage(LocalFileSystem(), str(tmp_path), str(tmp_path))
     interrupt = Interrupt(storage)
-    run_end = RunEnd(storage, interrupt, NoImprovementStopper(4), TimeoutStopper(0.5))
+    run_end = RunEnd(storage, NoImprovementStopper(4), TimeoutStopper(0.5))
     assert not run_end.stop_all() and not storage.stop_requested()
     time.sleep(0.6)
     assert run_end.stop_all() and storage.stop_requested()
@@ -101,7 +101,7 @@ def test_whichever_stopper_ends_the_run_leaves_the_stop_for_its_trials(tmp_path)
 
 def test_a_run_resumed_after_its_time_budget_ran_out_stops_its_trials_at_once(tmp_path):
     storage = Storage(LocalFileSystem(), str(tmp_path), str(tmp_path))
-    run_end = RunEnd(storage, Interrupt(storage), TimeoutStopper(0.5))
+    run_end = RunEnd(storage, TimeoutStopper(0.5))
     run_end.stop_all()
     time.sleep(0.6)
     assert run_end.stop_all()
