@@ -9,11 +9,15 @@ on its own engines, and judges only runs whose driver is on it (others are left 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import socket
 import time
 from functools import lru_cache
+from typing import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -66,6 +70,41 @@ def register_run(run_id: str, experiment: str) -> Path:
     _write(path, {"run_id": run_id, "experiment": experiment, "pid": os.getpid(), "started": start_time(os.getpid()),
                   "host": host_id()})
     return path
+
+
+class InUse(Exception):
+    """Another live run on this host holds the folder (its description in the message)."""
+
+
+@contextlib.contextmanager
+def exclusive(folders: list[str], run_id: str) -> Iterator[None]:
+    """Hold `folders` (a run's results and storage) for this process while the block runs: a
+    second run of the same task would move the first one's results aside under it and mix their
+    trials. An flock, which the kernel lets go of when the process dies however it dies, so a
+    killed run leaves no stale lock. Raises InUse, naming the holder. (This host only: a driver
+    on another host sharing the folder is not seen.)"""
+    held = []
+    try:
+        for folder in dict.fromkeys(folders):
+            path = state_dir() / "locks" / (hashlib.sha256(folder.encode()).hexdigest()[:24] + ".lock")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(path, "a+")  # not inherited by the engines and tools we start (PEP 446)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another run"
+                handle.close()
+                raise InUse(f"{folder} is in use by {holder}: wait for it to end, or stop it (Ctrl-C)") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"run {run_id} (pid {os.getpid()})")
+            handle.flush()
+            held.append(handle)
+        yield
+    finally:
+        for handle in held:
+            handle.close()  # lets go of the lock; the file stays (deleting it would race a waiting locker)
 
 
 def run_alive(run_id: str) -> bool:

@@ -283,6 +283,17 @@ def run(task: Task, *, address: str | None = None, resume: bool = False, dashboa
     resolved = resolve(task, backend, storage, run_id, local_ray=local_ray)
     if local_ray:
         check_known_flags(task, resolved.executable)
+    try:
+        with records.exclusive([str(task.results_path.absolute()), storage.uri], run_id):
+            return _run_alone(task, backend, storage, resolved, run_id, address, resume, local_ray, dashboard,
+                              live, verbose)
+    except records.InUse as error:
+        raise TaskError(f"{task.name}: {error}") from None
+
+
+def _run_alone(task: Task, backend: Backend, storage: Storage, resolved: Resolved, run_id: str,
+               address: str | None, resume: bool, local_ray: bool, dashboard: bool, live: bool,
+               verbose: bool) -> dict:
     if resume:
         results_dir = task.results_path.absolute()
         if not storage.exists(storage.path(RAY_EXPERIMENT_NAME, "tuner.pkl")):
@@ -294,7 +305,7 @@ def run(task: Task, *, address: str | None = None, resume: bool = False, dashboa
     else:
         results_dir, earlier = prepare_results_dir(task, storage)
         resolved = dataclasses.replace(resolved, earlier_storage=earlier)
-    lock = records.register_run(run_id, task.name)
+    registration = records.register_run(run_id, task.name)
     try:
         # The run's liveness for every host (OME: a Lease its objects belong to), released last.
         with backend.hold(task.name, run_id):
@@ -306,10 +317,10 @@ def run(task: Task, *, address: str | None = None, resume: bool = False, dashboa
                 return _tune(task, backend, resolved, results_dir, address, resume, local_ray, dashboard, live,
                              verbose)
             finally:
-                lock.unlink(missing_ok=True)
+                registration.unlink(missing_ok=True)
                 sweep(task, backend, resolved)
     finally:
-        lock.unlink(missing_ok=True)  # when the hold itself failed
+        registration.unlink(missing_ok=True)  # when the hold itself failed
 
 
 def _confirm(task: Task, trainable, resolved: Resolved, results_dir: Path, trials: list, max_concurrent: int,
