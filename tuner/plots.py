@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from statistics import fmean
 from typing import Callable
 
 from llm_autotuner.metrics import METRICS
+from llm_autotuner.objective import weighted_mean
 from llm_autotuner.tuner.results import pareto_front
 
 THROUGHPUT, LATENCY = "output_throughput", "e2e_p90"  # the trade-off's axes unless the task names others
@@ -86,19 +86,23 @@ def tradeoff_axes(summary: dict) -> tuple[str, str]:
     return throughput, latency
 
 
-def _mean_over_stages(trial: dict, metric: str) -> float | None:
-    values = [stage.get(metric) for stage in trial["stages"]]
-    return fmean(values) if values and None not in values else None
+def _mean_over_stages(trial: dict, metric: str, weights: list[float]) -> float | None:
+    """As the objective and pareto.csv take it: the stage weights' mean over the stages it ran."""
+    stages = trial["stages"]
+    if not stages or any(stage.get(metric) is None for stage in stages):
+        return None
+    return weighted_mean(stages, metric, weights)
 
 
 def tradeoff_points(summary: dict) -> tuple[dict, list]:
-    """experiment_id -> (throughput, latency), each the mean over the trial's stages, and the ids on
-    the Pareto front: of the trials that ran every stage only, as a cut trial's means are of its
-    low-load stages."""
+    """experiment_id -> (throughput, latency), each the (stage-weighted) mean over the trial's
+    stages, and the ids on the Pareto front: of the trials that ran every stage only, as a cut
+    trial's means are of its low-load stages."""
     throughput, latency = tradeoff_axes(summary)
+    weights = [stage.get("weight", 1.0) for stage in summary.get("stages", [])] or None
     points = {}
     for trial in _measured(summary):
-        tp, lat = _mean_over_stages(trial, throughput), _mean_over_stages(trial, latency)
+        tp, lat = _mean_over_stages(trial, throughput, weights), _mean_over_stages(trial, latency, weights)
         if tp is not None and lat is not None:
             points[trial["experiment_id"]] = (tp, lat)
     completed = {t["experiment_id"] for t in summary["all_results"] if t["status"] == "completed"}
@@ -131,8 +135,10 @@ def write_tradeoff_plot(summary: dict, path: Path) -> Path | None:
             axes.axvline(slo["limit"], color=STOPPED, linestyle=":", label=f"SLO {latency} <= {slo['limit']:g}")
         if slo["metric"] == throughput:
             axes.axhline(slo["limit"], color=STOPPED, linestyle=":", label=f"SLO {throughput} >= {slo['limit']:g}")
-    axes.set_xlabel(f"{latency} (s, mean over stages)")
-    axes.set_ylabel(f"{throughput} (mean over stages)")
+    over = "weighted mean over stages" if len({s.get("weight", 1.0) for s in summary.get("stages", [])}) > 1 \
+        else "mean over stages"
+    axes.set_xlabel(f"{latency} (s, {over})")
+    axes.set_ylabel(f"{throughput} ({over})")
     axes.set_title("Throughput against latency (green: best, black: engine defaults, red: not completed)")
     axes.grid(alpha=0.3)
     axes.legend(loc="best")

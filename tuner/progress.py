@@ -9,7 +9,7 @@ import time
 from ray.tune import Callback
 
 from llm_autotuner.objective import gain
-from llm_autotuner.outcome import BASELINE_KEY, stage_metrics, trial_params
+from llm_autotuner.outcome import BASELINE_KEY, Outcome, stage_metrics, trial_params
 from llm_autotuner.errors import lost_worker, trial_error
 
 
@@ -41,9 +41,11 @@ class ProgressPrinter(Callback):
         self.last_stage[trial.trial_id] = result.get("stage", 0)
         if result.get("error"):
             return  # said by on_trial_complete
-        if not result.get("stage"):
-            return  # ended before its first stage (stopped, or fits no node): said by on_trial_complete
-        measured = stage_metrics(result) or {}
+        measured = stage_metrics(result)
+        if not result.get("stage") or not measured:
+            # Ended before its first stage (stopped, or fits no node), or the run's stop cut it
+            # mid-stage (its report repeats the last stage, measuring nothing): said by on_trial_complete.
+            return
         line = (f"stage {result['stage']}/{self.num_stages} (concurrency {measured.get('concurrency')}): "
                 f"{self.metric} {measured.get(self.metric, float('nan')):.4g}")
         if result.get("violation"):
@@ -57,6 +59,8 @@ class ProgressPrinter(Callback):
             self._say(trial, f"FAILED {result['error'].splitlines()[0][:200]}")
         elif result.get("violation"):
             self._say(trial, "infeasible, stopped" if stage else f"infeasible: {result['violation']}")
+        elif result.get("outcome") == Outcome.INTERRUPTED.value:
+            self._say(trial, f"stopped by the run's end after stage {stage}")  # a signal, the budget, patience, the guard
         elif stage < self.num_stages:
             self._say(trial, f"stopped early by the scheduler after stage {stage}")
         else:
@@ -88,6 +92,7 @@ class LiveProgress(ProgressPrinter):
         self.budget, self.maximize = budget, maximize
         self.running: dict[str, dict] = {}  # trial id -> what its line shows
         self.done = 0
+        self.done_before: int | None = None  # trials an earlier session of a resumed run finished (first step)
         self.best: tuple[str, float] | None = None  # (trial number, objective)
         self.baseline: float | None = None
         self._live = None
@@ -118,6 +123,15 @@ class LiveProgress(ProgressPrinter):
         elapsed = time.monotonic() - self.started
         self._live.console.print(f"[{elapsed:6.0f}s] {self.label} {_number(trial)}: {text}", markup=False,
                                  highlight=False, soft_wrap=True)
+
+    def on_step_begin(self, iteration, trials, **info):
+        if self.done_before is None:
+            # On --resume Ray brings back the trials the earlier session finished: they count as
+            # done (and for the best so far), but not for the pace of this session's estimate.
+            for trial in trials:
+                if trial.status in ("TERMINATED", "ERROR"):
+                    self._ended(trial)
+            self.done_before = self.done
 
     def on_trial_start(self, iteration, trials, trial, **info):
         super().on_trial_start(iteration, trials, trial, **info)
@@ -171,8 +185,9 @@ class LiveProgress(ProgressPrinter):
             if self.baseline:
                 overall += f", {gain(self.best[1], self.baseline, self.metric):+.1%} vs engine defaults"
         overall += f" | elapsed {_clock(elapsed)}"
-        if 0 < self.done < self.budget:
-            overall += f" | about {_clock(elapsed / self.done * (self.budget - self.done))} left"
+        done_here = self.done - (self.done_before or 0)
+        if 0 < done_here and self.done < self.budget:
+            overall += f" | about {_clock(elapsed / done_here * (self.budget - self.done))} left"
         return Group(table, overall)
 
 

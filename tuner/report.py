@@ -44,17 +44,22 @@ def _status(summary: dict) -> str:
 
 
 def _sorted_trials(summary: dict) -> list[dict]:
-    """Best first: the trials that ran every stage by their objective in its direction, then those
-    cut short (their value is the mean of their low-load stages only: for a latency it would
-    outrank every full run), then the rest."""
+    """Best first: the re-measured configs in the order that chose the winner (their mean of
+    re-measurements, not their single run in the search, which was picked for being high); then
+    the other trials that ran every stage by their objective in its direction, then those cut
+    short (their value is the mean of their low-load stages only: for a latency it would outrank
+    every full run), then the rest."""
     maximize = summary["objective"]["direction"] == "maximize"
+    finalists = [row["experiment_id"] for row in summary.get("confirmation") or []]
+    by_id = {t["experiment_id"]: t for t in summary["all_results"]}
 
     def ranked(trials: list[dict]) -> list[dict]:
         return sorted(trials, key=lambda t: t["objective_score"], reverse=maximize)
 
-    scored = [t for t in summary["all_results"] if t["objective_score"] is not None]
-    unscored = [t for t in summary["all_results"] if t["objective_score"] is None]
-    return (ranked([t for t in scored if t["status"] == "completed"])
+    rest = [t for t in summary["all_results"] if t["experiment_id"] not in finalists]
+    scored = [t for t in rest if t["objective_score"] is not None]
+    unscored = [t for t in rest if t["objective_score"] is None]
+    return ([by_id[key] for key in finalists if key in by_id] + ranked([t for t in scored if t["status"] == "completed"])
             + ranked([t for t in scored if t["status"] != "completed"]) + unscored)
 
 
@@ -70,11 +75,12 @@ def draw(summary: dict, results_dir: Path) -> list[dict]:
          f"{metric} of every trial at each stage of rising concurrency: red lines are trials the scheduler "
          "stopped early, green the winner, dashed the engine defaults."),
         ("tradeoff.png", lambda path: plots.write_tradeoff_plot(summary, path),
-         f"{throughput} against {latency}, each trial's mean over its stages: the green line is the Pareto "
+         f"{throughput} against {latency}, each trial's (stage-weighted) mean over its stages: the green line is the Pareto "
          "front of the trials that ran every stage (none of them is better on both), dotted lines are the SLO limits."),
         ("parameters.png", lambda path: plots.write_parameter_plot(summary, path),
-         f"{metric} against each parameter's values: a parameter whose points spread from low to high "
-         "matters; red points are trials cut short (their low-load stages only); the dashed line is the engine defaults."),
+         f"{metric} against each parameter's values, each trial's single run in the search: a parameter whose "
+         "points spread from low to high matters; red points are trials cut short (their low-load stages only); "
+         "the dashed line is the engine defaults' run in the search."),
         ("progress.png", lambda path: plots.write_progress_plot(summary, path,
                                                                  plots.trial_end_times(summary, results_dir)),
          f"The best {metric} found so far, against trials and (where the trials' timelines are at hand) "
@@ -103,7 +109,8 @@ def write_report(results_dir: Path) -> Path:
         noise=selection.get("noise") or (selection.get("why") if best else None),
         why=selection.get("why") or "no trial completed every stage (see results.json for the errors)",
         exports=[name for name in EXPORTS if (results_dir / name).is_file()],
-        trials=_sorted_trials(summary), names=names, plots=draw(summary, results_dir), fmt=fmt)
+        trials=_sorted_trials(summary), names=names, plots=draw(summary, results_dir), fmt=fmt,
+        remeasured={row["experiment_id"]: row for row in summary.get("confirmation") or []})
     path = results_dir / "index.html"
     path.write_text(page)
     return path

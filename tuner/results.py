@@ -317,12 +317,23 @@ def noise_verdict(ranked: list[Finalist]) -> tuple[bool | None, float | None, st
                             f"search.confirm_repeats 2 or more would")
     runs = f"{len(first.values)} and {len(second.values)} runs" if len(first.values) != len(second.values) \
         else f"{len(first.values)} runs each"
-    evidence = (f"t-test p = {p_value:.2g}, {runs}; " +
+    evidence = (f"t-test p = {p_text(p_value)}, {runs}; " +
                 "; ".join(f"{f.record.experiment_id}: {min(f.values):.4g} to {max(f.values):.4g}" for f in top))
     if p_value >= SIGNIFICANCE:
         return True, p_value, (f"{names} are within noise of each other ({evidence}): these runs cannot tell them "
                                f"apart; more search.confirm_repeats could")
     return False, p_value, f"{names} are apart by more than the noise ({evidence})"
+
+
+def p_text(p_value: float) -> str:
+    """The p-value with as many digits as it takes to show its side of SIGNIFICANCE: at two digits
+    0.0496 and 0.0504 both read "0.05", one told apart and the other not."""
+    for digits in range(2, 7):
+        text = f"{p_value:.{digits}g}"
+        shown = float(text)
+        if (shown < SIGNIFICANCE) == (p_value < SIGNIFICANCE) and (shown != SIGNIFICANCE or p_value == SIGNIFICANCE):
+            return text
+    return f"{p_value:.6g}" if p_value >= SIGNIFICANCE else f"< {SIGNIFICANCE:g}"
 
 
 def difference_p(a: Finalist, b: Finalist) -> float | None:
@@ -419,7 +430,7 @@ def summarize(task: Task, resolved: Resolved, records: list[TrialRecord], experi
                    for i, (c, w) in enumerate(zip(task.benchmark.concurrency,
                                                   task.benchmark.stage_weights or [1.0] * len(task.benchmark.concurrency)), 1)],
         "total_experiments": len(records),
-        "successful_experiments": sum(r.status in (Outcome.COMPLETED, Outcome.STOPPED_BY_SCHEDULER, Outcome.STOPPED_BY_BUDGET) and bool(r.stages)
+        "successful_experiments": sum(r.status in (Outcome.COMPLETED, Outcome.STOPPED_BY_SCHEDULER, Outcome.STOPPED_BY_BUDGET, Outcome.INTERRUPTED) and bool(r.stages)
                                       for r in records),
         "interrupted": any(not r.ended for r in records),
         "in_progress": False,  # True in the files rewritten after each trial while the run goes on
@@ -583,7 +594,7 @@ def table(summary: dict) -> str:
         alike = ", re-measured alike" if summary["baseline"].get("runs") else ""
         if selection.get("gain_within_noise"):
             p_value = selection.get("gain_p_value")  # absent in older versions' results.json
-            alike += "; within noise" + (f": t-test p = {p_value:.2g}" if p_value is not None else "")
+            alike += "; within noise" + (f": t-test p = {p_text(p_value)}" if p_value is not None else "")
         text += f"  ({summary['gain_over_baseline']:+.1%} vs. engine defaults " \
                 f"{summary['baseline']['objective_score']:.4g}{alike})"
     if selection.get("chosen_on") == "search":

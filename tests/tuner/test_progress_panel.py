@@ -36,3 +36,35 @@ def test_a_higher_throughput_than_the_baseline_is_a_positive_gain(capsys):
     finished(panel, 1, 100.0, baseline=True)
     finished(panel, 2, 125.0)
     assert "best output_throughput 125 (trial 2), +25.0% vs engine defaults" in overall_line(panel)
+
+
+def test_after_resume_the_trials_the_earlier_session_finished_count_as_done():
+    panel = LiveProgress("output_throughput", num_stages=2, budget=4, maximize=True)
+    earlier = [SimpleNamespace(trial_id=f"t{n}", experiment_tag=f"{n}_threads={n}", status="TERMINATED",
+                               config={BASELINE_KEY: True} if n == 1 else {"threads": n},
+                               last_result={"objective": value, "stage": 2, "error": None, "violation": None})
+               for n, value in ((1, 100.0), (2, 130.0))]
+    restarted = SimpleNamespace(trial_id="t3", status="PENDING", config={"threads": 3}, last_result={})
+    panel.on_step_begin(0, earlier + [restarted])
+    panel.on_step_begin(1, earlier + [restarted])  # counted once
+    line = overall_line(panel)
+    assert line.startswith("2/4 trials done") and "best output_throughput 130 (trial 2), +30.0%" in line, line
+    assert "left" not in line  # no pace yet: this session has finished nothing
+    finished(panel, 3, 120.0)
+    assert overall_line(panel).startswith("3/4 trials done") and "left" in overall_line(panel)
+
+
+def test_a_trial_the_runs_stop_cut_is_not_said_to_be_stopped_by_the_scheduler(capsys):
+    from llm_autotuner.tuner.progress import ProgressPrinter
+
+    printer = ProgressPrinter("output_throughput", num_stages=3)
+    trial = SimpleNamespace(trial_id="t2", experiment_tag="2_threads=2", config={"threads": 2},
+                            last_result={"stage": 1, "outcome": "interrupted", "error": None, "violation": None})
+    printer.on_trial_start(0, [], trial)
+    stage_1 = {"stage": 1, "metrics": {"concurrency": 2, "output_throughput": 50.0}, "error": None, "violation": None}
+    printer.on_trial_result(0, [], trial, stage_1)
+    printer.on_trial_result(0, [], trial, trial.last_result)  # the stop's report during stage 2: nothing measured
+    printer.on_trial_complete(0, [], trial)
+    out = capsys.readouterr().out
+    assert out.count("stage 1/3") == 1 and "nan" not in out, out
+    assert "trial 2: stopped by the run's end after stage 1" in out and "scheduler" not in out, out

@@ -168,3 +168,63 @@ def test_the_best_so_far_against_time_never_gets_worse_when_trials_overlap():
     curve = best_over_time(trials, {1: 600.0, 2: 300.0}, lambda a, b: a > b)
     assert curve == [(300.0, 100.0), (600.0, 150.0)]
     assert [best for _, best in curve] == sorted(best for _, best in curve)
+
+
+def test_the_tradeoff_plot_weighs_the_stages_as_the_objective_and_pareto_csv_do(tmp_path):
+    from llm_autotuner.tuner.plots import tradeoff_points
+
+    spec = {"name": "t", "model": {"path": "/models/m.gguf"}, "engine": {"name": "llama.cpp"},
+            "search_space": {"parallel": [1, 2]}, "benchmark": {"concurrency": [1, 4], "stage_weights": [1, 3]},
+            "objective": {"metric": "output_throughput", "secondary": ["e2e_p90"]}}
+    stages = [{"concurrency": 1, "output_throughput": 100.0, "e2e_p90": 1.0},
+              {"concurrency": 4, "output_throughput": 200.0, "e2e_p90": 3.0}]
+    reports = [{"stage": i + 1, "score": 0.0, "objective": 175.0, "violation": None, "error": None, "slos_met": {},
+                "metrics": stage, "outcome": "completed" if i == 1 else None} for i, stage in enumerate(stages)]
+    summary = summarize(parse_task(spec), RESOLVED, [TrialRecord("id1", {"parallel": 2}, False, reports, experiment_id=1)],
+                        "unused")
+    points, _ = tradeoff_points(summary)
+    assert points[1] == (175.0, 2.5)  # (100 + 3 x 200) / 4 and (1 + 3 x 3) / 4, not the plain means 150 and 2
+    row = summary["pareto_front"][0]
+    assert (row["output_throughput"], row["e2e_p90"]) == points[1]
+
+
+def test_the_reports_table_ranks_the_re_measured_configs_as_the_headline_does(tmp_path):
+    # Trial 3 had the luckiest single run in the search, but trial 2 won on the mean of the
+    # re-measurements: the page's "best first" must not put 3 above the winner it names.
+    from llm_autotuner.tuner.report import write_report
+
+    records = [record(1, 1, 100, 0.5), record(2, 2, 150, 0.5), record(3, 4, 160, 0.5)]
+    for r in records:
+        r.baseline = r.experiment_id == 1
+    def run(number, tps):
+        return dataclasses.replace(record(number, {1: 1, 2: 2, 3: 4}[number], tps, 0.5),
+                                   trial_id=f"c{number}-{tps}", baseline=number == 1)
+    confirmations = [run(2, 152.0), run(3, 140.0), run(1, 101.0), run(2, 148.0), run(3, 142.0), run(1, 99.0)]
+    summary = summarize(task(), RESOLVED, records, "unused", confirmations)
+    assert summary["best_result"]["experiment_id"] == 2
+    write(tmp_path, summary)
+    page = write_report(tmp_path).read_text()
+    table = page[page.index('<table id="trials">'):page.index("</table>")]
+    rows = [row.split("<td>")[1:] for row in table.split("<tr")[2:]]
+    assert [int(cells[0].split("<")[0]) for cells in rows] == [2, 3, 1]
+    assert "re-measured" in table and rows[0][3].startswith("150 (mean of 2")
+    assert rows[0][4].startswith("150") and rows[1][4].startswith("160")  # the search's runs, said to be so
+
+
+def test_a_p_value_is_never_printed_on_the_wrong_side_of_the_cut():
+    from llm_autotuner.tuner.results import SIGNIFICANCE, p_text
+
+    assert SIGNIFICANCE == 0.05
+    assert p_text(0.0496) == "0.0496" and p_text(0.0504) == "0.0504"  # both "0.05" at two digits
+    assert p_text(0.3) == "0.3" and p_text(0.0012) == "0.0012"
+    assert p_text(0.04999999999) == "< 0.05"
+
+
+def test_a_trial_interrupted_after_measuring_stages_counts_as_measured():
+    interrupted = record(2, 2, 150, 0.5)
+    interrupted.reports = interrupted.reports[:1]
+    interrupted.__post_init__()
+    interrupted.ended = False
+    summary = summarize(task(), RESOLVED, [record(1, 1, 100, 0.5), interrupted], "unused")
+    assert [t["status"] for t in summary["all_results"]] == ["completed", "interrupted"]
+    assert summary["successful_experiments"] == 2
