@@ -19,8 +19,9 @@ from urllib3.exceptions import HTTPError
 
 from llm_autotuner.cluster import kube, manifests
 from llm_autotuner.cluster.deployer import Endpoint, EngineSpec
+from llm_autotuner.cluster.cleanup import wait_for_names
 from llm_autotuner.cluster.lease import owner_reference
-from llm_autotuner.cluster.ome import cluster_url
+from llm_autotuner.cluster.ome import DELETE_WAIT_S, cluster_url
 from llm_autotuner.secrets import api_key
 from llm_autotuner.trainables.genai_bench import Stage, watch_stages
 from llm_autotuner.trainables.warmup import warm_up
@@ -83,8 +84,7 @@ class BenchmarkJobRunner:
         may_exist = True
         try:
             try:
-                custom.create_namespaced_custom_object(kube.OME_GROUP, kube.OME_VERSION, self.ome.namespace, PLURAL,
-                                                       manifest, _request_timeout=kube.REQUEST_TIMEOUT_S)
+                self._create(custom, name, manifest)
             except ApiException as error:
                 # A 5xx (a webhook or etcd timing out) may come after the write was stored.
                 may_exist = error.status >= 500
@@ -96,17 +96,40 @@ class BenchmarkJobRunner:
                                self.settings.timeout_s, request_limits(self.task.limits))
         finally:
             if may_exist:
-                try:
-                    kube.asked_again_while_busy(lambda: custom.delete_namespaced_custom_object(
-                        kube.OME_GROUP, kube.OME_VERSION, self.ome.namespace, PLURAL, name,
-                        body=client.V1DeleteOptions(propagation_policy="Foreground"),
-                        _request_timeout=kube.REQUEST_TIMEOUT_S))
-                except ApiException as error:
-                    if error.status != 404:
-                        raise BenchmarkError(str(kube.explain(error, "delete", KIND, name, self.ome.namespace))) from None
-                except (HTTPError, OSError) as error:
-                    raise BenchmarkError(f"deleting {KIND} {name} in {self.ome.namespace}: no answer from the API "
-                                         f"({type(error).__name__}); the run's end deletes it") from None
+                self._delete(custom, name)
+
+    def _create(self, custom: client.CustomObjectsApi, name: str, manifest: dict) -> None:
+        """Create the job, asked again while the API is busy (429, 5xx, a lost answer): a busy API
+        server is no verdict on the config. A 409 means an attempt before was stored though its
+        answer was lost: that job goes (and is waited for, so two never run against one engine)
+        and the create is made once more."""
+        def create() -> None:
+            custom.create_namespaced_custom_object(kube.OME_GROUP, kube.OME_VERSION, self.ome.namespace, PLURAL,
+                                                   manifest, _request_timeout=kube.REQUEST_TIMEOUT_S)
+        try:
+            kube.asked_again_while_busy(create)
+        except ApiException as error:
+            if error.status != 409:
+                raise
+            self._delete(custom, name)
+            if wait_for_names(self.ome, [(KIND, name)], DELETE_WAIT_S, api=custom.api_client):
+                raise BenchmarkError(f"{KIND} {name} in {self.ome.namespace}: an earlier attempt's job was "
+                                     f"still being deleted after {DELETE_WAIT_S} s") from None
+            kube.asked_again_while_busy(create)
+
+    def _delete(self, custom: client.CustomObjectsApi, name: str) -> None:
+        """Delete the job (asked again while the API is busy: a delete is idempotent); gone already is fine."""
+        try:
+            kube.asked_again_while_busy(lambda: custom.delete_namespaced_custom_object(
+                kube.OME_GROUP, kube.OME_VERSION, self.ome.namespace, PLURAL, name,
+                body=client.V1DeleteOptions(propagation_policy="Foreground"),
+                _request_timeout=kube.REQUEST_TIMEOUT_S))
+        except ApiException as error:
+            if error.status != 404:
+                raise BenchmarkError(str(kube.explain(error, "delete", KIND, name, self.ome.namespace))) from None
+        except (HTTPError, OSError) as error:
+            raise BenchmarkError(f"deleting {KIND} {name} in {self.ome.namespace}: no answer from the API "
+                                 f"({type(error).__name__}); the run's end deletes it") from None
 
 
 class _JobState:
