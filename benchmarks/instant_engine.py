@@ -7,6 +7,7 @@ parallel-efficiency and driver-scale benchmarks measure.
 
     instant_engine.py --host H --port P [--alias NAME] [any other llama-server flag VALUE]...
     (env: INSTANT_ENGINE_DELAY_S, default 0.02: the sleep before each answer;
+     INSTANT_ENGINE_CHECK_DELAY_S, default 0: the sleep before answering the setup's /completion;
      INSTANT_ENGINE_SLOTS=1: at most --parallel answers at once (default 4), the others wait, as
      in llama-server's slots: then configs differ as a tuner's tests need them to)
 """
@@ -23,6 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 DELAY_S = float(os.environ.get("INSTANT_ENGINE_DELAY_S", "0.02"))
+CHECK_DELAY_S = float(os.environ.get("INSTANT_ENGINE_CHECK_DELAY_S", "0"))  # before answering the setup's check
 TOKEN_GAP_S = 0.005  # between the first token and the others
 SLOTS = os.environ.get("INSTANT_ENGINE_SLOTS") == "1"
 
@@ -40,6 +42,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         request = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
         if self.path == "/completion":  # llama-server's own API: the setup proves a binary with it
+            time.sleep(CHECK_DELAY_S)
             tokens = int(request.get("n_predict") or 1)
             body = json.dumps({"content": " x" * tokens, "tokens_predicted": tokens})
             return self._reply(200, body.encode(), "application/json")

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 from llm_autotuner.errors import AutotunerError, SetupError, TaskError
-from llm_autotuner.task import load_task
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -62,8 +61,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
     try:
+        args = _parser().parse_args(argv)
         return _COMMANDS[args.command](args)
     except (TaskError, SetupError) as error:
         print(f"autotuner: error: {error}", file=sys.stderr)
@@ -71,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     except AutotunerError as error:
         print(f"autotuner: {error}", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt:  # Ctrl-C while a command loads its modules (seconds: Ray, scipy) or works
+        print("autotuner: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 class _OutputThatMayGo(io.TextIOBase):
@@ -106,17 +108,15 @@ class _OutputThatMayGo(io.TextIOBase):
 def _run(args) -> int:
     overrides = {key: value for key, value in (("num_samples", args.num_samples), ("algorithm", args.algorithm))
                  if value is not None}
-    task = load_task(args.task, overrides)
-    from llm_autotuner.tuner import driver, results
-    from llm_autotuner.tuner.interrupt import handled_a_signal
-
     sys.stdout, sys.stderr = _OutputThatMayGo(sys.stdout), _OutputThatMayGo(sys.stderr)
-
     try:
+        task = _load_task(args.task, overrides)
+        from llm_autotuner.tuner import driver, results  # seconds to import (Ray): a Ctrl-C may land here
+
         summary = driver.run(task, address=args.address, resume=args.resume, dashboard=not args.no_dashboard,
                              live=sys.stdout.isatty() and not args.quiet, verbose=args.verbose)
     except KeyboardInterrupt:
-        if handled_a_signal():  # the second: driver.run has killed this run's engines on the way out
+        if _run_took_a_signal():  # the second: driver.run has killed this run's engines on the way out
             print(f"autotuner: interrupted twice: engines killed without waiting; {task.results_path}/results.json "
                   "holds the trials and re-measurements that had finished (continue with --resume)", file=sys.stderr)
         else:  # before the run's handler was installed: the setup (the engine's build or check, Ray's
@@ -136,8 +136,21 @@ def _run(args) -> int:
     return EXIT_OK if summary["best_result"] else EXIT_FAILED
 
 
+def _run_took_a_signal() -> bool:
+    """Whether the run's own handler took a signal (the KeyboardInterrupt is then the second).
+    Its module not loaded yet: the Ctrl-C came before the handler could be installed."""
+    interrupt = sys.modules.get("llm_autotuner.tuner.interrupt")
+    return bool(interrupt and interrupt.handled_a_signal())
+
+
+def _load_task(path, overrides=None):
+    from llm_autotuner.task import load_task as load  # pydantic: imported by the command, inside its Ctrl-C catch
+
+    return load(path, overrides)
+
+
 def _validate(args) -> int:
-    task = load_task(args.task)
+    task = _load_task(args.task)
     from llm_autotuner.tuner.driver import preflight
 
     preflight(task)
@@ -153,7 +166,7 @@ def _validate(args) -> int:
 def _render(args) -> int:
     if args.trials < 1:
         raise TaskError(f"--trials: must be at least 1 (got {args.trials})")
-    task = load_task(args.task)
+    task = _load_task(args.task)
     from llm_autotuner.tuner.render import render_trials
 
     files = render_trials(task, args.trials)
@@ -177,7 +190,7 @@ def _cleanup(args) -> int:
     from llm_autotuner.cluster.backend import backend_for
     from llm_autotuner.task import LocalDeployment
 
-    task = load_task(args.task) if args.task else None
+    task = _load_task(args.task) if args.task else None
     experiment = None if args.all else task.name
     # Local engine processes whatever the task's backend (another run here may have been local),
     # then the task's own backend.

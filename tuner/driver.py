@@ -36,7 +36,7 @@ from llm_autotuner.tuner.registry import GridSearcher
 from llm_autotuner.tuner import results as results_io
 from llm_autotuner.errors import BriefSyncFailures, QuietLostWorkers, SetupError, TaskError
 from llm_autotuner.secrets import scrub_folder
-from llm_autotuner.tuner.interrupt import Interrupt, RunEnd, TrialEnds, signals_noted
+from llm_autotuner.tuner.interrupt import Interrupt, RunEnd, TrialEnds, signals_deferred, signals_noted
 from llm_autotuner.tuner.render import winner_files
 from llm_autotuner.tuner.report import write_report
 from llm_autotuner.tuner.progress import LiveProgress, ProgressPrinter
@@ -435,7 +435,8 @@ def progress_display(task: Task, budget: int, live: bool, label: str = "trial") 
 
 def _tune(task: Task, backend: Backend, resolved: Resolved, results_dir: Path, address: str | None, resume: bool,
           local_ray: bool, dashboard: bool, live: bool, verbose: bool) -> dict:
-    url = start_ray(backend, address, dashboard)
+    with signals_deferred("Ray has started"):
+        url = start_ray(backend, address, dashboard)
     if url:
         print(dashboard_line(url), flush=True)
     if not local_ray:  # the run's start swept only this host: now every node of the cluster

@@ -161,6 +161,40 @@ def signals_noted():
             signal.signal(sig, handler)
 
 
+@contextlib.contextmanager
+def signals_deferred(until: str):
+    """While Ray starts, a first SIGINT or SIGTERM is held until it has (then KeyboardInterrupt):
+    cut mid-start, its half-made worker crashed the interpreter at exit (SIGSEGV, seen). A second
+    one cuts it at once. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[str] = []
+
+    def hold(signum: int, frame) -> None:
+        if came:
+            raise KeyboardInterrupt
+        came.append(signal.Signals(signum).name)
+        with contextlib.suppress(OSError):
+            print(f"\n[autotuner] {came[0]}: stopping once {until} (again to stop at once)", file=sys.stderr,
+                  flush=True)
+
+    previous = {sig: signal.getsignal(sig) for sig in STOPPING_SIGNALS}
+    for sig in STOPPING_SIGNALS:
+        signal.signal(sig, hold)
+    try:
+        yield
+    except Exception:
+        if came:  # what failed is likely the signal's doing (a Ray process it reached too)
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if came:
+        raise KeyboardInterrupt
+
+
 class TrialEnds(Callback):
     def __init__(self) -> None:
         self.started: set[str] = set()
