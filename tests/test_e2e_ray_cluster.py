@@ -17,7 +17,7 @@ import pytest
 import yaml
 from ray.cluster_utils import Cluster
 
-from tests.conftest import engine_processes
+from tests.conftest import Driver, engine_processes
 from tests.data.gpu_engine_standin import launcher
 
 pytestmark = pytest.mark.e2e
@@ -154,3 +154,36 @@ def test_without_an_address_a_run_starts_its_own_ray_even_next_to_a_running_clus
     assert completed.returncode == 0, completed.stderr[-3000:]
     address, budget = completed.stdout.split()[-2:]
     assert address != gpu_cluster.address and budget == "2.0"
+
+
+def test_a_trial_stranded_by_a_lost_node_stops_the_run_instead_of_waiting_forever(tmp_path, llama_server, smollm2,
+                                                                                  tokenizer):
+    """The only node that can hold a 4-GPU trial dies mid-trial: Ray runs the trial again, but no
+    live node can take it, so it would stay pending for ever. The run stops, saying why."""
+    temp_dir = tempfile.mkdtemp(prefix="rt-", dir="/tmp")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "temp_dir": temp_dir,
+                                                            "include_dashboard": False})
+    try:
+        gpu_node = cluster.add_node(num_cpus=8, num_gpus=GPUS_PER_NODE)
+        cluster.wait_for_nodes()
+        served = f"gpus-{uuid.uuid4().hex[:8]}"
+        binary = launcher(tmp_path / "vllm", llama_server, tmp_path / "engines.jsonl")
+        task = vllm_task(tmp_path, tokenizer, smollm2, binary, served, {"tensor-parallel-size": [4]},
+                         num_samples=2, baseline=False)
+        task["benchmark"] |= {"concurrency": [1, 2, 4], "max_requests_per_stage": 24}  # long enough to be cut
+        path = tmp_path / "task.yaml"
+        path.write_text(yaml.safe_dump(task))
+        with Driver(path, "--address", cluster.address) as driver:
+            driver.read_until("trial 1: stage 1/3", timeout_s=300)
+            cluster.remove_node(gpu_node, allow_graceful=False)
+            output = driver.finish(timeout_s=240)
+        assert driver.process.returncode == 2, output[-4000:]
+        assert "Traceback" not in output, output[-4000:]
+        [reason] = [line for line in output.splitlines() if line.startswith("autotuner: stopped")]
+        assert "needs 4 GPU on one node" in reason and "was lost or left the cluster" in reason, reason
+        results = json.loads((tmp_path / "results" / "gpus" / "results.json").read_text())
+        assert results["in_progress"] is False and results["stopped_because"] == reason.removeprefix("autotuner: ")
+        assert engine_processes(served) == set()
+    finally:
+        cluster.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)

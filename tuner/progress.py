@@ -29,7 +29,7 @@ class ProgressPrinter(Callback):
     def _say(self, trial, text: str) -> None:
         elapsed = time.monotonic() - self.started
         # sys.stdout is looked up each time: Ray pickles this callback with the experiment.
-        print(f"[{elapsed:6.0f}s] {self.label} {_number(trial)}: {text}", file=sys.stdout, flush=True)
+        print(f"[{elapsed:6.0f}s] {self.label} {trial_number(trial)}: {text}", file=sys.stdout, flush=True)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         config = trial.config
@@ -75,7 +75,7 @@ class ProgressPrinter(Callback):
         self._say(trial, f"FAILED {lost} again" if lost else "FAILED (see results.json for the error)")
 
 
-def _number(trial) -> str:
+def trial_number(trial) -> str:
     match = re.search(r"^(\d+)_", getattr(trial, "experiment_tag", "") or "")
     return match.group(1) if match else trial.trial_id
 
@@ -121,7 +121,7 @@ class LiveProgress(ProgressPrinter):
         if self._live is None:
             return super()._say(trial, text)
         elapsed = time.monotonic() - self.started
-        self._live.console.print(f"[{elapsed:6.0f}s] {self.label} {_number(trial)}: {text}", markup=False,
+        self._live.console.print(f"[{elapsed:6.0f}s] {self.label} {trial_number(trial)}: {text}", markup=False,
                                  highlight=False, soft_wrap=True)
 
     def on_step_begin(self, iteration, trials, **info):
@@ -137,7 +137,7 @@ class LiveProgress(ProgressPrinter):
         super().on_trial_start(iteration, trials, trial, **info)
         config = trial.config
         self.running[trial.trial_id] = {
-            "number": _number(trial), "stage": 0, "value": None, "status": "starting",
+            "number": trial_number(trial), "stage": 0, "value": None, "status": "starting",
             "params": "engine defaults" if config.get(BASELINE_KEY) else
             " ".join(f"{k}={v}" for k, v in trial_params(config).items())}
 
@@ -166,7 +166,7 @@ class LiveProgress(ProgressPrinter):
         if trial.config.get(BASELINE_KEY):
             self.baseline = value
         if self.best is None or (value > self.best[1] if self.maximize else value < self.best[1]):
-            self.best = (row["number"] if row else _number(trial), value)
+            self.best = (row["number"] if row else trial_number(trial), value)
 
     def __rich__(self):
         from rich.console import Group

@@ -13,15 +13,19 @@ from __future__ import annotations
 import json
 import math
 import random
+import time
 from typing import Any
 
+import ray
 from ray.tune import Callback, Stopper
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
+from llm_autotuner.cluster.backend import shortfall
 from llm_autotuner.objective import INFEASIBLE_SCORE
 from llm_autotuner.outcome import BASELINE_KEY, Outcome
 from llm_autotuner.tuner import registry
+from llm_autotuner.tuner.progress import trial_number
 from llm_autotuner.tuner.session import SessionBound
 from llm_autotuner.errors import TaskError, lost_worker, trial_error
 from llm_autotuner.metrics import maximize
@@ -441,11 +445,43 @@ class FailureGuard(SessionBound, Stopper, Callback):
     again after Ray ran it a second time (a dead node or worker is the infrastructure's failure,
     not the config's: the searcher only hears that the trial errored, never a score)."""
 
+    PLACES_CHECKED_EVERY_S = 10.0
+    STRANDED_FOR_S = 30.0  # nothing running and a trial no live node can hold, this long: stop
+
     def __init__(self, limit: int):
         self.limit = limit
         self.failures: list[str] = []  # first lines of the errors of the current streak
         self.setup_failure: str | None = None
+        self.places_checked = 0.0
+        self.stranded_since: float | None = None
         self.bind()  # one object as callback and stopper, also on --resume (tuner/session.py)
+
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        """A Ray node lost (or gone from the cluster) can leave trials whose claim no live node can
+        hold: Ray keeps them pending, the run would wait forever. Once nothing else runs (the
+        running trials end first), a trial stranded for STRANDED_FOR_S stops the run, saying so
+        (the node may come back meanwhile: `--resume` goes on)."""
+        now = time.monotonic()
+        if self.setup_failure or now - self.places_checked < self.PLACES_CHECKED_EVERY_S:
+            return
+        self.places_checked = now
+        stranded = None
+        if not any(trial.status == "RUNNING" for trial in trials):
+            try:
+                nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+            except Exception:  # Ray's control store not answering now: asked again at the next check
+                return
+            stranded = next(((trial, why) for trial in trials if trial.status == "PENDING"
+                             if (why := shortfall(trial.placement_group_factory.required_resources, nodes))), None)
+        if stranded is None:
+            self.stranded_since = None
+        elif self.stranded_since is None:
+            self.stranded_since = now
+        elif now - self.stranded_since >= self.STRANDED_FOR_S:
+            trial, why = stranded
+            self.setup_failure = (f"trial {trial_number(trial)} {why}, and has waited {now - self.stranded_since:.0f} s "
+                                  f"with nothing else running: a Ray node it could run on was lost or left the "
+                                  f"cluster (continue with --resume once it is back)")
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         result = trial.last_result or {}
