@@ -180,8 +180,7 @@ class LocalBackend(Backend):
         for number, spec in enumerate(specs, 1):
             argv = spec.profile.argv(launch_of(spec), spec.flags)
             files[f"trial-{number}-launch.json"] = json.dumps(
-                {"argv": argv, "command": shlex.join(argv), "claims": spec.profile.resources(spec.flags)},
-                indent=2) + "\n"
+                {"argv": argv, "command": shlex.join(argv)}, indent=2) + "\n"
         return files
 
 

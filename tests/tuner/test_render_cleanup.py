@@ -67,6 +67,29 @@ def test_render_local_example_writes_launch_lines(tmp_path):
     assert Path(launch["argv"][launch["argv"].index("--model") + 1]).is_file()
 
 
+def test_render_names_each_trials_ray_claim_engine_and_load_generator_together(tmp_path):
+    result = cli("render", "examples/quickstart-cpu.yaml", "--trials", "6", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    claims = json.loads((tmp_path / "claims.json").read_text())
+    assert len(claims) == 6
+    for number in range(1, 7):
+        argv = json.loads((tmp_path / f"trial-{number}-launch.json").read_text())["argv"]
+        threads = int(argv[argv.index("--threads") + 1])
+        # the engine's threads plus genai-bench's client_cpus (1), as a trial holds them in Ray
+        assert claims[f"trial-{number}"] == {"CPU": min(threads + 1, os.cpu_count())}
+
+
+def test_render_ome_claims_are_the_trials_gpus_and_genai_bench_cpu(tmp_path):
+    result = cli("render", "examples/ome-sglang.yaml", "--trials", "4", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    claims = json.loads((tmp_path / "claims.json").read_text())
+    for number in range(1, 5):
+        args = yaml.safe_load((tmp_path / f"trial-{number}-inferenceservice.yaml").read_text())[
+            "spec"]["engine"]["runner"]["args"]
+        tp = int(args[args.index("--tp-size") + 1])
+        assert claims[f"trial-{number}"] == {"CPU": 1.0, "ome_gpu": tp}
+
+
 def test_render_with_create_runtime_writes_a_valid_runtime(tmp_path):
     task = yaml.safe_load(open("examples/ome-sglang.yaml"))
     task["deployment"]["create_runtime"] = {"image": "lmsysorg/sglang:v0.5.5", "model_architecture": "LlamaForCausalLM"}
