@@ -10,12 +10,15 @@ runs left behind. Adding a backend is that module, its settings in the task mode
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
+import os
 import math
 from typing import Any
 
 from llm_autotuner.cluster.deployer import Deployer, EngineSpec
 from llm_autotuner.cluster.engines import EngineProfile, EngineSetup, profile_for
+from llm_autotuner.cluster.node_check import NodeCheck
 from llm_autotuner.task import FloatRange, IntRange, Task
 
 # deployment.backend -> "module:Class", imported when used: the kubernetes client only for OME.
@@ -41,7 +44,7 @@ class Backend:
 
     # By default engines run from files on the Ray nodes (a binary, a model), which the engine's
     # profile checks and sets up (cluster/engines.py); a backend whose engines come in an image
-    # overrides these three.
+    # overrides these four.
     def check(self, profile: EngineProfile, task: Task) -> None:
         """The files the task names, before anything is built or started (validate, run)."""
         profile.check(task.model, task.engine)
@@ -51,9 +54,12 @@ class Backend:
         `prove_here`: the trials run on this machine, so its binary is proven here."""
         return profile.setup(task.model, task.engine, prove_here)
 
-    def setup_nodes(self, profile: EngineProfile, task: Task, skip: set[str]) -> dict[str, str]:
-        """On a Ray cluster: Ray node id -> the engine binary proven on that node."""
-        return profile.setup_nodes(task.engine, skip)
+    def node_check(self, profile: EngineProfile, task: Task, model_path: str) -> NodeCheck:
+        """What each Ray node that runs trials must have for the engine (cluster/node_check.py):
+        what the profile names, and the model the driver found (`model_path`, unless a hub id)."""
+        check = profile.node_check(task.engine)
+        model = (("the model", model_path),) if os.path.exists(model_path) else ()
+        return dataclasses.replace(check, files=check.files + model)
 
     def offers(self) -> dict[str, float]:
         """Custom Ray resources the trials claim that no node has by itself: a local Ray is started

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llm_autotuner.cluster.node_check import NodeCheck
 from llm_autotuner.errors import TaskError
 from llm_autotuner.task import Engine, Model, check_value
 
@@ -79,14 +80,11 @@ class EngineProfile:
         on this machine now, nothing built or proven."""
         return engine.binary or self.default_binary, model.path or ""
 
-    def setup_nodes(self, engine: Engine, skip: set[str]) -> dict[str, str]:
-        """On a Ray cluster: Ray node id -> the binary proven on that node, for every node but
-        those in `skip`; empty when the same binary serves everywhere (checked to be there)."""
-        from llm_autotuner.cluster.nodes import check_nodes
-
+    def node_check(self, engine: Engine) -> NodeCheck:
+        """What each Ray node that starts this engine must have (cluster/nodes.py)."""
         # Modules only in the nodes' own Python: a task's binary may be another interpreter.
-        check_nodes(engine.binary or self.default_binary, [] if engine.binary else list(self.modules), skip)
-        return {}
+        return NodeCheck(executable=engine.binary or self.default_binary,
+                         modules=() if engine.binary else tuple(self.modules))
 
     def known_flags(self, engine: Engine, executable: str | None = None) -> frozenset[str] | None:
         """The flag spellings the engine's binary accepts (`executable`, else the one installed on
@@ -162,7 +160,7 @@ class LlamaCppProfile(EngineProfile):
             executable = str(llamacpp_setup.ensure_llama_server(engine.binary))
             check_executable(executable)
         else:
-            executable = engine.binary or self.default_binary  # each node's own: setup_nodes
+            executable = engine.binary or self.default_binary  # each node's own: node_check
         tokenizer = model.tokenizer or str(llamacpp_setup.ensure_tokenizer(Path(path)))
         return EngineSetup(executable, path, model.name or Path(path).name.removesuffix(".gguf"), tokenizer)
 
@@ -179,11 +177,10 @@ class LlamaCppProfile(EngineProfile):
         binary = executable or llamacpp_setup.installed_llama_server(engine.binary)
         return listed_flags([str(binary), "--help"]) if binary else None
 
-    def setup_nodes(self, engine: Engine, skip: set[str]) -> dict[str, str]:
-        # Nodes of one cluster can have different CPUs while sharing one home (one cache).
-        from llm_autotuner.cluster.nodes import prepare_nodes
-
-        return prepare_nodes(engine.binary, skip)
+    def node_check(self, engine: Engine) -> NodeCheck:
+        # Nodes of one cluster can have different CPUs while sharing one home (one cache): each
+        # proves its own binary.
+        return NodeCheck(prove_llama_server=True, task_binary=engine.binary)
 
     def _launcher(self, launch: Launch) -> list[str]:
         return [launch.executable, "--model", launch.model_path, "--host", launch.host,

@@ -1,4 +1,5 @@
-"""Checks that run on every Ray node that may run a trial, before the first trial.
+"""Checks that run on every Ray node that may run a trial, before the first trial (and on a node
+that joins the cluster later, by the first trial placed there).
 
 Nodes of one cluster can have different CPUs while sharing one home directory (one cache), so a
 binary that serves on the driver's machine proves nothing about the others; and a node may lack
@@ -8,50 +9,32 @@ failure names the node.
 
 from __future__ import annotations
 
-import importlib.util
-import shutil
 from typing import Any, Callable
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from llm_autotuner.cluster.node_check import NodeCheck
 from llm_autotuner.errors import SetupError
 
 NODE_SETUP_TIMEOUT_S = 7200  # a node without a cached binary builds one (5-20 minutes on 2 cores)
 NODE_CHECK_TIMEOUT_S = 300  # finding a program and a module: no build
 
 
-@ray.remote(num_cpus=0, max_retries=0)
-def _prepare_node(task_binary: str | None) -> tuple[str, list[str]]:
-    from llm_autotuner.cluster.llamacpp_setup import ensure_llama_server
-
-    lines: list[str] = []
-    return str(ensure_llama_server(task_binary, progress=lines.append)), lines
-
-
-# Idempotent, so run again once if Ray loses its worker (seen on a loaded machine: WorkerCrashedError
-# before the check began).
+# Run again once if Ray loses its worker (seen on a loaded machine: WorkerCrashedError before the
+# check began): a check is idempotent, and a build resumes from its cache.
 @ray.remote(num_cpus=0, max_retries=1)
-def _check_node(executable: str | None, modules: list[str]) -> tuple[None, list[str]]:
-    if executable and not shutil.which(executable):
-        raise SetupError(f"the engine {executable} is not installed there (not an executable file or on PATH)")
-    for module in modules:
-        if importlib.util.find_spec(module) is None:  # found, not imported: genai-bench patches gevent in
-            package = module.replace("_", "-")
-            raise SetupError(f"{package} is not installed there (pip install {package})")
-    return None, []
+def _check_node(check: NodeCheck) -> tuple[str | None, list[str]]:
+    lines: list[str] = []
+    return check.run_here(lines.append), lines
 
 
-def prepare_nodes(task_binary: str | None, skip: set[str] = frozenset(), progress=print) -> dict[str, str]:
-    """node id -> the llama-server that served a completion on that node, for every alive node
-    but those in `skip` (the driver's own, already checked). Raises SetupError naming the node."""
-    return _on_every_node(_prepare_node, (task_binary,), skip, NODE_SETUP_TIMEOUT_S, progress)
-
-
-def check_nodes(executable: str | None, modules: list[str], skip: set[str] = frozenset()) -> None:
-    """That every alive node but those in `skip` has `executable` and can import `modules`.
-    Raises SetupError naming the first node that cannot."""
-    _on_every_node(_check_node, (executable, modules), skip, NODE_CHECK_TIMEOUT_S, print)
+def check_nodes(check: NodeCheck, skip: set[str] = frozenset(), progress=print) -> dict[str, str | None]:
+    """Run `check` on every alive node but those in `skip` (the driver's own, already checked):
+    node id -> the llama-server proven there (None when none is proven). Raises SetupError naming
+    the first node that fails it."""
+    timeout_s = NODE_SETUP_TIMEOUT_S if check.prove_llama_server else NODE_CHECK_TIMEOUT_S
+    return _on_every_node(_check_node, (check,), skip, timeout_s, progress)
 
 
 def everywhere(function: Callable[..., list], *args: Any, timeout_s: float = NODE_CHECK_TIMEOUT_S) -> list:
@@ -66,16 +49,6 @@ def everywhere(function: Callable[..., list], *args: Any, timeout_s: float = NOD
         print(f"[autotuner] warning: {error}; that node's leftovers were not swept")
         return function(*args)  # this node's at least (a second sweep of it finds nothing more)
     return [item for node_items in values.values() for item in node_items]
-
-
-def require_everywhere(function: Callable[..., list], *args: Any, timeout_s: float = NODE_CHECK_TIMEOUT_S) -> None:
-    """`function(*args)` on every alive Ray node (only here without a cluster); raises SetupError
-    naming the first node where it raised."""
-    if not ray.is_initialized() or sum(node["Alive"] for node in ray.nodes()) < 2:
-        function(*args)
-        return
-    remote = ray.remote(num_cpus=0, max_retries=0)(lambda *a: (function(*a), []))
-    _on_every_node(remote, args, set(), timeout_s, print)
 
 
 def _on_every_node(check: Any, args: tuple, skip: set[str], timeout_s: float,

@@ -24,6 +24,7 @@ from llm_autotuner.cluster.backend import Backend, cheapest_params
 from llm_autotuner.cluster.cleanup import delete_labelled, wait_for_names, wait_until_gone
 from llm_autotuner.cluster.deployer import Deployer, Endpoint, EngineSpec, carry_on
 from llm_autotuner.cluster.engines import EngineProfile, EngineSetup
+from llm_autotuner.cluster.node_check import NodeCheck
 from llm_autotuner.cluster.portforward import PortForward
 from llm_autotuner.errors import AutotunerError, DeploymentError, TaskError
 from llm_autotuner.task import OmeDeployment as OmeSettings
@@ -138,8 +139,8 @@ class OmeBackend(Backend):
         return EngineSetup(executable=Path(profile.default_binary).name, model_path=task.model.path or MODEL_PATH_IN_POD,
                            served_name=task.model.name, tokenizer=task.model.tokenizer or "")
 
-    def setup_nodes(self, profile: EngineProfile, task: Task, skip: set[str]) -> dict[str, str]:
-        return {}
+    def node_check(self, profile: EngineProfile, task: Task, model_path: str) -> NodeCheck:
+        return NodeCheck()  # the engine runs in Kubernetes pods, not on the Ray nodes
 
     def claim(self, engine: dict[str, float], client_cpus: float, node_cpus: int) -> dict[str, float]:
         # The engine runs on Kubernetes nodes, not in Ray: only the load generator's CPUs are held in Ray.

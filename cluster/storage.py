@@ -325,10 +325,3 @@ def move_aside(storage: Storage, stamp: str) -> str | None:
                         f"continue it with --resume or remove it") from None
     return aside
 
-
-def check_here(storage: Storage, marker: str) -> list[str]:
-    """On a node: that it sees the storage the driver wrote `marker` into (raises otherwise)."""
-    if not storage.exists(storage.path(marker)):
-        raise TaskError(f"storage: {storage.uri} is not the same storage on this node (a folder on the driver's "
-                        f"disk?); give storage.path a folder every node mounts, or a URI such as s3://bucket/prefix")
-    return []

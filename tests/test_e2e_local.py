@@ -127,6 +127,7 @@ def test_best_command_and_trials_csv(run):
     assert str(top["experiment_id"]) in {row["experiment_id"] for row in front}
     for trial in json.loads((results_dir / "results.json").read_text())["all_results"]:
         assert (results_dir / "trials" / trial["trial_id"] / "engine.log").is_file()
+    assert not list(results_dir.glob(".reachable-*"))  # the nodes' storage check leaves no file
 
 
 def test_the_driver_keeps_few_numbers_per_trial_and_results_keep_every_stage_metric(run):

@@ -19,9 +19,10 @@ from ray import tune
 from llm_autotuner.cluster.backend import backend_for, shortfall, trial_claim
 from llm_autotuner.cluster.deployer import EngineSpec
 from llm_autotuner.cluster.engines import profile_for
+from llm_autotuner.cluster.node_check import NodeCheck
 from llm_autotuner.cluster.storage import Storage, TrialFolder
 from llm_autotuner.trainables.genai_bench import GenaiBenchRunner
-from llm_autotuner.errors import AutotunerError, DeploymentError, InfrastructureError
+from llm_autotuner.errors import AutotunerError, DeploymentError, InfrastructureError, SetupError
 from llm_autotuner.objective import INFEASIBLE_SCORE, request_limits, score_stages, weighted_mean, worst_value
 from llm_autotuner.outcome import Outcome, creation_number, packed_metrics, trial_label, trial_params
 from llm_autotuner.task import Task
@@ -39,6 +40,10 @@ class Resolved:
     run_id: str  # this run of the experiment: labels, records and cleanup use it
     # Ray node id -> the engine binary proven on that node (a node's cache may hold another build).
     node_executables: dict[str, str] = field(default_factory=dict)
+    # What each node must have (cluster/node_check.py), and the nodes checked before the first
+    # trial: a trial on any other node (one that joined later) runs the check there first.
+    node_check: NodeCheck | None = None
+    checked_nodes: frozenset[str] = frozenset()
     run_host: str = ""  # the driver's host (cluster/records.py:host_id)
     # The Ray cluster as the run found it: the most CPUs of a node, and each node's resources.
     node_cpus: int = 0
@@ -151,9 +156,9 @@ class TrialTrainable(tune.Trainable):
             result = interrupted(len(self.measured))
         except AutotunerError as error:
             result = self._failure(error)
-        # Which attempt's folder holds this trial's files (cluster/storage.py: assemble); the node
-        # says which build of the engine it ran (best_command.txt names that one).
-        return result | {"files": self.folder.key, "node": self.node}
+        # Which attempt's folder holds this trial's files (cluster/storage.py: assemble), and the
+        # engine's build it ran (on a cluster, each node's own): best_command.txt names that one.
+        return result | {"files": self.folder.key, "node": self.node, "executable": self.spec.executable}
 
     def _next_stage(self) -> dict:
         task = self.task
@@ -167,6 +172,7 @@ class TrialTrainable(tune.Trainable):
                 return {"stage": 0, "score": INFEASIBLE_SCORE, "objective": None, "violation": f"the config {too_big}",
                         "objectives": {m: worst_value(m) for m in task.objective.metrics}, "slos_met": False,
                         "error": None, "metrics": None, "outcome": Outcome.INFEASIBLE.value, "done": True}
+            self._check_late_node()
             stop_watch = StopWatch(self.resolved.storage)
             self.endpoint = self.running.enter_context(backend_for(task.deployment).deployer().deployed(
                 self.spec, task.deployment.ready_timeout_s, stop_watch.check))
@@ -195,10 +201,29 @@ class TrialTrainable(tune.Trainable):
                 "metrics": packed_metrics(metrics),
                 "measured_via": self.endpoint.via, "outcome": outcome and outcome.value, "done": outcome is not None}
 
+    def _check_late_node(self) -> None:
+        """A node that joined the cluster after the run started was not checked with the others:
+        each trial placed there checks it (and proves its engine binary) before deploying."""
+        check = self.resolved.node_check
+        if check is None or not self.node or self.node in self.resolved.checked_nodes:
+            return
+        import ray
+
+        try:
+            proven = check.run_here()
+        except SetupError as error:
+            raise SetupError(f"node {ray.util.get_node_ip_address()} ({self.node[:8]}), which joined the cluster "
+                             f"during the run: {error}") from None
+        if proven:  # for this trial's engine, and its control start should it fail
+            self.resolved = replace(self.resolved, node_executables=self.resolved.node_executables | {self.node: proven})
+            self.spec = replace(self.spec, executable=proven)
+
     def _failure(self, error: AutotunerError) -> dict:
         self._teardown()  # the failed engine first: the control start below needs its resources
         setup_failure = None
-        if isinstance(error, InfrastructureError):
+        if isinstance(error, SetupError):  # what every trial on that node needs: no config avoids it
+            setup_failure = str(error)
+        elif isinstance(error, InfrastructureError):
             setup_failure = f"the cluster refused what every trial needs: {str(error).splitlines()[0]}"
         elif isinstance(error, DeploymentError) and self.stages is None and not stop_requested(self.resolved.storage):
             # (After a stop no control engine is started: the failure may be the stop's own kill.)
@@ -210,7 +235,9 @@ class TrialTrainable(tune.Trainable):
                 "objectives": {m: worst_value(m) for m in self.task.objective.metrics}, "violation": None,
                 "slos_met": None, "error": f"{type(error).__name__}: {error}", "metrics": None,
                 "setup_failure": setup_failure, "done": True,
-                "outcome": (Outcome.FAILED_INFRASTRUCTURE if isinstance(error, InfrastructureError) else Outcome.FAILED).value}
+                # Not the config's failure: a --resume once the cluster is fixed runs it again.
+                "outcome": (Outcome.FAILED_INFRASTRUCTURE if isinstance(error, (InfrastructureError, SetupError))
+                            else Outcome.FAILED).value}
 
     def _teardown(self) -> None:
         if self.endpoint is not None or self.stages is not None:

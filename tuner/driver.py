@@ -26,8 +26,8 @@ from ray.tune.stopper import TimeoutStopper
 from llm_autotuner.cluster import records
 from llm_autotuner.cluster.backend import Backend, backend_for, cheapest_params, shortfall, trial_claim
 from llm_autotuner.cluster.engines import EngineProfile, profile_for
-from llm_autotuner.cluster.nodes import check_nodes, everywhere, require_everywhere
-from llm_autotuner.cluster.storage import Storage, assemble, check_here, collect_here, move_aside, storage_for
+from llm_autotuner.cluster.nodes import check_nodes, everywhere
+from llm_autotuner.cluster.storage import Storage, assemble, collect_here, move_aside, storage_for
 from llm_autotuner.metrics import maximize
 from llm_autotuner.outcome import BASELINE_KEY, trial_params
 from llm_autotuner.trainables.trial import GPU_LIST_VARIABLES, Resolved, TrialTrainable
@@ -155,19 +155,30 @@ def resolve(task: Task, backend: Backend, storage: Storage, run_id: str, *, loca
     return Resolved(**dataclasses.asdict(setup), storage=storage, run_id=run_id, run_host=records.host_id())
 
 
-def prepare_nodes(task: Task, backend: Backend, resolved: Resolved, local_ray: bool) -> Resolved:
-    """On a Ray cluster, each node checked for genai-bench and the engine, and its engine binary
-    proven on that node where the engine needs it (the driver's own node, when it is one and was
-    checked in `resolve`, is not checked twice)."""
-    skip = {ray.get_runtime_context().get_node_id()} if local_ray else set()
-    if task.benchmark.runner == "direct":  # genai-bench runs beside each trial, on any node
-        check_nodes(None, ["genai_bench"], skip)
-    binaries = backend.setup_nodes(profile_for(task.engine.name), task, skip)
-    if not binaries:
-        return resolved
-    if local_ray:
-        binaries |= {node: resolved.executable for node in skip}
-    return dataclasses.replace(resolved, node_executables=binaries)
+def prepare_nodes(task: Task, backend: Backend, resolved: Resolved, local_ray: bool, unfit: set[str]) -> Resolved:
+    """On a Ray cluster, each node checked for genai-bench, the engine and the files trials read,
+    and its engine binary proven on that node where the engine needs it; not the driver's own node
+    when it is one (checked in `resolve`), nor the `unfit` ones no trial fits. The check goes with
+    the trials: one placed on a node not checked here (one that joined later) runs it there first."""
+    here = {ray.get_runtime_context().get_node_id()} if local_ray else set()
+    engine_check = backend.node_check(profile_for(task.engine.name), task, resolved.model_path)
+    storage, marker = resolved.storage, reachable_marker(resolved.run_id)
+    storage.write_text(storage.path(marker), resolved.run_id)  # removed by the run's sweep
+    load_generator = ("genai_bench",) if task.benchmark.runner == "direct" else ()  # runs beside each trial
+    tokenizer = (("the tokenizer", resolved.tokenizer),) if load_generator and os.path.exists(resolved.tokenizer) else ()
+    check = dataclasses.replace(engine_check, modules=engine_check.modules + load_generator,
+                                files=engine_check.files + tokenizer, storage=storage, storage_marker=marker)
+    found = check_nodes(check, here | unfit)
+    binaries = {node: binary for node, binary in found.items() if binary}
+    if binaries and local_ray:
+        binaries |= {node: resolved.executable for node in here}
+    return dataclasses.replace(resolved, node_check=check, checked_nodes=frozenset(found) | here,
+                               node_executables=binaries)
+
+
+def reachable_marker(run_id: str) -> str:
+    """The file, in the storage, by which a node shows it sees the driver's storage."""
+    return f".reachable-{run_id}"
 
 
 def trial_resources(task: Task, node_cpus: int, nodes: list[dict[str, float]]):
@@ -324,17 +335,18 @@ def _run_alone(task: Task, backend: Backend, storage: Storage, resolved: Resolve
 
 
 def _confirm(task: Task, trainable, resolved: Resolved, results_dir: Path, trials: list, max_concurrent: int,
-             interrupt: Interrupt, live: bool = False) -> list[results_io.TrialRecord] | None:
+             interrupt: Interrupt, live: bool = False) -> tuple[list[results_io.TrialRecord] | None, str | None]:
     """Noise control: re-measure the finalists (the best configs, and the baseline so the gain
     compares configs measured alike) at full length, so the winner is chosen on several runs
     rather than on one lucky one. They run in turns (A B C A B C), not back to back: the machine
     drifts by several percent over minutes (docs/benchmarks.md), and back to back one config would
     get a good spell to itself. Returns the runs; `results_io.summarize` chooses the winner on them.
     Meanwhile results.json holds the search's trials and the runs finished so far (a second Ctrl-C
-    ends the run without the final write)."""
+    ends the run without the final write). Also returns why the confirmation was stopped (None:
+    it was not), as the search's failure guard words it."""
     finalists = results_io.finalists(task, trials)
     if not finalists:
-        return None  # none to re-measure: not an interrupted confirmation
+        return None, None  # none to re-measure: not an interrupted confirmation
     experiment_dir = resolved.storage.where(RAY_EXPERIMENT_NAME)
     searched = results_io.summarize(task, resolved, trials, experiment_dir) | {"in_progress": True}
     results_io.write(results_dir, searched)
@@ -344,6 +356,10 @@ def _confirm(task: Task, trainable, resolved: Resolved, results_dir: Path, trial
     print(f"[autotuner] confirming the best configs: {names}; {task.search.confirm_repeats} more full runs each, "
           f"in turns", flush=True)
     progress = progress_display(task, len(configs), live, label="confirm")
+    # A failed run counts against its config, so no streak of them stops the confirmation; a run
+    # that finds the setup broken does, as in the search: stranded by a lost node (it would wait
+    # for ever), its worker lost twice, an engine that fails whatever its flags, a bad new node.
+    guard = FailureGuard(limit=len(configs) + 1, label="confirm")
     tuner = tune.Tuner(
         trainable, param_space=to_ray(task.search_space),
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, num_samples=len(configs),
@@ -351,16 +367,17 @@ def _confirm(task: Task, trainable, resolved: Resolved, results_dir: Path, trial
                                     max_concurrent_trials=max_concurrent, reuse_actors=False),
         run_config=tune.RunConfig(name=CONFIRM_EXPERIMENT_NAME, **resolved.storage.ray_storage(),
                                   failure_config=RUN_AGAIN_ONCE, verbose=0,
-                                  checkpoint_config=NO_TRIAL_CHECKPOINTS,
+                                  checkpoint_config=NO_TRIAL_CHECKPOINTS, stop=RunEnd(resolved.storage, guard),
                                   callbacks=[progress, results_io.LiveResults(task, resolved, results_dir,
-                                                                              experiment_dir, trials)]),
+                                                                              experiment_dir, trials), guard]),
     )
     with closing(progress):
         runs = results_io.from_result_grid(tuner.fit())
+    stopped_because = guard.reason
     for run in runs:
         # A run the stop cut between stages measured nothing for or against its config.
-        run.ended = not interrupt.requested or bool(run.last.get("outcome"))
-    return runs
+        run.ended = not (interrupt.requested or stopped_because) or bool(run.last.get("outcome"))
+    return runs, stopped_because
 
 
 def sweep(task: Task, backend: Backend, resolved: Resolved) -> None:
@@ -379,7 +396,15 @@ def sweep(task: Task, backend: Backend, resolved: Resolved) -> None:
     # first, as the cleanup after it talks to a cluster that may not answer.
     steps = ([("scrubbing secrets from the trials' files", lambda: scrub_folder(Path(storage.path("trials"))))]
              if storage.direct else [])
-    steps += [("removing engines", engines), ("gathering the trials' files", lambda: gather_files(resolved, []))]
+    def markers() -> None:
+        # This run's, and any a killed earlier session of the task left (no other run of the task is
+        # alive: records.exclusive).
+        for name in storage.listdir(storage.path()):
+            if name.startswith(reachable_marker("")):
+                storage.filesystem.delete_file(storage.path(name))
+
+    steps += [("removing engines", engines), ("gathering the trials' files", lambda: gather_files(resolved, [])),
+              ("removing the storage check's file", markers)]
     with signals_noted():
         for what, step in steps:
             try:
@@ -388,17 +413,6 @@ def sweep(task: Task, backend: Backend, resolved: Resolved) -> None:
                 said = str(error).strip().splitlines()
                 print(f"[autotuner] warning: {what} failed: {said[0] if said else repr(error)} "
                       "(`autotuner cleanup TASK_FILE` removes what is left)", flush=True)
-
-
-def check_storage(storage: Storage, run_id: str) -> None:
-    """That every node reaches the storage the driver writes to: Ray checks it only when a trial
-    saves a checkpoint (we keep none), so a folder on the driver's own disk would go unnoticed."""
-    marker = f".reachable-{run_id}"
-    storage.write_text(storage.path(marker), run_id)
-    try:
-        require_everywhere(check_here, storage, marker)
-    finally:
-        storage.filesystem.delete_file(storage.path(marker))
 
 
 def gather_files(resolved: Resolved, runs: list[results_io.TrialRecord]) -> None:
@@ -453,17 +467,19 @@ def _tune(task: Task, backend: Backend, resolved: Resolved, results_dir: Path, a
     # ray.init, whose own handler would end the process on the spot.
     interrupt = Interrupt(resolved.storage)
     interrupt.install()
-    resolved = prepare_nodes(task, backend, resolved, local_ray)
-    check_storage(resolved.storage, resolved.run_id)
-    for line in backend.prepare(resolved.served_name):
-        print(f"[autotuner] {line}")
-    available = ray.cluster_resources()
-    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    alive = [node for node in ray.nodes() if node["Alive"]]
+    nodes = [node["Resources"] for node in alive]
     node_cpus = max((int(node.get("CPU", 0)) for node in nodes), default=os.cpu_count() or 1)
     smallest = trial_claim(task, cheapest_params(task), node_cpus)
     too_big = shortfall(smallest, nodes)
     if too_big:
         raise TaskError(f"search_space: even its smallest config {too_big}; no trial could run")
+    # A node no trial fits (a head started with no CPUs, a CPU node of a GPU task) need not have what trials need.
+    unfit = {node["NodeID"] for node in alive if shortfall(smallest, [node["Resources"]])}
+    resolved = prepare_nodes(task, backend, resolved, local_ray, unfit)
+    for line in backend.prepare(resolved.served_name):
+        print(f"[autotuner] {line}")
+    available = ray.cluster_resources()
     # Each trial checks that its own config fits before it deploys anything.
     resolved = dataclasses.replace(resolved, node_cpus=node_cpus, nodes=tuple(nodes))
     max_concurrent = task.search.max_concurrent or capacity(available, smallest)
@@ -547,16 +563,20 @@ def _finish(task: Task, backend: Backend, resolved: Resolved, results_dir: Path,
         if interrupt.requested and not trial.reports:
             trial.ended = False  # created but never run: the interrupt, not the search, left it out
     stopped_because = guard.reason if guard else None
+    setup_failure = bool(guard and guard.setup_failure)
     if not (interrupt.requested or stopped_because):
         settle(backend, resolved.run_id)  # the search's last engines are gone before the confirmation runs
         interrupt.clear_run_end()  # the time budget or patience left the stop for the search's trials only
     gather_files(resolved, trials)  # (the confirmation runs' files: in the sweep, after their engines are gone)
-    confirmations = (None if interrupt.requested or stopped_because
-                     else _confirm(task, trainable, resolved, results_dir, trials, max_concurrent, interrupt, live))
+    confirmations = None
+    if not (interrupt.requested or stopped_because):
+        confirmations, stopped_because = _confirm(task, trainable, resolved, results_dir, trials, max_concurrent,
+                                                  interrupt, live)
+        setup_failure = stopped_because is not None  # only a broken setup stops it (see _confirm)
     summary = results_io.summarize(task, resolved, trials, storage.where(RAY_EXPERIMENT_NAME), confirmations)
     summary["interrupted"] = summary["interrupted"] or interrupt.requested is not None
     summary["stopped_because"] = stopped_because
-    summary["setup_failure"] = bool(guard and guard.setup_failure)
+    summary["setup_failure"] = setup_failure
     results_io.write(results_dir, summary)
     export_winner(task, resolved, results_dir, summary)
     try:

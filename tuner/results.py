@@ -182,12 +182,14 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[-1] if text else ''}"
 
 
-def launch_line(task: Task, resolved: Resolved, parameters: dict[str, Any], node: str = "") -> list[str]:
-    """The argv that starts the engine as the trial ran it (on a Ray cluster: the binary proven on
-    the trial's node), its `engine.env` included (through `env`, so the line runs from a shell and
-    as an argv alike; the task refuses secret-looking names)."""
+def launch_line(task: Task, resolved: Resolved, parameters: dict[str, Any], ran: dict[str, Any]) -> list[str]:
+    """The argv that starts the engine as the trial ran it (`ran`: its last report; on a Ray
+    cluster the binary proven on the trial's node, which it reports), its `engine.env` included
+    (through `env`, so the line runs from a shell and as an argv alike; the task refuses
+    secret-looking names)."""
     profile = profile_for(task.engine.name)
-    launch = Launch(resolved.node_executables.get(node, resolved.executable), resolved.model_path, resolved.served_name, "127.0.0.1", LAUNCH_LINE_PORT)
+    executable = ran.get("executable") or resolved.node_executables.get(ran.get("node", ""), resolved.executable)
+    launch = Launch(executable, resolved.model_path, resolved.served_name, "127.0.0.1", LAUNCH_LINE_PORT)
     env = ["env", *(f"{name}={value}" for name, value in task.engine.env.items())] if task.engine.env else []
     return env + profile.argv(launch, profile.merged(task.engine.args, parameters))
 
@@ -414,7 +416,7 @@ def summarize(task: Task, resolved: Resolved, records: list[TrialRecord], experi
     def brief(record: TrialRecord) -> dict:
         result = {"experiment_id": record.experiment_id, "trial_id": record.trial_id,
                   "parameters": record.parameters, "objective_score": record.objective,
-                  "command": shlex.join(launch_line(task, resolved, record.parameters, record.last.get("node", "")))}
+                  "command": shlex.join(launch_line(task, resolved, record.parameters, record.last))}
         finalist = finalist_of.get(record.trial_id)
         if finalist:
             result |= {"objective_score": finalist.mean, "search_objective": record.objective,

@@ -448,8 +448,9 @@ class FailureGuard(SessionBound, Stopper, Callback):
     PLACES_CHECKED_EVERY_S = 10.0
     STRANDED_FOR_S = 30.0  # nothing running and a trial no live node can hold, this long: stop
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, label: str = "trial"):
         self.limit = limit
+        self.label = label  # what its messages call a trial ("confirm" for a re-measurement)
         self.failures: list[str] = []  # first lines of the errors of the current streak
         self.setup_failure: str | None = None
         self.places_checked = 0.0
@@ -479,7 +480,7 @@ class FailureGuard(SessionBound, Stopper, Callback):
             self.stranded_since = now
         elif now - self.stranded_since >= self.STRANDED_FOR_S:
             trial, why = stranded
-            self.setup_failure = (f"trial {trial_number(trial)} {why}, and has waited {now - self.stranded_since:.0f} s "
+            self.setup_failure = (f"{self.label} {trial_number(trial)} {why}, and has waited {now - self.stranded_since:.0f} s "
                                   f"with nothing else running: a Ray node it could run on was lost or left the "
                                   f"cluster (continue with --resume once it is back)")
 

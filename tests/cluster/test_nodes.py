@@ -20,7 +20,8 @@ from llm_autotuner.cluster.local import LocalBackend
 from llm_autotuner.cluster.procs import start_time
 from llm_autotuner.errors import SetupError
 from llm_autotuner.task import LocalDeployment
-from llm_autotuner.cluster.nodes import check_nodes, prepare_nodes
+from llm_autotuner.cluster.node_check import NodeCheck
+from llm_autotuner.cluster.nodes import check_nodes
 
 pytestmark = pytest.mark.e2e
 
@@ -50,7 +51,7 @@ def two_nodes():
 
 def test_every_node_checks_its_binary_and_names_it(two_nodes, llama_server):
     lines = []
-    binaries = prepare_nodes(None, progress=lines.append)
+    binaries = check_nodes(NodeCheck(prove_llama_server=True), progress=lines.append)
     alive = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
     assert set(binaries) == alive and len(alive) == 2
     checked = {line.split("]")[0] for line in lines if "it served a completion on this machine" in line}
@@ -62,7 +63,7 @@ def test_a_node_whose_binary_dies_is_named_in_one_line(two_nodes, tmp_path):
     binary.write_text("#!/bin/sh\nkill -ILL $$\n")
     binary.chmod(0o755)
     with pytest.raises(SetupError) as caught:
-        prepare_nodes(str(binary))
+        check_nodes(NodeCheck(prove_llama_server=True, task_binary=str(binary)))
     message = str(caught.value)
     assert re.match(r"node \S+ \([0-9a-f]{8}\): ", message), message
     assert f"engine.binary={binary} does not run on this machine" in message
@@ -70,15 +71,25 @@ def test_a_node_whose_binary_dies_is_named_in_one_line(two_nodes, tmp_path):
 
 
 def test_a_node_without_the_engine_or_genai_bench_is_named_in_one_line(two_nodes, tmp_path):
-    check_nodes(None, ["genai_bench"])  # installed on both: no error
+    check_nodes(NodeCheck(modules=("genai_bench",)))  # installed on both: no error
     with pytest.raises(SetupError) as caught:
-        check_nodes(str(tmp_path / "vllm"), [])
+        check_nodes(NodeCheck(executable=str(tmp_path / "vllm")))
     assert re.match(rf"node \S+ \([0-9a-f]{{8}}\): the engine {tmp_path / 'vllm'} is not installed there",
                     str(caught.value)), caught.value
     with pytest.raises(SetupError) as caught:
-        check_nodes(None, ["no_such_load_generator"])
+        check_nodes(NodeCheck(modules=("no_such_load_generator",)))
     assert re.match(r"node \S+ \([0-9a-f]{8}\): no-such-load-generator is not installed there",
                     str(caught.value)), caught.value
+
+
+def test_a_file_a_trial_reads_missing_on_a_node_is_named_with_the_node(two_nodes, tmp_path):
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"GGUF")
+    check_nodes(NodeCheck(files=(("the model", str(model)),)))  # there on both: no error
+    with pytest.raises(SetupError) as caught:
+        check_nodes(NodeCheck(files=(("the model", str(model)), ("the tokenizer", str(tmp_path / "tok")))))
+    assert re.match(rf"node \S+ \([0-9a-f]{{8}}\): the tokenizer {tmp_path / 'tok'} is not there: ", str(caught.value)), \
+        caught.value
 
 
 def test_leftover_engines_are_swept_on_every_node(two_nodes):

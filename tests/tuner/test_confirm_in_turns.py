@@ -53,7 +53,9 @@ def test_the_best_configs_and_the_baseline_are_re_measured_in_turns(tmp_path):
     trainable = tune.with_parameters(stand_in, log=str(log))
     storage = Storage(LocalFileSystem(), str(tmp_path), str(tmp_path))
     resolved = Resolved("s", "/m", "m", "/t", storage, "r")
-    runs = driver._confirm(task, trainable, resolved, tmp_path / "results", trials, 1, Interrupt(storage))
+    runs, stopped_because = driver._confirm(task, trainable, resolved, tmp_path / "results", trials, 1,
+                                            Interrupt(storage))
+    assert stopped_because is None
     ran = [json.loads(line) for line in log.read_text().splitlines()]
     a, b, baseline = {"parallel": 1}, {"parallel": 2}, {"parallel": None, BASELINE_KEY: True}
     assert ran == [a, b, baseline, a, b, baseline]

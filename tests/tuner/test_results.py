@@ -132,6 +132,10 @@ def test_the_launch_line_names_the_build_the_winner_ran_on_its_ray_node(tmp_path
             report["node"] = node
     write(tmp_path, summarize(task(), resolved, [winner, other], "unused"))
     assert (tmp_path / "best_command.txt").read_text().split()[0] == "/b/llama-server"
+    # A node that joined during the run proved its build in the winner's trial, which reports it.
+    winner.reports[-1] |= {"node": "node-c", "executable": "/c/llama-server"}
+    write(tmp_path, summarize(task(), resolved, [winner, other], "unused"))
+    assert (tmp_path / "best_command.txt").read_text().split()[0] == "/c/llama-server"
 
 
 def test_the_stage_plot_has_a_legend_when_no_trial_finished(tmp_path, recwarn):
