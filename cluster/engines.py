@@ -81,7 +81,7 @@ class EngineProfile:
         return engine.binary or self.default_binary, model.path or ""
 
     def node_check(self, engine: Engine) -> NodeCheck:
-        """What each Ray node that starts this engine must have (cluster/nodes.py)."""
+        """What each Ray node that starts this engine must have (cluster/node_check.py)."""
         # Modules only in the nodes' own Python: a task's binary may be another interpreter.
         return NodeCheck(executable=engine.binary or self.default_binary,
                          modules=() if engine.binary else tuple(self.modules))

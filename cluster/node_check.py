@@ -1,6 +1,6 @@
 """What a Ray node must have to run trials (the engine, genai-bench, the model's files), checked
-on that node: cluster/nodes.py runs it on every node before the first trial, and a trial placed
-on a node that joined the cluster later runs it there first (trainables/trial.py)."""
+on that node: cluster/nodes.py runs it on every node before the first trial, and each trial
+placed on a node that joined the cluster later runs it there first (trainables/trial.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Checks that run on every Ray node that may run a trial, before the first trial (and on a node
-that joins the cluster later, by the first trial placed there).
+"""Checks that run on every Ray node that may run a trial, before the first trial (a node that
+joins the cluster later is checked by each trial placed there: trainables/trial.py).
 
 Nodes of one cluster can have different CPUs while sharing one home directory (one cache), so a
 binary that serves on the driver's machine proves nothing about the others; and a node may lack

@@ -396,6 +396,7 @@ def sweep(task: Task, backend: Backend, resolved: Resolved) -> None:
     # first, as the cleanup after it talks to a cluster that may not answer.
     steps = ([("scrubbing secrets from the trials' files", lambda: scrub_folder(Path(storage.path("trials"))))]
              if storage.direct else [])
+
     def markers() -> None:
         # This run's, and any a killed earlier session of the task left (no other run of the task is
         # alive: records.exclusive).
