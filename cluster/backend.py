@@ -91,9 +91,9 @@ class Backend:
         line (best_command.txt): none for local engines."""
         return {}
 
-    def render(self, specs: list[EngineSpec]) -> dict[str, str]:
-        """File name -> content: what deploying these trials would create (`trial-N-...` for the
-        Nth), without contacting anything."""
+    def render(self, specs: dict[int, EngineSpec]) -> dict[str, str]:
+        """File name -> content: what deploying these trials (by number) would create
+        (`trial-N-...` for trial N), without contacting anything."""
         raise NotImplementedError
 
 

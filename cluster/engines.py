@@ -73,7 +73,7 @@ class EngineProfile:
         (a local Ray), so a binary the setup can prove is proven here."""
         executable = engine.binary or self.default_binary
         check_executable(executable)
-        return EngineSetup(executable, model.path, model.name or Path(model.path).name, model.tokenizer or model.path)
+        return EngineSetup(executable, model.path, served_name(model, model.path), model.tokenizer or model.path)
 
     def launch_paths(self, model: Model, engine: Engine) -> tuple[str, str]:
         """(binary, model) as a launch line written without a run names them (`render`): what is
@@ -162,7 +162,7 @@ class LlamaCppProfile(EngineProfile):
         else:
             executable = engine.binary or self.default_binary  # each node's own: node_check
         tokenizer = model.tokenizer or str(llamacpp_setup.ensure_tokenizer(Path(path)))
-        return EngineSetup(executable, path, model.name or Path(path).name.removesuffix(".gguf"), tokenizer)
+        return EngineSetup(executable, path, served_name(model, path), tokenizer)
 
     def launch_paths(self, model: Model, engine: Engine) -> tuple[str, str]:
         from llm_autotuner.cluster import llamacpp_setup
@@ -218,6 +218,11 @@ def _negatable(*names: str) -> dict[str, tuple[list[str], list[str]]]:
     return {name: ([f"--{name}"], [f"--no-{name}"]) for name in names}
 
 
+def _on_off(*names: str) -> dict[str, tuple[list[str], list[str]]]:
+    # YAML reads an unquoted on/off as true/false: those reach the flag as its own words.
+    return {name: ([f"--{name}", "on"], [f"--{name}", "off"]) for name in names}
+
+
 LLAMA_CPP = LlamaCppProfile(
     name="llama.cpp",
     health_path="/health",
@@ -228,7 +233,8 @@ LLAMA_CPP = LlamaCppProfile(
     # Every `--X, --no-X` pair of llama-server's --help (llama-cpp-python 0.3.36's build; the test
     # tests/cluster/test_engines.py checks the pairs against the real binary). Its booleans without
     # a negative form (--check-tensors, --verbose...) are off by default: a false leaves them out.
-    bool_spelling={"flash-attn": (["--flash-attn", "on"], ["--flash-attn", "off"])}
+    # Its `--X [on|off...]` flags take the words.
+    bool_spelling=_on_off("flash-attn", "fit", "log-colors", "reasoning")
     | _negatable("agent", "cache-idle-slots", "cache-prompt", "cont-batching", "context-shift", "cors-credentials",
                  "escape", "jinja", "kv-offload", "kv-unified", "log-jsonl", "log-prefix", "log-timestamps",
                  "mmproj-auto", "mmproj-offload", "models-autoload", "op-offload", "perf", "prefill-assistant",
@@ -274,6 +280,11 @@ def profile_for(engine: str) -> EngineProfile:
         return PROFILES[engine]
     except KeyError:
         raise TaskError(f"engine.name: unknown engine {engine!r}; one of {', '.join(PROFILES)}") from None
+
+
+def served_name(model: Model, model_path: str) -> str:
+    """The name the engine serves the model under: the task's, else its file's or folder's."""
+    return model.name or Path(model_path).name.removesuffix(".gguf")
 
 
 def check_executable(executable: str) -> None:

@@ -175,9 +175,9 @@ class LocalBackend(Backend):
             f"engine process group {record.pgid} ({record.experiment}, trial {record.trial_id}) left by run "
             f"{record.run_id}" for record in everywhere(records.kill_leftover_engines, experiment)))
 
-    def render(self, specs: list[EngineSpec]) -> dict[str, str]:
+    def render(self, specs: dict[int, EngineSpec]) -> dict[str, str]:
         files = {}
-        for number, spec in enumerate(specs, 1):
+        for number, spec in specs.items():
             argv = spec.profile.argv(launch_of(spec), spec.flags)
             files[f"trial-{number}-launch.json"] = json.dumps(
                 {"argv": argv, "command": shlex.join(argv)}, indent=2) + "\n"

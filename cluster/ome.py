@@ -174,12 +174,12 @@ class OmeBackend(Backend):
     def export(self, spec: EngineSpec) -> dict[str, str]:
         return {"best_inferenceservice.yaml": manifests.to_yaml(render(spec, self.settings, production=True))}
 
-    def render(self, specs: list[EngineSpec]) -> dict[str, str]:
+    def render(self, specs: dict[int, EngineSpec]) -> dict[str, str]:
         files = {f"trial-{number}-inferenceservice.yaml": manifests.to_yaml(render(spec, self.settings))
-                 for number, spec in enumerate(specs, 1)}
+                 for number, spec in specs.items()}
         if self.settings.create_runtime is not None and specs:
-            files["cluster-serving-runtime.yaml"] = manifests.to_yaml(runtime_manifest(self.settings,
-                                                                                       specs[0].served_name))
+            files["cluster-serving-runtime.yaml"] = manifests.to_yaml(runtime_manifest(
+                self.settings, next(iter(specs.values())).served_name))
         return files
 
 

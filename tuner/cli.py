@@ -167,9 +167,13 @@ def _render(args) -> int:
     if args.trials < 1:
         raise TaskError(f"--trials: must be at least 1 (got {args.trials})")
     task = _load_task(args.task)
-    from llm_autotuner.tuner.render import render_trials
+    from llm_autotuner.tuner.driver import preflight
+    from llm_autotuner.tuner.render import EARLIER_RENDER, render_trials
 
-    files = render_trials(task, args.trials)
+    preflight(task)  # what a run would refuse is not rendered as if it would deploy
+    files, notes = render_trials(task, args.trials)
+    for note in notes:
+        print(note, file=sys.stderr)
     if args.out is None:
         for name, text in files.items():
             print(f"# {name}\n{text}")
@@ -178,9 +182,15 @@ def _render(args) -> int:
     if out.exists() and not out.is_dir():
         raise TaskError(f"--out: {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
+    # An earlier render's files left beside these would be applied with them (kubectl apply -f DIR).
+    stale = [path for path in out.iterdir() if path.is_file() and EARLIER_RENDER.fullmatch(path.name)
+             and path.name not in files]
+    for path in stale:
+        path.unlink()
     for name, text in files.items():
         (out / name).write_text(text)
-    print(f"wrote {len(files)} files to {out}/: {', '.join(files)}")
+    removed = f"; removed {len(stale)} an earlier render wrote there ({', '.join(p.name for p in stale)})" if stale else ""
+    print(f"wrote {len(files)} files to {out}/: {', '.join(files)}{removed}")
     return EXIT_OK
 
 

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from llm_autotuner.cluster.backend import backend_for, trial_claim
 from llm_autotuner.cluster.deployer import EngineSpec
-from llm_autotuner.cluster.engines import profile_for
+from llm_autotuner.cluster.engines import profile_for, served_name
 from llm_autotuner.tuner.space import sample
 from llm_autotuner.task import Task
 
 RENDER_RUN_ID = "render"
+# The names of the files `render_trials` writes.
+EARLIER_RENDER = re.compile(r"trial-\d+-(launch\.json|inferenceservice\.yaml|benchmarkjob\.yaml)|claims\.json"
+                            r"|cluster-serving-runtime\.yaml")
 
 
 def winner_files(task: Task, served_name: str, executable: str, model_path: str,
@@ -26,25 +30,38 @@ def winner_files(task: Task, served_name: str, executable: str, model_path: str,
     return backend_for(task.deployment).export(spec)
 
 
-def render_trials(task: Task, trials: int) -> dict[str, str]:
-    """File name -> content: per trial what its backend would deploy (a manifest on OME, a launch
-    line locally) and, with the BenchmarkJob runner, its job; and `claims.json`, what each trial
-    would hold in Ray (engine and load generator) on a node with this machine's CPUs."""
+def render_trials(task: Task, trials: int) -> tuple[dict[str, str], list[str]]:
+    """(file name -> content, notes): per trial what its backend would deploy (a manifest on OME,
+    a launch line locally) and, with the BenchmarkJob runner, its job; and `claims.json`, what each
+    trial would hold in Ray (engine and load generator) on a node with this machine's CPUs. A
+    sampled config the run would skip (more GPUs than the deployment offers) is named in the notes
+    instead of rendered."""
     profile = profile_for(task.engine.name)
+    backend = backend_for(task.deployment)
     executable, model_path = profile.launch_paths(task.model, task.engine)
-    samples = [sample(task.search_space) for _ in range(trials)]
-    specs = [EngineSpec(experiment=task.name, run_id=RENDER_RUN_ID, trial_id=f"trial{number}", profile=profile,
-                        executable=executable, model_path=model_path, served_name=task.model.name or "model",
-                        flags=profile.merged(task.engine.args, params), workdir=Path("."), env=dict(task.engine.env))
-             for number, params in enumerate(samples, 1)]
-    files = backend_for(task.deployment).render(specs)
     node_cpus = os.cpu_count() or 1
-    files["claims.json"] = json.dumps({f"trial-{number}": trial_claim(task, params, node_cpus)
-                                       for number, params in enumerate(samples, 1)}, indent=2) + "\n"
+    offers = backend.offers()  # (a local machine's GPUs are Ray's to count, at the run)
+    specs: dict[int, EngineSpec] = {}
+    claims, notes = {}, []
+    for number in range(1, trials + 1):
+        params = sample(task.search_space)
+        claims[f"trial-{number}"] = claim = trial_claim(task, params, node_cpus)
+        over = [f"{claim[kind]:g} {kind} where the deployment offers {have:g}"
+                for kind, have in offers.items() if claim.get(kind, 0) > have]
+        if over:
+            config = ", ".join(f"{name}={value}" for name, value in params.items())
+            notes.append(f"trial {number} ({config}) is not rendered: it needs {'; '.join(over)} (a run skips it)")
+            continue
+        specs[number] = EngineSpec(
+            experiment=task.name, run_id=RENDER_RUN_ID, trial_id=f"trial{number}", profile=profile,
+            executable=executable, model_path=model_path, served_name=served_name(task.model, model_path),
+            flags=profile.merged(task.engine.args, params), workdir=Path("."), env=dict(task.engine.env))
+    files = backend.render(specs)
+    files["claims.json"] = json.dumps(claims, indent=2) + "\n"
     if task.benchmark.runner == "benchmarkjob":
         from llm_autotuner.trainables.benchmark_job import BenchmarkJobRunner
 
         runner = BenchmarkJobRunner(task, RENDER_RUN_ID, profile.api_backend)
-        for number, spec in enumerate(specs, 1):
+        for number, spec in specs.items():
             files[f"trial-{number}-benchmarkjob.yaml"] = runner.render(spec)
-    return files
+    return files, notes

@@ -1,5 +1,6 @@
 """Engine profiles: parameter dicts become argv lists with each engine's own spelling."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,17 @@ def test_llama_cpp_false_turns_off_every_flag_the_real_server_can_turn_off(llama
         assert LLAMA_CPP.flag_argv({name: True}) == [f"--{name}"], name
     negatable = {name for name, (_, off) in LLAMA_CPP.bool_spelling.items() if off == [f"--no-{name}"]}
     assert negatable == pairs  # none the binary lacks: `--no-X` it does not know would stop it at start
+
+
+def test_llama_cpp_on_and_off_reach_every_flag_that_takes_those_words(llama_server):
+    """YAML reads `fit: [on, off]` as true/false: a bare `--fit` stops the engine at start, and
+    a dropped one runs the engine's default while the results say off."""
+    help_text = subprocess.run([llama_server, "--help"], capture_output=True, text=True, timeout=60).stdout
+    takes_words = set(re.findall(r"--([a-z-]+) \[on\|off", help_text))
+    assert {"flash-attn", "fit"} <= takes_words  # the parse found them
+    for name in takes_words:
+        assert LLAMA_CPP.flag_argv({name: True}) == [f"--{name}", "on"], name
+        assert LLAMA_CPP.flag_argv({name: False}) == [f"--{name}", "off"], name
 
 
 def test_llama_cpp_false_for_a_flag_without_negative_form_is_left_out():

@@ -90,6 +90,68 @@ def test_render_ome_claims_are_the_trials_gpus_and_genai_bench_cpu(tmp_path):
         assert claims[f"trial-{number}"] == {"CPU": 1.0, "ome_gpu": tp}
 
 
+def _task_file(tmp_path, example, change):
+    task = yaml.safe_load(open(example))
+    change(task)
+    path = tmp_path / "task.yaml"
+    path.write_text(yaml.safe_dump(task))
+    return str(path)
+
+
+def test_render_refuses_what_validate_refuses_and_writes_nothing(tmp_path):
+    """A dry run that writes a launch line or manifest a run would refuse tells the user it would deploy."""
+    misspelled = _task_file(tmp_path, "examples/quickstart-cpu.yaml",
+                            lambda task: task["search_space"].update({"paralel": [2, 4]}))
+    out = tmp_path / "out"
+    for command in ("validate", "render"):
+        result = cli(command, misspelled, *(["--out", str(out)] if command == "render" else []))
+        assert result.returncode == 2, result
+        assert result.stderr.strip().splitlines() == [
+            "autotuner: error: search_space.paralel: llama.cpp has no --paralel (its --help); did you mean --parallel?"]
+    assert not out.exists()
+
+
+def test_render_leaves_out_a_config_over_the_gpu_budget_and_says_why(tmp_path):
+    def wide(task):
+        task["search_space"]["tp-size"] = [1, 16]  # 16 GPUs: the budget is 8
+    result = cli("render", _task_file(tmp_path, "examples/ome-sglang.yaml", wide), "--trials", "30",
+                 "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    claims = json.loads((tmp_path / "out" / "claims.json").read_text())
+    over = {name for name, claim in claims.items() if claim["ome_gpu"] > 8}
+    assert over and len(over) < 30  # both kinds sampled
+    for name in claims:
+        assert (tmp_path / "out" / f"{name}-inferenceservice.yaml").exists() == (name not in over)
+    notes = result.stderr.strip().splitlines()
+    assert len(notes) == len(over)
+    for note in notes:
+        assert re.fullmatch(r"trial \d+ \(.*tp-size=16.*\) is not rendered: it needs 16 ome_gpu where the deployment "
+                            r"offers 8 \(a run skips it\)", note), note
+
+
+def test_render_again_into_a_folder_replaces_the_earlier_render(tmp_path):
+    """`kubectl apply -f DIR` applies every file there: an earlier render's must not stay among them."""
+    out = tmp_path / "out"
+    assert cli("render", "examples/ome-sglang-benchmarkjob.yaml", "--trials", "3", "--out", str(out)).returncode == 0
+    (out / "notes.txt").write_text("the user's own file")
+    result = cli("render", "examples/ome-sglang.yaml", "--trials", "1", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert sorted(path.name for path in out.iterdir()) == ["claims.json", "notes.txt", "trial-1-inferenceservice.yaml"]
+    assert "removed 5 an earlier render wrote there" in result.stdout
+    assert "name: llama-3-1-8b-sglang-render-trial1\n" in (out / "trial-1-inferenceservice.yaml").read_text()
+
+
+def test_render_serves_the_model_under_the_name_a_run_gives_it(tmp_path):
+    """The task's model.name, else the model file's name (a run's: best_command.txt), not a placeholder."""
+    unnamed = _task_file(tmp_path, "examples/quickstart-cpu.yaml", lambda task: task["model"].pop("name"))
+    for task, out, served in (("examples/quickstart-cpu.yaml", tmp_path / "named", "smollm2-135m"),
+                              (unnamed, tmp_path / "unnamed", "SmolLM2-135M-Instruct.Q4_1")):
+        result = cli("render", task, "--trials", "1", "--out", str(out))
+        assert result.returncode == 0, result.stderr
+        argv = json.loads((out / "trial-1-launch.json").read_text())["argv"]
+        assert argv[argv.index("--alias") + 1] == served
+
+
 def test_render_with_create_runtime_writes_a_valid_runtime(tmp_path):
     task = yaml.safe_load(open("examples/ome-sglang.yaml"))
     task["deployment"]["create_runtime"] = {"image": "lmsysorg/sglang:v0.5.5", "model_architecture": "LlamaForCausalLM"}
