@@ -73,6 +73,9 @@ class EngineProfile:
         (a local Ray), so a binary the setup can prove is proven here."""
         executable = engine.binary or self.default_binary
         check_executable(executable)
+        if prove_here and missing_model(model):
+            raise TaskError(f"model.path: {model.path} does not exist on this machine, where the trials run "
+                            "(a local folder, or a hub id such as org/name)")
         return EngineSetup(executable, model.path, served_name(model, model.path), model.tokenizer or model.path)
 
     def launch_paths(self, model: Model, engine: Engine) -> tuple[str, str]:
@@ -148,7 +151,11 @@ class LlamaCppProfile(EngineProfile):
 
     def check(self, model: Model, engine: Engine) -> None:
         super().check(model, engine)
-        if model.path not in BUILTIN_MODELS:
+        if model.path in BUILTIN_MODELS:
+            from llm_autotuner.cluster import llamacpp_setup
+
+            llamacpp_setup.smollm2_gguf()  # its package is there (not a dependency of a plain install)
+        else:
             check_gguf(model.path)
 
     def setup(self, model: Model, engine: Engine, prove_here: bool) -> EngineSetup:
@@ -285,6 +292,12 @@ def profile_for(engine: str) -> EngineProfile:
 def served_name(model: Model, model_path: str) -> str:
     """The name the engine serves the model under: the task's, else its file's or folder's."""
     return model.name or Path(model_path).name.removesuffix(".gguf")
+
+
+def missing_model(model: Model) -> bool:
+    """A model named by a local path (the task's paths are absolute by now) that is not on this
+    machine; a hub id (org/name) is the engine's to fetch."""
+    return bool(model.path) and os.path.isabs(model.path) and not os.path.exists(model.path)
 
 
 def check_executable(executable: str) -> None:

@@ -20,7 +20,7 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="tune the engine described by a task file")
     run.add_argument("task", help="task file (YAML or JSON)")
     run.add_argument("--resume", action="store_true",
-                     help="continue the interrupted run in results/<task>/ (finished trials are kept)")
+                     help="continue the task's interrupted run (in its results_dir/<name>/; finished trials are kept)")
     run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     run.add_argument("--no-dashboard", action="store_true",
                      help="start the local Ray without its dashboard (CI, a machine short of memory)")
@@ -31,15 +31,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-v", "--verbose", action="store_true", help="Ray Tune's own warnings too")
 
     validate = commands.add_parser("validate", help="check a task file and exit")
-    validate.add_argument("task")
+    validate.add_argument("task", help="task file (YAML or JSON)")
 
     render = commands.add_parser("render", help="write what N sampled trials would deploy, contacting nothing")
-    render.add_argument("task")
-    render.add_argument("--trials", type=int, default=3)
+    render.add_argument("task", help="task file (YAML or JSON)")
+    render.add_argument("--trials", type=int, default=3, help="how many sampled trials (default 3)")
     render.add_argument("--out", help="folder for the manifests / launch lines (default: print them)")
 
     cleanup = commands.add_parser("cleanup", help="remove engines and objects left by runs that are over")
-    cleanup.add_argument("task", nargs="?", help="the task whose leftovers to remove")
+    cleanup.add_argument("task", nargs="?", help="a task file: the leftovers of its runs")
     cleanup.add_argument("--all", action="store_true",
                          help="every experiment's leftovers (local engines; with TASK, its namespace too)")
 
@@ -48,11 +48,15 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("results_dir", help="results/<task-name> (finished, or still going)")
     report.add_argument("other", nargs="?", help="a second run's results folder: the two side by side")
 
-    commands.add_parser("rbac", help="print the Kubernetes RBAC the tuner needs (`autotuner rbac | kubectl apply -f -`)")
+    rbac = commands.add_parser("rbac", help="print the Kubernetes RBAC the tuner needs "
+                                            "(`autotuner rbac TASK | kubectl apply -f -`)")
+    rbac.add_argument("task", nargs="?", help="an OME task file: the rights it uses, in its namespace")
+    rbac.add_argument("--namespace", help="without TASK: every right the tuner may use, in this namespace "
+                                          "(default: llm-tuning, the file's own)")
 
     kuberay = commands.add_parser("kuberay", help="print what runs an OME task's driver inside the cluster "
                                                   "(`autotuner kuberay TASK --image IMAGE | kubectl apply -f -`)")
-    kuberay.add_argument("task")
+    kuberay.add_argument("task", help="an OME task file (YAML or JSON)")
     kuberay.add_argument("--image", required=True, help="the driver's image, built from this project's Dockerfile")
     kuberay.add_argument("--kind", default="rayjob", choices=["rayjob", "raycluster"],
                          help="a RayJob that runs the task once (default), or a RayCluster to run it in yourself")
@@ -149,28 +153,43 @@ def _load_task(path, overrides=None):
     return load(path, overrides)
 
 
-def _validate(args) -> int:
-    task = _load_task(args.task)
+def _checked_task(path):
+    """The task file loaded and checked as `run` checks it before starting anything; an error names
+    the file (a loop over several files tells which one failed)."""
+    task = _load_task(path)
     from llm_autotuner.tuner.driver import preflight
 
-    preflight(task)
+    try:
+        unchecked = preflight(task)
+    except TaskError as error:
+        raise TaskError(f"{path}: {error}") from None
+    for what in unchecked:
+        print(f"{path}: note: {what}", file=sys.stderr)
+    return task
+
+
+def _validate(args) -> int:
+    task = _checked_task(args.task)
     from llm_autotuner.tuner.search import num_trials
 
     searched = num_trials(task) - task.search.baseline
-    spent = ": every config of the space" if task.search.algorithm != "grid" and searched < task.search.num_samples else ""
+    spent = " (every config of the space)" if task.search.algorithm != "grid" and searched < task.search.num_samples else ""
+    trials = f"{searched} searched trials{spent}" + (" and the engine defaults" if task.search.baseline else "")
+    finalists = (f"the {task.search.confirm_top_k} best" if task.search.confirm_top_k > 1 else "the best") + (
+        " and the engine defaults" if task.search.baseline else "")
+    confirm = (f", then {task.search.confirm_repeats} more runs each of {finalists}"
+               if task.search.confirm_top_k and task.search.confirm_repeats else "")
     print(f"{args.task}: ok ({task.engine.name}, {len(task.search_space)} parameters, "
-          f"{len(task.benchmark.concurrency)} stages, {searched} trials{spent})")
+          f"{len(task.benchmark.concurrency)} stages; {trials}{confirm})")
     return EXIT_OK
 
 
 def _render(args) -> int:
     if args.trials < 1:
         raise TaskError(f"--trials: must be at least 1 (got {args.trials})")
-    task = _load_task(args.task)
-    from llm_autotuner.tuner.driver import preflight
+    task = _checked_task(args.task)  # what a run would refuse is not rendered as if it would deploy
     from llm_autotuner.tuner.render import EARLIER_RENDER, render_trials
 
-    preflight(task)  # what a run would refuse is not rendered as if it would deploy
     files, notes = render_trials(task, args.trials)
     for note in notes:
         print(note, file=sys.stderr)
@@ -226,9 +245,30 @@ def _report(args) -> int:
 
 
 def _rbac(args) -> int:
-    from llm_autotuner.cluster.kube import RBAC_MANIFEST
+    import re
 
-    sys.stdout.write(RBAC_MANIFEST.read_text())
+    import yaml
+
+    from llm_autotuner.cluster.kube import RBAC_MANIFEST
+    from llm_autotuner.cluster.kuberay import rbac
+
+    if args.task and args.namespace:
+        raise TaskError("rbac: give TASK (its namespace is used) or --namespace, not both")
+    if args.task:
+        task = _load_task(args.task)
+        if task.deployment.backend != "ome":
+            raise TaskError(f"rbac: {args.task} runs its engines on this machine: it needs no Kubernetes rights")
+        # (endpoint auto: a port-forward when the driver runs outside the cluster, as this command does)
+        documents = rbac(task.deployment.namespace, task.deployment.create_runtime is not None,
+                         task.deployment.endpoint in ("auto", "port-forward"))
+    elif args.namespace:
+        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", args.namespace) or len(args.namespace) > 63:
+            raise TaskError(f"--namespace: {args.namespace!r} is not a Kubernetes namespace name")
+        documents = rbac(args.namespace, with_runtime=True, port_forward=True)
+    else:
+        sys.stdout.write(RBAC_MANIFEST.read_text())  # as shipped, with its comments
+        return EXIT_OK
+    sys.stdout.write(yaml.safe_dump_all(documents, sort_keys=False))
     return EXIT_OK
 
 

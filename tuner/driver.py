@@ -25,7 +25,7 @@ from ray.tune.stopper import TimeoutStopper
 
 from llm_autotuner.cluster import records
 from llm_autotuner.cluster.backend import Backend, backend_for, cheapest_params, shortfall, trial_claim
-from llm_autotuner.cluster.engines import EngineProfile, profile_for
+from llm_autotuner.cluster.engines import EngineProfile, missing_model, profile_for
 from llm_autotuner.cluster.nodes import check_nodes, everywhere
 from llm_autotuner.cluster.storage import Storage, assemble, collect_here, move_aside, storage_for
 from llm_autotuner.metrics import maximize
@@ -77,9 +77,10 @@ def check_address(address: str | None) -> None:
                             "start one with `ray start --head`, or give its head's HOST:PORT") from None
 
 
-def preflight(task: Task) -> None:
+def preflight(task: Task) -> list[str]:
     """What `validate` and `run` check before building or starting anything: the engine and its
-    flags, the searcher and the scheduler with their arguments, and the files the task names."""
+    flags, the searcher and the scheduler with their arguments, and the files the task names.
+    Returns what could not be checked here, to be said (an "ok" reads as "checked")."""
     profile = profile_for(task.engine.name)
     build_searcher(task, 1), build_scheduler(task)
     _check_flags(task, profile)
@@ -91,7 +92,14 @@ def preflight(task: Task) -> None:
     existing = next(path for path in (task.results_path, *task.results_path.parents) if path.exists())
     if not existing.is_dir():
         raise TaskError(f"results_dir: {existing} is a file; the results go into a folder {task.results_path}")
-    check_known_flags(task)
+    if task.deployment.backend != "local":
+        return []
+    unchecked = [] if check_known_flags(task) else [
+        f"the flags were not checked against {task.engine.name}'s --help: it is not installed here"]
+    if missing_model(task.model):
+        unchecked.append(f"model.path {task.model.path} is not on this machine: a run with a local Ray refuses it; "
+                         "on a Ray cluster (--address) every node that runs trials must have it")
+    return unchecked
 
 
 def _check_flags(task: Task, profile: EngineProfile) -> None:
@@ -127,16 +135,17 @@ def _check_resource_flag(profile: EngineProfile, canonical: str, where: str, dom
             raise TaskError(f"{where}: {value!r} is not {what}")
 
 
-def check_known_flags(task: Task, executable: str | None = None) -> None:
+def check_known_flags(task: Task, executable: str | None = None) -> bool:
     """A flag the engine's binary does not know stops every trial given it at start: refused
     before the run (the binary's own list, where it can be asked here), naming the nearest one.
-    `executable`: the binary the trials will run, else the one installed here (validate)."""
+    `executable`: the binary the trials will run, else the one installed here (validate).
+    Whether the flags could be checked."""
     if task.deployment.backend != "local":
-        return  # the engine is the cluster's image, maybe another version than any installed here
+        return False  # the engine is the cluster's image, maybe another version than any installed here
     profile = profile_for(task.engine.name)
     known = profile.known_flags(task.engine, executable)
     if known is None:
-        return
+        return False
     for where, names in (("engine.args", task.engine.args), ("search_space", task.search_space)):
         for name in names:
             flag = f"--{profile.canonical(name)}"
@@ -144,6 +153,7 @@ def check_known_flags(task: Task, executable: str | None = None) -> None:
                 near = difflib.get_close_matches(flag, sorted(known), n=1)
                 hint = f"; did you mean {near[0]}?" if near else ""
                 raise TaskError(f"{where}.{name}: {task.engine.name} has no {flag} (its --help){hint}")
+    return True
 
 
 def resolve(task: Task, backend: Backend, storage: Storage, run_id: str, *, local_ray: bool = True) -> Resolved:

@@ -25,7 +25,7 @@ def test_the_corpus_is_large_enough():
 
 
 @pytest.mark.parametrize("path", CORPUS, ids=[p.stem for p in CORPUS])
-@pytest.mark.parametrize("command", ["run", "validate"])
+@pytest.mark.parametrize("command", ["run", "validate", "render"])
 def test_bad_task_exits_2_with_one_line_and_starts_nothing(path, command, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # results/ would be created here
     code = cli.main([command, str(path)])

@@ -106,8 +106,9 @@ def test_render_refuses_what_validate_refuses_and_writes_nothing(tmp_path):
     for command in ("validate", "render"):
         result = cli(command, misspelled, *(["--out", str(out)] if command == "render" else []))
         assert result.returncode == 2, result
-        assert result.stderr.strip().splitlines() == [
-            "autotuner: error: search_space.paralel: llama.cpp has no --paralel (its --help); did you mean --parallel?"]
+        assert result.stderr.strip().splitlines() == [  # naming the file, as a loop over several needs
+            f"autotuner: error: {misspelled}: search_space.paralel: llama.cpp has no --paralel (its --help); "
+            "did you mean --parallel?"]
     assert not out.exists()
 
 
@@ -150,6 +151,28 @@ def test_render_serves_the_model_under_the_name_a_run_gives_it(tmp_path):
         assert result.returncode == 0, result.stderr
         argv = json.loads((out / "trial-1-launch.json").read_text())["argv"]
         assert argv[argv.index("--alias") + 1] == served
+
+
+def test_rbac_for_a_task_grants_in_its_namespace_what_it_uses(tmp_path):
+    """`autotuner rbac TASK | kubectl apply -f -`: nothing to edit by hand first."""
+    path = _task_file(tmp_path, "examples/ome-sglang.yaml", lambda task: task["deployment"].update(namespace="team-a"))
+    result = cli("rbac", path)
+    assert result.returncode == 0, result.stderr
+    documents = list(yaml.safe_load_all(result.stdout))
+    assert [d["kind"] for d in documents] == ["ServiceAccount", "Role", "RoleBinding"]  # no runtime to create
+    assert {d["metadata"]["namespace"] for d in documents} == {"team-a"}
+    assert documents[2]["subjects"] == [{"kind": "ServiceAccount", "name": "autotuner", "namespace": "team-a"}]
+    # endpoint: auto, from outside the cluster: a port-forward to each engine
+    assert {"apiGroups": [""], "resources": ["pods/portforward"], "verbs": ["get", "create"]} in documents[1]["rules"]
+    # Every right the tuner may use, in a namespace given by name.
+    documents = list(yaml.safe_load_all(cli("rbac", "--namespace", "team-b").stdout))
+    assert [d["kind"] for d in documents] == ["ServiceAccount", "Role", "RoleBinding", "ClusterRole",
+                                              "ClusterRoleBinding"]
+    assert documents[4]["metadata"]["name"] == "autotuner-runtime-team-b"
+    assert "llm-tuning" not in yaml.safe_dump_all(documents)
+    local = cli("rbac", "examples/quickstart-cpu.yaml")
+    assert (local.returncode, local.stderr) == (2, "autotuner: error: rbac: examples/quickstart-cpu.yaml runs its "
+                                                   "engines on this machine: it needs no Kubernetes rights\n")
 
 
 def test_render_with_create_runtime_writes_a_valid_runtime(tmp_path):

