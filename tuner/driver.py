@@ -58,14 +58,27 @@ RUN_AGAIN_ONCE = tune.FailureConfig(max_failures=1)
 ADDRESS_TIMEOUT_S = 10.0
 
 
-def check_address(address: str | None) -> None:
-    """Ray Client (ray://) is refused: through it Ray Tune runs its loop in an actor on the head
-    node (ray/tune/tuner.py, `_remote_tuner`), where this process's Ctrl-C, its progress lines and
-    the callbacks that write the results do not reach."""
-    given, where = (address, "--address") if address else (os.environ.get("RAY_ADDRESS"), "RAY_ADDRESS")
+def cluster_address(address: str | None) -> str | None:
+    """The Ray cluster to join (`--address`, else RAY_ADDRESS; None: a local Ray of our own), checked
+    to answer. Ray Client (ray://) is refused: through it Ray Tune runs its loop in an actor on the
+    head node (ray/tune/tuner.py, `_remote_tuner`), where this process's Ctrl-C, its progress lines
+    and the callbacks that write the results do not reach."""
+    given, where = (address, "--address") if address else (os.environ.get("RAY_ADDRESS") or None, "RAY_ADDRESS")
     if given and given.startswith("ray://"):
         raise TaskError(f"{where}: {given} is a Ray Client address, which autotuner does not drive; run it on a "
                         f"node of the cluster with --address HOST:6379, or submit it there with `ray job submit`")
+    if given == "auto":
+        # The cluster `ray start` last recorded on this machine (its head may be gone since); joined
+        # by that address, not by Ray's own "auto", which also takes any Ray it finds running here.
+        from ray._common.utils import get_ray_address_file
+
+        try:
+            given = Path(get_ray_address_file(None)).read_text().strip()
+        except OSError:
+            given = ""
+        if not given:
+            raise TaskError(f"{where}: auto: no Ray cluster was started on this machine (`ray start --head`); "
+                            "give its head's HOST:PORT")
     host, _, port = (given or "").rpartition(":")
     if host and port.isdigit():
         # ray.init retries an address nothing answers at for good (measured: still retrying after
@@ -75,6 +88,7 @@ def check_address(address: str | None) -> None:
         except OSError as error:
             raise TaskError(f"{where}: no Ray cluster answers at {given} ({error.strerror or error}); "
                             "start one with `ray start --head`, or give its head's HOST:PORT") from None
+    return given
 
 
 def preflight(task: Task) -> list[str]:
@@ -230,8 +244,7 @@ def start_ray(backend: Backend, address: str | None, dashboard: bool = True) -> 
     offers = backend.offers()
     url = None
     if not ray.is_initialized():
-        address = address or os.environ.get("RAY_ADDRESS")
-        if address:
+        if address:  # (cluster_address: --address, else RAY_ADDRESS)
             # Trials on other nodes need our package; the engines and genai-bench must be installed there.
             with shipped_package() as package:
                 # Workers' own output stays in their logs (the dashboard shows them), as with a local Ray.
@@ -296,9 +309,9 @@ def run(task: Task, *, address: str | None = None, resume: bool = False, dashboa
     event; `verbose`: Ray Tune's own warnings too."""
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     # Bad input fails here, before anything is changed or started.
-    check_address(address)
+    address = cluster_address(address)
     preflight(task)
-    local_ray = not (address or os.environ.get("RAY_ADDRESS"))
+    local_ray = address is None
     backend = backend_for(task.deployment)
     storage = storage_for(task)
     resolved = resolve(task, backend, storage, run_id, local_ray=local_ray)

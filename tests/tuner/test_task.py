@@ -197,6 +197,33 @@ def test_an_address_nothing_answers_at_is_refused_at_once(tmp_path):
     assert time.monotonic() - started < 50 and not (tmp_path / "results").exists()
 
 
+@pytest.mark.parametrize("recorded", [None, "dead"])
+def test_address_auto_is_the_cluster_ray_start_recorded_and_is_checked_to_answer(tmp_path, recorded):
+    """`--address auto` (or RAY_ADDRESS=auto): the head `ray start` wrote down may have died since;
+    Ray would retry it for good."""
+    import os
+    import socket
+
+    ray_tmp = tmp_path / "raytmp"
+    (ray_tmp / "ray").mkdir(parents=True)
+    if recorded:
+        with socket.socket() as probe:  # a port nothing listens on
+            probe.bind(("127.0.0.1", 0))
+            recorded = f"127.0.0.1:{probe.getsockname()[1]}"
+        (ray_tmp / "ray" / "ray_current_cluster").write_text(recorded + "\n")
+    path = tmp_path / "task.yaml"
+    path.write_text(json.dumps(VALID | {"results_dir": str(tmp_path / "results")}))
+    result = subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(path)], capture_output=True,
+                            text=True, timeout=120, env=os.environ | {"RAY_TMPDIR": str(ray_tmp), "RAY_ADDRESS": "auto"})
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    if recorded:
+        assert result.stderr.startswith(f"autotuner: error: RAY_ADDRESS: no Ray cluster answers at {recorded} (")
+    else:
+        assert result.stderr == ("autotuner: error: RAY_ADDRESS: auto: no Ray cluster was started on this machine "
+                                 "(`ray start --head`); give its head's HOST:PORT\n")
+    assert not (tmp_path / "results").exists()
+
+
 def test_local_paths_are_made_absolute_from_the_folder_the_command_runs_in(tmp_path, monkeypatch):
     """Each trial's engine and genai-bench start in the trial's own folder: a path written relative
     to where the user runs `autotuner` (or with `~`) must reach them absolute. Names that are not
