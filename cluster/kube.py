@@ -49,29 +49,89 @@ def api_client(kubeconfig: str | None = None, context: str | None = None) -> cli
         if merged is None:
             raise config.ConfigException("Invalid kube-config file. No configuration found.")
         plugin = _bound_credential_plugin(merged, context)
-        # A plugin that fails is only logged by the client, which then goes on without a token:
-        # caught here, it is the one-line error it should be.
-        with _ClientLog() as logged:
-            if plugin:  # the rewritten copy, in memory only: never written back to the user's file
-                api = config.new_client_from_config_dict(merged, context=context)
-            else:  # as kubectl loads it (an auth-provider's refreshed tokens are saved to the file)
-                api = config.new_client_from_config(config_file=kubeconfig, context=context)
-        if logged.errors:
-            raise InfrastructureError(f"cannot load the Kubernetes configuration: {logged.errors[-1]}")
+        provider = _auth_provider(merged, context)
+
+        def load() -> tuple[client.ApiClient, list[str]]:
+            # A plugin that fails is only logged by the client, which then goes on without a token:
+            # caught here, it is the one-line error it should be.
+            with _ClientLog() as logged:
+                if plugin:  # the rewritten copy, in memory only: never written back to the user's file
+                    return config.new_client_from_config_dict(merged, context=context), logged.errors
+                # as kubectl loads it (an auth-provider's refreshed tokens are saved to the file)
+                return config.new_client_from_config(config_file=kubeconfig, context=context), logged.errors
+
+        if provider is None:
+            api, errors = load()
+        else:
+            # The client refreshes an auth-provider's token (oidc: from its identity provider, gcp:
+            # a gcloud command) at load and, once it expires, inside an API call, waiting without a
+            # deadline for either: both get the plugins' deadline.
+            what = f"the kubeconfig's auth-provider {provider}"
+            api, errors = within_deadline(load, what)
+            refresh = api.configuration.refresh_api_key_hook
+            if refresh is not None:
+                api.configuration.refresh_api_key_hook = lambda configuration: _refresh_within_deadline(
+                    refresh, configuration, what)
+        if errors:
+            raise InfrastructureError(f"cannot load the Kubernetes configuration: {errors[-1]}")
         return api
     except (config.ConfigException, OSError) as error:
         raise DeploymentError(f"cannot load the Kubernetes configuration: {error}") from None
 
 
-def _bound_credential_plugin(merged, context: str | None) -> str | None:
-    """Make the context's credential plugin (`exec`: aws eks get-token, gke-gcloud-auth-plugin,
-    kubelogin) run under credential_deadline.py; its program's name, or None when it has none."""
+def within_deadline(work: Callable[[], T], what: str) -> T:
+    """`work()`'s result, if it returns within CREDENTIAL_PLUGIN_TIMEOUT_S (it runs in a daemon
+    thread, left behind if it never returns); else InfrastructureError naming `what`."""
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, work()))
+        except BaseException as error:  # raised again in the caller's thread
+            outcome.append((False, error))
+
+    worker = threading.Thread(target=run, daemon=True, name="kube-credentials")
+    worker.start()
+    worker.join(CREDENTIAL_PLUGIN_TIMEOUT_S)
+    if not outcome:
+        raise InfrastructureError(f"{what} did not answer within {CREDENTIAL_PLUGIN_TIMEOUT_S:g} s (does it wait "
+                                  "for its identity provider, or a login?)")
+    returned, value = outcome[0]
+    if not returned:
+        raise value
+    return value
+
+
+def _refresh_within_deadline(refresh: Callable, configuration, what: str) -> None:
+    """An expired token refreshed inside an API call: past the deadline the call goes on with the
+    old token, which the API refuses (401: the error says so), as with an exec plugin."""
+    try:
+        within_deadline(lambda: refresh(configuration), what)
+    except InfrastructureError as error:
+        logging.getLogger(__name__).error("%s", error)
+
+
+def _user_entry(merged, context: str | None, key: str):
+    """The `key` entry (exec, auth-provider) of the context's user, or None (loading reports what
+    else is wrong with the file)."""
     try:
         current = context or merged["current-context"]
         user_name = next(c["context"]["user"] for c in merged["contexts"].value if c["name"] == current)
-        plugin = next(u["user"]["exec"] for u in merged["users"].value if u["name"] == user_name).value
+        return next(u["user"][key] for u in merged["users"].value if u["name"] == user_name).value
     except (KeyError, TypeError, AttributeError, StopIteration, config.ConfigException):
-        return None  # no plugin; loading reports what else is wrong with the file
+        return None
+
+
+def _auth_provider(merged, context: str | None) -> str | None:
+    """The name of the context's user's `auth-provider` (oidc, gcp), or None."""
+    provider = _user_entry(merged, context, "auth-provider")
+    return (str(provider.get("name") or "") or "(unnamed)") if isinstance(provider, dict) else None
+
+
+def _bound_credential_plugin(merged, context: str | None) -> str | None:
+    """Make the context's credential plugin (`exec`: aws eks get-token, gke-gcloud-auth-plugin,
+    kubelogin) run under credential_deadline.py; its program's name, or None when it has none."""
+    plugin = _user_entry(merged, context, "exec")
     command = plugin.get("command") if isinstance(plugin, dict) else None
     if not isinstance(command, str) or not command:
         return None  # the client says what is wrong with it

@@ -2,10 +2,12 @@
 plugin (`exec`: aws eks get-token, gke-gcloud-auth-plugin, kubelogin), the API refusing them, a
 namespace that does not exist. Against the HTTP-level API emulator, with a real plugin process."""
 
+import base64
 import contextlib
 import json
 import logging
 import os
+import socket
 import sys
 import textwrap
 import time
@@ -151,6 +153,44 @@ def test_a_credential_plugin_that_hangs_when_the_token_expires_mid_run_is_killed
             assert plugin_gone(state)
             assert any("did not answer within 3 s" in r.getMessage() for r in caplog.records)
         assert emulator.objects("inferenceservices", NS) == []
+
+
+def oidc_kubeconfig(tmp_path, emulator, issuer: str, expires_in_s: float):
+    """A kubeconfig whose user logs in with the (deprecated, still used) oidc auth-provider, its
+    id-token a JWT expiring in `expires_in_s` (negative: expired, so the client refreshes it from
+    the identity provider at `issuer` while loading)."""
+    def part(data: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
+    id_token = ".".join([part({"alg": "none"}), part({"sub": "me", "exp": int(time.time() + expires_in_s)}), "sig"])
+    path = emulator.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)
+    config = json.loads(path.read_text())
+    config["users"] = [{"name": "emulator", "user": {"auth-provider": {"name": "oidc", "config": {
+        "client-id": "tuner", "client-secret": "s", "id-token": id_token, "refresh-token": "r",
+        "idp-issuer-url": issuer}}}}]
+    path.write_text(json.dumps(config))
+    return path, id_token
+
+
+def test_an_oidc_login_whose_identity_provider_never_answers_stops_within_the_deadline(tmp_path, monkeypatch):
+    """The client refreshes an expired oidc token from the identity provider with no timeout: a
+    provider that takes the connection and never answers would hang the run at its first API use."""
+    monkeypatch.setattr(kube, "CREDENTIAL_PLUGIN_TIMEOUT_S", 3)
+    with socket.socket() as silent, KubeEmulator() as emulator:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # connections are taken (the backlog), never answered
+        issuer = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        kubeconfig, _ = oidc_kubeconfig(tmp_path, emulator, issuer, expires_in_s=-3600)
+        started = time.monotonic()
+        with pytest.raises(InfrastructureError, match=r"^the kubeconfig's auth-provider oidc did not answer within "
+                                                      r"3 s \(does it wait for its identity provider"):
+            kube.api_client(str(kubeconfig))
+        assert time.monotonic() - started < 15
+        # A token still valid needs no provider: loaded and used as before.
+        kubeconfig, id_token = oidc_kubeconfig(tmp_path, emulator, issuer, expires_in_s=3600)
+        emulator.accept_tokens(id_token)
+        with RunLease(settings(kubeconfig), "kube-test", "run1", api=kube.api_client(str(kubeconfig))):
+            assert [lease["metadata"]["name"] for lease in emulator.objects("leases", NS)]
 
 
 def test_credentials_the_api_refuses_stop_the_run_saying_so(tmp_path):
