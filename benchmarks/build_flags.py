@@ -47,6 +47,7 @@ def main() -> int:
     args = parser.parse_args()
     binaries = dict(item.split("=", 1) for item in args.binaries)
     root = Path(tempfile.mkdtemp(prefix="autotuner-build-flags-"))
+    print(f"runs in {root} (kept: remove it when done)", flush=True)
     runs: dict[str, list[float]] = {name: [] for name in binaries}
     count = 0
     for _ in range(args.rounds):

@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -58,15 +59,21 @@ class Head:
     def __init__(self, cpus: int):
         self.temp_dir = tempfile.mkdtemp(prefix="rt-", dir="/tmp")
         os.makedirs("/tmp/ray", exist_ok=True)
-        self.cluster = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": cpus, "temp_dir": self.temp_dir, "include_dashboard": False})
+        try:
+            self.cluster = Cluster(initialize_head=True, head_node_args={
+                "num_cpus": cpus, "temp_dir": self.temp_dir, "include_dashboard": False})
+        except BaseException:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+            raise
 
     def __enter__(self) -> str:
         return self.cluster.address
 
     def __exit__(self, *exc) -> None:
-        self.cluster.shutdown()
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        try:
+            self.cluster.shutdown()
+        finally:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 def run(root: Path, name: str, binary: str, slots: int, trials: int, stages: list[int],
@@ -83,9 +90,21 @@ def run(root: Path, name: str, binary: str, slots: int, trials: int, stages: lis
         began = time.time()
         driver = subprocess.Popen([sys.executable, *command, "run", str(path), "--address", address],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        samples = watch(driver, root / name) if watch else None
-        if driver.wait() != 0:
-            raise SystemExit(f"{name}: autotuner run exited with {driver.returncode}")
+        try:
+            samples = watch(driver, root / name) if watch else None
+            code = driver.wait()
+        finally:
+            # (Ctrl-C, an error, the caller's timeout): the driver ends its run, its engines torn down,
+            # before the cluster under it is shut down.
+            if driver.poll() is None:
+                driver.send_signal(signal.SIGINT)
+                try:
+                    driver.wait(120)
+                except subprocess.TimeoutExpired:
+                    driver.kill()
+                    driver.wait()
+        if code != 0:
+            raise SystemExit(f"{name}: autotuner run exited with {code}")
         wall = time.time() - began
     marks = [json.loads(p.read_text()) for p in (root / name / "trials").glob("*/timeline.json")]
     durations = [m["trial_end"] - m["trial_start"] for m in marks]

@@ -29,6 +29,7 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=6)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="autotuner-overhead-"))
+    print(f"the run in {root} (kept: remove it when done)", flush=True)
     task = {
         "name": "overhead",
         "model": {"path": "builtin:smollm2"},
