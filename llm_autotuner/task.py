@@ -727,6 +727,11 @@ def _one_line(error: ValidationError) -> str:
         return f"{field}: required key is missing"
     if first["type"] == "union_tag_not_found":  # a range without `type`
         return f"{field}: a range needs 'type: int' or 'type: float'"
+    if first["type"] == "too_short" and isinstance(first.get("input"), (list, dict)):
+        return f"{field}: must not be empty"
+    if first["type"] in ("model_type", "dict_type"):  # (pydantic names its class: "instance of Engine")
+        got = first.get("input")
+        return f"{field}: must be a mapping of keys to values, not {'null' if got is None else repr(got)}"
     got = first.get("input")
     if (isinstance(got, (dict, list)) or got is None) and first["type"] in _SCALAR_TYPES:
         # A union of scalars reports its first member ("a valid boolean"), which is not the problem.
