@@ -76,7 +76,7 @@ class EngineProfile:
         if prove_here and missing_model(model):
             raise TaskError(f"model.path: {model.path} does not exist on this machine, where the trials run "
                             "(a local folder, or a hub id such as org/name)")
-        return EngineSetup(executable, model.path, served_name(model, model.path), model.tokenizer or model.path)
+        return EngineSetup(executable, model.path, served_model_name(model, model.path), model.tokenizer or model.path)
 
     def launch_paths(self, model: Model, engine: Engine) -> tuple[str, str]:
         """(binary, model) as a launch line written without a run names them (`render`): what is
@@ -169,7 +169,7 @@ class LlamaCppProfile(EngineProfile):
         else:
             executable = engine.binary or self.default_binary  # each node's own: node_check
         tokenizer = model.tokenizer or str(llamacpp_setup.ensure_tokenizer(Path(path)))
-        return EngineSetup(executable, path, served_name(model, path), tokenizer)
+        return EngineSetup(executable, path, served_model_name(model, path), tokenizer)
 
     def launch_paths(self, model: Model, engine: Engine) -> tuple[str, str]:
         from llm_autotuner.cluster import llamacpp_setup
@@ -289,7 +289,7 @@ def profile_for(engine: str) -> EngineProfile:
         raise TaskError(f"engine.name: unknown engine {engine!r}; one of {', '.join(PROFILES)}") from None
 
 
-def served_name(model: Model, model_path: str) -> str:
+def served_model_name(model: Model, model_path: str) -> str:
     """The name the engine serves the model under: the task's, else its file's or folder's."""
     return model.name or Path(model_path).name.removesuffix(".gguf")
 

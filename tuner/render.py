@@ -10,7 +10,7 @@ from typing import Any
 
 from llm_autotuner.cluster.backend import backend_for, trial_claim
 from llm_autotuner.cluster.deployer import EngineSpec
-from llm_autotuner.cluster.engines import profile_for, served_name
+from llm_autotuner.cluster.engines import profile_for, served_model_name
 from llm_autotuner.tuner.space import sample
 from llm_autotuner.task import Task
 
@@ -54,7 +54,7 @@ def render_trials(task: Task, trials: int) -> tuple[dict[str, str], list[str]]:
             continue
         specs[number] = EngineSpec(
             experiment=task.name, run_id=RENDER_RUN_ID, trial_id=f"trial{number}", profile=profile,
-            executable=executable, model_path=model_path, served_name=served_name(task.model, model_path),
+            executable=executable, model_path=model_path, served_name=served_model_name(task.model, model_path),
             flags=profile.merged(task.engine.args, params), workdir=Path("."), env=dict(task.engine.env))
     files = backend.render(specs)
     files["claims.json"] = json.dumps(claims, indent=2) + "\n"
