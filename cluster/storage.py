@@ -188,7 +188,12 @@ class TrialFolder:
         self.destination = storage.path("trials", INCOMING, trial_id, self.key)
         LOCAL_ROOT.mkdir(mode=0o700, exist_ok=True)
         self.path = LOCAL_ROOT / safe_name(storage.uri) / trial_id / self.key
-        self.path.mkdir(parents=True)
+        for _ in range(3):  # a collector may remove the emptied trial folder between our two mkdirs
+            try:
+                self.path.mkdir(parents=True)
+                break
+            except FileNotFoundError:
+                continue
         (self.path / OWNER_FILE).write_text(json.dumps({
             "pid": os.getpid(), "started": start_time(os.getpid()), "destination": self.destination,
             "run_id": run_id}))
@@ -239,6 +244,10 @@ def _upload_and_remove(storage: Storage, local: Path, destination: str) -> None:
     storage.upload(local, destination)
     storage.write_text(f"{destination}/{COMPLETE}", destination.rsplit("/", 1)[1])  # the last object
     shutil.rmtree(local, ignore_errors=True)
+    try:  # the trial's folder too, once it holds no other attempt: else each trial leaves one in /tmp
+        local.parent.rmdir()
+    except OSError:
+        pass
 
 
 def collect_here(storage: Storage, run_id: str, earlier: str | None) -> list[str]:

@@ -25,11 +25,14 @@ from llm_autotuner.cluster.nodes import check_nodes
 
 pytestmark = pytest.mark.e2e
 
-OTHER_NODE_STATE = tempfile.mkdtemp(prefix="autotuner-node-state-")
+# The second node's state folder, made by the fixture (not at import: every xdist worker imports this file).
+OTHER_NODE_STATE = ""
 
 
 @pytest.fixture(scope="module")
 def two_nodes():
+    global OTHER_NODE_STATE
+    OTHER_NODE_STATE = tempfile.mkdtemp(prefix="autotuner-node-state-")
     temp_dir = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # its own: never another test's Ray
     # Ray's test cluster writes its address to /tmp/ray/ray_current_cluster whatever its temp_dir,
     # and fails when no Ray has made that folder yet (a fresh machine).
