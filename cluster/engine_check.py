@@ -15,6 +15,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from llm_autotuner.cluster.local import PORT_TAKEN_WORDS, free_port
@@ -92,33 +93,77 @@ def _completion(base: str) -> bool:
     return isinstance(answer.get("content"), str) and answer.get("tokens_predicted", 0) >= 1
 
 
-def listed_flags(*help_argvs: list[str]) -> frozenset[str] | None:
+@dataclass(frozen=True)
+class FlagHelp:
+    """What an engine's help says of its flags: every spelling, and for a flag whose help names the
+    only values it takes (argparse's `{a,b}`, llama-server's `{a,b}` or "allowed values: a, b"),
+    those values under each of its spellings."""
+
+    names: frozenset[str]
+    choices: dict[str, tuple[str, ...]]
+
+
+def listed_flags(*help_argvs: list[str]) -> FlagHelp | None:
     """Every flag spelling an engine's help lists (llama-server's "-c,    --ctx-size N", argparse's
     "--tp-size TP_SIZE, --tensor-parallel-size TP_SIZE"), over all of `help_argvs` that answer (one
     help may show a part: vLLM 0.9's `--help=all` only the flags whose names hold "all", 0.10's
     `--help` a summary), or None when none could say (then nothing is refused on its word)."""
     names: set[str] = set()
+    choices: dict[str, tuple[str, ...]] = {}
     for argv in help_argvs:
         try:
             shown = subprocess.run(argv, capture_output=True, text=True, timeout=HELP_TIMEOUT_S,
                                    stdin=subprocess.DEVNULL)
         except (OSError, subprocess.TimeoutExpired):
             return None
-        if shown.returncode == 0:
-            names.update(name for line in shown.stdout.splitlines() for name in _line_flags(line))
-    return frozenset(names) or None
+        if shown.returncode != 0:
+            continue
+        last: list[str] = []  # the spellings of the flag whose description lines follow
+        for line in shown.stdout.splitlines():
+            spellings = _line_flags(line)
+            words = _line_choices(line) if spellings else _allowed_values(line) if last else ()
+            if words:
+                choices.update(dict.fromkeys(spellings or last, words))
+            last = spellings or last
+            names.update(spellings)
+    return FlagHelp(frozenset(names), choices) if names else None
+
+
+def _flag_columns(line: str) -> list[str]:
+    """A help line's leading columns that hold flag spellings. Its columns are 2+ spaces apart: the
+    spellings, each maybe with its value's name ("--a A [A ...], --b A [A ...]"), then the
+    description; a column ending in "," is followed by more spellings (llama-server pads between them)."""
+    columns = []
+    for column in re.split(r"\s{2,}", line.strip()):
+        if not column.split() or not column.startswith("-"):
+            break
+        columns.append(column)
+        if not column.endswith(","):
+            break
+    return columns
 
 
 def _line_flags(line: str) -> list[str]:
-    """The spellings a help line starts with. Its columns are 2+ spaces apart: the spellings, each
-    maybe with its value's name ("--a A [A ...], --b A [A ...]"), then the description; a column
-    ending in "," is followed by more spellings (llama-server pads between them)."""
-    names = []
-    for column in re.split(r"\s{2,}", line.strip()):
-        tokens = column.split()
-        if not tokens or not tokens[0].startswith("-"):
-            break
-        names += [token.rstrip(",").split("=", 1)[0] for token in tokens if token.startswith("-")]
-        if not column.endswith(","):
-            break
-    return names
+    """The spellings a help line starts with."""
+    return [token.rstrip(",").split("=", 1)[0] for column in _flag_columns(line)
+            for token in column.split() if token.startswith("-")]
+
+
+_CHOICE_SET = re.compile(r"^\[?\{([^{}\s]+)\}")  # {a,b,c}, or [{a,b,c}] for an optional value
+
+
+def _line_choices(line: str) -> tuple[str, ...]:
+    """The values a help line's flag is limited to, where its value's name is a set of them. Not
+    llama-server's `[on|off|auto]`: those flags also take other words (enabled, true, 1)."""
+    for column in _flag_columns(line):
+        for token in column.split():
+            value_name = token.split("=", 1)[1] if token.startswith("-") and "=" in token else token
+            if found := _CHOICE_SET.match(value_name):
+                return tuple(found.group(1).split(","))
+    return ()
+
+
+def _allowed_values(line: str) -> tuple[str, ...]:
+    """llama-server's description line "allowed values: f32, f16, q8_0" (its cache types)."""
+    _, said, values = line.partition("allowed values:")
+    return tuple(word.strip() for word in values.split(",") if word.strip()) if said else ()

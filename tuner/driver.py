@@ -16,7 +16,7 @@ import tempfile
 import time
 from contextlib import closing
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import ray
 from ray import tune
@@ -150,10 +150,10 @@ def _check_resource_flag(profile: EngineProfile, canonical: str, where: str, dom
 
 
 def check_known_flags(task: Task, executable: str | None = None) -> bool:
-    """A flag the engine's binary does not know stops every trial given it at start: refused
-    before the run (the binary's own list, where it can be asked here), naming the nearest one.
-    `executable`: the binary the trials will run, else the one installed here (validate).
-    Whether the flags could be checked."""
+    """A flag the engine's binary does not know, or a value outside the few its help says a flag
+    takes, stops every trial given it at start: refused before the run (the binary's own help,
+    where it can be asked here), naming the nearest one. `executable`: the binary the trials will
+    run, else the one installed here (validate). Whether the flags could be checked."""
     if task.deployment.backend != "local":
         return False  # the engine is the cluster's image, maybe another version than any installed here
     profile = profile_for(task.engine.name)
@@ -161,13 +161,44 @@ def check_known_flags(task: Task, executable: str | None = None) -> bool:
     if known is None:
         return False
     for where, names in (("engine.args", task.engine.args), ("search_space", task.search_space)):
-        for name in names:
+        for name, domain in names.items():
             flag = f"--{profile.canonical(name)}"
-            if flag not in known:
-                near = difflib.get_close_matches(flag, sorted(known), n=1)
-                hint = f"; did you mean {near[0]}?" if near else ""
-                raise TaskError(f"{where}.{name}: {task.engine.name} has no {flag} (its --help){hint}")
+            if flag not in known.names:
+                raise TaskError(f"{where}.{name}: {task.engine.name} has no {flag} (its --help){_nearest(flag, known.names)}")
+            if flag in known.choices:
+                _check_choices(f"{where}.{name}", domain, known.choices[flag], f"{task.engine.name}'s {flag}")
     return True
+
+
+def _check_choices(where: str, domain: Any, allowed: tuple[str, ...], whose: str) -> None:
+    """Each value a flag can be given is one its help lists (ranges are numbers: not checked here).
+    Case aside: an engine may lower-case a value before it compares."""
+    values = domain if isinstance(domain, list) else [] if hasattr(domain, "min") else [domain]
+    folded = {word.casefold() for word in allowed}
+    for value in values:
+        if value is None or isinstance(value, bool):  # the engine's default; booleans are spelled by the profile
+            continue
+        if str(value).casefold() not in folded and not _same_number(value, allowed):
+            raise TaskError(f"{where}: {value!r} is not a value {whose} takes (its --help: "
+                            f"{', '.join(allowed)}){_nearest(str(value), allowed, quoted=True)}")
+
+
+def _same_number(value: Any, allowed: tuple[str, ...]) -> bool:
+    """A number equal to a listed one (an engine that reads its value as a float takes 1 for 1.0)."""
+    if not isinstance(value, (int, float)):
+        return False
+    for word in allowed:
+        try:
+            if float(word) == value:
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def _nearest(word: str, known: Iterable[str], quoted: bool = False) -> str:
+    near = difflib.get_close_matches(word, sorted(known), n=1) or [w for w in sorted(known) if w.startswith(word)][:1]
+    return f"; did you mean {near[0]!r}?" if near and quoted else f"; did you mean {near[0]}?" if near else ""
 
 
 def resolve(task: Task, backend: Backend, storage: Storage, run_id: str, *, local_ray: bool = True) -> Resolved:

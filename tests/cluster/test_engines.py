@@ -9,7 +9,7 @@ import pytest
 import ray
 import yaml
 
-from llm_autotuner.cluster.engine_check import _line_flags
+from llm_autotuner.cluster.engine_check import _line_choices, _line_flags
 from llm_autotuner.cluster.engines import LLAMA_CPP, SGLANG, VLLM, Launch
 from llm_autotuner.errors import TaskError
 from llm_autotuner.task import parse_task
@@ -138,6 +138,36 @@ def test_validate_and_run_refuse_a_flag_the_llama_server_binary_does_not_know(ll
     check_known_flags(parse_task(task), llama_server)
 
 
+def test_a_value_the_llama_server_binary_does_not_take_is_refused_and_the_binary_agrees(llama_server, tmp_path,
+                                                                                      monkeypatch, capsys):
+    """Where llama-server's help lists the only values a flag takes (cache types, split modes), a
+    value outside them is refused by `validate` in one line, nearest value named; the binary itself
+    refuses the same value at start, so every trial given it would have failed."""
+    task = {"name": "typo", "model": {"path": "builtin:smollm2"}, "engine": {"name": "llama.cpp", "binary": llama_server},
+            "search_space": {"threads": [1], "ctk": ["f16", "q8"]}}
+    (tmp_path / "task.yaml").write_text(yaml.safe_dump(task))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["validate", "task.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert ("search_space.ctk: 'q8' is not a value llama.cpp's --cache-type-k takes (its --help: f32, f16, bf16, "
+            "q8_0, q4_0, q4_1, iq4_nl, q5_0, q5_1); did you mean 'q8_0'?") in err
+    started = subprocess.run([llama_server, "--cache-type-k", "q8", "--model", str(tmp_path / "none.gguf")],
+                             capture_output=True, text=True, timeout=60)
+    assert started.returncode != 0 and 'error while handling argument "--cache-type-k"' in started.stderr + started.stdout
+    # A fixed flag too, under the task's spelling.
+    task["search_space"] = {"threads": [1]}
+    task["engine"]["args"] = {"split-mode": "rows"}
+    with pytest.raises(TaskError, match=r"^engine.args.split-mode: 'rows' is not a value llama.cpp's --split-mode "
+                                        r"takes \(its --help: none, layer, row, tensor\); did you mean 'row'\?$"):
+        check_known_flags(parse_task(task), llama_server)
+    # What it takes passes; so do flags whose help names some words but takes others too
+    # (`--flash-attn [on|off|auto]` also takes "enabled"), and booleans, which the profile spells.
+    task["engine"]["args"] = {"split-mode": "layer"}
+    task["search_space"] = {"cache-type-k": ["f16", "q8_0"], "flash-attn": ["on", "enabled", True], "threads": [1, 2]}
+    check_known_flags(parse_task(task), llama_server)
+
+
 DATA = Path(__file__).resolve().parents[1] / "data"
 
 
@@ -166,6 +196,12 @@ def test_validate_refuses_a_flag_the_installed_sglang_does_not_know(tmp_path, mo
     task["search_space"] = {"tensor-parallel-size": [1, 2], "dp_size": [1], "enable-mixed-chunk": [True, False],
                             "schedule-policy": ["lpm", "fcfs"]}
     check_known_flags(parse_task(task))
+    # A value its argparse choices do not hold: every trial given it would exit at start.
+    task["search_space"] = {"tp": [1], "schedule-policy": ["lpm", "dfs"]}
+    with pytest.raises(TaskError, match=r"^search_space.schedule-policy: 'dfs' is not a value sglang's --schedule-policy "
+                                        r"takes \(its --help: lpm, random, fcfs, dfs-weight, lof, priority\); "
+                                        r"did you mean 'dfs-weight'\?$"):
+        check_known_flags(parse_task(task))
     # A python without SGLang cannot say: the flags pass through, as on a laptop preparing a GPU run.
     task["engine"]["binary"] = sys.executable
     task["search_space"] = {"mem-fraction-statc": [0.8]}
@@ -183,6 +219,11 @@ def test_a_flag_vllm_serve_does_not_list_is_refused(tmp_path, monkeypatch, style
                                         r"did you mean --max-num-seqs\?"):
         check_known_flags(parse_task(task))
     task["search_space"]["max-num-seqs"] = task["search_space"].pop("max-num-seq")
+    task["search_space"]["scheduling-policy"] = ["fcfs", "priorty"]
+    with pytest.raises(TaskError, match=r"search_space.scheduling-policy: 'priorty' is not a value vllm's "
+                                        r"--scheduling-policy takes \(its --help: fcfs, priority\)"):
+        check_known_flags(parse_task(task))
+    task["search_space"]["scheduling-policy"] = ["fcfs", "priority"]
     task["engine"]["args"] = {"compilation-config": '{"level":3}'}
     check_known_flags(parse_task(task))
 
@@ -210,3 +251,16 @@ def test_on_kubernetes_the_flags_are_the_images_not_checked_against_an_engine_he
 ])
 def test_every_spelling_a_help_line_lists_is_read(line, spellings):
     assert _line_flags(line) == spellings
+
+
+@pytest.mark.parametrize("line, choices", [
+    ("  --schedule-policy {lpm,random,fcfs}  The scheduling policy", ("lpm", "random", "fcfs")),
+    ("  --speculative-algorithm={EAGLE,NGRAM}", ("EAGLE", "NGRAM")),
+    ("  --kv-cache-dtype [{auto,fp8}]  optional value", ("auto", "fp8")),
+    ("-sm,   --split-mode {none,layer,row,tensor}", ("none", "layer", "row", "tensor")),
+    ("-fa,   --flash-attn [on|off|auto]       set Flash Attention use", ()),  # takes "enabled" too
+    ("  --compilation-config COMPILATION_CONFIG  e.g. {\"level\":3}", ()),  # in the description
+    ("                        [--schedule-policy {lpm,random}]", ()),  # usage, wrapped
+])
+def test_the_values_a_help_line_limits_its_flag_to_are_read(line, choices):
+    assert _line_choices(line) == choices
