@@ -7,6 +7,7 @@ resources a server needs. Flags it does not know pass through as `--flag value`.
 
 from __future__ import annotations
 
+import numbers
 import os
 import shutil
 import sys
@@ -98,6 +99,12 @@ class EngineProfile:
         here (an engine not on this machine)."""
         return None
 
+    def effective(self, params: dict[str, Any], fixed: dict[str, Any]) -> dict[str, Any]:
+        """The searched values as the engine runs them, with `fixed` (the task's engine.args): a
+        value the engine lowers to another (llama.cpp's ubatch above its batch) is that other, so
+        a config is not run twice under two names, nor reported with a value it did not run."""
+        return params
+
     def canonical(self, key: str) -> str:
         bare = key.lstrip("-").replace("_", "-")
         return self.aliases.get(bare, bare)
@@ -152,6 +159,17 @@ class LlamaCppProfile(EngineProfile):
             # Layers offloaded to a GPU (a CUDA build): the trial holds one, and its engine sees only it.
             claim["GPU"] = 1.0
         return claim
+
+    def effective(self, params: dict[str, Any], fixed: dict[str, Any]) -> dict[str, Any]:
+        # llama.cpp runs n_ubatch = min(n_batch, ubatch) (src/llama-context.cpp; its log says
+        # "n_ubatch = 256" for -b 256 -ub 320).
+        flags = self.merged(fixed, params)
+        batch, ubatch = flags.get("batch-size"), flags.get("ubatch-size")
+        whole = [isinstance(value, numbers.Integral) and not isinstance(value, bool) for value in (batch, ubatch)]
+        if not all(whole) or ubatch <= batch:  # numbers.Integral: HyperOpt suggests numpy's integers
+            return params
+        return {key: batch if value is not None and self.canonical(key) == "ubatch-size" else value
+                for key, value in params.items()}
 
     def check(self, model: Model, engine: Engine) -> None:
         super().check(model, engine)

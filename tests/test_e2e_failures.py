@@ -57,24 +57,25 @@ def test_a_broken_slo_makes_every_trial_infeasible(tmp_path):
 
 
 def test_a_flag_the_engine_rejects_fails_those_trials_and_the_search_goes_on(tmp_path):
-    completed, results = run_task(tmp_path, search_space={"parallel": [2], "cache-type-k": ["bogus"]})
+    # A value the help does not limit (validate refuses those it does: tests/cluster/test_engines.py)
+    completed, results = run_task(tmp_path, search_space={"parallel": [2], "flash-attn": ["maybe"]})
     assert completed.returncode == 0, completed.stderr
     baseline, tuned = results["all_results"]
     assert baseline["status"] == "completed"  # the engine starts without the flag: the config is to blame
     assert tuned["status"] == "failed"
     assert "DeploymentError: engine exited with code 1 before it was ready" in tuned["error"]
-    assert "Unsupported cache type: bogus" in tuned["error"]  # llama-server's own words
+    assert "unknown value for --flash-attn: 'maybe'" in tuned["error"]  # llama-server's own words
 
 
 def test_a_fixed_flag_the_engine_rejects_stops_the_run_at_the_first_trial(tmp_path):
-    completed, results = run_task(tmp_path, engine={"name": "llama.cpp", "args": {"cache-type-k": "bogus"}},
+    completed, results = run_task(tmp_path, engine={"name": "llama.cpp", "args": {"flash-attn": "maybe"}},
                                   search={"num_samples": 6, "seed": 0, "confirm_repeats": 0})
     assert completed.returncode == 2
     assert "Traceback" not in completed.stderr
     assert results["total_experiments"] == 1 and results["all_results"][0]["status"] == "failed"
     message = completed.stderr.strip().splitlines()[-1]
     assert message.startswith("autotuner: stopped: the engine fails at start with no tuned flags (engine.args only): ")
-    assert "Unsupported cache type: bogus" in message
+    assert "unknown value for --flash-attn: 'maybe'" in message
 
 
 def truncated_model(tmp_path, smollm2):
@@ -172,7 +173,7 @@ def test_a_run_first_kills_what_an_earlier_killed_run_of_the_task_left(tmp_path,
     leftover = subprocess.Popen(["sleep", "300"], start_new_session=True)
     try:
         EngineRecord("killed-run", "no-winner", "t1", leftover.pid, start_time(leftover.pid), "llama-server").save()
-        completed, _ = run_task(tmp_path, engine={"name": "llama.cpp", "args": {"cache-type-k": "bogus"}})
+        completed, _ = run_task(tmp_path, engine={"name": "llama.cpp", "args": {"flash-attn": "maybe"}})
         assert (f"removed engine process group {leftover.pid} (no-winner, trial t1) left by run killed-run"
                 in completed.stdout)
         assert leftover.wait(timeout=10) == -signal.SIGKILL

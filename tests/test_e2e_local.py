@@ -117,6 +117,11 @@ def test_best_command_and_trials_csv(run):
     assert command[command.index("--ctx-size") + 1] == "2048"
     rows = list(csv.DictReader((results_dir / "trials.csv").open()))
     assert len(rows) == 4 and {"parallel", "ubatch-size", "status", "objective_score"} <= set(rows[0])
+    # The winner is the finalist ranked first on its re-measurements: findable in the CSV alone.
+    winner = json.loads((results_dir / "results.json").read_text())["best_result"]
+    [first] = [row for row in rows if row["confirmation_rank"] == "1"]
+    assert int(first["experiment_id"]) == winner["experiment_id"]
+    assert float(first["confirmation_mean"]) == pytest.approx(winner["objective_score"])
     assert (results_dir / "tune").is_dir()
     front = list(csv.DictReader((results_dir / "pareto.csv").open()))
     results = json.loads((results_dir / "results.json").read_text())

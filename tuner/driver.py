@@ -392,9 +392,10 @@ def _confirm(task: Task, trainable, resolved: Resolved, results_dir: Path, trial
              interrupt: Interrupt, live: bool = False) -> tuple[list[results_io.TrialRecord] | None, str | None]:
     """Noise control: re-measure the finalists (the best configs, and the baseline so the gain
     compares configs measured alike) at full length, so the winner is chosen on several runs
-    rather than on one lucky one. They run in turns (A B C A B C), not back to back: the machine
-    drifts by several percent over minutes (docs/benchmarks.md), and back to back one config would
-    get a good spell to itself. Returns the runs; `results_io.summarize` chooses the winner on them.
+    rather than on one lucky one. They run in turns (A B C, B C A, C A B), not back to back: the
+    machine drifts by several percent over minutes (docs/benchmarks.md), and back to back one config
+    would get a good spell to itself; each turn starts one further on, so that no config always
+    runs first, or right after the same other one. Returns the runs; `results_io.summarize` chooses the winner on them.
     Meanwhile results.json holds the search's trials and the runs finished so far (a second Ctrl-C
     ends the run without the final write). Also returns why the confirmation was stopped (None:
     it was not), as the search's failure guard words it."""
@@ -405,7 +406,7 @@ def _confirm(task: Task, trainable, resolved: Resolved, results_dir: Path, trial
     searched = results_io.summarize(task, resolved, trials, experiment_dir) | {"in_progress": True}
     results_io.write(results_dir, searched)
     configs = [dict(r.parameters) | ({BASELINE_KEY: True} if r.baseline else {})
-               for _ in range(task.search.confirm_repeats) for r in finalists]
+               for turn in range(task.search.confirm_repeats) for r in rotated(finalists, turn)]
     names = ", ".join("the engine defaults" if r.baseline else f"experiment {r.experiment_id}" for r in finalists)
     print(f"[autotuner] confirming the best configs: {names}; {task.search.confirm_repeats} more full runs each, "
           f"in turns", flush=True)
@@ -432,6 +433,12 @@ def _confirm(task: Task, trainable, resolved: Resolved, results_dir: Path, trial
         # A run the stop cut between stages measured nothing for or against its config.
         run.ended = not (interrupt.requested or stopped_because) or bool(run.last.get("outcome"))
     return runs, stopped_because
+
+
+def rotated(items: list, turn: int) -> list:
+    """`items` starting at `turn` (modulo their number): turn 0 A B C, turn 1 B C A, turn 2 C A B."""
+    start = turn % len(items)
+    return items[start:] + items[:start]
 
 
 def sweep(task: Task, backend: Backend, resolved: Resolved) -> None:

@@ -545,13 +545,19 @@ def pareto_csv(summary: dict) -> str:
 
 def trials_csv(summary: dict) -> str:
     names = sorted({name for row in summary["all_results"] for name in row["parameters"]})
+    # The winner is chosen on the re-measurements, not on the search's own run (objective_score):
+    # each finalist's rank and mean there are in its row, so that a sort by them finds the winner.
+    confirmed = {entry["experiment_id"]: entry for entry in summary.get("confirmation") or []}
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["experiment_id", "trial_id", "baseline", "status", "stages_completed",
-                     "objective_score", *names, "infeasible_because", "error"])
+                     "objective_score", "confirmation_rank", "confirmation_mean", "confirmation_runs",
+                     *names, "infeasible_because", "error"])
     for row in summary["all_results"]:
+        entry = confirmed.get(row["experiment_id"], {})
         writer.writerow([row["experiment_id"], row["trial_id"], row["baseline"], row["status"],
                          row["stages_completed"], row["objective_score"],
+                         entry.get("rank"), entry.get("mean"), " ".join(map(str, entry.get("runs", []))),
                          *[row["parameters"].get(name) for name in names],
                          row["infeasible_because"], row["error"]])
     return buffer.getvalue()
@@ -594,9 +600,11 @@ def table(summary: dict) -> str:
         text += "  (the engine defaults: no tuned config beat them)"
     elif summary["gain_over_baseline"] is not None:
         alike = ", re-measured alike" if summary["baseline"].get("runs") else ""
+        p_value = selection.get("gain_p_value")  # absent in older versions' results.json
         if selection.get("gain_within_noise"):
-            p_value = selection.get("gain_p_value")  # absent in older versions' results.json
             alike += "; within noise" + (f": t-test p = {p_text(p_value)}" if p_value is not None else "")
+        elif p_value is not None:  # told apart, and by how much evidence: p = 0.045 is not p = 0.0001
+            alike += f"; t-test p = {p_text(p_value)}"
         text += f"  ({summary['gain_over_baseline']:+.1%} vs. engine defaults " \
                 f"{summary['baseline']['objective_score']:.4g}{alike})"
     if selection.get("chosen_on") == "search":

@@ -14,7 +14,7 @@ import json
 import math
 import random
 import time
-from typing import Any
+from typing import Any, Callable
 
 import ray
 from ray.tune import Callback, Stopper
@@ -22,6 +22,7 @@ from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from llm_autotuner.cluster.backend import shortfall
+from llm_autotuner.cluster.engines import profile_for
 from llm_autotuner.objective import INFEASIBLE_SCORE
 from llm_autotuner.outcome import BASELINE_KEY, Outcome
 from llm_autotuner.tuner import registry
@@ -148,10 +149,13 @@ class DistinctConfigs(Searcher):
     """
 
     def __init__(self, searcher: Searcher, space: dict[str, Any], seed: int | None, listed: int = 0,
-                 tries: int = 20):
+                 tries: int = 20, effective: Callable[[dict], dict] = lambda config: config):
         super().__init__(metric=searcher.metric, mode=searcher.mode)
         self.searcher, self.space, self.tries = searcher, space, tries
-        self.size = space_size(space)
+        # Configs are told apart as the engine runs them (EngineProfile.effective): two that it runs
+        # alike are one config, handed out as it runs.
+        self.effective = effective
+        self.size = distinct_count(space, effective)
         # The task's initial_points, which every searcher suggests first: run as the user listed
         # them, a point listed twice twice.
         self.listed = listed
@@ -170,8 +174,10 @@ class DistinctConfigs(Searcher):
         if self.listed:
             self.listed -= 1
             config = self.searcher.suggest(trial_id)
-            return self._hand_out(trial_id, trial_id, _canonical(config), config) if isinstance(config, dict) \
-                else config
+            if not isinstance(config, dict):
+                return config
+            config = self.effective(config)
+            return self._hand_out(trial_id, trial_id, _canonical(config), config)
         for attempt in range(self.tries):
             if self.size is not None and len(self.tried) >= self.size:
                 return Searcher.FINISHED
@@ -179,6 +185,7 @@ class DistinctConfigs(Searcher):
             config = self.searcher.suggest(inner_id)
             if not isinstance(config, dict):
                 return config  # None (wait) or FINISHED
+            config = self.effective(config)
             key = _canonical(config)
             if key not in self.tried:
                 return self._hand_out(trial_id, inner_id, key, config)
@@ -199,8 +206,9 @@ class DistinctConfigs(Searcher):
     def _untried(self) -> dict | None:
         if self.size is None or self.size > 100_000:  # unbounded, or too many to list
             return None
-        configs = [c for c in grid_points(self.space) if _canonical(c) not in self.tried]
-        return self.random.choice(configs) if configs else None
+        configs = {key: config for config in map(self.effective, grid_points(self.space))
+                   if (key := _canonical(config)) not in self.tried}
+        return self.random.choice(list(configs.values())) if configs else None
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if self.inner_id.get(trial_id, trial_id) is not None:
@@ -312,10 +320,25 @@ def keep_objectives(searcher_class: type) -> type:
     return KeepsObjectives
 
 
+def effective_of(task: Task) -> Callable[[dict], dict]:
+    """A config as the task's engine runs it (EngineProfile.effective)."""
+    profile = profile_for(task.engine.name)
+    return lambda config: profile.effective(config, task.engine.args)
+
+
+def distinct_count(space: dict[str, Any], effective: Callable[[dict], dict]) -> int | None:
+    """How many configs of `space` the engine runs differently (None: unbounded); a space too
+    large to list is counted as it is written."""
+    size = space_size(space)
+    if size is None or size > 100_000:
+        return size
+    return len({_canonical(effective(config)) for config in grid_points(space)})
+
+
 def num_trials(task: Task) -> int:
     """Trials Ray Tune should create: the searched ones (the whole grid for grid; never more than
     the space's configs, as no config runs twice: DistinctConfigs) plus the baseline."""
-    size = space_size(task.search_space)
+    size = distinct_count(task.search_space, effective_of(task))
     if task.search.algorithm == "grid":
         return size + (1 if task.search.baseline else 0)
     if size is not None:  # initial_points run as listed: a point listed twice runs twice
@@ -328,6 +351,7 @@ def num_trials(task: Task) -> int:
 def build_searcher(task: Task, max_concurrent: int) -> Searcher:
     search = task.search
     cls = registry.searcher_class(search.algorithm)
+    effective = effective_of(task)
     points = [dict(point) for point in search.initial_points]
     args = dict(search.algorithm_args)
     if search.algorithm == "hyperopt":
@@ -358,7 +382,7 @@ def build_searcher(task: Task, max_concurrent: int) -> Searcher:
         if points or args:
             field = "initial_points" if points else "algorithm_args"
             raise TaskError(f"search.{field}: grid runs every config of the space, in order, and takes none")
-        args = {"points": grid_points(task.search_space)}
+        args = {"points": list({_canonical(p): p for p in map(effective, grid_points(task.search_space))}.values())}
     elif points:  # a plug-in searcher: Ray's own convention for points to try first
         args = {"points_to_evaluate": points} | args
     try:
@@ -368,7 +392,7 @@ def build_searcher(task: Task, max_concurrent: int) -> Searcher:
     except (AssertionError, ValueError) as error:  # Ray's and the libraries' own checks of their arguments
         raise TaskError(f"search: {search.algorithm} refuses these settings ({_one_line(error)})") from None
     if search.algorithm != "grid":
-        inner = DistinctConfigs(inner, task.search_space, search.seed, listed=len(points))
+        inner = DistinctConfigs(inner, task.search_space, search.seed, listed=len(points), effective=effective)
     searcher: Searcher = ConcurrencyLimiter(inner, max_concurrent=max_concurrent)
     if search.baseline:
         searcher = BaselineFirst(searcher, {name: None for name in task.search_space} | {BASELINE_KEY: True})

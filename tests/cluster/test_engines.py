@@ -9,8 +9,10 @@ import pytest
 import ray
 import yaml
 
+from tests.conftest import until
 from llm_autotuner.cluster.engine_check import _line_choices, _line_flags
 from llm_autotuner.cluster.engines import LLAMA_CPP, SGLANG, VLLM, Launch
+from llm_autotuner.cluster.local import free_port
 from llm_autotuner.errors import TaskError
 from llm_autotuner.task import parse_task
 from llm_autotuner.tuner import cli
@@ -166,6 +168,25 @@ def test_a_value_the_llama_server_binary_does_not_take_is_refused_and_the_binary
     task["engine"]["args"] = {"split-mode": "layer"}
     task["search_space"] = {"cache-type-k": ["f16", "q8_0"], "flash-attn": ["on", "enabled", True], "threads": [1, 2]}
     check_known_flags(parse_task(task), llama_server)
+
+
+def test_llama_cpp_runs_a_ubatch_above_its_batch_as_the_batch(llama_server, smollm2, tmp_path):
+    """What EngineProfile.effective says the engine runs is what the engine's own log says it runs."""
+    flags = {"batch-size": 64, "ubatch-size": 320}
+    assert LLAMA_CPP.effective(flags, {"ctx-size": 512}) == {"batch-size": 64, "ubatch-size": 64}
+    assert LLAMA_CPP.effective({"ubatch-size": 32}, {"batch-size": 64}) == {"ubatch-size": 32}
+    log = tmp_path / "engine.log"
+    argv = [llama_server, "--model", smollm2, "--host", "127.0.0.1", "--port", str(free_port()), "--ctx-size", "512",
+            "--parallel", "1", "--threads", "1", "--log-verbosity", "4", *LLAMA_CPP.flag_argv(flags)]  # 4: the context sizes
+    with open(log, "w") as out:
+        server = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        assert until(lambda: "n_ubatch" in log.read_text() or server.poll() is not None, timeout_s=60)
+    finally:
+        server.kill()
+        server.wait(timeout=30)
+    assert re.search(r"n_batch\s*=\s*64\b", log.read_text()) and re.search(r"n_ubatch\s*=\s*64\b", log.read_text()), \
+        log.read_text()[-2000:]
 
 
 DATA = Path(__file__).resolve().parents[1] / "data"

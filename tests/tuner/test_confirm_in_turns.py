@@ -1,6 +1,6 @@
 """The confirmation runs, on a real Ray Tune: the finalists (the best configs and the baseline)
-each run in turns, A B C A B C, not back to back, so a drift of the machine over minutes is shared
-among them. A stand-in trainable takes the engine's place: it logs when each config ran."""
+each run in turns, A B C, B C A, C A B, not back to back, so a drift of the machine over minutes is
+shared among them, and no config always runs first or right after the same other one. A stand-in trainable takes the engine's place: it logs when each config ran."""
 
 import json
 import os
@@ -47,7 +47,7 @@ def searched(number: int, parallel: int | None, value: float) -> TrialRecord:
 def test_the_best_configs_and_the_baseline_are_re_measured_in_turns(tmp_path):
     task = parse_task({"name": "t", "model": {"path": "/models/m.gguf"}, "engine": {"name": "llama.cpp"},
                        "search_space": {"parallel": [1, 2, 4]}, "benchmark": {"concurrency": [2]},
-                       "search": {"confirm_top_k": 2, "confirm_repeats": 2}})
+                       "search": {"confirm_top_k": 2, "confirm_repeats": 3}})
     trials = [searched(1, None, 90.0), searched(2, 1, 130.0), searched(3, 2, 110.0), searched(4, 4, 100.0)]
     log = tmp_path / "ran.jsonl"
     trainable = tune.with_parameters(stand_in, log=str(log))
@@ -58,9 +58,9 @@ def test_the_best_configs_and_the_baseline_are_re_measured_in_turns(tmp_path):
     assert stopped_because is None
     ran = [json.loads(line) for line in log.read_text().splitlines()]
     a, b, baseline = {"parallel": 1}, {"parallel": 2}, {"parallel": None, BASELINE_KEY: True}
-    assert ran == [a, b, baseline, a, b, baseline]
+    assert ran == [a, b, baseline, b, baseline, a, baseline, a, b]
     summary = summarize(task, resolved, trials, "unused", runs)
-    assert {c["experiment_id"]: c["runs"] for c in summary["confirmation"]} == {3: [102.0, 102.0],
-                                                                              2: [101.0, 101.0],
-                                                                              1: [100.0, 100.0]}
+    assert {c["experiment_id"]: c["runs"] for c in summary["confirmation"]} == {3: [102.0] * 3,
+                                                                              2: [101.0] * 3,
+                                                                              1: [100.0] * 3}
     assert summary["gain_over_baseline"] == pytest.approx(0.02)

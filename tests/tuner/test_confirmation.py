@@ -3,6 +3,8 @@ re-measured, and only those re-measurements decide the winner, the gain over the
 ranking shown; a failed or infeasible re-measurement counts against its config; the spread is
 reported, and so is whether the top two are within noise of each other."""
 
+import csv
+import io
 import random
 
 import pytest
@@ -13,7 +15,7 @@ from llm_autotuner.cluster.storage import Storage
 from llm_autotuner.objective import INFEASIBLE_SCORE
 from llm_autotuner.task import parse_task
 from llm_autotuner.trainables.trial import Resolved
-from llm_autotuner.tuner.results import TrialRecord, finalists, summarize, table
+from llm_autotuner.tuner.results import TrialRecord, finalists, p_text, summarize, table, trials_csv
 
 RESOLVED = Resolved("llama-server", "/models/m.gguf", "m", "/tok", Storage(LocalFileSystem(), "/tmp/t", "/tmp/t"), "run")
 BASELINE = {"parallel": None}
@@ -137,6 +139,18 @@ def test_the_table_ranks_the_finalists_by_the_number_that_chose_the_winner():
     assert "+13.0% vs. engine defaults 96" in text
 
 
+def test_trials_csv_names_the_winner_by_its_re_measurements_not_its_search_run():
+    """The search's own run ranks 2 first (search() gives it the highest); the re-measurements
+    choose 3. A sort of trials.csv by confirmation_rank finds 3, as best.json does."""
+    runs = confirmation_runs({2: [100.0, 102.0], 3: [108.0, 109.0], 1: [95.0, 97.0]})
+    summary = summarize(task(), RESOLVED, search(), "unused", runs)
+    rows = {row["experiment_id"]: row for row in csv.DictReader(io.StringIO(trials_csv(summary)))}
+    assert {key: row["confirmation_rank"] for key, row in rows.items() if row["confirmation_rank"]} == \
+        {"3": "1", "2": "2", "1": "3"}
+    assert rows["3"]["confirmation_mean"] == "108.5" and rows["3"]["confirmation_runs"] == "108.0 109.0"
+    assert summary["best_result"]["experiment_id"] == 3
+
+
 @pytest.mark.parametrize("lucky_runs, within_noise, says", [
     ([100.0, 108.5], True, "Experiments 3 and 2 are within noise of each other"),
     ([100.0, 102.0], False, "Experiments 3 and 2 are apart by more than the noise"),
@@ -159,6 +173,8 @@ def test_the_results_say_whether_the_gain_over_the_baseline_is_within_noise(base
     best_line = next(line for line in table(summary).splitlines() if line.startswith("Best:"))
     assert ("within noise: t-test p = " in best_line) is within_noise
     assert (summary["selection"]["gain_p_value"] >= 0.05) is within_noise
+    # Told apart, the line still says on how much evidence.
+    assert within_noise or f"; t-test p = {p_text(summary['selection']['gain_p_value'])})" in best_line
 
 
 def test_runs_that_do_not_overlap_are_not_called_apart_when_the_noise_can_explain_them():

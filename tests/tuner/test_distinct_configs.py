@@ -168,3 +168,22 @@ def test_initial_points_run_as_listed_even_a_point_listed_twice(algorithm):
     assert tried[:3] == [(2, 4), (2, 4), (1, 1)]
     assert sorted(set(tried)) == [(p, t) for p in (1, 2) for t in (1, 2, 4)]
     assert searcher.suggest("t7") == Searcher.FINISHED
+
+
+def test_configs_the_engine_runs_alike_are_one_config_handed_out_as_it_runs_them():
+    """llama.cpp runs a ubatch above the batch as the batch (EngineProfile.effective; the real
+    engine's log says so: tests/cluster/test_engines.py): {batch 64, ubatch 256} is {64, 64}, run once
+    and reported as what ran. 6 configs as written, 5 as run."""
+    space = {"batch-size": [64, 256], "ubatch-size": [32, 64, 256]}
+    as_run = [(64, 32), (64, 64), (256, 32), (256, 64), (256, 256)]
+    for algorithm in ("hyperopt", "random", "grid"):
+        a_task = task(algorithm, space=space)
+        assert num_trials(a_task) == 5, algorithm
+        searcher, _ = started(a_task)
+        tried = []
+        for number in range(5):
+            config = searcher.suggest(f"t{number}")
+            tried.append((config["batch-size"], config["ubatch-size"]))
+            complete(searcher, f"t{number}", float(number))
+        assert sorted(tried) == as_run, (algorithm, tried)
+        assert searcher.suggest("t5") in (Searcher.FINISHED, None), algorithm
