@@ -15,6 +15,12 @@ THROUGHPUT, LATENCY = "output_throughput", "e2e_p90"  # the trade-off's axes unl
 BEST, BASELINE, STOPPED, OTHER = "tab:green", "black", "tab:red", "tab:blue"
 
 
+def with_unit(metric: str) -> str:
+    """An axis label: the metric and its unit ("output_throughput (tok/s)")."""
+    unit = METRICS[metric].unit if metric in METRICS else ""
+    return f"{metric} ({unit})" if unit else metric
+
+
 def _pyplot():
     import matplotlib
 
@@ -69,7 +75,7 @@ def write_stage_plot(summary: dict, path: Path) -> Path | None:
         axes.plot(stages, values, marker="o", **style)
     axes.set_xticks(range(1, len(concurrencies) + 1),
                     [f"stage {i}\nconcurrency {c}" for i, c in enumerate(concurrencies, 1)])
-    axes.set_ylabel(metric)
+    axes.set_ylabel(with_unit(metric))
     axes.set_title(f"{summary['task_name']}: {metric} per stage (red: stopped early by the scheduler)")
     axes.grid(alpha=0.3)
     axes.legend(loc="best")
@@ -137,8 +143,8 @@ def write_tradeoff_plot(summary: dict, path: Path) -> Path | None:
             axes.axhline(slo["limit"], color=STOPPED, linestyle=":", label=f"SLO {throughput} >= {slo['limit']:g}")
     over = "weighted mean over stages" if len({s.get("weight", 1.0) for s in summary.get("stages", [])}) > 1 \
         else "mean over stages"
-    axes.set_xlabel(f"{latency} (s, {over})")
-    axes.set_ylabel(f"{throughput} ({over})")
+    axes.set_xlabel(f"{with_unit(latency)}, {over}")
+    axes.set_ylabel(f"{with_unit(throughput)}, {over}")
     axes.set_title("Throughput against latency (green: best, black: engine defaults, red: not completed)")
     axes.grid(alpha=0.3)
     axes.legend(loc="best")
@@ -171,7 +177,7 @@ def write_parameter_plot(summary: dict, path: Path) -> Path | None:
             axes.axhline(baseline, color=BASELINE, linestyle="--", label="engine defaults")
         axes.set_xlabel(name)
         axes.grid(alpha=0.3)
-    grid[0][0].set_ylabel(metric)
+    grid[0][0].set_ylabel(with_unit(metric))
     if baseline is not None:
         grid[0][0].legend(loc="best")
     figure.suptitle(f"{metric} against each parameter (green: best, red: cut short, its low-load stages only)")
@@ -226,10 +232,11 @@ def write_progress_plot(summary: dict, path: Path, ends: dict) -> Path | None:
     figure, grid = plt.subplots(1, 2 if timed else 1, figsize=(12 if timed else 6, 4), squeeze=False)
     grid[0][0].step([key for key, _, _ in curve], [value for _, _, value in curve], where="post", marker="o")
     grid[0][0].set_xlabel("trial (in the order they started)")
-    grid[0][0].set_ylabel(f"best {metric} so far")
+    grid[0][0].set_ylabel(f"best {with_unit(metric)} so far")
     if timed:
         grid[0][1].step([end / 60 for end, _ in timed], [value for _, value in timed], where="post", marker="o")
         grid[0][1].set_xlabel("minutes since the first trial started")
+        grid[0][1].set_ylabel(f"best {with_unit(metric)} so far")
     for axes in grid[0]:
         axes.grid(alpha=0.3)
     figure.suptitle(f"{summary['task_name']}: the search's progress (completed trials)")

@@ -44,7 +44,7 @@ def render_trials(task: Task, trials: int) -> tuple[dict[str, str], list[str]]:
     specs: dict[int, EngineSpec] = {}
     claims, notes = {}, []
     for number in range(1, trials + 1):
-        params = sample(task.search_space)
+        params = profile.effective(sample(task.search_space), task.engine.args)  # as a run would hand it out
         claims[f"trial-{number}"] = claim = trial_claim(task, params, node_cpus)
         over = [f"{claim[kind]:g} {kind} where the deployment offers {have:g}"
                 for kind, have in offers.items() if claim.get(kind, 0) > have]

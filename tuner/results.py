@@ -281,6 +281,14 @@ class Finalist:
     def mean(self) -> float | None:
         return fmean(self.values) if self.values else None
 
+    def metrics(self, weights: list[float] | None) -> dict[str, float]:
+        """Each metric every completed re-measurement measured: the mean over those runs of its
+        mean over their stages (weighted as the objective is), as `mean` is for the objective."""
+        completed = [run for run in self.runs if run.status == Outcome.COMPLETED and run.stages]
+        names = [name for name in METRICS if completed and all(
+            all(stage.get(name) is not None for stage in run.stages) for run in completed)]
+        return {name: fmean(weighted_mean(run.stages, name, weights) for run in completed) for name in names}
+
     def spread(self) -> dict | None:
         values = self.values
         # The sample standard deviation (n - 1): an estimate of the run-to-run noise; the
@@ -445,7 +453,8 @@ def summarize(task: Task, resolved: Resolved, records: list[TrialRecord], experi
         "confirmation": [{"rank": rank, "experiment_id": f.record.experiment_id, "trial_id": f.record.trial_id,
                           "parameters": f.record.parameters, "baseline": f.record.baseline,
                           "search_objective": f.record.objective, "runs": f.values, "failed_runs": f.failed,
-                          "mean": f.mean, "spread": f.spread(), "met_every_slo": f.met_every_slo,
+                          "mean": f.mean, "spread": f.spread(), "metrics": f.metrics(task.benchmark.stage_weights),
+                          "met_every_slo": f.met_every_slo,
                           "qualified": f.qualified} for rank, f in enumerate(ranked, 1)] if confirmed else [],
         "objectives": task.objective.metrics,
         "pareto_front": [{"experiment_id": key, "parameters": next(r.parameters for r in finished
@@ -498,9 +507,14 @@ RESULT_FILES = ("results.json", "trials.csv", "best_command.txt", "best.json", "
 
 def best_json(summary: dict) -> dict:
     """The winner to hand over: its parameters, its objective (with the spread of its
-    re-measurements), every metric as the mean over its stages in the search, and its launch line."""
+    re-measurements), every metric as measured where the winner was chosen (the mean over its
+    re-measurements; without them, over its stages in the search), and its launch line."""
     best = summary["best_result"]
     trial = next(t for t in summary["all_results"] if t["experiment_id"] == best["experiment_id"])
+    confirmed = next((c for c in summary.get("confirmation") or [] if c["experiment_id"] == best["experiment_id"]), {})
+    remeasured = confirmed.get("metrics")  # absent in older versions' results.json
+    where = (f"the winner's {len(best['runs'])} re-measurements, each over its stages" if remeasured
+             else "the winner's stages in the search")
     # The measurements (not the stage's settings: its concurrency, request count, duration), each
     # weighted over the stages as the objective is, so the objective's own metric reads the same here.
     names = sorted(name for name in METRICS if any(stage.get(name) is not None for stage in trial["stages"]))
@@ -517,10 +531,13 @@ def best_json(summary: dict) -> dict:
                       "value": best["objective_score"], "runs": best.get("runs"), "spread": best.get("spread"),
                       "gain_over_baseline": summary.get("gain_over_baseline"),
                       "chosen_on": (summary.get("selection") or {}).get("chosen_on")},
-        "metrics": {name: mean(name) for name in names},
-        "metrics_are": "means over the winner's stages in the search (concurrency "
-                       + ", ".join(str(stage["concurrency"]) for stage in trial["stages"]) + ")"
+        # The numbers the objective's value comes from: with it re-measured, those runs' (the
+        # search's run of the winner was picked for being high); the search's run's beside them.
+        "metrics": remeasured or {name: mean(name) for name in names},
+        "metrics_are": f"means over {where} (concurrency "
+                       + ", ".join(str(stage["concurrency"]) for stage in summary["stages"]) + ")"
                        + ("" if len(set(weights)) == 1 else ", weighted " + ":".join(f"{w:g}" for w in weights)),
+        "metrics_in_search": {name: mean(name) for name in names},
         "slos": summary["slos"],
         "measured_via": summary.get("measured_via", []),
         "command": best["command"],

@@ -15,7 +15,7 @@ from llm_autotuner.cluster.storage import Storage
 from llm_autotuner.objective import INFEASIBLE_SCORE
 from llm_autotuner.task import parse_task
 from llm_autotuner.trainables.trial import Resolved
-from llm_autotuner.tuner.results import TrialRecord, finalists, p_text, summarize, table, trials_csv
+from llm_autotuner.tuner.results import TrialRecord, best_json, finalists, p_text, summarize, table, trials_csv
 
 RESOLVED = Resolved("llama-server", "/models/m.gguf", "m", "/tok", Storage(LocalFileSystem(), "/tmp/t", "/tmp/t"), "run")
 BASELINE = {"parallel": None}
@@ -149,6 +149,16 @@ def test_trials_csv_names_the_winner_by_its_re_measurements_not_its_search_run()
         {"3": "1", "2": "2", "1": "3"}
     assert rows["3"]["confirmation_mean"] == "108.5" and rows["3"]["confirmation_runs"] == "108.0 109.0"
     assert summary["best_result"]["experiment_id"] == 3
+
+
+def test_best_json_gives_the_metrics_of_the_re_measurements_the_winner_was_chosen_on():
+    """The objective's value is the re-measurements' mean (108.5); so is best.json's metric of it,
+    not the search run's 110; the search run's numbers are kept beside them, named."""
+    runs = confirmation_runs({2: [100.0, 102.0], 3: [108.0, 109.0], 1: [95.0, 97.0]})
+    best = best_json(summarize(task(), RESOLVED, search(), "unused", runs))
+    assert best["objective"]["value"] == best["metrics"]["output_throughput"] == 108.5
+    assert best["metrics_in_search"]["output_throughput"] == 110.0
+    assert best["metrics_are"].startswith("means over the winner's 2 re-measurements, each over its stages")
 
 
 @pytest.mark.parametrize("lucky_runs, within_noise, says", [

@@ -78,6 +78,10 @@ def test_the_report_ranks_trials_cut_short_after_those_that_ran_every_stage(tmp_
     table = page[page.index('<table id="trials">'):]
     order = [int(cell.split("<td>")[1].split("</td>")[0]) for cell in table.split("<tr")[2:5]]
     assert order == [3, 1, 2]
+    cut_short = table.split("<tr")[4]
+    assert "0.05 (its first 1 of 2 stages: not comparable with full runs)" in cut_short
+    assert "behind the other trials at stage 1, where the scheduler (ASHA) compared them" in cut_short
+    assert "not comparable" not in table.split("<tr")[2]
 
 
 def test_best_json_metrics_are_weighted_as_the_objective_and_only_measurements(tmp_path):
@@ -232,3 +236,11 @@ def test_a_trial_interrupted_after_measuring_stages_counts_as_measured():
     summary = summarize(task(), RESOLVED, [record(1, 1, 100, 0.5), interrupted], "unused")
     assert [t["status"] for t in summary["all_results"]] == ["completed", "interrupted"]
     assert summary["successful_experiments"] == 2
+
+
+def test_plot_axes_name_each_metrics_unit():
+    from llm_autotuner.tuner.plots import with_unit
+
+    assert with_unit("output_throughput") == "output_throughput (tok/s)"
+    assert with_unit("e2e_p90") == "e2e_p90 (s)"
+    assert with_unit("error_rate") == "error_rate"  # a fraction: no unit
