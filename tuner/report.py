@@ -11,7 +11,7 @@ import jinja2
 
 from llm_autotuner.errors import TaskError
 from llm_autotuner.tuner import plots
-from llm_autotuner.tuner.results import fmt
+from llm_autotuner.tuner.results import fmt, p_text
 
 PLOTS = "plots"  # the folder beside index.html that holds its images
 EXPORTS = ("best.json", "best_command.txt", "best_inferenceservice.yaml")
@@ -106,6 +106,8 @@ def write_report(results_dir: Path) -> Path:
     page = _PAGES.get_template("report.html.j2").render(
         s=summary, status=_status(summary), notes=notes, best=best, metric=summary["objective"]["metric"],
         gain=summary.get("gain_over_baseline") if best and not _is_baseline(summary, best) else None,
+        best_is_baseline=bool(best) and _is_baseline(summary, best),
+        gain_p=None if selection.get("gain_p_value") is None else p_text(selection["gain_p_value"]),
         noise=selection.get("noise") or (selection.get("why") if best else None),
         why=selection.get("why") or "no trial completed every stage (see results.json for the errors)",
         exports=[name for name in EXPORTS if (results_dir / name).is_file()],
@@ -162,4 +164,5 @@ def compare(first_dir: Path, second_dir: Path) -> str:
 def _describe(best: dict) -> str:
     if not best:
         return "none"
-    return " ".join(f"{k}={v}" for k, v in sorted(best["parameters"].items())) or "the engine defaults"
+    # The baseline's parameters are all None (each flag left to the engine).
+    return " ".join(f"{k}={v}" for k, v in sorted(best["parameters"].items()) if v is not None) or "the engine defaults"

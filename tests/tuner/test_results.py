@@ -9,7 +9,7 @@ from pyarrow.fs import LocalFileSystem
 
 from llm_autotuner.cluster.storage import Storage
 from llm_autotuner.trainables.trial import Resolved
-from llm_autotuner.tuner.results import TrialRecord, pareto_front, summarize, write
+from llm_autotuner.tuner.results import TrialRecord, p_text, pareto_front, summarize, write
 from llm_autotuner.task import parse_task
 
 RESOLVED = Resolved("llama-server", "/models/m.gguf", "m", "/tok", Storage(LocalFileSystem(), "/tmp/t", "/tmp/t"), "run")
@@ -217,6 +217,30 @@ def test_the_reports_table_ranks_the_re_measured_configs_as_the_headline_does(tm
     assert [int(cells[0].split("<")[0]) for cells in rows] == [2, 3, 1]
     assert "re-measured" in table and rows[0][3].startswith("150 (mean of 2")
     assert rows[0][4].startswith("150") and rows[1][4].startswith("160")  # the search's runs, said to be so
+
+
+def test_the_report_names_the_engine_defaults_when_they_win_and_the_gains_p_value_when_a_config_does(tmp_path):
+    from llm_autotuner.tuner.report import compare, write_report
+
+    def trial(number, tps, trial_id=None):  # 1: the baseline, every flag left to the engine
+        made = record(number, None if number == 1 else number, tps, 0.5)
+        return dataclasses.replace(made, trial_id=trial_id or made.trial_id, baseline=number == 1)
+
+    records = [trial(1, 100), trial(2, 110), trial(3, 105)]
+    confirmations = [trial(n, tps, f"c{n}-{tps}") for n, tps in [(2, 90.0), (3, 91.0), (1, 120.0),
+                                                                  (2, 92.0), (3, 89.0), (1, 118.0)]]
+    summary = summarize(task(), RESOLVED, records, "unused", confirmations)
+    assert summary["best_result"]["experiment_id"] == 1
+    write(tmp_path, summary)
+    winner = write_report(tmp_path).read_text().split('id="winner">')[1].split("</p>")[0]
+    assert "Experiment 1:\nthe engine defaults" in winner and "None" not in winner, winner
+    assert "Winner: the same config in both (the engine defaults)" in compare(tmp_path, tmp_path)
+    confirmations = [trial(n, tps, f"c{n}-{tps}") for n, tps in [(2, 130.0), (3, 91.0), (1, 100.0),
+                                                                  (2, 128.0), (3, 89.0), (1, 99.0)]]
+    summary = summarize(task(), RESOLVED, records, "unused", confirmations)
+    write(tmp_path, summary)
+    winner = write_report(tmp_path).read_text().split('id="winner">')[1].split("</p>")[0]
+    assert f"(t-test p = {p_text(summary['selection']['gain_p_value'])})" in winner, winner
 
 
 def test_a_p_value_is_never_printed_on_the_wrong_side_of_the_cut():
