@@ -151,6 +151,17 @@ def write_tradeoff_plot(summary: dict, path: Path) -> Path | None:
     return _save(figure, path)
 
 
+def chosen_on(summary: dict) -> tuple[dict[int, float], tuple[int, float] | None]:
+    """The numbers the winner was chosen on: each re-measured finalist's mean (beside its search
+    run, which was picked for being high), and the engine defaults' (experiment, value): their
+    re-measured mean, else their run in the search."""
+    remeasured = {c["experiment_id"]: c["mean"] for c in summary.get("confirmation") or [] if c.get("mean") is not None}
+    trial = next((t for t in summary["all_results"] if t["baseline"] and t["objective_score"] is not None), None)
+    baseline = None if trial is None else \
+        (trial["experiment_id"], remeasured.get(trial["experiment_id"], trial["objective_score"]))
+    return remeasured, baseline
+
+
 def write_parameter_plot(summary: dict, path: Path) -> Path | None:
     """The objective against each parameter's values: which settings matter."""
     plt = _pyplot()
@@ -160,8 +171,8 @@ def write_parameter_plot(summary: dict, path: Path) -> Path | None:
     if not scored or not names:
         path.unlink(missing_ok=True)
         return None
-    baseline = next((t["objective_score"] for t in summary["all_results"]
-                     if t["baseline"] and t["objective_score"] is not None), None)
+    remeasured, baseline = chosen_on(summary)
+    again = [t for t in scored if t["experiment_id"] in remeasured]
     figure, grid = plt.subplots(1, len(names), figsize=(4 * len(names), 4), squeeze=False, sharey=True)
     for axes, name in zip(grid[0], names):
         values = [t["parameters"].get(name) for t in scored]
@@ -171,14 +182,18 @@ def write_parameter_plot(summary: dict, path: Path) -> Path | None:
         axes.scatter(xs, [t["objective_score"] for t in scored],  # red: cut short, its low-load stages only
                      c=[BEST if t["experiment_id"] == _best_id(summary) else
                         OTHER if t["status"] == "completed" else STOPPED for t in scored], zorder=3)
+        if again:
+            axes.scatter([xs[scored.index(t)] for t in again], [remeasured[t["experiment_id"]] for t in again],
+                         marker="D", facecolors="none", edgecolors=BASELINE, zorder=4, label="re-measured mean")
         if labels:
             axes.set_xticks(range(len(labels)), labels, rotation=30)
         if baseline is not None:
-            axes.axhline(baseline, color=BASELINE, linestyle="--", label="engine defaults")
+            axes.axhline(baseline[1], color=BASELINE, linestyle="--",
+                         label="engine defaults" + (" (re-measured mean)" if baseline[0] in remeasured else ""))
         axes.set_xlabel(name)
         axes.grid(alpha=0.3)
     grid[0][0].set_ylabel(with_unit(metric))
-    if baseline is not None:
+    if baseline is not None or again:
         grid[0][0].legend(loc="best")
     figure.suptitle(f"{metric} against each parameter (green: best, red: cut short, its low-load stages only)")
     return _save(figure, path)

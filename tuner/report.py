@@ -80,7 +80,8 @@ def draw(summary: dict, results_dir: Path) -> list[dict]:
         ("parameters.png", lambda path: plots.write_parameter_plot(summary, path),
          f"{metric} against each parameter's values, each trial's single run in the search: a parameter whose "
          "points spread from low to high matters; red points are trials cut short (their low-load stages only); "
-         "the dashed line is the engine defaults' run in the search."),
+         "hollow diamonds are the finalists' re-measured means (what chose the winner); the dashed line is the "
+         "engine defaults' re-measured mean (their run in the search when they were not re-measured)."),
         ("progress.png", lambda path: plots.write_progress_plot(summary, path,
                                                                  plots.trial_end_times(summary, results_dir)),
          f"The best {metric} found so far, against trials and (where the trials' timelines are at hand) "

@@ -2,6 +2,7 @@
 
 import csv
 import dataclasses
+import json
 
 import pytest
 
@@ -268,3 +269,21 @@ def test_plot_axes_name_each_metrics_unit():
     assert with_unit("output_throughput") == "output_throughput (tok/s)"
     assert with_unit("e2e_p90") == "e2e_p90 (s)"
     assert with_unit("error_rate") == "error_rate"  # a fraction: no unit
+
+
+def test_the_parameter_plot_draws_the_numbers_the_winner_was_chosen_on(tmp_path):
+    """The defaults' search run (90) was low; re-measured they are at 100: the dashed line is there,
+    and each finalist has its re-measured mean beside its search run."""
+    from llm_autotuner.tuner.plots import chosen_on, write_parameter_plot
+
+    records = [record(1, None, 90, 0.5), record(2, 2, 150, 0.5), record(3, 4, 160, 0.5)]
+    records[0].baseline = True
+    confirmations = [dataclasses.replace(record(n, p, tps, 0.5), trial_id=f"c{n}-{tps}", baseline=n == 1)
+                     for n, p, tps in [(2, 2, 152.0), (3, 4, 140.0), (1, None, 101.0),
+                                       (3, 4, 142.0), (1, None, 99.0), (2, 2, 148.0)]]
+    summary = json.loads(json.dumps(summarize(task(), RESOLVED, records, "unused", confirmations), default=str))
+    assert chosen_on(summary) == ({2: 150.0, 3: 141.0, 1: 100.0}, (1, 100.0))
+    assert write_parameter_plot(summary, tmp_path / "parameters.png").stat().st_size > 0
+    # Without re-measurements the search's own numbers are all there is.
+    summary["confirmation"] = []
+    assert chosen_on(summary) == ({}, (1, 90))
