@@ -505,8 +505,9 @@ def settle(backend: Backend, run_id: str) -> None:
 def progress_display(task: Task, budget: int, live: bool, label: str = "trial") -> ProgressPrinter:
     if live:
         return LiveProgress(task.objective.metric, len(task.benchmark.concurrency), budget,
-                            maximize(task.objective.metric), label)
-    return ProgressPrinter(task.objective.metric, len(task.benchmark.concurrency), label)
+                            maximize(task.objective.metric), label, task.benchmark.max_requests_per_stage)
+    return ProgressPrinter(task.objective.metric, len(task.benchmark.concurrency), label,
+                           task.benchmark.max_requests_per_stage)
 
 
 def _tune(task: Task, backend: Backend, resolved: Resolved, results_dir: Path, address: str | None, resume: bool,

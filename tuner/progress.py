@@ -16,10 +16,11 @@ from llm_autotuner.errors import lost_worker, trial_error
 class ProgressPrinter(Callback):
     """Prints one line per trial event."""
 
-    def __init__(self, metric: str, num_stages: int, label: str = "trial"):
+    def __init__(self, metric: str, num_stages: int, label: str = "trial", requests_per_stage: int = 0):
         self.label = label  # "confirm" for the re-measurements after the search
         self.metric = metric
         self.num_stages = num_stages
+        self.requests_per_stage = requests_per_stage  # what a stage asks for (0: not said)
         self.started = time.monotonic()
         self.last_stage: dict[str, int] = {}
 
@@ -48,6 +49,10 @@ class ProgressPrinter(Callback):
             return
         line = (f"stage {result['stage']}/{self.num_stages} (concurrency {measured.get('concurrency')}): "
                 f"{self.metric} {measured.get(self.metric, float('nan')):.4g}")
+        made = measured.get("num_requests")
+        if isinstance(made, int) and made < self.requests_per_stage:
+            # Its time (max_minutes_per_stage) ran out first: a slow config, or a stalled machine.
+            line += f"  (only {made} of {self.requests_per_stage} requests within the stage's time)"
         if result.get("violation"):
             line += f"  infeasible: {result['violation']}"
         self._say(trial, line)
@@ -87,8 +92,9 @@ class LiveProgress(ProgressPrinter):
     the baseline, elapsed, an estimate of the time left). The callbacks only record what happened;
     rich draws in its own thread, twice a second, so Ray's result processing stays cheap."""
 
-    def __init__(self, metric: str, num_stages: int, budget: int, maximize: bool, label: str = "trial"):
-        super().__init__(metric, num_stages, label)
+    def __init__(self, metric: str, num_stages: int, budget: int, maximize: bool, label: str = "trial",
+                 requests_per_stage: int = 0):
+        super().__init__(metric, num_stages, label, requests_per_stage)
         self.budget, self.maximize = budget, maximize
         self.running: dict[str, dict] = {}  # trial id -> what its line shows
         self.done = 0

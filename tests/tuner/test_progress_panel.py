@@ -68,3 +68,18 @@ def test_a_trial_the_runs_stop_cut_is_not_said_to_be_stopped_by_the_scheduler(ca
     out = capsys.readouterr().out
     assert out.count("stage 1/3") == 1 and "nan" not in out, out
     assert "trial 2: stopped by the run's end after stage 1" in out and "scheduler" not in out, out
+
+
+def test_a_stage_whose_time_ran_out_before_its_requests_says_so(capsys):
+    """A stage that made 12 of its 16 requests before max_minutes_per_stage (a stalled machine, or
+    a config that slow) measured fewer requests than the others: its line says so."""
+    from llm_autotuner.tuner.progress import ProgressPrinter
+
+    printer = ProgressPrinter("output_throughput", num_stages=3, requests_per_stage=16)
+    trial = SimpleNamespace(trial_id="t1", experiment_tag="1_threads=2", config={"threads": 2}, last_result={})
+    for made in (16, 12):
+        printer.on_trial_result(0, [], trial, {"stage": 1, "error": None, "violation": None, "metrics": {
+            "concurrency": 1, "output_throughput": 12.93, "num_requests": made}})
+    short, full = [line for line in capsys.readouterr().out.splitlines() if "stage 1/3" in line][::-1]
+    assert short.endswith("output_throughput 12.93  (only 12 of 16 requests within the stage's time)"), short
+    assert full.endswith("output_throughput 12.93"), full
