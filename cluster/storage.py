@@ -244,10 +244,13 @@ def _upload_and_remove(storage: Storage, local: Path, destination: str) -> None:
     storage.upload(local, destination)
     storage.write_text(f"{destination}/{COMPLETE}", destination.rsplit("/", 1)[1])  # the last object
     shutil.rmtree(local, ignore_errors=True)
-    try:  # the trial's folder too, once it holds no other attempt: else each trial leaves one in /tmp
-        local.parent.rmdir()
-    except OSError:
-        pass
+    # The trial's folder too, once it holds no other attempt, and then the storage's, once it holds
+    # no other trial: else each leaves one in /tmp. (A trial making its folder meanwhile retries.)
+    for folder in (local.parent, local.parent.parent):
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 def collect_here(storage: Storage, run_id: str, earlier: str | None) -> list[str]:

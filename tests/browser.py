@@ -10,6 +10,7 @@ kubernetes client already brings). https://chromedevtools.github.io/devtools-pro
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import shutil
 import subprocess
@@ -62,9 +63,17 @@ class Browser:
     def __exit__(self, *exc) -> None:
         socket = getattr(self, "_socket", None)
         if socket is not None:
+            # Asked to close, Chromium removes its /tmp/org.chromium.Chromium.* singleton folder;
+            # killed (or sent SIGTERM) it leaves one behind per test run.
+            with contextlib.suppress(Exception):
+                socket.settimeout(10)
+                self.call("Browser.close")
             socket.close()
-        self._process.kill()
-        self._process.wait(timeout=30)
+        try:
+            self._process.wait(timeout=10 if socket is not None else 0)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait(timeout=30)
         self._log.close()
         shutil.rmtree(self._profile, ignore_errors=True)
 

@@ -68,7 +68,8 @@ def test_a_trial_uploads_its_files_with_the_key_masked_and_keeps_none_on_its_nod
     assert (uploaded / "genai-bench" / "genai-bench.log").read_text() == "api_key=*** ok"
     assert (uploaded / ".complete").read_text() == folder.key  # written last: the upload is whole
     assert not (uploaded / "owner.json").exists() and not folder.path.exists()
-    assert not folder.path.parent.exists()  # nothing of the trial stays on its node, not even its folder
+    # Nothing stays on its node, not even the trial's folder or, with no other trial, the storage's.
+    assert not folder.path.parent.exists() and list((tmp_path / "node-disk").iterdir()) == []
     assembled = tmp_path / "shared" / "t" / "trials" / "abc"
     assemble(shared, {"abc": folder.key})
     assert (assembled / "timeline.json").is_file() and not (tmp_path / "shared" / "t" / "trials" / ".incoming").exists()
@@ -87,7 +88,7 @@ def test_files_a_dead_trial_left_on_its_node_are_collected_and_a_live_ones_are_n
     incoming = tmp_path / "shared" / "t" / "trials" / ".incoming"
     assert (incoming / "dead" / dead.key / "engine.log").read_text() == "cut off"
     assert not dead.path.exists() and alive.path.exists() and not (incoming / "alive").exists()
-    assert not dead.path.parent.exists() and alive.path.parent.exists()
+    assert not dead.path.parent.exists() and alive.path.parent.exists()  # the storage's folder kept for it
 
 
 def uploaded(trials, trial_id: str, key: str, text: str, complete: bool = True) -> None:
