@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import re
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -105,6 +106,12 @@ class EngineProfile:
         a config is not run twice under two names, nor reported with a value it did not run."""
         return params
 
+    def chosen_by_engine(self, log: str, flags: dict[str, Any]) -> dict[str, int]:
+        """The values the engine chose itself for flags `flags` leaves unset, from its log, where
+        they depend on the machine (llama.cpp's threads from its CPU count): pinned in a launch
+        line, the winner runs the same elsewhere."""
+        return {}
+
     def canonical(self, key: str) -> str:
         bare = key.lstrip("-").replace("_", "-")
         return self.aliases.get(bare, bare)
@@ -170,6 +177,19 @@ class LlamaCppProfile(EngineProfile):
             return params
         return {key: batch if value is not None and self.canonical(key) == "ubatch-size" else value
                 for key, value in params.items()}
+
+    # What llama-server logs at its default verbosity, for the flags whose default it works out
+    # at start: the threads from the CPUs it may use, the slots (--parallel -1) itself.
+    CHOSEN_IN_LOG = {"threads": re.compile(r"threadpool init, n_threads = (\d+)"),
+                     "parallel": re.compile(r"initializing, n_slots = (\d+)")}
+
+    def chosen_by_engine(self, log: str, flags: dict[str, Any]) -> dict[str, int]:
+        chosen = {}
+        for flag, pattern in self.CHOSEN_IN_LOG.items():
+            found = pattern.search(log)
+            if found and flags.get(flag) in (None, -1, "-1"):  # -1: "work it out" in llama-server's --help
+                chosen[flag] = int(found.group(1))
+        return chosen
 
     def check(self, model: Model, engine: Engine) -> None:
         super().check(model, engine)

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from tests.conftest import engine_processes
+from llm_autotuner.metrics import figure
 
 # The re-measurement in turns is also covered by tests/tuner/test_confirm_in_turns.py and the
 # confirmation runs of tests/test_e2e_local.py.
@@ -74,7 +75,7 @@ def test_the_printed_ranking_is_the_one_the_winner_came_from(run):
     output, _, results, served = run
     ranking = output[output.index("Re-measured after the search"):output.index("Best:")]
     first = results["confirmation"][0]
-    assert f"1. experiment {first['experiment_id']} " in ranking and f"{first['mean']:.4g}" in ranking
+    assert f"1. experiment {first['experiment_id']} " in ranking and figure(first['mean']) in ranking
     assert results["selection"]["noise"] in output
-    assert f"Best: experiment {first['experiment_id']}  output_throughput = {first['mean']:.4g}" in output
+    assert f"Best: experiment {first['experiment_id']}  output_throughput = {figure(first['mean'])}" in output
     assert engine_processes(served) == set()

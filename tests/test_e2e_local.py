@@ -13,6 +13,7 @@ other, which a busy machine turns into minutes.
 
 import csv
 import json
+import re
 import shutil
 import struct
 import subprocess
@@ -67,6 +68,10 @@ def test_run_exits_0_and_prints_the_best_config_and_gain(run):
     assert "Launch: " in completed.stdout
     assert "vs. engine defaults" in completed.stdout or "the engine defaults" in completed.stdout
     assert "Ray dashboard" not in completed.stdout  # --no-dashboard (tests/test_e2e_dashboard.py: with it)
+    # Each re-measurement says which finalist it is, as the table and the ranking number them.
+    starts = re.findall(r"confirm \d+: start  (.*)", completed.stdout)
+    assert starts and all(re.match(r"experiment \d+: ", line) for line in starts), starts
+    assert "experiment 1: engine defaults (baseline)" in starts
 
 
 def test_results_json_holds_every_trial_with_real_metrics(run):

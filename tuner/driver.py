@@ -39,7 +39,7 @@ from llm_autotuner.secrets import scrub_folder
 from llm_autotuner.tuner.interrupt import Interrupt, RunEnd, TrialEnds, signals_deferred, signals_noted
 from llm_autotuner.tuner.render import winner_files
 from llm_autotuner.tuner.report import write_report
-from llm_autotuner.tuner.progress import LiveProgress, ProgressPrinter
+from llm_autotuner.tuner.progress import LiveProgress, ProgressPrinter, config_text
 from llm_autotuner.tuner.search import (METRIC, MODE, FailureGuard, NoImprovementStopper, build_scheduler, build_searcher,
                           num_trials)
 from llm_autotuner.tuner.space import to_ray
@@ -405,12 +405,15 @@ def _confirm(task: Task, trainable, resolved: Resolved, results_dir: Path, trial
     experiment_dir = resolved.storage.where(RAY_EXPERIMENT_NAME)
     searched = results_io.summarize(task, resolved, trials, experiment_dir) | {"in_progress": True}
     results_io.write(results_dir, searched)
-    configs = [dict(r.parameters) | ({BASELINE_KEY: True} if r.baseline else {})
-               for turn in range(task.search.confirm_repeats) for r in rotated(finalists, turn)]
+    def config(record: results_io.TrialRecord) -> dict:
+        return dict(record.parameters) | ({BASELINE_KEY: True} if record.baseline else {})
+
+    configs = [config(r) for turn in range(task.search.confirm_repeats) for r in rotated(finalists, turn)]
     names = ", ".join("the engine defaults" if r.baseline else f"experiment {r.experiment_id}" for r in finalists)
     print(f"[autotuner] confirming the best configs: {names}; {task.search.confirm_repeats} more full runs each, "
           f"in turns", flush=True)
-    progress = progress_display(task, len(configs), live, label="confirm")
+    progress = progress_display(task, len(configs), live, label="confirm",
+                                names={config_text(config(r)): f"experiment {r.experiment_id}" for r in finalists})
     # A failed run counts against its config, so no streak of them stops the confirmation; a run
     # that finds the setup broken does, as in the search: stranded by a lost node (it would wait
     # for ever), its worker lost twice, an engine that fails whatever its flags, a bad new node.
@@ -502,12 +505,13 @@ def settle(backend: Backend, run_id: str) -> None:
         print(f"[autotuner] {line}")
 
 
-def progress_display(task: Task, budget: int, live: bool, label: str = "trial") -> ProgressPrinter:
+def progress_display(task: Task, budget: int, live: bool, label: str = "trial",
+                     names: dict[str, str] | None = None) -> ProgressPrinter:
     if live:
         return LiveProgress(task.objective.metric, len(task.benchmark.concurrency), budget,
-                            maximize(task.objective.metric), label, task.benchmark.max_requests_per_stage)
+                            maximize(task.objective.metric), label, task.benchmark.max_requests_per_stage, names)
     return ProgressPrinter(task.objective.metric, len(task.benchmark.concurrency), label,
-                           task.benchmark.max_requests_per_stage)
+                           task.benchmark.max_requests_per_stage, names)
 
 
 def _tune(task: Task, backend: Backend, resolved: Resolved, results_dir: Path, address: str | None, resume: bool,

@@ -8,6 +8,7 @@ import time
 
 from ray.tune import Callback
 
+from llm_autotuner.metrics import figure
 from llm_autotuner.objective import gain
 from llm_autotuner.outcome import BASELINE_KEY, Outcome, stage_metrics, trial_params
 from llm_autotuner.errors import lost_worker, trial_error
@@ -16,8 +17,12 @@ from llm_autotuner.errors import lost_worker, trial_error
 class ProgressPrinter(Callback):
     """Prints one line per trial event."""
 
-    def __init__(self, metric: str, num_stages: int, label: str = "trial", requests_per_stage: int = 0):
+    def __init__(self, metric: str, num_stages: int, label: str = "trial", requests_per_stage: int = 0,
+                 names: dict[str, str] | None = None):
         self.label = label  # "confirm" for the re-measurements after the search
+        # config_text(config) -> the name it is known by ("experiment 9"): which finalist a
+        # re-measurement is, so its lines can be matched with the search's table.
+        self.names = names or {}
         self.metric = metric
         self.num_stages = num_stages
         self.requests_per_stage = requests_per_stage  # what a stage asks for (0: not said)
@@ -32,11 +37,14 @@ class ProgressPrinter(Callback):
         # sys.stdout is looked up each time: Ray pickles this callback with the experiment.
         print(f"[{elapsed:6.0f}s] {self.label} {trial_number(trial)}: {text}", file=sys.stdout, flush=True)
 
+    def describe(self, config: dict) -> str:
+        what = config_text(config)
+        name = self.names.get(what)
+        return f"{name}: {what}" if name else what
+
     def on_trial_start(self, iteration, trials, trial, **info):
-        config = trial.config
-        what = "engine defaults (baseline)" if config.get(BASELINE_KEY) else \
-            " ".join(f"{k}={v}" for k, v in trial_params(config).items())
-        self._say(trial, f"start  {what}")
+        baseline = " (baseline)" if trial.config.get(BASELINE_KEY) else ""
+        self._say(trial, f"start  {self.describe(trial.config)}{baseline}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.last_stage[trial.trial_id] = result.get("stage", 0)
@@ -48,7 +56,7 @@ class ProgressPrinter(Callback):
             # mid-stage (its report repeats the last stage, measuring nothing): said by on_trial_complete.
             return
         line = (f"stage {result['stage']}/{self.num_stages} (concurrency {measured.get('concurrency')}): "
-                f"{self.metric} {measured.get(self.metric, float('nan')):.4g}")
+                f"{self.metric} {figure(measured.get(self.metric, float('nan')))}")
         made = measured.get("num_requests")
         if isinstance(made, int) and made < self.requests_per_stage:
             # Its time (max_minutes_per_stage) ran out first: a slow config, or a stalled machine.
@@ -69,7 +77,7 @@ class ProgressPrinter(Callback):
         elif stage < self.num_stages:
             self._say(trial, f"stopped early by the scheduler after stage {stage}")
         else:
-            self._say(trial, f"done   {self.metric} {result.get('objective', float('nan')):.4g} (mean of stages)")
+            self._say(trial, f"done   {self.metric} {figure(result.get('objective', float('nan')))} (mean of stages)")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         lost = lost_worker(trial_error(trial)) or "Ray reported an error (see its error.txt)"
@@ -93,8 +101,8 @@ class LiveProgress(ProgressPrinter):
     rich draws in its own thread, twice a second, so Ray's result processing stays cheap."""
 
     def __init__(self, metric: str, num_stages: int, budget: int, maximize: bool, label: str = "trial",
-                 requests_per_stage: int = 0):
-        super().__init__(metric, num_stages, label, requests_per_stage)
+                 requests_per_stage: int = 0, names: dict[str, str] | None = None):
+        super().__init__(metric, num_stages, label, requests_per_stage, names)
         self.budget, self.maximize = budget, maximize
         self.running: dict[str, dict] = {}  # trial id -> what its line shows
         self.done = 0
@@ -141,11 +149,9 @@ class LiveProgress(ProgressPrinter):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         super().on_trial_start(iteration, trials, trial, **info)
-        config = trial.config
         self.running[trial.trial_id] = {
             "number": trial_number(trial), "stage": 0, "value": None, "status": "starting",
-            "params": "engine defaults" if config.get(BASELINE_KEY) else
-            " ".join(f"{k}={v}" for k, v in trial_params(config).items())}
+            "params": self.describe(trial.config)}
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         super().on_trial_result(iteration, trials, trial, result, **info)
@@ -183,11 +189,11 @@ class LiveProgress(ProgressPrinter):
             table.add_column(column)
         for row in list(self.running.values()):
             table.add_row(str(row["number"]), row["params"], f"{row['stage']}/{self.num_stages}",
-                          "-" if row["value"] is None else f"{row['value']:.4g}", row["status"])
+                          "-" if row["value"] is None else figure(row["value"]), row["status"])
         elapsed = time.monotonic() - self.started
         overall = f"{self.done}/{self.budget} {self.label}s done"
         if self.best is not None:
-            overall += f" | best {self.metric} {self.best[1]:.4g} ({self.label} {self.best[0]})"
+            overall += f" | best {self.metric} {figure(self.best[1])} ({self.label} {self.best[0]})"
             if self.baseline:
                 overall += f", {gain(self.best[1], self.baseline, self.metric):+.1%} vs engine defaults"
         overall += f" | elapsed {_clock(elapsed)}"
@@ -195,6 +201,13 @@ class LiveProgress(ProgressPrinter):
         if 0 < done_here and self.done < self.budget:
             overall += f" | about {_clock(elapsed / done_here * (self.budget - self.done))} left"
         return Group(table, overall)
+
+
+def config_text(config: dict) -> str:
+    """A trial's config as its lines show it."""
+    if config.get(BASELINE_KEY):
+        return "engine defaults"
+    return " ".join(f"{k}={v}" for k, v in trial_params(config).items())
 
 
 def _clock(seconds: float) -> str:

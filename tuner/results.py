@@ -21,7 +21,7 @@ from llm_autotuner.cluster.engines import Launch, profile_for
 from llm_autotuner.outcome import BASELINE_KEY, Outcome, creation_number, stage_metrics, trial_params
 from llm_autotuner.trainables.trial import Resolved
 from llm_autotuner.errors import lost_worker, trial_error
-from llm_autotuner.metrics import METRICS, maximize
+from llm_autotuner.metrics import METRICS, figure, maximize
 from llm_autotuner.objective import gain, weighted_mean
 from llm_autotuner.task import Task
 
@@ -328,7 +328,7 @@ def noise_verdict(ranked: list[Finalist]) -> tuple[bool | None, float | None, st
     runs = f"{len(first.values)} and {len(second.values)} runs" if len(first.values) != len(second.values) \
         else f"{len(first.values)} runs each"
     evidence = (f"t-test p = {p_text(p_value)}, {runs}; " +
-                "; ".join(f"{f.record.experiment_id}: {min(f.values):.4g} to {max(f.values):.4g}" for f in top))
+                "; ".join(f"{f.record.experiment_id}: {figure(min(f.values))} to {figure(max(f.values))}" for f in top))
     if p_value >= SIGNIFICANCE:
         return True, p_value, (f"{names} are within noise of each other ({evidence}): these runs cannot tell them "
                                f"apart; more search.confirm_repeats could")
@@ -431,6 +431,18 @@ def summarize(task: Task, resolved: Resolved, records: list[TrialRecord], experi
                        "runs": finalist.values, "failed_runs": finalist.failed, "spread": finalist.spread()}
         return result
 
+    def pinned(best: dict, record: TrialRecord) -> dict:
+        """The values the winner's engine chose on this machine, and its launch line with them
+        pinned: the engine defaults win often on a small machine, and their line alone would run
+        other threads and slots on the next one."""
+        profile = profile_for(task.engine.name)
+        log = resolved.storage.read_text(resolved.storage.path("trials", record.trial_id, "engine.log")) or ""
+        chosen = profile.chosen_by_engine(log, profile.merged(task.engine.args, record.parameters))
+        if not chosen:
+            return best
+        return best | {"engine_chose": chosen, "command_pinned": shlex.join(
+            launch_line(task, resolved, record.parameters | chosen, record.last))}
+
     return {
         "task_name": task.name,
         "engine": task.engine.name,
@@ -445,7 +457,7 @@ def summarize(task: Task, resolved: Resolved, records: list[TrialRecord], experi
         "interrupted": any(not r.ended for r in records),
         "in_progress": False,  # True in the files rewritten after each trial while the run goes on
         "stopped_because": None,
-        "best_result": brief(choice.best) if choice.best else None,
+        "best_result": pinned(brief(choice.best), choice.best) if choice.best else None,
         "baseline": brief(baseline) | {"status": baseline.status} if baseline else None,
         "gain_over_baseline": (gain(choice.best_value, choice.baseline_value, metric)
                                if choice.best and choice.baseline_value is not None else None),
@@ -541,6 +553,7 @@ def best_json(summary: dict) -> dict:
         "slos": summary["slos"],
         "measured_via": summary.get("measured_via", []),
         "command": best["command"],
+        **{key: best[key] for key in ("engine_chose", "command_pinned") if key in best},
     }
 
 
@@ -597,7 +610,7 @@ def table(summary: dict) -> str:
         value = row["objective_score"]
         params = ["default" if row["baseline"] else fmt(row["parameters"].get(name)) for name in names]
         lines.append([str(row["experiment_id"]), row["status"], str(row["stages_completed"]),
-                      "-" if value is None else f"{value:.4g}", *params])
+                      "-" if value is None else figure(value), *params])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)) for line in lines)
     if summary.get("in_progress"):
@@ -610,7 +623,7 @@ def table(summary: dict) -> str:
         why = selection["why"] if selection.get("chosen_on") == "confirmation" else \
             "No trial completed every stage; see results.json for the errors."
         return text + "\n" + why
-    text += f"\n\nBest: experiment {best['experiment_id']}  {metric} = {best['objective_score']:.4g}"
+    text += f"\n\nBest: experiment {best['experiment_id']}  {metric} = {figure(best['objective_score'])}"
     if best.get("runs"):
         text += f" (mean of {len(best['runs'])} re-measurements)"
     if best["experiment_id"] == (summary["baseline"] or {}).get("experiment_id"):
@@ -623,10 +636,14 @@ def table(summary: dict) -> str:
         elif p_value is not None:  # told apart, and by how much evidence: p = 0.045 is not p = 0.0001
             alike += f"; t-test p = {p_text(p_value)}"
         text += f"  ({summary['gain_over_baseline']:+.1%} vs. engine defaults " \
-                f"{summary['baseline']['objective_score']:.4g}{alike})"
+                f"{figure(summary['baseline']['objective_score'])}{alike})"
     if selection.get("chosen_on") == "search":
         text += f"\n{selection['why']}"
     text += f"\nLaunch: {best['command']}"
+    if best.get("command_pinned"):
+        chose = " ".join(f"{flag}={value}" for flag, value in best["engine_chose"].items())
+        text += (f"\n  {summary['engine']} chose {chose} itself on this machine (its log); with them pinned, to run "
+                 f"the same elsewhere:\n  {best['command_pinned']}")
     if "port-forward" in summary.get("measured_via", []):
         text += ("\nMeasured through a port-forward: TTFT and ITL include the Kubernetes API server's tunnel "
                  "(compare configs with each other, not with in-cluster numbers; run the driver in the cluster "
@@ -635,7 +652,7 @@ def table(summary: dict) -> str:
         objectives = summary["objectives"]
         text += f"\n\nPareto front over {', '.join(objectives)} (pareto.csv):"
         for row in summary["pareto_front"]:
-            text += f"\n  experiment {row['experiment_id']}: " + ", ".join(f"{m} {row[m]:.4g}" for m in objectives)
+            text += f"\n  experiment {row['experiment_id']}: " + ", ".join(f"{m} {figure(row[m])}" for m in objectives)
     return text
 
 
@@ -649,9 +666,9 @@ def confirmation_table(summary: dict) -> str:
                     f"or broke a hard SLO" if row["failed_runs"] else "not re-measured (the run was interrupted)")
         else:
             spread = row["spread"]
-            what = (f"{row['mean']:.4g}  (mean of {len(row['runs'])}: {spread['min']:.4g} to {spread['max']:.4g}, "
+            what = (f"{figure(row['mean'])}  (mean of {len(row['runs'])}: {figure(spread['min'])} to {figure(spread['max'])}, "
                     f"stdev {spread['stdev']:.3g})" if spread["stdev"] is not None else
-                    f"{row['mean']:.4g}  (one run)")
+                    f"{figure(row['mean'])}  (one run)")
             what += "" if row["met_every_slo"] else "  a soft SLO broken"
         lines.append(f"  {name:<18}{what}{'  engine defaults' if row['baseline'] else ''}")
     noise = summary["selection"]["noise"]

@@ -189,6 +189,36 @@ def test_llama_cpp_runs_a_ubatch_above_its_batch_as_the_batch(llama_server, smol
         log.read_text()[-2000:]
 
 
+def served_log(llama_server, smollm2, log: Path, flags: dict) -> str:
+    """The log of llama-server started with `flags` (at its default verbosity, as trials run it),
+    once its model is loaded."""
+    argv = [llama_server, "--model", smollm2, "--host", "127.0.0.1", "--port", str(free_port()),
+            *LLAMA_CPP.flag_argv(flags)]
+    with open(log, "w") as out:
+        server = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        assert until(lambda: "model loaded" in log.read_text() or server.poll() is not None, timeout_s=60)
+    finally:
+        server.kill()
+        server.wait(timeout=30)
+    return log.read_text()
+
+
+def test_what_llama_cpp_chose_itself_is_read_from_its_log_and_runs_the_same_when_pinned(llama_server, smollm2,
+                                                                                       tmp_path):
+    """The engine defaults' threads and slots depend on the machine: read from the engine's log,
+    pinned in the launch line, they run the same (on another machine too)."""
+    fixed = {"ctx-size": 512}
+    chosen = LLAMA_CPP.chosen_by_engine(served_log(llama_server, smollm2, tmp_path / "defaults.log", fixed), fixed)
+    assert set(chosen) == {"threads", "parallel"} and all(value >= 1 for value in chosen.values()), chosen
+    pinned_log = served_log(llama_server, smollm2, tmp_path / "pinned.log", fixed | chosen)
+    assert LLAMA_CPP.chosen_by_engine(pinned_log, fixed | {"threads": None, "parallel": -1}) == chosen
+    assert LLAMA_CPP.chosen_by_engine(pinned_log, fixed | chosen) == {}  # set by the line: not the engine's choice
+    # A flag set is not the engine's choice; one set to -1 ("work it out") is, read as it ran.
+    log = served_log(llama_server, smollm2, tmp_path / "other.log", fixed | {"threads": 1, "parallel": 2})
+    assert LLAMA_CPP.chosen_by_engine(log, fixed | {"threads": 1, "parallel": -1}) == {"parallel": 2}
+
+
 DATA = Path(__file__).resolve().parents[1] / "data"
 
 

@@ -28,14 +28,14 @@ def test_a_lower_latency_than_the_baseline_is_a_positive_gain(capsys):
     panel = LiveProgress("e2e_p90", num_stages=2, budget=3, maximize=False)
     finished(panel, 1, 1.0, baseline=True)
     finished(panel, 2, 0.8)
-    assert "best e2e_p90 0.8 (trial 2), +20.0% vs engine defaults" in overall_line(panel)
+    assert "best e2e_p90 0.8000 (trial 2), +20.0% vs engine defaults" in overall_line(panel)
 
 
 def test_a_higher_throughput_than_the_baseline_is_a_positive_gain(capsys):
     panel = LiveProgress("output_throughput", num_stages=2, budget=3, maximize=True)
     finished(panel, 1, 100.0, baseline=True)
     finished(panel, 2, 125.0)
-    assert "best output_throughput 125 (trial 2), +25.0% vs engine defaults" in overall_line(panel)
+    assert "best output_throughput 125.0 (trial 2), +25.0% vs engine defaults" in overall_line(panel)
 
 
 def test_after_resume_the_trials_the_earlier_session_finished_count_as_done():
@@ -48,7 +48,7 @@ def test_after_resume_the_trials_the_earlier_session_finished_count_as_done():
     panel.on_step_begin(0, earlier + [restarted])
     panel.on_step_begin(1, earlier + [restarted])  # counted once
     line = overall_line(panel)
-    assert line.startswith("2/4 trials done") and "best output_throughput 130 (trial 2), +30.0%" in line, line
+    assert line.startswith("2/4 trials done") and "best output_throughput 130.0 (trial 2), +30.0%" in line, line
     assert "left" not in line  # no pace yet: this session has finished nothing
     finished(panel, 3, 120.0)
     assert overall_line(panel).startswith("3/4 trials done") and "left" in overall_line(panel)

@@ -287,3 +287,34 @@ def test_the_parameter_plot_draws_the_numbers_the_winner_was_chosen_on(tmp_path)
     # Without re-measurements the search's own numbers are all there is.
     summary["confirmation"] = []
     assert chosen_on(summary) == ({}, (1, 90))
+
+
+def test_when_the_engine_defaults_win_the_values_the_engine_chose_are_pinned_in_a_second_launch_line(tmp_path):
+    from llm_autotuner.tuner.report import write_report
+    from llm_autotuner.tuner.results import table
+
+    storage = tmp_path / "storage"
+    resolved = dataclasses.replace(RESOLVED, storage=Storage(LocalFileSystem(), str(storage), str(storage)))
+    (storage / "trials" / "id1").mkdir(parents=True)
+    # The lines llama-server logs at its default verbosity (tests/cluster/test_engines.py reads them from it).
+    (storage / "trials" / "id1" / "engine.log").write_text(
+        "0.00.194.254 I cmn          init: llama threadpool init, n_threads = 2\n"
+        "0.00.250.387 I srv    load_model: initializing, n_slots = 4, n_ctx_slot = 4096, kv_unified = 'true'\n")
+    defaults = dataclasses.replace(record(1, None, 120, 0.5), baseline=True)
+    summary = summarize(task(), resolved, [defaults, record(2, 8, 100, 0.5)], "unused")
+    best = summary["best_result"]
+    assert best["experiment_id"] == 1 and best["engine_chose"] == {"threads": 2, "parallel": 4}
+    assert "--parallel" not in best["command"].split()  # as it ran: left to the engine
+    pinned = best["command_pinned"].split()
+    assert pinned[pinned.index("--threads") + 1] == "2" and pinned[pinned.index("--parallel") + 1] == "4"
+    assert f"llama.cpp chose threads=2 parallel=4 itself on this machine (its log)" in table(summary)
+    assert best["command_pinned"] in table(summary)
+    write(tmp_path, summary)
+    assert json.loads((tmp_path / "best.json").read_text())["command_pinned"] == best["command_pinned"]
+    assert (tmp_path / "best_command.txt").read_text() == best["command"] + "\n"  # the line as it ran
+    assert "chose threads=2 parallel=4 itself" in write_report(tmp_path).read_text()
+    # A tuned winner sets its own: only what it leaves to the engine is pinned (here: threads).
+    (storage / "trials" / "id2").mkdir()
+    (storage / "trials" / "id2" / "engine.log").write_text((storage / "trials" / "id1" / "engine.log").read_text())
+    tuned = summarize(task(), resolved, [record(1, None, 90, 0.5), record(2, 8, 100, 0.5)], "unused")["best_result"]
+    assert tuned["experiment_id"] == 2 and tuned["engine_chose"] == {"threads": 2}
