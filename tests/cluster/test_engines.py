@@ -175,23 +175,14 @@ def test_llama_cpp_runs_a_ubatch_above_its_batch_as_the_batch(llama_server, smol
     flags = {"batch-size": 64, "ubatch-size": 320}
     assert LLAMA_CPP.effective(flags, {"ctx-size": 512}) == {"batch-size": 64, "ubatch-size": 64}
     assert LLAMA_CPP.effective({"ubatch-size": 32}, {"batch-size": 64}) == {"ubatch-size": 32}
-    log = tmp_path / "engine.log"
-    argv = [llama_server, "--model", smollm2, "--host", "127.0.0.1", "--port", str(free_port()), "--ctx-size", "512",
-            "--parallel", "1", "--threads", "1", "--log-verbosity", "4", *LLAMA_CPP.flag_argv(flags)]  # 4: the context sizes
-    with open(log, "w") as out:
-        server = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        assert until(lambda: "n_ubatch" in log.read_text() or server.poll() is not None, timeout_s=60)
-    finally:
-        server.kill()
-        server.wait(timeout=30)
-    assert re.search(r"n_batch\s*=\s*64\b", log.read_text()) and re.search(r"n_ubatch\s*=\s*64\b", log.read_text()), \
-        log.read_text()[-2000:]
+    # --log-verbosity 4: the context's sizes are logged
+    log = served_log(llama_server, smollm2, tmp_path / "engine.log",
+                     {"ctx-size": 512, "parallel": 1, "threads": 1, "log-verbosity": 4} | flags)
+    assert re.search(r"n_batch\s*=\s*64\b", log) and re.search(r"n_ubatch\s*=\s*64\b", log), log[-2000:]
 
 
 def served_log(llama_server, smollm2, log: Path, flags: dict) -> str:
-    """The log of llama-server started with `flags` (at its default verbosity, as trials run it),
-    once its model is loaded."""
+    """The log of llama-server started with `flags`, once its model is loaded."""
     argv = [llama_server, "--model", smollm2, "--host", "127.0.0.1", "--port", str(free_port()),
             *LLAMA_CPP.flag_argv(flags)]
     with open(log, "w") as out:
