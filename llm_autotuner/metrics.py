@@ -50,7 +50,6 @@ def maximize(metric: str) -> bool:
     return METRICS[metric].maximize
 
 
-
 def figure(value: float) -> str:
     """A measured number as the tool prints it: 4 significant digits, trailing zeros kept, so that
     71.00 stands beside 73.27 as the same precision (`.4g` printed "71", which reads as rounded);
