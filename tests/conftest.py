@@ -1,5 +1,6 @@
 """Shared fixtures: the real CPU engine (llama-server + SmolLM2), prepared by `make test`."""
 
+import signal
 import subprocess
 import sys
 import time
@@ -9,6 +10,14 @@ import pytest
 
 import benchmarks.instant_engine as instant_engine_module
 from llm_autotuner.cluster import llamacpp_setup
+
+
+# A test run started in the background of a non-interactive shell (`nohup ... &`, some CI runners)
+# inherits SIGINT ignored, and an ignored signal stays ignored across exec: every driver the tests
+# start would then ignore the Ctrl-C they send (seen: two tests of test_e2e_setup_interrupt failed
+# in such a run, their drivers never interrupted). The tests run with what a terminal gives.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
