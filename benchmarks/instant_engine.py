@@ -9,7 +9,10 @@ parallel-efficiency and driver-scale benchmarks measure.
     (env: INSTANT_ENGINE_DELAY_S, default 0.02: the sleep before each answer;
      INSTANT_ENGINE_CHECK_DELAY_S, default 0: the sleep before answering the setup's /completion;
      INSTANT_ENGINE_SLOTS=1: at most --parallel answers at once (default 4), the others wait, as
-     in llama-server's slots: then configs differ as a tuner's tests need them to)
+     in llama-server's slots: then configs differ as a tuner's tests need them to;
+     INSTANT_ENGINE_ANSWER: "stream" (default) as above, "one-token" every answer a single token,
+     "together" all of an answer's tokens in one piece (as a stalled client reads them), "error"
+     every chat request answered 500: the answers genai-bench has no statistic of)
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ DELAY_S = float(os.environ.get("INSTANT_ENGINE_DELAY_S", "0.02"))
 CHECK_DELAY_S = float(os.environ.get("INSTANT_ENGINE_CHECK_DELAY_S", "0"))  # before answering the setup's check
 TOKEN_GAP_S = 0.005  # between the first token and the others
 SLOTS = os.environ.get("INSTANT_ENGINE_SLOTS") == "1"
+ANSWER = os.environ.get("INSTANT_ENGINE_ANSWER", "stream")
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -46,7 +50,9 @@ class Handler(BaseHTTPRequestHandler):
             tokens = int(request.get("n_predict") or 1)
             body = json.dumps({"content": " x" * tokens, "tokens_predicted": tokens})
             return self._reply(200, body.encode(), "application/json")
-        tokens = int(request.get("max_tokens") or request.get("max_completion_tokens") or 16)
+        if ANSWER == "error":
+            return self._reply(500, b'{"error":{"message":"stand-in failure","code":500}}', "application/json")
+        tokens = 1 if ANSWER == "one-token" else int(request.get("max_tokens") or request.get("max_completion_tokens") or 16)
         prompt = sum(len(str(m.get("content", "")).split()) for m in request.get("messages", []))
         with self.server.slots:
             time.sleep(DELAY_S)
@@ -61,7 +67,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        for part in (events[0], b"".join(events[1:])):
+        parts = [b"".join(events)] if ANSWER == "together" else [events[0], b"".join(events[1:])]
+        for part in parts:
             self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
             self.wfile.flush()
             time.sleep(TOKEN_GAP_S)
@@ -75,10 +82,11 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-def launcher(path: Path, delay_s: float = DELAY_S, slots: bool = False) -> Path:
+def launcher(path: Path, delay_s: float = DELAY_S, slots: bool = False, answer: str = "stream") -> Path:
     """Write an executable at `path` that runs this engine (to be given as `engine.binary`), with
-    its sleep and slots baked in (the environment may still override them)."""
-    env = {"INSTANT_ENGINE_DELAY_S": str(delay_s), "INSTANT_ENGINE_SLOTS": "1" if slots else "0"}
+    its sleep, slots and kind of answer baked in (the environment may still override them)."""
+    env = {"INSTANT_ENGINE_DELAY_S": str(delay_s), "INSTANT_ENGINE_SLOTS": "1" if slots else "0",
+           "INSTANT_ENGINE_ANSWER": answer}
     path.write_text(f"#!{sys.executable}\nimport os, sys\n"
                     f"for key, value in {env!r}.items():\n    os.environ.setdefault(key, value)\n"
                     f"os.execv(sys.executable, [sys.executable, {str(Path(__file__).resolve())!r}, *sys.argv[1:]])\n")

@@ -67,6 +67,10 @@ class EngineProfile:
     managed: frozenset[str] = frozenset()
     default_binary: str = ""  # the launcher when the task names none
     modules: tuple[str, ...] = ()  # Python modules the launcher runs (checked on each Ray node)
+    # What the engine logs at start (its default verbosity) for flags whose default it works out on
+    # the machine: canonical flag -> a pattern whose first group is the value it runs with.
+    chosen_in_log: dict[str, re.Pattern] = field(default_factory=dict)
+    unset: tuple = (None,)  # values of a flag that leave it to the engine
 
     def check(self, model: Model, engine: Engine) -> None:
         """The files the task names, checked before anything is built or started (validate, run)."""
@@ -106,11 +110,17 @@ class EngineProfile:
         a config is not run twice under two names, nor reported with a value it did not run."""
         return params
 
-    def chosen_by_engine(self, log: str, flags: dict[str, Any]) -> dict[str, int]:
+    def chosen_by_engine(self, log: str, flags: dict[str, Any]) -> dict[str, int | float]:
         """The values the engine chose itself for flags `flags` leaves unset, from its log, where
-        they depend on the machine (llama.cpp's threads from its CPU count): pinned in a launch
-        line, the winner runs the same elsewhere."""
-        return {}
+        they depend on the machine (llama.cpp's threads from its CPU count, SGLang's memory
+        fraction from its GPU's memory): pinned in a launch line, the winner runs the same elsewhere."""
+        chosen: dict[str, int | float] = {}
+        for flag, pattern in self.chosen_in_log.items():
+            found = pattern.search(log)  # the first: each DP rank or worker logs its own, alike
+            if found and flags.get(flag) in self.unset:
+                text = found.group(1).replace(",", "")
+                chosen[flag] = float(text) if "." in text else int(text)
+        return chosen
 
     def canonical(self, key: str) -> str:
         bare = key.lstrip("-").replace("_", "-")
@@ -178,18 +188,6 @@ class LlamaCppProfile(EngineProfile):
         return {key: batch if value is not None and self.canonical(key) == "ubatch-size" else value
                 for key, value in params.items()}
 
-    # What llama-server logs at its default verbosity, for the flags whose default it works out
-    # at start: the threads from the CPUs it may use, the slots (--parallel -1) itself.
-    CHOSEN_IN_LOG = {"threads": re.compile(r"threadpool init, n_threads = (\d+)"),
-                     "parallel": re.compile(r"initializing, n_slots = (\d+)")}
-
-    def chosen_by_engine(self, log: str, flags: dict[str, Any]) -> dict[str, int]:
-        chosen = {}
-        for flag, pattern in self.CHOSEN_IN_LOG.items():
-            found = pattern.search(log)
-            if found and flags.get(flag) in (None, -1, "-1"):  # -1: "work it out" in llama-server's --help
-                chosen[flag] = int(found.group(1))
-        return chosen
 
     def check(self, model: Model, engine: Engine) -> None:
         super().check(model, engine)
@@ -237,6 +235,13 @@ class LlamaCppProfile(EngineProfile):
 
 
 class SGLangProfile(EngineProfile):
+    def chosen_by_engine(self, log: str, flags: dict[str, Any]) -> dict[str, int | float]:
+        chosen = super().chosen_by_engine(log, flags)
+        if "max-running-requests" in chosen and flags.get("enable-dp-attention"):
+            # With DP attention each DP rank logs its own share (the flag's value // dp-size).
+            chosen["max-running-requests"] *= int(flags.get("dp-size") or 1)
+        return chosen
+
     def known_flags(self, engine: Engine, executable: str | None = None) -> FlagHelp | None:
         from llm_autotuner.cluster.engine_check import listed_flags
 
@@ -292,6 +297,10 @@ LLAMA_CPP = LlamaCppProfile(
     cpu_flag="threads",
     managed=frozenset({"model", "host", "port", "alias"}),
     default_binary="llama-server",
+    # The threads from the CPUs it may use, the slots (--parallel -1) itself.
+    chosen_in_log={"threads": re.compile(r"threadpool init, n_threads = (\d+)"),
+                   "parallel": re.compile(r"initializing, n_slots = (\d+)")},
+    unset=(None, -1, "-1"),  # -1: "work it out" in llama-server's --help
 )
 
 SGLANG = SGLangProfile(
@@ -305,6 +314,15 @@ SGLANG = SGLangProfile(
     managed=frozenset({"model-path", "model", "host", "port", "served-model-name"}),
     default_binary=sys.executable,  # the python that has SGLang
     modules=("sglang",),
+    # The scheduler's line (rank 0; 0.4-0.5) holds the values it runs with: max-running-requests
+    # from the KV cache's size (max_total_num_tokens // 2, capped by the request pool), the chunk
+    # from the GPU's memory. The memory fraction (from the GPU's memory) only in the server_args
+    # line: `server_args=ServerArgs(..., mem_fraction_static=0.835, ...)`, or from 0.5.19
+    # `server_args={..., 'mem_fraction_static': 0.835, ...}`; cuda_graph_max_bs alike.
+    chosen_in_log={"max-running-requests": re.compile(r"max_prefill_tokens=\d+, max_running_requests=(\d+)"),
+                   "chunked-prefill-size": re.compile(r"max_total_num_tokens=\d+, chunked_prefill_size=(-?\d+)"),
+                   "mem-fraction-static": re.compile(r"\bmem_fraction_static'?(?:=|: )(\d*\.\d+)"),
+                   "cuda-graph-max-bs": re.compile(r"\bcuda_graph_max_bs'?(?:=|: )(\d+)")},
 )
 
 VLLM = VLLMProfile(
@@ -319,6 +337,9 @@ VLLM = VLLMProfile(
                "data-parallel-size"),
     managed=frozenset({"model", "host", "port", "served-model-name"}),
     default_binary="vllm",
+    # The tokens per step, from the GPU's memory (V1: 2048, or 8192 on GPUs of 70 GiB and more).
+    # max-num-seqs (256, or 1024) is logged at debug level only: not pinned.
+    chosen_in_log={"max-num-batched-tokens": re.compile(r"Chunked prefill is enabled with max_num_batched_tokens=(\d+)")},
 )
 
 PROFILES = {profile.name: profile for profile in (LLAMA_CPP, SGLANG, VLLM)}

@@ -50,10 +50,12 @@ def maximize(metric: str) -> bool:
     return METRICS[metric].maximize
 
 
-def figure(value: float) -> str:
+def figure(value: float | None) -> str:
     """A measured number as the tool prints it: 4 significant digits, trailing zeros kept, so that
     71.00 stands beside 73.27 as the same precision (`.4g` printed "71", which reads as rounded);
-    from 1000 up, whole units (a GPU's 12346 tok/s, not `.4g`'s 1.235e+04)."""
+    from 1000 up, whole units (a GPU's 12346 tok/s, not `.4g`'s 1.235e+04); "-" for none."""
+    if value is None:
+        return "-"
     if abs(value) >= 1000 and math.isfinite(value):
         return f"{value:.0f}"
     return f"{value:#.4g}".rstrip(".")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from llm_autotuner.errors import BenchmarkError
 from llm_autotuner.metrics import METRICS, maximize
 
 # Worst score: finite, because searchers such as HyperOpt cannot learn from infinities.
@@ -80,8 +81,18 @@ def score_stages(stages: list[dict], metric: str, limits: list[Limit], weights: 
     return Score(value, -value / penalty, None, met)
 
 
+# Why a stage's statistic can have no value (trainables/timed_genai_bench.py keeps genai-bench
+# running through such a stage instead of its crash).
+UNMEASURED = {"tpot": "genai-bench times output tokens only in answers of 2 or more tokens that did not arrive "
+                      "all at once (within 1 ms), and no answered request of the stage was one"}
+
+
 def weighted_mean(stages: list[dict], metric: str, weights: list[float] | None = None) -> float:
     """A metric over the stages so far: the stage weights' mean (default: equal weights)."""
+    unmeasured = next((stage for stage in stages if stage.get(metric) is None), None)
+    if unmeasured is not None:
+        raise BenchmarkError(f"{metric} has no value at concurrency {unmeasured.get('concurrency')}: "
+                             f"{UNMEASURED.get(METRICS[metric].request_field, 'no answered request measured it')}")
     weights = (weights or [1.0] * len(stages))[:len(stages)]
     return sum(w * stage[metric] for w, stage in zip(weights, stages)) / sum(weights)
 

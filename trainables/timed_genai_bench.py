@@ -7,6 +7,12 @@ once-a-second check, so neither the window a stage's requests really took (first
 answered, failed ones included) nor an answer cut short can be read from its result files.
 This runs in genai-bench's own process (importing it monkey-patches the process with gevent),
 never in ours. tests/trainables/test_genai_bench_parsing.py fails loudly if the hooks below are gone.
+
+It also has genai-bench count the answers that have no time per output token, and live through a
+stage where none has one or where every request failed (see `install`): genai-bench 0.0.5 drops an
+answer of one token as invalid (the stage then "collected no request metrics"), and ends a stage
+without any value for a statistic with "No values found for metric 'tpot'. This should never
+happen!" and exit code 1, losing the trial.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import sys
 import time
 
 REQUEST_LOG_ENV = "AUTOTUNER_REQUEST_LOG"
+PER_TOKEN_FIELDS = {"tpot", "output_inference_speed", "output_throughput"}  # genai-bench's per-request ones
 
 
 def install(log) -> None:
@@ -30,14 +37,15 @@ def install(log) -> None:
     same greenlet, synchronously).
     """
     from genai_bench.metrics.aggregated_metrics_collector import AggregatedMetricsCollector
+    from genai_bench.metrics.metrics import RequestLevelMetrics
     from genai_bench.user.base_user import BaseUser
     from gevent import getcurrent  # genai-bench runs its users as gevent greenlets
 
     stage = {"concurrency": None}
     answering: dict[int, dict] = {}  # id(greenlet) -> the answer it is handing to genai-bench
-    set_run_metadata, sample, collect_metrics, count = (
+    set_run_metadata, sample, collect_metrics, count, aggregate = (
         AggregatedMetricsCollector.set_run_metadata, BaseUser.sample, BaseUser.collect_metrics,
-        AggregatedMetricsCollector.add_single_request_metrics)
+        AggregatedMetricsCollector.add_single_request_metrics, AggregatedMetricsCollector.aggregate_metrics_data)
 
     def on_stage(self, iteration, *args, **kwargs):
         stage["concurrency"] = iteration  # the stage's concurrency: its file's name carries the same
@@ -70,7 +78,28 @@ def install(log) -> None:
         log.write(json.dumps({"concurrency": stage["concurrency"], **answer}) + "\n")
         return count(self, metrics)
 
+    def on_aggregate(self, *args, **kwargs):
+        # genai-bench raises if no answered request of the stage has a value for a statistic: if
+        # every request failed, none has any. Such statistics are left empty (null in the stage's
+        # file) as genai-bench leaves its audio ones; the stage's file, with its errors, is written.
+        answered = [m for m in self.all_request_metrics if not m.error_code]
+        empty = {field for field in RequestLevelMetrics.model_fields
+                 if all(getattr(m, field) is None for m in answered)} - {"error_code", "error_message"}
+        skipped = RequestLevelMetrics.AUDIO_METRICS_FIELDS
+        RequestLevelMetrics.AUDIO_METRICS_FIELDS = skipped | empty
+        try:
+            return aggregate(self, *args, **kwargs)
+        finally:
+            RequestLevelMetrics.AUDIO_METRICS_FIELDS = skipped
+
+    # genai-bench has no time per output token (tpot and the speeds from it) for an answer of one
+    # token, nor for one whose tokens all arrived within 1 ms (a client not scheduled while the
+    # engine streamed reads them in one go: seen on a busy machine). It would drop the first kind
+    # as invalid and crash on a stage of the second; optional, as its audio statistics are, they
+    # are over the answers that have them, and empty where none has.
+    RequestLevelMetrics.AUDIO_METRICS_FIELDS = RequestLevelMetrics.AUDIO_METRICS_FIELDS | PER_TOKEN_FIELDS
     AggregatedMetricsCollector.set_run_metadata = on_stage
+    AggregatedMetricsCollector.aggregate_metrics_data = on_aggregate
     AggregatedMetricsCollector.add_single_request_metrics = on_count
     BaseUser.sample = on_sample
     BaseUser.collect_metrics = on_answer

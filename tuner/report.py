@@ -10,6 +10,7 @@ from pathlib import Path
 import jinja2
 
 from llm_autotuner.errors import TaskError
+from llm_autotuner.metrics import figure
 from llm_autotuner.tuner import plots
 from llm_autotuner.tuner.results import fmt, p_text
 
@@ -112,7 +113,7 @@ def write_report(results_dir: Path) -> Path:
         noise=selection.get("noise") or (selection.get("why") if best else None),
         why=selection.get("why") or "no trial completed every stage (see results.json for the errors)",
         exports=[name for name in EXPORTS if (results_dir / name).is_file()],
-        trials=_sorted_trials(summary), names=names, plots=draw(summary, results_dir), fmt=fmt,
+        trials=_sorted_trials(summary), names=names, plots=draw(summary, results_dir), fmt=fmt, figure=figure,
         remeasured={row["experiment_id"]: row for row in summary.get("confirmation") or []})
     path = results_dir / "index.html"
     path.write_text(page)
@@ -141,23 +142,23 @@ def compare(first_dir: Path, second_dir: Path) -> str:
     lines = [f"{metric}: A = {first_dir}, B = {second_dir}", f"{'config':<60} {'A':>10} {'B':>10} {'B/A':>7}"]
     for key in sorted(a.keys() & b.keys()):
         x, y = a[key]["objective_score"], b[key]["objective_score"]
-        lines.append(f"{key[:60]:<60} {fmt(x):>10} {fmt(y):>10} {y / x if x else float('nan'):>7.3f}")
+        lines.append(f"{key[:60]:<60} {figure(x):>10} {figure(y):>10} {y / x if x else float('nan'):>7.3f}")
     for name, mine, theirs in (("A", a, b), ("B", b, a)):
         keys = sorted(mine.keys() - theirs.keys())
         if keys:  # which, so a user can re-run them in the other setting
             lines.append(f"measured only in {name} ({len(keys)} config{'s' * (len(keys) > 1)}):")
-            lines += [f"  {key}  {fmt(mine[key]['objective_score'])}" for key in keys[:ONLY_LISTED]]  # whole: to re-run
+            lines += [f"  {key}  {figure(mine[key]['objective_score'])}" for key in keys[:ONLY_LISTED]]  # whole: to re-run
             if len(keys) > ONLY_LISTED:
                 lines.append(f"  and {len(keys) - ONLY_LISTED} more")
     winners = [(s.get("best_result") or {}) for s in (first, second)]
     if winners[0].get("parameters") == winners[1].get("parameters"):
         lines.append(f"Winner: the same config in both ({_describe(winners[0])}): "
-                     f"{fmt(winners[0].get('objective_score'))} in A, {fmt(winners[1].get('objective_score'))} in B")
+                     f"{figure(winners[0].get('objective_score'))} in A, {figure(winners[1].get('objective_score'))} in B")
     else:
         changed = sorted({k for w in winners for k in w.get("parameters", {})
                           if winners[0].get("parameters", {}).get(k) != winners[1].get("parameters", {}).get(k)})
-        lines.append(f"Winner changed: A {_describe(winners[0])} ({fmt(winners[0].get('objective_score'))}), "
-                     f"B {_describe(winners[1])} ({fmt(winners[1].get('objective_score'))}); "
+        lines.append(f"Winner changed: A {_describe(winners[0])} ({figure(winners[0].get('objective_score'))}), "
+                     f"B {_describe(winners[1])} ({figure(winners[1].get('objective_score'))}); "
                      f"differs in {', '.join(changed) or 'nothing named'}")
     return "\n".join(lines)
 

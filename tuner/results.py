@@ -433,8 +433,8 @@ def summarize(task: Task, resolved: Resolved, records: list[TrialRecord], experi
 
     def pinned(best: dict, record: TrialRecord) -> dict:
         """The values the winner's engine chose on this machine, and its launch line with them
-        pinned: the engine defaults win often on a small machine, and their line alone would run
-        other threads and slots on the next one."""
+        pinned: the engine defaults win often, and their line alone would run other threads and
+        slots (llama.cpp), another memory fraction and request cap (SGLang) on the next machine."""
         profile = profile_for(task.engine.name)
         log = resolved.storage.read_text(resolved.storage.path("trials", record.trial_id, "engine.log")) or ""
         chosen = profile.chosen_by_engine(log, profile.merged(task.engine.args, record.parameters))

@@ -210,6 +210,44 @@ def test_what_llama_cpp_chose_itself_is_read_from_its_log_and_runs_the_same_when
     assert LLAMA_CPP.chosen_by_engine(log, fixed | {"threads": 1, "parallel": -1}) == {"parallel": 2}
 
 
+# Start-up lines as users pasted them (no GPU here to produce them): the scheduler's of SGLang
+# 0.5.4.post3 (sglang issue 12726; NGRAM speculative decoding, so 48 slots), SGLang's server_args
+# line in its dataclass form (LMCache issue 2400) and in the dict form of SGLang >= 0.5.19,
+# vLLM 0.10.2's (vllm PR 24162).
+SGLANG_LOG = """\
+[2026-01-14 05:25:33] server_args=ServerArgs(model_path='Qwen/Qwen3-14B', tp_size=2, mem_fraction_static=0.835, \
+max_running_requests=None, max_queued_requests=None, max_total_tokens=None, chunked_prefill_size=8192, \
+max_prefill_tokens=16384, schedule_policy='fcfs', cuda_graph_max_bs=256, enable_dp_attention=False)
+[2025-11-06 01:22:13 TP0] Load weight end. type=Qwen3ForCausalLM, dtype=torch.bfloat16, avail mem=70.51 GB
+[2025-11-06 01:22:14 TP0] KV Cache is allocated. #tokens: 421472, K size: 28.94 GB, V size: 28.94 GB
+[2025-11-06 01:22:14] max_total_num_tokens=421472, chunked_prefill_size=8192, max_prefill_tokens=16384, \
+max_running_requests=48, context_len=40960, available_gpu_mem=12.18 GB
+"""
+VLLM_LOG = """\
+(APIServer pid=12) INFO 09-03 16:28:10 [utils.py:328] non-default args: {'model': '/data/Qwen2.5-0.5B/', \
+'tensor_parallel_size': 2}
+(APIServer pid=12) INFO 09-03 16:28:17 [scheduler.py:222] Chunked prefill is enabled with max_num_batched_tokens=2048.
+(EngineCore_0 pid=13) INFO 09-03 16:28:40 [kv_cache_utils.py:849] GPU KV cache size: 922,496 tokens
+"""
+
+
+def test_what_sglang_and_vllm_chose_on_their_gpus_is_read_from_their_start_up_lines():
+    assert SGLANG.chosen_by_engine(SGLANG_LOG, {"tp-size": 2}) == {
+        "max-running-requests": 48, "chunked-prefill-size": 8192, "mem-fraction-static": 0.835,
+        "cuda-graph-max-bs": 256}
+    # What the config set is its own, not the engine's choice.
+    assert SGLANG.chosen_by_engine(SGLANG_LOG, {"mem-fraction-static": 0.8, "chunked-prefill-size": 4096,
+                                                "max-running-requests": 32, "cuda-graph-max-bs": 64}) == {}
+    # SGLang >= 0.5.19 prints server_args as a dict.
+    dict_form = "[2026-06-28 15:16:45] server_args={'model_path': 'm', 'mem_fraction_static': 0.871, 'cuda_graph_max_bs': 160}"
+    assert SGLANG.chosen_by_engine(dict_form, {}) == {"mem-fraction-static": 0.871, "cuda-graph-max-bs": 160}
+    # With DP attention each rank logs its share of the requests: the flag is the total.
+    assert SGLANG.chosen_by_engine(SGLANG_LOG, {"dp-size": 4, "enable-dp-attention": True})["max-running-requests"] == 192
+    assert VLLM.chosen_by_engine(VLLM_LOG, {"tensor-parallel-size": 2}) == {"max-num-batched-tokens": 2048}
+    assert VLLM.chosen_by_engine(VLLM_LOG, {"max-num-batched-tokens": 4096}) == {}
+    assert SGLANG.chosen_by_engine("", {}) == {} and VLLM.chosen_by_engine(SGLANG_LOG, {}) == {}
+
+
 DATA = Path(__file__).resolve().parents[1] / "data"
 
 

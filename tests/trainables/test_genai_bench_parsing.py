@@ -208,6 +208,11 @@ from gevent import getcurrent
 assert list(inspect.signature(BaseUser.collect_metrics).parameters) == ["self", "user_response", "endpoint"]
 assert {"start_time", "end_time", "status_code"} <= set(UserResponse.model_fields)
 assert "tokens_received" in UserChatResponse.model_fields
+# A statistic no answered request has is skipped as genai-bench skips its audio ones.
+from genai_bench.metrics.metrics import RequestLevelMetrics
+assert isinstance(RequestLevelMetrics.AUDIO_METRICS_FIELDS, set)
+assert list(inspect.signature(AggregatedMetricsCollector.aggregate_metrics_data).parameters)[:2] == ["self", "start_time"]
+assert "AUDIO_METRICS_FIELDS" in inspect.getsource(AggregatedMetricsCollector.aggregate_metrics_data)
 """
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, "genai-bench changed where the request log hooks in:\n" + result.stderr[-2000:]

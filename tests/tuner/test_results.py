@@ -80,7 +80,7 @@ def test_the_report_ranks_trials_cut_short_after_those_that_ran_every_stage(tmp_
     order = [int(cell.split("<td>")[1].split("</td>")[0]) for cell in table.split("<tr")[2:5]]
     assert order == [3, 1, 2]
     cut_short = table.split("<tr")[4]
-    assert "0.05 (its first 1 of 2 stages: not comparable with full runs)" in cut_short
+    assert "0.05000 (its first 1 of 2 stages: not comparable with full runs)" in cut_short
     assert "behind the other trials at stage 1, where the scheduler (ASHA) compared them" in cut_short
     assert "not comparable" not in table.split("<tr")[2]
 
@@ -216,8 +216,8 @@ def test_the_reports_table_ranks_the_re_measured_configs_as_the_headline_does(tm
     table = page[page.index('<table id="trials">'):page.index("</table>")]
     rows = [row.split("<td>")[1:] for row in table.split("<tr")[2:]]
     assert [int(cells[0].split("<")[0]) for cells in rows] == [2, 3, 1]
-    assert "re-measured" in table and rows[0][3].startswith("150 (mean of 2")
-    assert rows[0][4].startswith("150") and rows[1][4].startswith("160")  # the search's runs, said to be so
+    assert "re-measured" in table and rows[0][3].startswith("150.0 (mean of 2")
+    assert rows[0][4].startswith("150.0") and rows[1][4].startswith("160.0")  # the search's runs, said to be so
 
 
 def test_the_report_names_the_engine_defaults_when_they_win_and_the_gains_p_value_when_a_config_does(tmp_path):
@@ -242,6 +242,23 @@ def test_the_report_names_the_engine_defaults_when_they_win_and_the_gains_p_valu
     write(tmp_path, summary)
     winner = write_report(tmp_path).read_text().split('id="winner">')[1].split("</p>")[0]
     assert f"(t-test p = {p_text(summary['selection']['gain_p_value'])})" in winner, winner
+
+
+def test_the_report_and_the_comparison_print_measurements_as_the_run_does(tmp_path):
+    # 4 significant digits with the zeros kept (71.00 beside 73.27, not "71"), whole units from
+    # 1000 (12346, not 1.235e+04), as llm_autotuner.metrics.figure prints them in the run's summary.
+    from llm_autotuner.tuner.report import compare, write_report
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    for folder, values in ((first, (71.0, 73.27)), (second, (12345.6, 9876.5))):
+        records = [record(1, 1, values[0], 0.5), record(2, 2, values[1], 0.5)]
+        summary = summarize(task(), RESOLVED, records, "unused", [])
+        folder.mkdir()
+        write(folder, summary)
+    page = write_report(first).read_text()
+    assert "71.00" in page and "73.27" in page
+    text = compare(first, second)
+    assert '{"parallel": 1}' in text and " 71.00 " in text and " 12346 " in text and "e+" not in text, text
 
 
 def test_a_p_value_is_never_printed_on_the_wrong_side_of_the_cut():
