@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import time
@@ -22,6 +23,7 @@ from llm_autotuner.cluster.local import PORT_TAKEN_WORDS, free_port
 from llm_autotuner.cluster.procs import ProcessGroup, exit_hint, exit_text, telling_line
 from llm_autotuner.errors import SetupError
 
+CHECK_PREFIX = "autotuner-check-"  # then the checking process's PID: its folder in the temporary folder
 CHECK_TIMEOUT_S = 120.0  # model load plus one short completion, on a busy machine
 HELP_TIMEOUT_S = 30.0  # `--help` prints at once; this is for a machine under load
 _POLL_S = 0.1
@@ -43,8 +45,9 @@ def check_llama_server(binary: str | Path, model: str | Path, timeout_s: float =
     SetupError when it never answers within `timeout_s`.
     """
     started = time.monotonic()
+    _remove_orphaned_checks()
     for _ in range(3):  # the port chosen may be taken before the server binds it
-        with tempfile.TemporaryDirectory(prefix="autotuner-check-") as tmp:
+        with tempfile.TemporaryDirectory(prefix=f"{CHECK_PREFIX}{os.getpid()}-") as tmp:
             log = Path(tmp) / "engine.log"
             port = free_port()
             argv = [str(binary), "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
@@ -60,6 +63,26 @@ def check_llama_server(binary: str | Path, model: str | Path, timeout_s: float =
             finally:
                 group.stop(grace_s=2.0)
     raise EngineCheckFailed(f"{binary} could not bind a free port in 3 attempts")
+
+
+def _remove_orphaned_checks() -> None:
+    """Remove the folders of checks whose process is gone. A check's folder is removed by the
+    process that made it, or never: a kill -9 mid-check (a Ray node removed while it checks its
+    engine) left one in the temporary folder for good. Its name holds the PID that made it."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{CHECK_PREFIX}*-*"):
+        pid = folder.name.removeprefix(CHECK_PREFIX).split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)  # another user's: not ours to remove, and it stays
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _serve_one(group: ProcessGroup, base: str, deadline: float, timeout_s: float) -> bool:

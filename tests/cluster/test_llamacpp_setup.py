@@ -8,6 +8,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -16,6 +17,7 @@ from llm_autotuner.cluster.engine_check import EngineCheckFailed, check_llama_se
 from llm_autotuner.cluster.llamacpp_setup import ensure_llama_server
 from llm_autotuner.cluster.procs import exit_text
 from llm_autotuner.errors import SetupError
+from tests.conftest import engine_processes, instant_engine, until
 
 pytestmark = pytest.mark.e2e
 
@@ -83,6 +85,27 @@ def test_a_signal_is_named_with_its_meaning():
 
 def test_the_check_gets_a_completion_from_the_real_server(llama_server, smollm2):
     assert check_llama_server(llama_server, smollm2) < 60
+
+
+def test_the_folder_of_a_check_killed_mid_way_goes_with_the_next_check(llama_server, smollm2, tmp_path, monkeypatch):
+    # Seen: an autotuner-check-* folder left in /tmp for each check a kill -9 ended mid-way (most
+    # likely a Ray node the cluster tests remove), some one a run of `make test`.
+    engine = instant_engine(tmp_path / "never-answers", slots=False)
+    code = f"from llm_autotuner.cluster.engine_check import check_llama_server; check_llama_server({str(engine)!r}, {smollm2!r})"
+    checker = subprocess.Popen([sys.executable, "-c", code],
+                               env={**os.environ, "TMPDIR": str(tmp_path), "INSTANT_ENGINE_CHECK_DELAY_S": "1000"})
+    try:
+        assert until(lambda: engine_processes("autotuner-check") and list(tmp_path.glob("autotuner-check-*")), 60)
+    finally:
+        checker.kill()
+        checker.wait(timeout=30)
+    [left] = tmp_path.glob("autotuner-check-*")
+    assert left.name.startswith(f"autotuner-check-{checker.pid}-")
+    mine = tmp_path / f"autotuner-check-{os.getpid()}-running"  # a check still going: kept
+    mine.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    check_llama_server(llama_server, smollm2)
+    assert list(tmp_path.glob("autotuner-check-*")) == [mine]  # the check's own went with it too
 
 
 def test_the_check_names_sigill_and_what_it_means(tmp_path, smollm2):
