@@ -188,7 +188,6 @@ class LlamaCppProfile(EngineProfile):
         return {key: batch if value is not None and self.canonical(key) == "ubatch-size" else value
                 for key, value in params.items()}
 
-
     def check(self, model: Model, engine: Engine) -> None:
         super().check(model, engine)
         if model.path in BUILTIN_MODELS:
