@@ -267,7 +267,7 @@ def test_report_of_two_runs_names_what_changed(run, tmp_path):
     assert all(abs(r - 0.9) < 1e-3 for r in ratios)
     assert "Winner changed" in completed.stdout
     only = lines[lines.index("measured only in B (1 config):") + 1]
-    assert only.split() == [*json.dumps(new_config, sort_keys=True).split(), "123"]
+    assert only.split() == [*json.dumps(new_config, sort_keys=True).split(), "123.0"]  # 4 significant digits
     changed = [k for k in other["parameters"] if other["parameters"][k] != json.loads(
         (results_dir / "results.json").read_text())["best_result"]["parameters"].get(k)]
     assert f"differs in {', '.join(sorted(changed))}" in completed.stdout
