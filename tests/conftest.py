@@ -51,7 +51,8 @@ INSTANT_ENGINE = Path(instant_engine_module.__file__).resolve()
 def instant_engine(path: Path, delay_s: float = 0.05, slots: bool = True, answer: str = "stream") -> Path:
     """An executable at `path` that runs benchmarks/instant_engine.py, a stand-in for llama-server
     that answers after `delay_s` (with `slots`: at most --parallel requests at once, as llama-server's
-    slots; `answer`: "one-token", "together" or "error" for answers genai-bench has no statistic of). For the tests whose property is the tuner's control flow (interrupts, teardowns, resume,
+    slots; `answer`: "one-token", "together" or "error" for answers genai-bench has no statistic of).
+    For the tests whose property is the tuner's control flow (interrupts, teardowns, resume,
     searchers, Kubernetes): the real engine's minutes of generation would prove nothing more there."""
     return instant_engine_module.launcher(path, delay_s, slots, answer)
 
