@@ -1,12 +1,13 @@
 """A stage none of whose answers has a time per output token, or none of whose requests was
 answered, is measured, not lost: genai-bench 0.0.5 ends such a stage with "No values found for
-metric 'tpot'. This should never happen!" and exit code 1, and the trial failed with that line.
+metric 'tpot'. This should never happen!" (or 'ttft') and exit code 1, and the trial failed with
+that line; answers of one token it dropped as invalid, and the stage looked like an engine too slow.
 
 Seen under load (`with-load make test`, 2026-12-02): the stand-in engine streams an answer's
 first token and the rest 5 ms later; a client not scheduled in those 5 ms read them in one go,
 genai-bench left out each answer's time per token (output latency under 1 ms) and then crashed on
 the stage. It happens to a real engine's answers of one token too (a model that stops at once),
-and a stage whose every request failed (a prompt longer than a slot's context) crashed on 'ttft'.
+and a stage whose every request failed (an engine refusing every request) crashed on 'ttft'.
 The engine here is the stand-in answering that way; genai-bench is real.
 """
 
