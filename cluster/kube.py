@@ -245,7 +245,7 @@ def explain(error: ApiException, verb: str, kind: str, name: str, namespace: str
     if error.status == 409:
         return DeploymentError(f"{kind} {name} already exists{where}: a leftover of an earlier run? "
                                "`autotuner cleanup TASK` removes the tuner's leftovers")
-    said = _message(error)
+    said = api_message(error)
     if error.status == 403 and "admission webhook" in said:
         # A validating webhook (OME's, a policy engine's) refused this object: this config's fault.
         return DeploymentError(f"the API refused to {verb} {kind} {name}{where}: {said}")
@@ -271,7 +271,8 @@ def explain(error: ApiException, verb: str, kind: str, name: str, namespace: str
     return DeploymentError(f"cannot {verb} {kind} {name}{where}: HTTP {error.status} {reason} {said}".strip())
 
 
-def _message(error: ApiException) -> str:
+def api_message(error: ApiException) -> str:
+    """What the API server said (its Status message), or "" when its answer says nothing."""
     import json
 
     try:

@@ -18,7 +18,7 @@ from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 from urllib3.exceptions import HTTPError
 
-from llm_autotuner.cluster import kube, manifests
+from llm_autotuner.cluster import kube, manifests, pod_logs
 from llm_autotuner.cluster.lease import RunLease, owner_reference
 from llm_autotuner.cluster.backend import Backend, cheapest_params
 from llm_autotuner.cluster.cleanup import delete_labelled, wait_for_names, wait_until_gone
@@ -44,6 +44,7 @@ class OmeTrialDeployment:
     name: str
     namespace: str
     manifest: dict
+    log_path: Path  # the trial's engine.log (cluster/pod_logs.py)
     status: dict = field(default_factory=dict)
     forward: PortForward | None = None
 
@@ -198,7 +199,7 @@ class OmeDeployer(Deployer):
         name, namespace = manifest["metadata"]["name"], self.settings.namespace
         spec.workdir.mkdir(parents=True, exist_ok=True)
         (spec.workdir / "inference_service.yaml").write_text(manifests.to_yaml(manifest))
-        deployment = OmeTrialDeployment(name, namespace, manifest)
+        deployment = OmeTrialDeployment(name, namespace, manifest, spec.workdir / "engine.log")
         try:
             self._create(deployment)
         except ApiException as error:
@@ -260,6 +261,7 @@ class OmeDeployer(Deployer):
                     ready, last_message = _ready(obj)
                     if ready:
                         deployment.status = obj.get("status") or {}
+                        self._keep_start_up(deployment)
                         return
             except ApiException as error:
                 if error.status == 410:  # our resourceVersion expired: start over from now
@@ -273,6 +275,13 @@ class OmeDeployer(Deployer):
             failure = self._pod_failure(deployment, unschedulable_since)
             if failure:
                 raise DeploymentError(f"{KIND} {deployment.name}: {failure}")
+
+    def _keep_start_up(self, deployment: OmeTrialDeployment) -> None:
+        pods = self._engine_pods(deployment)
+        if pods is None:
+            deployment.log_path.write_text("(no log: the API did not list the engine pods at Ready)\n")
+        else:
+            pod_logs.keep_start_up(self.core, pods, deployment.log_path)
 
     def _engine_pods(self, deployment: OmeTrialDeployment) -> list | None:
         """The engine's pods; None when the API is briefly busy (429, 5xx, a dropped connection):
@@ -293,7 +302,7 @@ class OmeDeployer(Deployer):
         for pod in self._engine_pods(deployment) or []:
             reason = pod_failure(pod)
             if reason:
-                return reason
+                return with_crash_log(reason, self.core, pod, deployment.log_path)
             if _unschedulable(pod):
                 now = time.monotonic()
                 first, grace_from = unschedulable_since.setdefault(pod.metadata.name, (now, now))
@@ -415,13 +424,20 @@ class ServingPods:
                 why = " ".join(filter(None, [pod.status.reason, pod.status.message]))
                 self.found = f"engine pod {name} failed during the benchmark: {why or 'phase Failed'}"
             elif _restarts(pod) > restarts:
-                self.found = (f"engine pod {name} restarted during the benchmark"
-                              f"{_last_exit(pod)}: its engine lost its state (cache, warm-up)")
-            else:
-                self.found = pod_failure(pod)
+                self.found = with_crash_log(f"engine pod {name} restarted during the benchmark{_last_exit(pod)}: "
+                                            "its engine lost its state (cache, warm-up)",
+                                            self.deployer.core, pod, self.deployment.log_path)
+            elif pod_failure(pod):
+                self.found = with_crash_log(pod_failure(pod), self.deployer.core, pod, self.deployment.log_path)
             if self.found:
                 return self.found
         return None
+
+
+def with_crash_log(reason: str, core: client.CoreV1Api, pod, log_path: Path) -> str:
+    """`reason`, and what the crashed engine's last run said about it (kept in engine.log)."""
+    told = pod_logs.keep_crash(core, pod, log_path)
+    return f"{reason}; its log: {told}" if told else reason
 
 
 def _restarts(pod) -> int:

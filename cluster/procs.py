@@ -184,12 +184,26 @@ _LLAMA_CPP_ERROR = re.compile(r"^\S+ E ")  # llama.cpp's log lines: "<time> <lev
 
 
 def telling_line(log: str) -> str:
-    """The line of a log that most likely says what went wrong: the first one that mentions an
-    error (later ones tend to be consequences, such as "exiting due to ..."), else the last line."""
+    """The line of a log that most likely says what went wrong: a Python traceback's exception
+    (SGLang's and vLLM's "RuntimeError: Not enough memory ...", logged after a line such as "Scheduler
+    hit an exception: Traceback ..."), else the first line that mentions an error (later ones tend to
+    be consequences, such as "exiting due to ..."), else the last line."""
+    raised = _raised(log.splitlines())
+    if raised:
+        return raised[-300:]
     lines = [line.strip() for line in log.splitlines() if line.strip()]
     problems = [line for line in lines if "error" in line.lower() or "exception" in line.lower()
                 or line.startswith(("CRITICAL", "FATAL")) or _LLAMA_CPP_ERROR.match(line)]
     return (problems[:1] or lines[-1:] or ["no output"])[0][-300:]
+
+
+def _raised(lines: list[str]) -> str | None:
+    """The exception line of the first Python traceback: the first line after "Traceback (most
+    recent call last):" that is not indented (its frames and their source lines are)."""
+    for index, line in enumerate(lines):
+        if "Traceback (most recent call last):" in line:
+            return next((after.strip() for after in lines[index + 1:] if after.strip() and not after[0].isspace()), None)
+    return None
 
 
 def _in_child(watchdog_fd: int) -> None:

@@ -26,6 +26,15 @@ from llm_autotuner.cluster.local import PORT_TAKEN_WORDS, free_port
 from llm_autotuner.cluster.procs import ProcessGroup
 
 GROUP, VERSION, PLURAL = "ome.io", "v1beta1", "inferenceservices"
+# What the `crashloop` scenario's engine said before it exited: SGLang 0.4-0.5 out of memory at start.
+CRASHED_ENGINE_LOG = """[2026-12-06 10:00:01] server_args=ServerArgs(model_path='/mnt/models/llama', mem_fraction_static=0.95)
+[2026-12-06 10:00:09 TP0] Scheduler hit an exception: Traceback (most recent call last):
+  File "/sgl-workspace/sglang/python/sglang/srt/managers/scheduler.py", line 2315, in run_scheduler_process
+    scheduler = Scheduler(server_args, port_args, gpu_id, tp_rank, dp_rank)
+RuntimeError: Not enough memory. Please try to increase --mem-fraction-static.
+
+[2026-12-06 10:00:09] Received sigquit from a child process. It usually means the child failed.
+"""
 PORT_ATTEMPTS = 5
 
 
@@ -55,13 +64,15 @@ class FakeOme:
                  "uid": isvc["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
         return {"metadata": {"name": f"{name}-engine-0", "namespace": ns, "ownerReferences": [owner],
                              "labels": {"ome.io/inferenceservice": name, "component": "engine"}},
-                "status": status}
+                "spec": {"containers": [{"name": "ome-container", "image": "engine"}]}, "status": status}
 
     def _created(self, isvc: dict) -> None:
         ns = isvc["metadata"]["namespace"]
         if self.scenario == "ready":
             self._start_engine(isvc)
         elif self.scenario == "crashloop":
+            self.emulator.set_pod_log(ns, f"{isvc['metadata']['name']}-engine-0", "ome-container",
+                                      lambda: CRASHED_ENGINE_LOG, previous=True)
             self.emulator.put_pod(ns, self._pod(isvc, phase="Running", containerStatuses=[{
                 "name": "ome-container", "ready": False, "restartCount": 3, "image": "sglang", "imageID": "",
                 "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting"}},
@@ -131,7 +142,11 @@ class FakeOme:
         args = isvc["spec"]["engine"]["runner"].get("args", [])
         argv = [self.llama_server, "--model", self.model, "--host", "127.0.0.1", "--port", str(port),
                 "--alias", "smollm2"] + args
-        group = ProcessGroup(argv, log_path=str(self.log_dir / f"{name}.log"))
+        log = self.log_dir / f"{name}.log"
+        group = ProcessGroup(argv, log_path=str(log))
+        # The pod's log is its engine's, and after an exit the kubelet keeps it as the "previous" one.
+        for previous in (False, True):
+            self.emulator.set_pod_log(ns, f"{name}-engine-0", "ome-container", log.read_text, previous=previous)
         with self.lock:
             self.engines[name] = group
             self.started[name] = time.time()

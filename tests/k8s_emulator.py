@@ -241,6 +241,7 @@ class KubeEmulator:
         self._tokens: set[str] | None = None  # bearer tokens accepted (None: no authentication)
         self._absent_namespaces: set[str] = set()
         self._pod_targets: dict[tuple[str, str, int], tuple[str, int]] = {}
+        self._pod_logs: dict[tuple[str, str, str, bool], Callable[[], str]] = {}  # (ns, pod, container, previous)
         self._connections: set[socket.socket] = set()
         self._threads: set[threading.Thread] = set()  # handler, relay and hook threads that stop() joins
         self._stopping = False
@@ -483,6 +484,14 @@ class KubeEmulator:
         """Make port-forwards to `port` of that pod connect to the real TCP `address`."""
         with self._lock:
             self._pod_targets[(ns, pod_name, port)] = address
+
+    def set_pod_log(self, ns: str, pod_name: str, container: str, read: Callable[[], str],
+                    previous: bool = False) -> None:
+        """Serve `read()` as that container's log (`previous`: of its run before the last restart).
+        Served only while the kubelet would have one: the container started (its run before, once
+        it has restarted), and only while the pod exists."""
+        with self._lock:
+            self._pod_logs[(ns, pod_name, container, previous)] = read
 
     def objects(self, plural: str, ns: str | None = None) -> list[dict]:
         """Copies of the stored objects of `plural` (any group), in one namespace or all (ns=None)."""
@@ -733,6 +742,37 @@ class KubeEmulator:
                 return 200, self._delete(route, query, body)
         raise _ApiError(405, "MethodNotAllowed", f"{method} is not supported on {route.resource()}")
 
+    def _pod_log(self, route: _Route, query: dict) -> bytes:
+        """GET pods/{name}/log as the API server answers it: 400 with its words when no container is
+        named and the pod has several, for a container not started yet, and for `previous` when the
+        container never restarted; then `tailLines` (the last lines), `limitBytes` (the first bytes)."""
+        with self._lock:
+            pod = copy.deepcopy(self._existing(route))
+        names = [c["name"] for c in pod["spec"]["containers"]]
+        container = query.get("container")
+        if not container:
+            if len(names) != 1:
+                raise _ApiError(400, "BadRequest", f"a container name must be specified for pod {route.name}, "
+                                                   f"choose one of: [{' '.join(names)}]")
+            container = names[0]
+        if container not in names:
+            raise _ApiError(400, "BadRequest", f"container {container} is not valid for pod {route.name}")
+        status = next((s for s in (pod.get("status") or {}).get("containerStatuses") or [] if s["name"] == container), {})
+        previous = query.get("previous") in ("true", "1")
+        if previous and not (status.get("lastState") or {}).get("terminated"):
+            raise _ApiError(400, "BadRequest", f'previous terminated container "{container}" in pod "{route.name}" not found')
+        waiting = (status.get("state") or {}).get("waiting")
+        if not previous and (waiting or not status.get("state")):
+            reason = (waiting or {}).get("reason") or "ContainerCreating"
+            raise _ApiError(400, "BadRequest", f'container "{container}" in pod "{route.name}" is waiting to start: {reason}')
+        with self._lock:
+            read = self._pod_logs.get((route.namespace, route.name, container, previous))
+        text = read() if read else ""
+        if query.get("tailLines"):
+            text = "".join(text.splitlines(keepends=True)[-int(query["tailLines"]):])
+        data = text.encode()
+        return data[:int(query["limitBytes"])] if query.get("limitBytes") else data
+
     def _existing(self, route: _Route) -> dict:
         obj = self._objects.get(route.key(route.name))
         if obj is None:
@@ -915,6 +955,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._port_forward(route, query)
             elif self.command == "GET" and route.name is None and query.get("watch") in ("true", "1"):
                 self._stream_watch(route, query)
+            elif self.command == "GET" and route.plural == "pods" and route.sub == "log":
+                self._send(200, self.emulator._pod_log(route, query), "text/plain")
             else:
                 if isinstance(body, str):
                     raise _ApiError(400, "BadRequest", "the request body is not valid JSON")
@@ -934,9 +976,11 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _dispatch
 
     def _send_json(self, code: int, payload: dict) -> None:
-        data = json.dumps(payload).encode()
+        self._send(code, json.dumps(payload).encode(), "application/json")
+
+    def _send(self, code: int, data: bytes, content_type: str) -> None:
         self.send_response(code)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)

@@ -131,6 +131,8 @@ def test_ray_tune_run_on_ome_against_the_emulator(tmp_path, llama_server, smollm
     args = manifest["spec"]["engine"]["runner"]["args"]
     assert args[:2] == ["--ctx-size", "2048"]
     assert args[args.index("--parallel") + 1] == str(results["all_results"][1]["parameters"]["parallel"])
+    # Its engine's log, read from its pod at Ready (gone with the pod since): that trial's engine's.
+    assert f"n_slots = {args[args.index('--parallel') + 1]}," in (trial_dir / "engine.log").read_text()
     # The launch line names the engine's launcher as the runtime's image has it (it was '').
     line = (tmp_path / "results" / "ome-e2e" / "best_command.txt").read_text().split()
     assert line[0] == "llama-server" and "--ctx-size" in line

@@ -369,6 +369,33 @@ def test_pod_watch_sees_a_pod_turn_into_crash_loop_and_go(core, emulator):
     assert seen == [("ADDED", None), ("MODIFIED", "CrashLoopBackOff"), ("DELETED", "CrashLoopBackOff")]
 
 
+def test_a_pods_log_is_served_only_while_the_kubelet_would_have_one(core, emulator):
+    """As the API server answers GET pods/{name}/log: 400 in its words for a container not started
+    yet and for `previous` before any restart, the last lines (tailLines) or the first bytes
+    (limitBytes), and 404 once the pod is gone."""
+    def log_of(**query):
+        try:
+            return core.read_namespaced_pod_log("engine", NS, **query)
+        except ApiException as error:
+            return error.status, json.loads(error.body)["message"]
+
+    emulator.put_pod(NS, pod("engine", "x", containerStatuses=[waiting("ContainerCreating")]))
+    emulator.set_pod_log(NS, "engine", "main", lambda: "one\ntwo\nthree\n")
+    emulator.set_pod_log(NS, "engine", "main", lambda: "before\nTraceback\n", previous=True)
+    assert log_of() == (400, 'container "main" in pod "engine" is waiting to start: ContainerCreating')
+    running = {"state": {"running": {}}}
+    emulator.put_pod(NS, pod("engine", "x", containerStatuses=[running]))
+    assert log_of(container="main") == "one\ntwo\nthree\n"
+    assert log_of(tail_lines=2) == "two\nthree\n" and log_of(limit_bytes=5) == "one\nt"
+    assert log_of(previous=True) == (400, 'previous terminated container "main" in pod "engine" not found')
+    assert log_of(container="sidecar") == (400, "container sidecar is not valid for pod engine")
+    emulator.put_pod(NS, pod("engine", "x", containerStatuses=[
+        {**waiting("CrashLoopBackOff"), "lastState": {"terminated": {"reason": "Error"}}, "restartCount": 1}]))
+    assert log_of(previous=True) == "before\nTraceback\n"
+    emulator.delete_pod(NS, "engine")
+    assert log_of() == (404, 'pods "engine" not found')
+
+
 def test_events_list_is_empty_until_a_test_adds_one(core, emulator):
     assert core.list_namespaced_event(NS).items == []
     emulator.put_event(NS, {"metadata": {"name": "e1"}, "reason": "FailedScheduling", "message": "0/1 nodes available"})

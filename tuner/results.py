@@ -642,7 +642,7 @@ def table(summary: dict) -> str:
     text += f"\nLaunch: {best['command']}"
     if best.get("command_pinned"):
         chose = " ".join(f"{flag}={value}" for flag, value in best["engine_chose"].items())
-        text += (f"\n  {summary['engine']} chose {chose} itself on this machine (its log); with them pinned, to run "
+        text += (f"\n  {summary['engine']} chose {chose} itself where it ran (its log); with them pinned, to run "
                  f"the same elsewhere:\n  {best['command_pinned']}")
     if "port-forward" in summary.get("measured_via", []):
         text += ("\nMeasured through a port-forward: TTFT and ITL include the Kubernetes API server's tunnel "

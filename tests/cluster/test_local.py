@@ -258,3 +258,26 @@ def test_stop_returns_once_every_process_of_the_engine_is_gone(tmp_path):
         assert not group_alive(group.pgid)
     finally:
         group.stop(grace_s=0)
+
+
+# How SGLang 0.4-0.5 logs a scheduler that died at start (python/sglang/srt/managers/scheduler.py).
+SGLANG_CRASH = """[2026-12-06 10:00:09 TP0] Load weight end. type=LlamaForCausalLM, avail mem=2.10 GB, mem usage=14.96 GB.
+[2026-12-06 10:00:09 TP0] Scheduler hit an exception: Traceback (most recent call last):
+  File "/sgl-workspace/sglang/python/sglang/srt/managers/scheduler.py", line 2315, in run_scheduler_process
+    scheduler = Scheduler(server_args, port_args, gpu_id, tp_rank, dp_rank)
+RuntimeError: Not enough memory. Please try to increase --mem-fraction-static.
+
+[2026-12-06 10:00:09] Received sigquit from a child process. It usually means the child failed.
+"""
+
+
+def test_an_engine_that_dies_of_an_exception_is_explained_by_the_exception(tmp_path):
+    """Not by the line that announces the traceback: the exception says what to change."""
+    engine = tmp_path / "engine"
+    engine.write_text(f"#!{sys.executable}\nimport sys\nsys.stderr.write({SGLANG_CRASH!r})\nsys.exit(1)\n")
+    engine.chmod(0o755)
+    with pytest.raises(DeploymentError) as caught:
+        with LocalDeployer().deployed(spec(tmp_path, str(engine), "model", {}), 60):
+            pass
+    assert str(caught.value).splitlines()[0] == ("engine exited with code 1 before it was ready: RuntimeError: Not "
+                                                 "enough memory. Please try to increase --mem-fraction-static.")

@@ -66,6 +66,33 @@ def test_create_ready_serve_delete(emulator, controller, tmp_path):
     assert (tmp_path / "t0001" / "inference_service.yaml").is_file()
 
 
+def test_the_engine_pods_start_up_log_is_kept_in_the_trials_engine_log(emulator, controller, tmp_path):
+    """The pods and their logs go with the InferenceService: what the engine logged at start (its
+    own choices, pinned in the winner's launch line) is read at Ready into the trial's engine.log."""
+    flags = {"parallel": 2, "ctx-size": 1024}
+    with OmeDeployer(settings(), api=emulator.api_client()).deployed(spec(tmp_path, flags), ready_timeout_s=60):
+        log = (tmp_path / "t0001" / "engine.log").read_text()
+    assert log.startswith("==> pod ome-test-run1-t0001-engine-0, container ome-container <==\n")
+    assert "llama threadpool init, n_threads = " in log  # the real llama-server's own start-up lines
+    chosen = LLAMA_CPP.chosen_by_engine(log, flags)
+    assert chosen.get("threads", 0) >= 1 and "parallel" not in chosen  # set by the trial: not the engine's choice
+
+
+def test_an_engine_log_the_api_does_not_give_costs_the_trial_nothing(emulator, controller, tmp_path, monkeypatch):
+    """A log read that gets no answer (the client asks 4 times) leaves a line saying so, and the
+    trial goes on with its engine."""
+    monkeypatch.setattr(ome.pod_logs, "READ_TIMEOUT_S", 1)
+    emulator.stall_next("GET", r"/pods/[^/]+/log$", times=10)
+    began = time.monotonic()
+    with OmeDeployer(settings(), api=emulator.api_client()).deployed(spec(tmp_path, {"ctx-size": 1024}),
+                                                                     ready_timeout_s=60) as endpoint:
+        assert time.monotonic() - began < 30
+        with urllib.request.urlopen(endpoint.url + "/health", timeout=10) as response:
+            assert response.status == 200
+        log = (tmp_path / "t0001" / "engine.log").read_text()
+    assert "(no log: no answer from the API (MaxRetryError))" in log
+
+
 def test_never_ready_times_out_and_is_deleted(emulator, tmp_path):
     deployer = OmeDeployer(settings(), api=emulator.api_client())
     began = time.monotonic()
@@ -167,11 +194,27 @@ def test_the_pod_comes_up_pending_then_not_ready_and_the_trial_waits_for_ready(e
 def test_an_engine_that_exits_before_ready_fails_the_trial_from_its_crash_loop(emulator, controller, tmp_path):
     deployer = OmeDeployer(settings(), api=emulator.api_client())
     began = time.monotonic()
-    with pytest.raises(DeploymentError, match="CrashLoopBackOff"):
+    with pytest.raises(DeploymentError, match="CrashLoopBackOff") as caught:
         with deployer.deployed(spec(tmp_path, {"ctx-size": "many"}), ready_timeout_s=120):
             pass
     assert time.monotonic() - began < 30  # from the pod's state, not the deadline
     assert emulator.objects(PLURAL, NS) == []
+    # Why, in the engine's words (llama-server's, from its exited run's log), and that log kept.
+    said = str(caught.value).split("; its log: ")[1]
+    log = (tmp_path / "t0001" / "engine.log").read_text()
+    assert "its run before the restart" in log and said in log and "--ctx-size" in said
+
+
+def test_a_crash_looping_engine_is_explained_by_its_last_runs_exception(emulator, tmp_path):
+    FakeOme(emulator, "unused", "unused", tmp_path, scenario="crashloop")
+    with pytest.raises(DeploymentError) as caught:
+        with OmeDeployer(settings(), api=emulator.api_client()).deployed(spec(tmp_path, {}), ready_timeout_s=60):
+            pass
+    assert str(caught.value).endswith("; its log: RuntimeError: Not enough memory. Please try to increase "
+                                      "--mem-fraction-static.")
+    log = (tmp_path / "t0001" / "engine.log").read_text()
+    assert "==> pod ome-test-run1-t0001-engine-0, container ome-container, its run before the restart" in log
+    assert "Scheduler hit an exception: Traceback (most recent call last):" in log
 
 
 def _deleted(emulator, pod):

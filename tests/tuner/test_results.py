@@ -324,7 +324,7 @@ def test_when_the_engine_defaults_win_the_values_the_engine_chose_are_pinned_in_
     assert "--parallel" not in best["command"].split()  # as it ran: left to the engine
     pinned = best["command_pinned"].split()
     assert pinned[pinned.index("--threads") + 1] == "2" and pinned[pinned.index("--parallel") + 1] == "4"
-    assert f"llama.cpp chose threads=2 parallel=4 itself on this machine (its log)" in table(summary)
+    assert f"llama.cpp chose threads=2 parallel=4 itself where it ran (its log)" in table(summary)
     assert best["command_pinned"] in table(summary)
     write(tmp_path, summary)
     assert json.loads((tmp_path / "best.json").read_text())["command_pinned"] == best["command_pinned"]

@@ -1,0 +1,73 @@
+"""An InferenceService's engine log, kept in the trial's engine.log as a local engine's is.
+
+Its pods, and their logs with them, go when the InferenceService is deleted, so what the trial
+needs is read while they are there: at Ready, the start-up (where the engine says what it chose
+for the flags left to it: the winner's pinned values, tuner/results.py); when a container crashed
+or restarted, the end of its run before (where it says why). A log is never worth a trial: the
+API not answering, or having none to give yet, leaves a line saying so.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+from urllib3.exceptions import HTTPError
+
+from llm_autotuner.cluster import kube
+from llm_autotuner.cluster.procs import telling_line
+
+LOG_LIMIT_BYTES = 4 << 20  # of a start-up: SGLang's and vLLM's take some kilobytes
+CRASH_TAIL_LINES = 200  # the end of a crashed run: its traceback and what led to it
+READ_TIMEOUT_S = 5  # one read of a log; the client asks up to 4 times: at most 20 s, a few reads a trial
+
+
+def containers(pod: client.V1Pod) -> list[str]:
+    return [container.name for container in (pod.spec.containers if pod.spec else None) or []]
+
+
+def read(core: client.CoreV1Api, pod: client.V1Pod, container: str, previous: bool = False) -> tuple[str, str | None]:
+    """(the log, None), or ("", why there is none): the container has not started, has not
+    restarted (`previous`), the pod is gone, the API is busy or does not answer."""
+    size = {"tail_lines": CRASH_TAIL_LINES} if previous else {"limit_bytes": LOG_LIMIT_BYTES}
+    try:
+        # Raw bytes: an engine may log bytes that are not UTF-8, which the client's own decoding refuses.
+        response = core.read_namespaced_pod_log(pod.metadata.name, pod.metadata.namespace, container=container,
+                                                previous=previous, _preload_content=False,
+                                                _request_timeout=READ_TIMEOUT_S, **size)
+        try:
+            return response.data.decode(errors="replace"), None
+        finally:
+            response.release_conn()
+    except ApiException as error:
+        return "", f"the API answered {error.status}: {kube.api_message(error) or error.reason}"
+    except (HTTPError, OSError) as error:
+        return "", f"no answer from the API ({type(error).__name__})"
+
+
+def keep_start_up(core: client.CoreV1Api, pods: list[client.V1Pod], log_path: Path) -> None:
+    """Each engine container's log so far into `log_path` (replaced)."""
+    log_path.write_text("".join(_section(pod, name, *read(core, pod, name)) for pod in pods for name in containers(pod)))
+
+
+def keep_crash(core: client.CoreV1Api, pod: client.V1Pod, log_path: Path) -> str | None:
+    """The end of each of `pod`'s restarted containers' run before, appended to `log_path`; the
+    line of it that most likely says why it ended (None when there is no such log)."""
+    told = None
+    for status in (pod.status.container_statuses or []) if pod.status else []:
+        if not (status.last_state and status.last_state.terminated):
+            continue
+        text, missing = read(core, pod, status.name, previous=True)
+        with log_path.open("a") as log:
+            log.write(_section(pod, status.name, text, missing, f"its run before the restart, last {CRASH_TAIL_LINES} lines"))
+        if text.strip() and told is None:
+            told = telling_line(text)
+    return told
+
+
+def _section(pod: client.V1Pod, container: str, text: str, missing: str | None, which: str = "") -> str:
+    heading = f"==> pod {pod.metadata.name}, container {container}{', ' + which if which else ''} <==\n"
+    body = text if not missing else f"(no log: {missing})\n"
+    return heading + body + ("" if body.endswith("\n") else "\n")
+
