@@ -23,7 +23,8 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.stopper import TimeoutStopper
 
-from llm_autotuner.cluster import records
+from llm_autotuner.cluster import flag_catalog, records
+from llm_autotuner.cluster.flag_catalog import CATALOGS
 from llm_autotuner.cluster.backend import Backend, backend_for, cheapest_params, shortfall, trial_claim
 from llm_autotuner.cluster.engines import EngineProfile, missing_model, profile_for
 from llm_autotuner.cluster.nodes import check_nodes, everywhere
@@ -106,10 +107,15 @@ def preflight(task: Task) -> list[str]:
     existing = next(path for path in (task.results_path, *task.results_path.parents) if path.exists())
     if not existing.is_dir():
         raise TaskError(f"results_dir: {existing} is a file; the results go into a folder {task.results_path}")
+    asked = check_known_flags(task)
+    unchecked = [] if asked else _catalog_notes(task, profile)
     if task.deployment.backend != "local":
-        return []
-    unchecked = [] if check_known_flags(task) else [
-        f"the flags were not checked against {task.engine.name}'s --help: it is not installed here"]
+        return unchecked
+    if not asked:
+        catalog = f"; only against autotuner's catalog of them ({CATALOGS[task.engine.name][0]})" \
+            if task.engine.name in CATALOGS else ""
+        unchecked.insert(0, f"the flags were not checked against {task.engine.name}'s --help: it is not installed "
+                            f"here{catalog}")
     if missing_model(task.model):
         unchecked.append(f"model.path {task.model.path} is not on this machine: a run with a local Ray refuses it; "
                          "on a Ray cluster (--address) every node that runs trials must have it")
@@ -128,12 +134,21 @@ def _check_flags(task: Task, profile: EngineProfile) -> None:
         for name in names:
             canonical = profile.canonical(name)
             _check_resource_flag(profile, canonical, f"{where}.{name}", names[name])
+            flag_catalog.check(task.engine.name, f"{where}.{name}", canonical, names[name], asked_engine=True)
             if canonical in profile.managed:
                 raise TaskError(f"{where}.{name}: the tuner sets this flag itself for each trial")
             if canonical in seen:
                 raise TaskError(f"{where}.{name}: the same flag as {where}.{seen[canonical]} ({task.engine.name} "
                                 f"--{canonical}); give it once")
             seen[canonical] = name
+
+
+def _catalog_notes(task: Task, profile: EngineProfile) -> list[str]:
+    """Names and values autotuner's catalog does not know, for an engine that could not be asked."""
+    return [note for where, names in (("engine.args", task.engine.args), ("search_space", task.search_space))
+            for name, domain in names.items()
+            for note in flag_catalog.check(task.engine.name, f"{where}.{name}", profile.canonical(name), domain,
+                                           asked_engine=False)]
 
 
 def _check_resource_flag(profile: EngineProfile, canonical: str, where: str, domain: Any) -> None:
@@ -341,7 +356,10 @@ def run(task: Task, *, address: str | None = None, resume: bool = False, dashboa
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     # Bad input fails here, before anything is changed or started.
     address = cluster_address(address)
-    preflight(task)
+    notes = preflight(task)
+    if task.deployment.backend != "local":  # a local run checks its flags against the engine it finds (resolve)
+        for note in notes:
+            print(f"[autotuner] note: {note}", flush=True)
     local_ray = address is None
     backend = backend_for(task.deployment)
     storage = storage_for(task)

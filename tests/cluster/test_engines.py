@@ -16,7 +16,7 @@ from llm_autotuner.cluster.local import free_port
 from llm_autotuner.errors import TaskError
 from llm_autotuner.task import parse_task
 from llm_autotuner.tuner import cli
-from llm_autotuner.tuner.driver import check_known_flags
+from llm_autotuner.tuner.driver import check_known_flags, preflight
 
 LAUNCH = Launch("llama-server", "/models/m.gguf", "m", "127.0.0.1", 9000)
 
@@ -344,3 +344,47 @@ def test_every_spelling_a_help_line_lists_is_read(line, spellings):
 ])
 def test_the_values_a_help_line_limits_its_flag_to_are_read(line, choices):
     assert _line_choices(line) == choices
+
+
+def test_an_ome_task_is_checked_against_the_catalog_of_its_engines_flags(tmp_path, monkeypatch, capsys):
+    """On OME the engine is the cluster's image: its --help cannot be asked here. What autotuner
+    knows of SGLang's flags (cluster/flag_catalog.py) still refuses a value of the wrong type or out
+    of range, and points out a name or a choice it does not know, with the nearest it does."""
+    task = {"name": "ome", "model": {"name": "llama", "tokenizer": "org/llama"},
+            "engine": {"name": "sglang", "args": {"tp-size": 1}},
+            "deployment": {"backend": "ome", "namespace": "tuning", "model": "llama", "runtime": "srt-llama",
+                           "gpu_budget": 8},
+            "search_space": {"mem-fraction-statc": [0.8, 0.9], "schedule-policy": ["lpm", "fcsf"],
+                             "max-running-requests": [64, 128], "chunked-prefill-size": [-1, 4096],
+                             "enable-mixed-chunk": [True, False], "max-prefill-tokens": ["16k"]}}
+    (tmp_path / "task.yaml").write_text(yaml.safe_dump(task))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["validate", "task.yaml"]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        "task.yaml: note: search_space.mem-fraction-statc: sglang has no --mem-fraction-statc that autotuner knows "
+        "of (SGLang 0.5.23); did you mean --mem-fraction-static? (left to the engine to judge at start)",
+        "task.yaml: note: search_space.schedule-policy: 'fcsf' is not one of SGLang 0.5.23's values for "
+        "--schedule-policy (lpm, random, fcfs, dfs-weight, lof, priority, routing-key, hrrn, shortest-prefill-first); "
+        "did you mean 'fcfs'? (left to the engine to judge at start)"]
+    for space, expected in [({"mem-fraction-static": [0.5, 1.0]}, "search_space.mem-fraction-static: 1.0 is out of "
+                             "range for sglang's --mem-fraction-static (above 0 and below 1)"),
+                            ({"max-running-requests": {"type": "int", "min": 0, "max": 256, "step": 64}},
+                             "search_space.max-running-requests: 0 is out of range for sglang's --max-running-requests "
+                             "(at least 1)"),
+                            ({"enable-mixed-chunk": ["yes"]}, "search_space.enable-mixed-chunk: 'yes' is not true or "
+                             "false (--enable-mixed-chunk)")]:
+        (tmp_path / "task.yaml").write_text(yaml.safe_dump(task | {"search_space": space}))
+        assert cli.main(["validate", "task.yaml"]) == 2
+        assert capsys.readouterr().err == f"autotuner: error: task.yaml: {expected}\n"
+
+
+def test_the_catalog_refuses_what_no_engine_version_takes_even_where_the_engine_is_asked(tmp_path):
+    """vLLM's own --help (a stand-in) lists --gpu-memory-utilization, but says nothing of its range."""
+    task = {"name": "v", "model": {"path": "org/model"},
+            "engine": {"name": "vllm", "binary": str(DATA / "vllm_help_standin.py")},
+            "search_space": {"gpu-memory-utilization": [0.9, 1.5]}, "results_dir": str(tmp_path / "results")}
+    with pytest.raises(TaskError, match=r"^search_space.gpu-memory-utilization: 1.5 is out of range for vllm's "
+                                        r"--gpu-memory-utilization \(above 0 and at most 1\)$"):
+        preflight(parse_task(task))
+    task["search_space"]["gpu-memory-utilization"] = [0.9, 1.0]
+    assert preflight(parse_task(task)) == []  # asked of its --help: nothing left to point out

@@ -96,7 +96,10 @@ def test_validate_says_what_it_could_not_check_here(tmp_path):
     result = _cli("validate", str(path))
     assert result.returncode == 0, result.stderr
     assert result.stderr.splitlines() == [
-        f"{path}: note: the flags were not checked against sglang's --help: it is not installed here",
+        f"{path}: note: the flags were not checked against sglang's --help: it is not installed here; only against "
+        "autotuner's catalog of them (SGLang 0.5.23)",
+        f"{path}: note: search_space.max-running-request: sglang has no --max-running-request that autotuner knows "
+        "of (SGLang 0.5.23); did you mean --max-running-requests? (left to the engine to judge at start)",
         f"{path}: note: model.path /models/no-such-llama is not on this machine: a run with a local Ray refuses "
         "it; on a Ray cluster (--address) every node that runs trials must have it"]
     result = _cli("run", str(path))

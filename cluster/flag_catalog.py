@@ -1,0 +1,135 @@
+"""What autotuner knows of SGLang's and vLLM's tuning flags, for a task whose engine cannot be
+asked here (its image is the cluster's, or it is not installed on the driver's machine).
+
+A bad flag value otherwise shows only when each trial's engine refuses it, after minutes of
+starting on a GPU. The engine's own --help is the authority (tuner/driver.py: check_known_flags);
+this catalog (SGLang 0.5.23 and vLLM 0.33.0's sources, read 2026-11-27) stands in where it cannot
+be read. Types and ranges do not change between releases: a value of the wrong type or out of
+range is refused, wherever the engine is. Names and choice lists do (flags are added, renamed,
+given new values): a name or value the catalog lacks is only pointed out, with the nearest it
+knows, and left to the engine to judge.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from llm_autotuner.errors import TaskError
+
+
+@dataclass(frozen=True)
+class Flag:
+    kind: type  # of its value: int, float, str or bool; object: any (SGLang's token counts take "16k")
+    within: tuple[Callable[[float], bool], str] | None = None  # a numeric value's range, and its words
+    choices: tuple[str, ...] = ()  # the values a version takes (not exhaustive across versions)
+
+
+AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
+AT_LEAST_0 = (lambda v: v >= 0, "at least 0")
+OPEN_FRACTION = (lambda v: 0 < v < 1, "above 0 and below 1")
+FRACTION = (lambda v: 0 < v <= 1, "above 0 and at most 1")
+CHUNK = (lambda v: v == -1 or v >= 1, "-1 (off) or at least 1")
+
+
+def _counts(*names: str) -> dict[str, Flag]:
+    return {name: Flag(int, AT_LEAST_1) for name in names}
+
+
+def _switches(*names: str) -> dict[str, Flag]:
+    return {name: Flag(bool) for name in names}
+
+
+SGLANG = {
+    **_counts("tp-size", "dp-size", "attn-dp-size", "pp-size", "ep-size", "max-running-requests", "max-total-tokens", "page-size", "cuda-graph-max-bs",
+              "cuda-graph-max-bs-decode", "torch-compile-max-bs", "num-continuous-decode-steps", "stream-interval"),
+    **_switches("disable-radix-cache", "enable-torch-compile", "enable-mixed-chunk", "disable-overlap-schedule",
+                "enable-dp-attention", "disable-cuda-graph", "disable-cuda-graph-padding"),
+    "max-prefill-tokens": Flag(object),
+    "mem-fraction-static": Flag(float, OPEN_FRACTION),
+    "chunked-prefill-size": Flag(int, CHUNK),
+    "schedule-conservativeness": Flag(float, AT_LEAST_0),
+    "schedule-policy": Flag(str, choices=("lpm", "random", "fcfs", "dfs-weight", "lof", "priority", "routing-key",
+                                          "hrrn", "shortest-prefill-first")),
+    "cuda-graph-backend-decode": Flag(str, choices=("full", "breakable", "disabled")),
+    "cuda-graph-backend-prefill": Flag(str, choices=("full", "breakable", "disabled")),
+    "sampling-backend": Flag(str, choices=("flashinfer", "pytorch", "ascend", "intel_xpu")),
+    "kv-cache-dtype": Flag(str, choices=("auto", "fp8_e5m2", "fp8_e4m3", "mxfp8", "bf16", "bfloat16", "nvfp4",
+                                         "fp4_mx_block16")),
+    "attention-backend": Flag(str, choices=("triton", "flashinfer", "fa3", "fa4", "flashmla", "trtllm_mla",
+                                            "trtllm_mha", "cutedsl_mla", "aiter", "torch_native")),
+    "quantization": Flag(str),
+}
+
+VLLM = {
+    **_counts("tensor-parallel-size", "pipeline-parallel-size", "data-parallel-size",
+              "prefill-context-parallel-size", "max-num-seqs", "max-num-batched-tokens", "block-size",
+              "max-cudagraph-capture-size"),
+    **_switches("enable-expert-parallel", "enable-chunked-prefill", "enable-prefix-caching", "enforce-eager",
+                "async-scheduling"),
+    "gpu-memory-utilization": Flag(float, FRACTION),
+    "optimization-level": Flag(int, (lambda v: 0 <= v <= 3, "0 to 3")),
+    "performance-mode": Flag(str, choices=("balanced", "interactivity", "throughput")),
+    "scheduling-policy": Flag(str, choices=("fcfs", "priority")),
+    "kv-cache-dtype": Flag(str, choices=("auto", "float16", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2", "fp8_inc",
+                                         "nvfp4", "int8_per_token_head")),
+    "quantization": Flag(str),
+}
+
+CATALOGS = {"sglang": ("SGLang 0.5.23", SGLANG), "vllm": ("vLLM 0.33.0", VLLM)}
+
+
+def check(engine: str, where: str, canonical: str, domain: Any, asked_engine: bool) -> list[str]:
+    """Raise TaskError for a value of the wrong type or out of range; return what to point out when
+    the engine itself could not be asked (`asked_engine` False): a name or a value the catalog does
+    not know, with the nearest one it does."""
+    if engine not in CATALOGS:
+        return []
+    version, flags = CATALOGS[engine]
+    flag = flags.get(canonical)
+    if flag is None and canonical.startswith("no-") and canonical[3:] in flags:
+        flag = Flag(bool)  # a switch's negative form (vLLM's --no-enable-prefix-caching)
+    if flag is None:
+        near = difflib.get_close_matches(canonical, flags, n=1, cutoff=0.8)
+        return [] if asked_engine or not near else [
+            f"{where}: {engine} has no --{canonical} that autotuner knows of ({version}); did you mean --{near[0]}? "
+            "(left to the engine to judge at start)"]
+    notes = []
+    for value in _values(domain):
+        if value is None:  # the engine's own default
+            continue
+        _check_type(where, canonical, flag, value)
+        if flag.within and isinstance(value, (int, float)) and not flag.within[0](value):
+            raise TaskError(f"{where}: {value!r} is out of range for {engine}'s --{canonical} ({flag.within[1]})")
+        if flag.choices and not asked_engine and str(value).casefold() not in flag.choices:
+            near = difflib.get_close_matches(str(value).casefold(), flag.choices, n=1)
+            notes.append(f"{where}: {value!r} is not one of {version}'s values for --{canonical} "
+                         f"({', '.join(flag.choices)}){f'; did you mean {near[0]!r}?' if near else ''} "
+                         "(left to the engine to judge at start)")
+    return notes
+
+
+def _values(domain: Any) -> list[Any]:
+    """The values a task gives a flag: a fixed value, a list of choices, or a range's two ends."""
+    if isinstance(domain, list):
+        return domain
+    if hasattr(domain, "min") and hasattr(domain, "max"):
+        return [domain.min, domain.max]
+    return [domain]
+
+
+def _check_type(where: str, canonical: str, flag: Flag, value: Any) -> None:
+    if flag.kind is object:
+        return
+    if flag.kind is bool:
+        fits = isinstance(value, bool)
+    elif flag.kind is int:
+        fits = isinstance(value, int) and not isinstance(value, bool)
+    elif flag.kind is float:
+        fits = isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:
+        fits = isinstance(value, str)
+    if not fits:
+        words = {bool: "true or false", int: "a whole number", float: "a number", str: "a word"}[flag.kind]
+        raise TaskError(f"{where}: {value!r} is not {words} (--{canonical})")
