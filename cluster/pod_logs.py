@@ -48,7 +48,8 @@ def read(core: client.CoreV1Api, pod: client.V1Pod, container: str, previous: bo
 
 def keep_start_up(core: client.CoreV1Api, pods: list[client.V1Pod], log_path: Path) -> None:
     """Each engine container's log so far into `log_path` (replaced)."""
-    log_path.write_text("".join(_section(pod, name, *read(core, pod, name)) for pod in pods for name in containers(pod)))
+    log_path.write_text("".join(_section(pod, name, *read(core, pod, name))
+                                for pod in pods for name in containers(pod)))
 
 
 def keep_crash(core: client.CoreV1Api, pod: client.V1Pod, log_path: Path) -> str | None:
@@ -60,7 +61,8 @@ def keep_crash(core: client.CoreV1Api, pod: client.V1Pod, log_path: Path) -> str
             continue
         text, missing = read(core, pod, status.name, previous=True)
         with log_path.open("a") as log:
-            log.write(_section(pod, status.name, text, missing, f"its run before the restart, last {CRASH_TAIL_LINES} lines"))
+            log.write(_section(pod, status.name, text, missing,
+                               f"its run before the restart, last {CRASH_TAIL_LINES} lines"))
         if text.strip() and told is None:
             told = telling_line(text)
     return told

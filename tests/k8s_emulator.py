@@ -757,14 +757,17 @@ class KubeEmulator:
             container = names[0]
         if container not in names:
             raise _ApiError(400, "BadRequest", f"container {container} is not valid for pod {route.name}")
-        status = next((s for s in (pod.get("status") or {}).get("containerStatuses") or [] if s["name"] == container), {})
+        statuses = (pod.get("status") or {}).get("containerStatuses") or []
+        status = next((s for s in statuses if s["name"] == container), {})
         previous = query.get("previous") in ("true", "1")
         if previous and not (status.get("lastState") or {}).get("terminated"):
-            raise _ApiError(400, "BadRequest", f'previous terminated container "{container}" in pod "{route.name}" not found')
+            raise _ApiError(400, "BadRequest",
+                            f'previous terminated container "{container}" in pod "{route.name}" not found')
         waiting = (status.get("state") or {}).get("waiting")
         if not previous and (waiting or not status.get("state")):
             reason = (waiting or {}).get("reason") or "ContainerCreating"
-            raise _ApiError(400, "BadRequest", f'container "{container}" in pod "{route.name}" is waiting to start: {reason}')
+            raise _ApiError(400, "BadRequest",
+                            f'container "{container}" in pod "{route.name}" is waiting to start: {reason}')
         with self._lock:
             read = self._pod_logs.get((route.namespace, route.name, container, previous))
         text = read() if read else ""
