@@ -427,8 +427,8 @@ class ServingPods:
                 self.found = with_crash_log(f"engine pod {name} restarted during the benchmark{_last_exit(pod)}: "
                                             "its engine lost its state (cache, warm-up)",
                                             self.deployer.core, pod, self.deployment.log_path)
-            elif pod_failure(pod):
-                self.found = with_crash_log(pod_failure(pod), self.deployer.core, pod, self.deployment.log_path)
+            elif reason := pod_failure(pod):
+                self.found = with_crash_log(reason, self.deployer.core, pod, self.deployment.log_path)
             if self.found:
                 return self.found
         return None
