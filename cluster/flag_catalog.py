@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from llm_autotuner.errors import TaskError
+from llm_autotuner.task import given_values
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ def check(engine: str, where: str, canonical: str, domain: Any, asked_engine: bo
             f"{where}: {engine} has no --{canonical} that autotuner knows of ({version}); did you mean --{near[0]}? "
             "(left to the engine to judge at start)"]
     notes = []
-    for value in _values(domain):
+    for value in given_values(domain):
         if value is None:  # the engine's own default
             continue
         _check_type(where, canonical, flag, value)
@@ -109,15 +110,6 @@ def check(engine: str, where: str, canonical: str, domain: Any, asked_engine: bo
                          f"({', '.join(flag.choices)}){f'; did you mean {near[0]!r}?' if near else ''} "
                          "(left to the engine to judge at start)")
     return notes
-
-
-def _values(domain: Any) -> list[Any]:
-    """The values a task gives a flag: a fixed value, a list of choices, or a range's two ends."""
-    if isinstance(domain, list):
-        return domain
-    if hasattr(domain, "min") and hasattr(domain, "max"):
-        return [domain.min, domain.max]
-    return [domain]
 
 
 def _check_type(where: str, canonical: str, flag: Flag, value: Any) -> None:

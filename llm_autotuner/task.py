@@ -154,6 +154,15 @@ class FloatRange(_Strict):
         return value in self.values() if self.step is not None else self.min <= value <= self.max
 
 
+def given_values(domain: Any) -> list[Any]:
+    """The values a task gives a flag, as far as they can be checked one by one: a fixed value,
+    each choice, or a range's two ends (a range holds numbers only, all between its ends)."""
+    if isinstance(domain, list):
+        return domain
+    if isinstance(domain, (IntRange, FloatRange)):
+        return [domain.min, domain.max]
+    return [domain]
+
 # A stepped range becomes one choice per value (tuner/space.py); HyperOpt slows with the count
 # (measured: 1.4 s for 30 suggestions over 1,000 values, 43 s over 20,000).
 MAX_STEPPED_VALUES = 10_000

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import itertools
 import json
 import os
 import re
@@ -284,11 +285,20 @@ def _stage_file(run_dir: Path, concurrency: int) -> Path | None:
 
 
 def _reason(group: ProcessGroup) -> str:
-    """The most telling line of genai-bench's log."""
-    lines = [line.strip() for line in group.log_tail(60).splitlines() if line.strip()]
+    """The most telling line of genai-bench's log: its last error. Not procs.telling_line's first:
+    genai-bench logs through rich, which prints "ERROR Uncaught exception" above a boxed traceback
+    and ends with the exception, its message wrapped onto indented lines (joined back here)."""
+    raw = group.log_tail(60).splitlines()
+    lines = [line.strip() for line in raw if line.strip()]
     if any("No request metrics collected" in line for line in lines):
         # It then skips the stage's file and still exits 0.
         return NOTHING_FINISHED
-    problems = [line for line in lines if line.startswith(("ERROR", "CRITICAL")) or "Error:" in line
-                or "Exception" in line]
-    return (problems or lines or ["no output"])[-1][-300:]
+    problems = [index for index, line in enumerate(raw) if line.strip().startswith(("ERROR", "CRITICAL"))
+                or "Error:" in line or "Exception" in line]
+    if not problems:
+        return (lines[-1:] or ["no output"])[0][-300:]
+    told = raw[problems[-1]]
+    if not told[:1].isspace():
+        return told.strip()[-300:]
+    following = itertools.takewhile(lambda line: line[:1].isspace() and line.strip(), raw[problems[-1] + 1:])
+    return " ".join(line.strip() for line in [told, *following])[:300]

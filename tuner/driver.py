@@ -44,7 +44,7 @@ from llm_autotuner.tuner.progress import LiveProgress, ProgressPrinter, config_t
 from llm_autotuner.tuner.search import (METRIC, MODE, FailureGuard, NoImprovementStopper, build_scheduler, build_searcher,
                           num_trials)
 from llm_autotuner.tuner.space import to_ray
-from llm_autotuner.task import Task
+from llm_autotuner.task import FloatRange, IntRange, Task, given_values
 
 RAY_EXPERIMENT_NAME = "tune"
 CONFIRM_EXPERIMENT_NAME = "confirm"  # the re-measurements of the best configs
@@ -157,8 +157,7 @@ def _check_resource_flag(profile: EngineProfile, canonical: str, where: str, dom
     gpus = canonical in profile.gpu_flags
     if not gpus and canonical != profile.cpu_flag:
         return
-    values = domain if isinstance(domain, list) else [domain.min, domain.max] if hasattr(domain, "min") else [domain]
-    for value in values:
+    for value in given_values(domain):
         if not isinstance(value, int) or isinstance(value, bool) or (gpus and value < 1):
             what = "a GPU count: a whole number of at least 1" if gpus else "a whole number of threads"
             raise TaskError(f"{where}: {value!r} is not {what}")
@@ -188,7 +187,7 @@ def check_known_flags(task: Task, executable: str | None = None) -> bool:
 def _check_choices(where: str, domain: Any, allowed: tuple[str, ...], whose: str) -> None:
     """Each value a flag can be given is one its help lists (ranges are numbers: not checked here).
     Case aside: an engine may lower-case a value before it compares."""
-    values = domain if isinstance(domain, list) else [] if hasattr(domain, "min") else [domain]
+    values = [] if isinstance(domain, (IntRange, FloatRange)) else given_values(domain)
     folded = {word.casefold() for word in allowed}
     for value in values:
         if value is None or isinstance(value, bool):  # the engine's default; booleans are spelled by the profile

@@ -165,6 +165,10 @@ def test_one_invocation_runs_every_stage_in_order():
     ("INFO start\nERROR - ValueError: No values found for metric 'ttft'\nINFO bye\n",
      "ERROR - ValueError: No values found for metric 'ttft'"),
     ("INFO only this\n", "INFO only this"),
+    # genai-bench's own log of a tokenizer it could not load (rich wraps the message at 80 columns)
+    ((DATA / "genai-bench-uncaught-exception.log").read_text(),
+     "ValueError: Couldn't instantiate the backend tokenizer from one of: (1) a `tokenizers` library "
+     "serialization file, (2) a slow tokenizer"),
 ])
 def test_the_reason_a_failed_run_gives_is_the_telling_line(tmp_path, log, expected):
     from llm_autotuner.cluster.procs import ProcessGroup
