@@ -67,6 +67,27 @@ def test_a_flag_the_engine_rejects_fails_those_trials_and_the_search_goes_on(tmp
     assert "unknown value for --flash-attn: 'maybe'" in tuned["error"]  # llama-server's own words
 
 
+
+def test_a_config_whose_flags_the_engine_refuses_together_is_skipped_without_starting_it(tmp_path):
+    """llama-server refuses a quantized V cache with flash attention off (seen: it exits at start).
+    That config is not deployed: it is infeasible with the rule's words, and its engine never ran."""
+    refused_words = ("sets --cache-type-v q8_0 with --flash-attn off, which llama.cpp refuses at start "
+                     "(a quantized V cache needs flash attention)")
+    completed, results = run_task(
+        tmp_path, engine={"name": "llama.cpp", "args": {"ctx-size": 1024, "threads": 1, "flash-attn": "off"}},
+        search_space={"cache-type-v": ["f16", "q8_0"]},
+        search={"algorithm": "grid", "scheduler": "none", "baseline": False, "confirm_repeats": 0})
+    assert completed.returncode == 0, completed.stderr
+    note = f"[autotuner] note: search_space: some configs are skipped as infeasible, not deployed: one {refused_words}"
+    assert note in completed.stdout
+    trials = {trial["parameters"]["cache-type-v"]: trial for trial in results["all_results"]}
+    refused = trials["q8_0"]
+    assert refused["status"] == "infeasible" and refused["stages_completed"] == 0
+    assert refused["infeasible_because"] == f"the config {refused_words}"
+    assert not (tmp_path / "no-winner" / "trials" / refused["trial_id"] / "engine_argv.json").exists()  # never started
+    assert trials["f16"]["status"] == "completed"
+    assert (tmp_path / "no-winner" / "trials" / trials["f16"]["trial_id"] / "engine_argv.json").is_file()
+
 def test_a_fixed_flag_the_engine_rejects_stops_the_run_at_the_first_trial(tmp_path):
     completed, results = run_task(tmp_path, engine={"name": "llama.cpp", "args": {"flash-attn": "maybe"}},
                                   search={"num_samples": 6, "seed": 0, "confirm_repeats": 0})

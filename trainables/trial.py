@@ -19,6 +19,7 @@ from ray import tune
 from llm_autotuner.cluster.backend import backend_for, shortfall, trial_claim
 from llm_autotuner.cluster.deployer import EngineSpec
 from llm_autotuner.cluster.engines import profile_for
+from llm_autotuner.cluster.flag_rules import conflict
 from llm_autotuner.cluster.node_check import NodeCheck
 from llm_autotuner.cluster.storage import Storage, TrialFolder
 from llm_autotuner.trainables.genai_bench import GenaiBenchRunner
@@ -168,8 +169,10 @@ class TrialTrainable(tune.Trainable):
                 return interrupted(0)
             too_big = self.resolved.nodes and shortfall(
                 trial_claim(task, self.params, self.resolved.node_cpus), list(self.resolved.nodes))
-            if too_big:  # placed with next to nothing (tuner/driver.py): skipped, and the searcher told why
-                return {"stage": 0, "score": INFEASIBLE_SCORE, "objective": None, "violation": f"the config {too_big}",
+            # Too big: placed with next to nothing (tuner/driver.py). Either way skipped, the searcher told why.
+            refused = too_big or conflict(task.engine.name, self.spec.flags)
+            if refused:
+                return {"stage": 0, "score": INFEASIBLE_SCORE, "objective": None, "violation": f"the config {refused}",
                         "objectives": {m: worst_value(m) for m in task.objective.metrics}, "slos_met": False,
                         "error": None, "metrics": None, "outcome": Outcome.INFEASIBLE.value, "done": True}
             self._check_late_node()

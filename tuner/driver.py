@@ -23,7 +23,7 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.stopper import TimeoutStopper
 
-from llm_autotuner.cluster import flag_catalog, records
+from llm_autotuner.cluster import flag_catalog, flag_rules, records
 from llm_autotuner.cluster.flag_catalog import CATALOGS
 from llm_autotuner.cluster.backend import Backend, backend_for, cheapest_params, shortfall, trial_claim
 from llm_autotuner.cluster.engines import EngineProfile, missing_model, profile_for
@@ -99,6 +99,7 @@ def preflight(task: Task) -> list[str]:
     profile = profile_for(task.engine.name)
     build_searcher(task, 1), build_scheduler(task)
     _check_flags(task, profile)
+    refused = conflict_notes(task)
     tokenizer = task.model.tokenizer
     if tokenizer and tokenizer.startswith(("/", "./", "../", "~")) and not Path(tokenizer).expanduser().exists():
         raise TaskError(f"model.tokenizer: {tokenizer} does not exist (a local folder, or a hub id such as org/name)")
@@ -108,7 +109,7 @@ def preflight(task: Task) -> list[str]:
     if not existing.is_dir():
         raise TaskError(f"results_dir: {existing} is a file; the results go into a folder {task.results_path}")
     asked = check_known_flags(task)
-    unchecked = [] if asked else _catalog_notes(task, profile)
+    unchecked = refused + ([] if asked else _catalog_notes(task, profile))
     if task.deployment.backend != "local":
         return unchecked
     if not asked:
@@ -141,6 +142,19 @@ def _check_flags(task: Task, profile: EngineProfile) -> None:
                 raise TaskError(f"{where}.{name}: the same flag as {where}.{seen[canonical]} ({task.engine.name} "
                                 f"--{canonical}); give it once")
             seen[canonical] = name
+
+
+def conflict_notes(task: Task) -> list[str]:
+    """Flag values the engine refuses together (cluster/flag_rules.py): refused here when every
+    config has them (no trial could start), else said: such configs are skipped, not deployed."""
+    profile = profile_for(task.engine.name)
+    fixed = {profile.canonical(name): value for name, value in task.engine.args.items()}
+    space = {profile.canonical(name): domain for name, domain in task.search_space.items()}
+    found = flag_rules.possible_conflicts(task.engine.name, fixed, space)
+    for flags, words, always in found:
+        if always:
+            raise TaskError(f"{'search_space' if set(flags) & set(space) else 'engine.args'}: every config {words}")
+    return [f"search_space: some configs are skipped as infeasible, not deployed: one {words}" for _, words, _ in found]
 
 
 def _catalog_notes(task: Task, profile: EngineProfile) -> list[str]:
@@ -356,9 +370,9 @@ def run(task: Task, *, address: str | None = None, resume: bool = False, dashboa
     # Bad input fails here, before anything is changed or started.
     address = cluster_address(address)
     notes = preflight(task)
-    if task.deployment.backend != "local":  # a local run checks its flags against the engine it finds (resolve)
-        for note in notes:
-            print(f"[autotuner] note: {note}", flush=True)
+    # A local run checks its flags against the engine it finds (resolve); which configs it skips is said anyway.
+    for note in notes if task.deployment.backend != "local" else conflict_notes(task):
+        print(f"[autotuner] note: {note}", flush=True)
     local_ray = address is None
     backend = backend_for(task.deployment)
     storage = storage_for(task)

@@ -11,6 +11,7 @@ from typing import Any
 from llm_autotuner.cluster.backend import backend_for, trial_claim
 from llm_autotuner.cluster.deployer import EngineSpec
 from llm_autotuner.cluster.engines import profile_for, served_model_name
+from llm_autotuner.cluster.flag_rules import conflict
 from llm_autotuner.tuner.space import sample
 from llm_autotuner.task import Task
 
@@ -34,7 +35,8 @@ def render_trials(task: Task, trials: int) -> tuple[dict[str, str], list[str]]:
     """(file name -> content, notes): per trial what its backend would deploy (a manifest on OME,
     a launch line locally) and, with the BenchmarkJob runner, its job; and `claims.json`, what each
     trial would hold in Ray (engine and load generator) on a node with this machine's CPUs. A
-    sampled config the run would skip (more GPUs than the deployment offers) is named in the notes
+    sampled config the run would skip (more GPUs than the deployment offers, flag values the engine
+    refuses together) is named in the notes
     instead of rendered."""
     profile = profile_for(task.engine.name)
     backend = backend_for(task.deployment)
@@ -48,14 +50,16 @@ def render_trials(task: Task, trials: int) -> tuple[dict[str, str], list[str]]:
         claims[f"trial-{number}"] = claim = trial_claim(task, params, node_cpus)
         over = [f"{claim[kind]:g} {kind} where the deployment offers {have:g}"
                 for kind, have in offers.items() if claim.get(kind, 0) > have]
-        if over:
+        flags = profile.merged(task.engine.args, params)
+        refused = f"needs {'; '.join(over)}" if over else conflict(task.engine.name, flags)
+        if refused:
             config = ", ".join(f"{name}={value}" for name, value in params.items())
-            notes.append(f"trial {number} ({config}) is not rendered: it needs {'; '.join(over)} (a run skips it)")
+            notes.append(f"trial {number} ({config}) is not rendered: it {refused} (a run skips it)")
             continue
         specs[number] = EngineSpec(
             experiment=task.name, run_id=RENDER_RUN_ID, trial_id=f"trial{number}", profile=profile,
             executable=executable, model_path=model_path, served_name=served_model_name(task.model, model_path),
-            flags=profile.merged(task.engine.args, params), workdir=Path("."), env=dict(task.engine.env))
+            flags=flags, workdir=Path("."), env=dict(task.engine.env))
     files = backend.render(specs)
     files["claims.json"] = json.dumps(claims, indent=2) + "\n"
     if task.benchmark.runner == "benchmarkjob":

@@ -388,3 +388,50 @@ def test_the_catalog_refuses_what_no_engine_version_takes_even_where_the_engine_
         preflight(parse_task(task))
     task["search_space"]["gpu-memory-utilization"] = [0.9, 1.0]
     assert preflight(parse_task(task)) == []  # asked of its --help: nothing left to point out
+
+
+OME_SGLANG = {"name": "ome", "model": {"name": "llama", "tokenizer": "org/llama"}, "engine": {"name": "sglang"},
+              "deployment": {"backend": "ome", "namespace": "tuning", "model": "llama", "runtime": "srt-llama",
+                             "gpu_budget": 8}}
+
+
+@pytest.mark.parametrize("engine, args, space, said", [
+    ("sglang", {"tp-size": 1, "page-size": 64}, {"chunked-prefill-size": [-1, 4096, 1000]},
+     "one sets --chunked-prefill-size 1000, not a multiple of --page-size 64, which SGLang refuses at start"),
+    ("sglang", {"tp-size": 1}, {"chunked-prefill-size": [2048, 4096], "page-size": [16, 64]}, None),
+    ("vllm", {"tensor-parallel-size": 1},
+     {"max-num-seqs": [64, 512], "max-num-batched-tokens": {"type": "int", "min": 256, "max": 8192, "step": 256}},
+     "one sets --max-num-batched-tokens 256 below --max-num-seqs 512, which vLLM refuses at start"),
+    ("vllm", {"tensor-parallel-size": 1, "max-num-seqs": 256}, {"max-num-batched-tokens": [2048, 8192]}, None),
+])
+def test_configs_whose_flags_the_engine_refuses_together_are_pointed_out(tmp_path, monkeypatch, capsys, engine,
+                                                                         args, space, said):
+    """Each value fits its flag, but some pairs the engine will not start with: validate says that
+    such configs will be skipped (cluster/flag_rules.py), naming one."""
+    task = OME_SGLANG | {"engine": {"name": engine, "args": args}, "search_space": space}
+    (tmp_path / "task.yaml").write_text(yaml.safe_dump(task))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["validate", "task.yaml"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "skipped" in line]
+    assert notes == ([f"task.yaml: note: search_space: some configs are skipped as infeasible, not deployed: {said}"]
+                     if said else [])
+
+
+def test_whether_every_config_breaks_a_rule_counts_the_engines_default_and_every_value_of_a_range():
+    from llm_autotuner.cluster.flag_rules import possible_conflicts
+    from llm_autotuner.task import FloatRange, IntRange
+
+    quantized = ("sets --cache-type-v q8_0 with --flash-attn off, which llama.cpp refuses at start (a quantized "
+                 "V cache needs flash attention)")
+    assert possible_conflicts("llama.cpp", {"flash-attn": False}, {"cache-type-v": [None, "q8_0"]}) == [
+        (("cache-type-v", "flash-attn"), quantized, False)]  # None: the engine's default V cache, not quantized
+    assert possible_conflicts("llama.cpp", {"flash-attn": "off"}, {"cache-type-v": ["q8_0"]})[0][2] is True
+    assert possible_conflicts("llama.cpp", {"flash-attn": "on"}, {"cache-type-v": ["q8_0"]}) == []
+    below = IntRange(type="int", min=1, max=200)  # each of its 200 values is below 256
+    assert possible_conflicts("vllm", {"max-num-seqs": 256}, {"max-num-batched-tokens": below})[0][2] is True
+    wide = IntRange(type="int", min=1, max=10**6)  # too many to list: only its ends are tried
+    assert possible_conflicts("vllm", {"max-num-seqs": 256}, {"max-num-batched-tokens": wide})[0][1:] == (
+        "sets --max-num-batched-tokens 1 below --max-num-seqs 256, which vLLM refuses at start", False)
+    # A float where a whole number is due is the catalog's to refuse; this rule judges whole numbers only.
+    assert possible_conflicts("vllm", {"max-num-seqs": 256},
+                              {"max-num-batched-tokens": FloatRange(type="float", min=1, max=2)}) == []

@@ -130,6 +130,25 @@ def test_render_leaves_out_a_config_over_the_gpu_budget_and_says_why(tmp_path):
                             r"offers 8 \(a run skips it\)", note), note
 
 
+
+def test_render_leaves_out_a_config_whose_flags_the_engine_refuses_together(tmp_path):
+    def paged(task):
+        task["search_space"]["page-size"] = [16, 48]  # 48 divides none of the chunk sizes
+    result = cli("render", _task_file(tmp_path, "examples/ome-sglang.yaml", paged), "--trials", "20",
+                 "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    first, *skipped = result.stderr.strip().splitlines()
+    assert first.endswith("note: search_space: some configs are skipped as infeasible, not deployed: one sets "
+                          "--chunked-prefill-size 2048, not a multiple of --page-size 48, which SGLang refuses at "
+                          "start")
+    assert 0 < len(skipped) < 20  # both kinds sampled
+    for note in skipped:
+        assert re.fullmatch(r"trial \d+ \(.*page-size=48.*\) is not rendered: it sets --chunked-prefill-size \d+, "
+                            r"not a multiple of --page-size 48, which SGLang refuses at start \(a run skips it\)", note)
+        number = note.split()[1]
+        assert not (tmp_path / "out" / f"trial-{number}-inferenceservice.yaml").exists()
+    assert len(list((tmp_path / "out").glob("*-inferenceservice.yaml"))) == 20 - len(skipped)
+
 def test_render_again_into_a_folder_replaces_the_earlier_render(tmp_path):
     """`kubectl apply -f DIR` applies every file there: an earlier render's must not stay among them."""
     out = tmp_path / "out"

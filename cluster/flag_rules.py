@@ -1,0 +1,93 @@
+"""Flag values an engine refuses together, each valid alone (../shared/notes/engines.md, "Flags
+that constrain each other"; the llama.cpp rule seen with its server here).
+
+A search space that sweeps two such flags samples some configs the engine will not start with.
+Deploying one costs an engine start (minutes on a GPU cluster) and ends as a failed trial whose
+reason is an engine's log line. Such a config is skipped instead, as infeasible, with the rule's
+words (trainables/trial.py); a task whose fixed flags break a rule is refused before the run.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from llm_autotuner.task import FloatRange, IntRange, given_values
+
+# Beyond this many combinations of the values a task gives, only each range's ends are tried.
+MAX_COMBINATIONS = 10_000
+
+
+@dataclass(frozen=True)
+class Rule:
+    flags: tuple[str, str]  # canonical names; the rule holds only when both are set
+    broken: Callable[[Any, Any], bool]  # their values (as the task gives them) break it
+    words: Callable[[Any, Any], str]  # what is refused, after "the config "
+
+
+def _whole(*values: Any) -> bool:
+    return all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+
+
+# The llama.cpp cache types that are not quantized (its --help lists f32, f16, bf16 and quantized ones).
+_PLAIN_CACHE = {"f32", "f16", "bf16"}
+
+RULES = {
+    "vllm": [Rule(("max-num-batched-tokens", "max-num-seqs"),
+                  lambda tokens, seqs: _whole(tokens, seqs) and tokens < seqs,
+                  lambda tokens, seqs: f"sets --max-num-batched-tokens {tokens} below --max-num-seqs {seqs}, "
+                                       "which vLLM refuses at start")],
+    "sglang": [Rule(("chunked-prefill-size", "page-size"),
+                    lambda chunk, page: _whole(chunk, page) and chunk != -1 and page >= 1 and chunk % page != 0,
+                    lambda chunk, page: f"sets --chunked-prefill-size {chunk}, not a multiple of --page-size {page}, "
+                                        "which SGLang refuses at start")],
+    "llama.cpp": [Rule(("cache-type-v", "flash-attn"),
+                       lambda cache, attention: str(cache).lower() not in _PLAIN_CACHE
+                       and attention in (False, "off", "false", "0", 0),
+                       lambda cache, _: f"sets --cache-type-v {cache} with --flash-attn off, which llama.cpp "
+                                        "refuses at start (a quantized V cache needs flash attention)")],
+}
+
+
+def conflict(engine: str, flags: dict[str, Any]) -> str | None:
+    """What the engine refuses in one config's flags (keyed by canonical name), or None."""
+    for rule in RULES.get(engine, []):
+        first, second = rule.flags
+        if first in flags and second in flags and rule.broken(flags[first], flags[second]):
+            return rule.words(flags[first], flags[second])
+    return None
+
+
+def possible_conflicts(engine: str, fixed: dict[str, Any],
+                       space: dict[str, Any]) -> list[tuple[tuple[str, str], str, bool]]:
+    """Each rule some configs of the task break: its flags, its words for one such config, and
+    whether every config breaks it (then no trial could start). `fixed` and `space` are keyed by
+    canonical name; a flag the space sets overrides the fixed one, as in a trial."""
+    found = []
+    for rule in RULES.get(engine, []):
+        domains = [space[name] if name in space else [fixed[name]] if name in fixed else None for name in rule.flags]
+        if None in domains:
+            continue
+        pairs, complete = _pairs(*domains)
+        broken = [pair for pair in pairs if None not in pair and rule.broken(*pair)]  # None: the engine's default
+        if broken:
+            # Every config: every pair it can have was tried, and each is broken.
+            found.append((rule.flags, rule.words(*broken[0]), complete and len(broken) == len(pairs)))
+    return found
+
+
+def _pairs(first: Any, second: Any) -> tuple[list[tuple[Any, Any]], bool]:
+    """The pairs of values to try, and whether they are all the pairs the two domains can give."""
+    values = [_listed(first), _listed(second)]
+    complete = None not in values and len(values[0]) * len(values[1]) <= MAX_COMBINATIONS
+    if not complete:
+        values = [given_values(first), given_values(second)]  # a continuous range, or too many: the ends
+    return list(itertools.product(*values)), complete
+
+
+def _listed(domain: Any) -> list[Any] | None:
+    """Every value a domain holds (choices, a stepped range), or None (continuous, or too many)."""
+    if not isinstance(domain, (IntRange, FloatRange)):
+        return domain if isinstance(domain, list) else [domain]
+    return domain.values() if (domain.count() or MAX_COMBINATIONS + 1) <= MAX_COMBINATIONS else None
