@@ -44,7 +44,7 @@ RULES = {
                                         "which SGLang refuses at start")],
     "llama.cpp": [Rule(("cache-type-v", "flash-attn"),
                        lambda cache, attention: str(cache).lower() not in _PLAIN_CACHE
-                       and attention in (False, "off", "false", "0", 0),
+                       and attention in (False, "off"),  # false: the profile spells it off
                        lambda cache, _: f"sets --cache-type-v {cache} with --flash-attn off, which llama.cpp "
                                         "refuses at start (a quantized V cache needs flash attention)")],
 }
