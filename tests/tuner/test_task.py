@@ -264,3 +264,16 @@ def test_the_readmes_task_file_reference_is_a_task_that_validates(tmp_path):
     result = _cli("validate", str(path))
     assert result.returncode == 0, result.stderr
     assert ": ok (llama.cpp" in result.stdout
+
+
+EXAMPLES = sorted((Path(__file__).parents[2] / "examples").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[path.name if path.parent.name == "examples" else
+                                                   f"{path.parent.name}/{path.name}" for path in EXAMPLES])
+def test_every_example_validates(example, monkeypatch, capsys):
+    from llm_autotuner.tuner import cli
+
+    monkeypatch.syspath_prepend(str(example.parent))  # a plug-in searcher's module, as its README says
+    assert cli.main(["validate", str(example)]) == 0, capsys.readouterr().err
+    assert f"{example}: ok (" in capsys.readouterr().out
