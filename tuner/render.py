@@ -36,8 +36,7 @@ def render_trials(task: Task, trials: int) -> tuple[dict[str, str], list[str]]:
     a launch line locally) and, with the BenchmarkJob runner, its job; and `claims.json`, what each
     trial would hold in Ray (engine and load generator) on a node with this machine's CPUs. A
     sampled config the run would skip (more GPUs than the deployment offers, flag values the engine
-    refuses together) is named in the notes
-    instead of rendered."""
+    refuses together) is named in the notes instead of rendered."""
     profile = profile_for(task.engine.name)
     backend = backend_for(task.deployment)
     executable, model_path = profile.launch_paths(task.model, task.engine)
