@@ -35,6 +35,7 @@ WATCH_SEGMENT_S = 5  # how long one watch runs before the pods are checked again
 FAILED_WAITING_REASONS = {"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError",
                           "InvalidImageName", "CreateContainerError"}
 DELETE_WAIT_S = 120
+END_LOG_S = 10  # the most a teardown spends reading the engine's whole log before its delete
 MODEL_PATH_IN_POD = "$(MODEL_PATH)"  # how a runtime's command names the model the controller mounted
 OME_GPU_RESOURCE = "ome_gpu"  # Ray custom resource: the Kubernetes GPUs the trials may hold at once
 
@@ -47,6 +48,11 @@ class OmeTrialDeployment:
     log_path: Path  # the trial's engine.log (cluster/pod_logs.py)
     status: dict = field(default_factory=dict)
     forward: PortForward | None = None
+    # What tells the teardown the run is being stopped (wait_ready's `interrupt`): no log read then.
+    interrupt: Callable[[], None] = carry_on
+    # Whether the engine served and no crash log was kept: then, at the teardown, the whole log
+    # replaces the start-up kept at Ready (cluster/pod_logs.py).
+    log_at_end: bool = False
 
 
 def gpus(spec: EngineSpec) -> int:
@@ -262,6 +268,7 @@ class OmeDeployer(Deployer):
                     if ready:
                         deployment.status = obj.get("status") or {}
                         self._keep_start_up(deployment)
+                        deployment.interrupt, deployment.log_at_end = interrupt, True
                         return
             except ApiException as error:
                 if error.status == 410:  # our resourceVersion expired: start over from now
@@ -355,7 +362,13 @@ class OmeDeployer(Deployer):
         return Endpoint(deployment.forward.url, cluster_url, failure=serving.failure, via="port-forward")
 
     def teardown(self, deployment: OmeTrialDeployment) -> None:
-        # The delete goes first: Ray may end this worker moments after a trial is stopped.
+        # The pods' logs go with the delete: what the engine logged while it was benchmarked is read
+        # first, within END_LOG_S, but not while the run is being stopped (a Ctrl-C: the delete
+        # comes first then; Ray gives a trial's own end, `cleanup`, the time it needs).
+        if deployment.log_at_end and not _stopping(deployment.interrupt):
+            with contextlib.suppress(AutotunerError):  # a log is never worth a teardown
+                pod_logs.keep_whole(self.core, self._engine_pods(deployment), deployment.log_path,
+                                    time.monotonic() + END_LOG_S)
         try:
             self._delete(deployment)
         finally:
@@ -380,6 +393,14 @@ class OmeDeployer(Deployer):
         except (HTTPError, OSError) as error:
             raise DeploymentError(f"deleting {KIND} {deployment.name} in {deployment.namespace}: no answer "
                                   f"from the API ({type(error).__name__}); the run's end deletes it") from None
+
+
+def _stopping(interrupt: Callable[[], None]) -> bool:
+    try:
+        interrupt()
+    except Exception:  # the run's stop (trainables/trial.py: RunStopped)
+        return True
+    return False
 
 
 def _ready(obj: dict[str, Any]) -> tuple[bool, str]:
@@ -430,6 +451,7 @@ class ServingPods:
             elif reason := pod_failure(pod):
                 self.found = with_crash_log(reason, self.deployer.core, pod, self.deployment.log_path)
             if self.found:
+                self.deployment.log_at_end = False  # engine.log keeps the crash: the restarted run is not it
                 return self.found
         return None
 

@@ -3,12 +3,14 @@
 Its pods, and their logs with them, go when the InferenceService is deleted, so what the trial
 needs is read while they are there: at Ready, the start-up (where the engine says what it chose
 for the flags left to it: the winner's pinned values, tuner/results.py); when a container crashed
-or restarted, the end of its run before (where it says why). A log is never worth a trial: the
+or restarted, the end of its run before (where it says why); at the teardown, before the delete,
+the whole log (what the engine said while it was benchmarked: its batches, its warnings). A log is never worth a trial: the
 API not answering, or having none to give yet, leaves a line saying so.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from kubernetes import client
@@ -37,7 +39,10 @@ def read(core: client.CoreV1Api, pod: client.V1Pod, container: str, previous: bo
                                                 previous=previous, _preload_content=False,
                                                 _request_timeout=READ_TIMEOUT_S, **size)
         try:
-            return response.data.decode(errors="replace"), None
+            text = response.data.decode(errors="replace")
+            if not previous and len(response.data) >= LOG_LIMIT_BYTES:
+                text += f"\n(cut here: the first {LOG_LIMIT_BYTES >> 20} MiB of the log are kept)\n"
+            return text, None
         finally:
             response.release_conn()
     except ApiException as error:
@@ -50,6 +55,27 @@ def keep_start_up(core: client.CoreV1Api, pods: list[client.V1Pod], log_path: Pa
     """Each engine container's log so far into `log_path` (replaced)."""
     log_path.write_text("".join(_section(pod, name, *read(core, pod, name))
                                 for pod in pods for name in containers(pod)))
+
+
+def keep_whole(core: client.CoreV1Api, pods: list[client.V1Pod] | None, log_path: Path, deadline: float) -> None:
+    """Each engine container's whole log into `log_path`, in place of the start-up kept there; when
+    a read fails or `deadline` (time.monotonic()) has passed, the start-up stays, and a line says
+    why the rest is missing."""
+    sections = []
+    for pod in pods if pods is not None else []:
+        for name in containers(pod):
+            text, missing = (read(core, pod, name) if time.monotonic() < deadline
+                             else ("", "the teardown's time for reading logs was up"))
+            if missing:
+                with log_path.open("a") as log:
+                    log.write(f"(the log after the start-up was not read: {missing})\n")
+                return
+            sections.append(_section(pod, name, text, None))
+    if pods is None:
+        with log_path.open("a") as log:
+            log.write("(the log after the start-up was not read: the API did not list the engine pods)\n")
+    elif sections:
+        log_path.write_text("".join(sections))
 
 
 def keep_crash(core: client.CoreV1Api, pod: client.V1Pod, log_path: Path) -> str | None:

@@ -99,7 +99,7 @@ def preflight(task: Task) -> list[str]:
     profile = profile_for(task.engine.name)
     build_searcher(task, 1), build_scheduler(task)
     _check_flags(task, profile)
-    refused = conflict_notes(task)
+    refused = checked_conflicts(task)
     tokenizer = task.model.tokenizer
     if tokenizer and tokenizer.startswith(("/", "./", "../", "~")) and not Path(tokenizer).expanduser().exists():
         raise TaskError(f"model.tokenizer: {tokenizer} does not exist (a local folder, or a hub id such as org/name)")
@@ -144,7 +144,7 @@ def _check_flags(task: Task, profile: EngineProfile) -> None:
             seen[canonical] = name
 
 
-def conflict_notes(task: Task) -> list[str]:
+def checked_conflicts(task: Task) -> list[str]:
     """Flag values the engine refuses together (cluster/flag_rules.py): refused here when every
     config has them (no trial could start), else said: such configs are skipped, not deployed."""
     profile = profile_for(task.engine.name)
@@ -371,7 +371,7 @@ def run(task: Task, *, address: str | None = None, resume: bool = False, dashboa
     address = cluster_address(address)
     notes = preflight(task)
     # A local run checks its flags against the engine it finds (resolve); which configs it skips is said anyway.
-    for note in notes if task.deployment.backend != "local" else conflict_notes(task):
+    for note in notes if task.deployment.backend != "local" else checked_conflicts(task):
         print(f"[autotuner] note: {note}", flush=True)
     local_ray = address is None
     backend = backend_for(task.deployment)

@@ -1,6 +1,7 @@
 """The OME backend end to end against the HTTP-level Kubernetes API emulator (official client)."""
 
 import contextlib
+import json
 import time
 import urllib.request
 
@@ -76,6 +77,67 @@ def test_the_engine_pods_start_up_log_is_kept_in_the_trials_engine_log(emulator,
     assert "llama threadpool init, n_threads = " in log  # the real llama-server's own start-up lines
     chosen = LLAMA_CPP.chosen_by_engine(log, flags)
     assert chosen.get("threads", 0) >= 1 and "parallel" not in chosen  # set by the trial: not the engine's choice
+
+
+def _complete(url: str) -> None:
+    body = json.dumps({"model": "smollm2", "prompt": "Hello", "max_tokens": 4}).encode()
+    request = urllib.request.Request(url + "/v1/completions", body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        assert response.status == 200
+
+
+def _log_reads(emulator) -> list[str]:
+    return [r.path for r in emulator.requests if r.method == "GET" and r.path.endswith("/log")]
+
+
+def test_what_the_engine_logs_while_benchmarked_is_kept_before_its_pods_go(emulator, controller, tmp_path):
+    """At the teardown, before the delete takes the pods and their logs, the whole log replaces the
+    start-up: engine.log then holds what the engine said while it served, as a local engine's does."""
+    flags = {"parallel": 2, "ctx-size": 1024}
+    with OmeDeployer(settings(), api=emulator.api_client()).deployed(spec(tmp_path, flags),
+                                                                     ready_timeout_s=60) as endpoint:
+        _complete(endpoint.url)
+        at_ready = (tmp_path / "t0001" / "engine.log").read_text()
+    log = (tmp_path / "t0001" / "engine.log").read_text()
+    served = "| task 0 | stop processing"  # the real llama-server's line for the request it served
+    assert served not in at_ready and served in log
+    assert log.startswith("==> pod ome-test-run1-t0001-engine-0, container ome-container <==\n")
+    assert log.count("==> pod") == 1  # the start-up is in the whole log, not kept twice
+    assert LLAMA_CPP.chosen_by_engine(log, flags) == LLAMA_CPP.chosen_by_engine(at_ready, flags) != {}
+    assert emulator.objects(PLURAL, NS) == [] and controller.engines == {}
+
+
+def test_a_stopping_run_deletes_at_once_without_reading_the_log(emulator, controller, tmp_path):
+    """While the run is being stopped (its `interrupt` raises), the teardown reads nothing: the
+    start-up kept at Ready stays, and the delete is not kept waiting."""
+    stopping = []
+
+    def interrupt():
+        if stopping:
+            raise RuntimeError("the run is being stopped")
+
+    with OmeDeployer(settings(), api=emulator.api_client()).deployed(
+            spec(tmp_path, {"ctx-size": 1024}), ready_timeout_s=60, interrupt=interrupt) as endpoint:
+        _complete(endpoint.url)
+        reads_at_ready = len(_log_reads(emulator))
+        stopping.append(True)
+    assert len(_log_reads(emulator)) == reads_at_ready == 1
+    assert "| task 0 |" not in (tmp_path / "t0001" / "engine.log").read_text()
+    assert emulator.objects(PLURAL, NS) == []
+
+
+def test_a_log_the_api_does_not_give_at_the_teardown_keeps_the_start_up_and_says_why(emulator, controller,
+                                                                                      tmp_path, monkeypatch):
+    monkeypatch.setattr(ome.pod_logs, "READ_TIMEOUT_S", 1)
+    with OmeDeployer(settings(), api=emulator.api_client()).deployed(spec(tmp_path, {"ctx-size": 1024}),
+                                                                     ready_timeout_s=60):
+        emulator.stall_next("GET", r"/pods/[^/]+/log$", times=10)
+        began = time.monotonic()
+    assert time.monotonic() - began < ome.END_LOG_S + 4 * 1 + 5  # one read's tries past the limit, at most
+    log = (tmp_path / "t0001" / "engine.log").read_text()
+    assert "llama threadpool init" in log  # the start-up stays
+    assert log.endswith("(the log after the start-up was not read: no answer from the API (MaxRetryError))\n")
+    assert emulator.objects(PLURAL, NS) == []  # deleted all the same
 
 
 def test_an_engine_log_the_api_does_not_give_costs_the_trial_nothing(emulator, controller, tmp_path, monkeypatch):
@@ -248,6 +310,9 @@ def test_an_engine_pod_lost_mid_benchmark_is_reported_at_once(emulator, controll
         while endpoint.failure() is None and time.monotonic() < deadline:
             time.sleep(0.25)  # as often as the benchmark asks
         assert expected in (endpoint.failure() or "")
+        reads = len(_log_reads(emulator))
+    # The teardown reads no log after a crash: engine.log keeps what the crash left (its run before).
+    assert len(_log_reads(emulator)) == reads
 
 
 def test_sglang_trial_requests_tp_times_dp_gpus(emulator, tmp_path):
