@@ -131,8 +131,12 @@ def test_ray_tune_run_on_ome_against_the_emulator(tmp_path, llama_server, smollm
     args = manifest["spec"]["engine"]["runner"]["args"]
     assert args[:2] == ["--ctx-size", "2048"]
     assert args[args.index("--parallel") + 1] == str(results["all_results"][1]["parameters"]["parallel"])
-    # Its engine's log, read from its pod at Ready (gone with the pod since): that trial's engine's.
+    # Its engine's log, read from its pod (gone with the pod since): that trial's engine's, its
+    # start-up and, read at the teardown, the requests it served while benchmarked.
     assert f"n_slots = {args[args.index('--parallel') + 1]}," in (trial_dir / "engine.log").read_text()
+    for trial in results["all_results"]:
+        log = (tmp_path / "results" / "ome-e2e" / "trials" / trial["trial_id"] / "engine.log").read_text()
+        assert "| stop processing" in log and "(the log after the start-up was not read" not in log
     # The launch line names the engine's launcher as the runtime's image has it (it was '').
     line = (tmp_path / "results" / "ome-e2e" / "best_command.txt").read_text().split()
     assert line[0] == "llama-server" and "--ctx-size" in line
