@@ -35,7 +35,7 @@ WATCH_SEGMENT_S = 5  # how long one watch runs before the pods are checked again
 FAILED_WAITING_REASONS = {"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError",
                           "InvalidImageName", "CreateContainerError"}
 DELETE_WAIT_S = 120
-END_LOG_S = 10  # the most a teardown spends reading the engine's whole log before its delete
+END_LOG_S = 10  # a teardown begins no read of the engine's whole log after this (pod_logs.READ_TIMEOUT_S a try)
 MODEL_PATH_IN_POD = "$(MODEL_PATH)"  # how a runtime's command names the model the controller mounted
 OME_GPU_RESOURCE = "ome_gpu"  # Ray custom resource: the Kubernetes GPUs the trials may hold at once
 
@@ -363,8 +363,8 @@ class OmeDeployer(Deployer):
 
     def teardown(self, deployment: OmeTrialDeployment) -> None:
         # The pods' logs go with the delete: what the engine logged while it was benchmarked is read
-        # first, within END_LOG_S, but not while the run is being stopped (a Ctrl-C: the delete
-        # comes first then; Ray gives a trial's own end, `cleanup`, the time it needs).
+        # first (reads begun within END_LOG_S), but not while the run is being stopped (a Ctrl-C:
+        # the delete comes first then; Ray gives a trial's own end, `cleanup`, the time it needs).
         if deployment.log_at_end and not _stopping(deployment.interrupt):
             with contextlib.suppress(AutotunerError):  # a log is never worth a teardown
                 pod_logs.keep_whole(self.core, self._engine_pods(deployment), deployment.log_path,

@@ -4,8 +4,8 @@ Its pods, and their logs with them, go when the InferenceService is deleted, so 
 needs is read while they are there: at Ready, the start-up (where the engine says what it chose
 for the flags left to it: the winner's pinned values, tuner/results.py); when a container crashed
 or restarted, the end of its run before (where it says why); at the teardown, before the delete,
-the whole log (what the engine said while it was benchmarked: its batches, its warnings). A log is never worth a trial: the
-API not answering, or having none to give yet, leaves a line saying so.
+the whole log (what the engine said while it was benchmarked: its batches, its warnings). A log
+is never worth a trial: the API not answering, or having none to give yet, leaves a line saying so.
 """
 
 from __future__ import annotations
