@@ -1,5 +1,7 @@
 """Flag values an engine refuses together, each valid alone (../shared/notes/engines.md, "Flags
-that constrain each other"; the llama.cpp rule seen with its server here).
+that constrain each other", each checked in the engine's source; the llama.cpp rule seen with its
+server here). Pairs an engine adjusts by itself (SGLang turns the overlap scheduler off for
+pp-size > 1, with a warning) are not rules: the engine starts.
 
 A search space that sweeps two such flags samples some configs the engine will not start with.
 Deploying one costs an engine start (minutes on a GPU cluster) and ends as a failed trial whose
@@ -41,7 +43,12 @@ RULES = {
     "sglang": [Rule(("chunked-prefill-size", "page-size"),
                     lambda chunk, page: _whole(chunk, page) and chunk != -1 and page >= 1 and chunk % page != 0,
                     lambda chunk, page: f"sets --chunked-prefill-size {chunk}, not a multiple of --page-size {page}, "
-                                        "which SGLang refuses at start")],
+                                        "which SGLang refuses at start"),
+               # server_args.py check_server_args (read at 001067ff): an assert, so the server exits.
+               Rule(("enable-torch-compile", "disable-cuda-graph-padding"),
+                    lambda compiled, unpadded: compiled is True and unpadded is True,
+                    lambda *_: "sets --enable-torch-compile with --disable-cuda-graph-padding, which SGLang "
+                               "refuses at start")],
     "llama.cpp": [Rule(("cache-type-v", "flash-attn"),
                        lambda cache, attention: str(cache).lower() not in _PLAIN_CACHE
                        and attention in (False, "off"),  # false: the profile spells it off

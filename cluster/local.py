@@ -171,9 +171,11 @@ class LocalBackend(Backend):
             for record in everywhere(records.kill_run_engines, run_id)))
 
     def cleanup(self, experiment: str | None) -> list[str]:
+        # Two rounds: a run is judged on its driver's node, its engines may be on any other.
+        live = everywhere(records.live_runs_here)
         return list(dict.fromkeys(
             f"engine process group {record.pgid} ({record.experiment}, trial {record.trial_id}) left by run "
-            f"{record.run_id}" for record in everywhere(records.kill_leftover_engines, experiment)))
+            f"{record.run_id}" for record in everywhere(records.kill_leftover_engines, experiment, live)))
 
     def render(self, specs: dict[int, EngineSpec]) -> dict[str, str]:
         files = {}

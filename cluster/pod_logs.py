@@ -61,20 +61,21 @@ def keep_whole(core: client.CoreV1Api, pods: list[client.V1Pod] | None, log_path
     """Each engine container's whole log into `log_path`, in place of the start-up kept there; when
     a read fails or `deadline` (time.monotonic()) has passed, the start-up stays, and a line says
     why the rest is missing."""
+    def not_read(why: str) -> None:
+        with log_path.open("a") as log:
+            log.write(f"(the log after the start-up was not read: {why})\n")
+
+    if pods is None:
+        return not_read("the API did not list the engine pods")
     sections = []
-    for pod in pods if pods is not None else []:
+    for pod in pods:
         for name in containers(pod):
             text, missing = (read(core, pod, name) if time.monotonic() < deadline
                              else ("", "the teardown's time for reading logs was up"))
             if missing:
-                with log_path.open("a") as log:
-                    log.write(f"(the log after the start-up was not read: {missing})\n")
-                return
+                return not_read(missing)
             sections.append(_section(pod, name, text, None))
-    if pods is None:
-        with log_path.open("a") as log:
-            log.write("(the log after the start-up was not read: the API did not list the engine pods)\n")
-    elif sections:
+    if sections:
         log_path.write_text("".join(sections))
 
 

@@ -3,8 +3,9 @@
 A run writes `runs/<run_id>.json` (the driver's PID and start time) while it lives; each local
 engine writes `engines/<run_id>-<trial>.json` (its process group and start time) while it lives.
 A record whose run is not alive any more is a leftover. Start times make a reused PID harmless.
-Each record names its host: on a Ray cluster whose nodes share a home directory, a node acts only
-on its own engines, and judges only runs whose driver is on it (others are left to the watchdogs).
+Each record names its host: on a Ray cluster (whose nodes may share a home directory) a node acts
+only on its own engines, and a run is judged alive or over only on its driver's host, which the
+cleanup asks first (live_runs_here on every node).
 """
 
 from __future__ import annotations
@@ -126,13 +127,34 @@ def engine_records() -> list[EngineRecord]:
     return records
 
 
-def kill_leftover_engines(experiment: str | None = None, wait_s: float = 10.0) -> list[EngineRecord]:
+def live_runs_here() -> list[tuple[str, list[str]]]:
+    """[(this host, the runs whose driver is alive on it)]: gathered from every node of a cluster,
+    what lets each node judge engines whose driver ran on another (see kill_leftover_engines)."""
+    alive = []
+    for path in sorted((state_dir() / "runs").glob("*.json")):
+        try:
+            host = json.loads(path.read_text()).get("host", "")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if host in ("", host_id()) and run_alive(path.stem):
+            alive.append(path.stem)
+    return [(host_id(), alive)]
+
+
+def kill_leftover_engines(experiment: str | None = None, live: list[tuple[str, list[str]]] | None = None,
+                          wait_s: float = 10.0) -> list[EngineRecord]:
     """Kill this host's engines whose run is over (all experiments, or one); return what was
-    removed. A run whose driver is on another host cannot be judged here: its engines are left."""
+    removed. A run is judged on its driver's host: `live` holds what those hosts said
+    (live_runs_here from each node of the cluster; default: this host's alone). An engine whose
+    driver's host did not answer is left (to its watchdog, or a later cleanup)."""
+    live = live_runs_here() if live is None else live
+    judges = {host for host, _ in live}
+    alive = {run_id for _, run_ids in live for run_id in run_ids}
     removed = []
     for record in engine_records():
-        judged_here = record.here() and record.run_host in ("", host_id())
-        if judged_here and (experiment is None or record.experiment == experiment) and not run_alive(record.run_id):
+        judged = record.here() and (record.run_host or host_id()) in judges
+        over = record.run_id not in alive and not run_alive(record.run_id)  # (a run started since `live`)
+        if judged and over and (experiment is None or record.experiment == experiment):
             kill_group(record.pgid, record.started)
             removed.append(record)
     _forget_when_gone(removed, wait_s)

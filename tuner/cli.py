@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import sys
 from pathlib import Path
 
@@ -42,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     cleanup.add_argument("task", nargs="?", help="a task file: the leftovers of its runs")
     cleanup.add_argument("--all", action="store_true",
                          help="every experiment's leftovers (local engines; with TASK, its namespace too)")
+    cleanup.add_argument("--address", help="sweep every node of this Ray cluster (default: RAY_ADDRESS, "
+                                           "else this machine only)")
 
     report = commands.add_parser("report", help="write a run's report page (index.html) and print its summary; "
                                                 "with two runs, compare them")
@@ -226,7 +229,21 @@ def _cleanup(args) -> int:
     backends = [backend_for(LocalDeployment())]
     if task is not None and task.deployment.backend != "local":
         backends.append(backend_for(task.deployment))
-    removed = [line for backend in backends for line in backend.cleanup(experiment)]
+    address = None
+    if args.address or os.environ.get("RAY_ADDRESS"):  # (the driver module imports Ray Tune: only then)
+        import ray
+
+        from llm_autotuner.tuner.driver import cluster_address, start_ray
+
+        address = cluster_address(args.address)
+        start_ray(backends[0], address)  # with our package shipped: the sweep runs on each node
+        nodes = sum(node["Alive"] for node in ray.nodes())
+        print(f"sweeping the {nodes} node{'s' * (nodes != 1)} of the Ray cluster at {address}")
+    try:
+        removed = [line for backend in backends for line in backend.cleanup(experiment)]
+    finally:
+        if address:
+            ray.shutdown()
     print("\n".join(f"removed {what}" for what in removed) or "nothing to clean up")
     return EXIT_OK
 

@@ -7,12 +7,15 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import ray
+import yaml
 from ray.cluster_utils import Cluster
 
 from llm_autotuner.cluster import records
@@ -99,12 +102,46 @@ def test_leftover_engines_are_swept_on_every_node(two_nodes):
     leftover = subprocess.Popen(["sleep", "300"], start_new_session=True)
     try:
         record = records.EngineRecord("dead-run-7f3a", "sweep", "t1", leftover.pid, start_time(leftover.pid), "sleep")
-        path = Path(OTHER_NODE_STATE) / "autotuner" / "engines" / f"{record.run_id}-{record.trial_id}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(record)))
+        path = write_on_other_node(record)
         assert record not in records.engine_records()  # the driver's node does not see it
         lines = LocalBackend(LocalDeployment()).cleanup("sweep")
         assert lines == [f"engine process group {leftover.pid} (sweep, trial t1) left by run dead-run-7f3a"]
         assert leftover.wait(timeout=30) is not None and not path.exists()
     finally:
         leftover.kill()
+
+
+def write_on_other_node(record: records.EngineRecord) -> Path:
+    path = Path(OTHER_NODE_STATE) / "autotuner" / "engines" / f"{record.run_id}-{record.trial_id}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(asdict(record)))
+    return path
+
+
+def test_cleanup_with_an_address_sweeps_every_node_judging_each_run_on_its_drivers_node(two_nodes, tmp_path):
+    """`autotuner cleanup TASK --address`: engines on the other node (which keeps its own records,
+    as another machine does) whose runs' drivers were on the head. The run that is over loses its
+    engine; the run still going (this process, recorded on the head) keeps its own, although the
+    other node holds no record of that run."""
+    here = records.host_id()
+    over, going = (subprocess.Popen(["sleep", "300"], start_new_session=True) for _ in range(2))
+    live_run = f"going-{uuid.uuid4().hex[:8]}"
+    registration = records.register_run(live_run, "sweep-cli")  # the head's state: this process's
+    task = yaml.safe_load(Path("examples/quickstart-cpu.yaml").read_text()) | {"name": "sweep-cli"}
+    (tmp_path / "task.yaml").write_text(yaml.safe_dump(task))
+    try:
+        paths = {process: write_on_other_node(records.EngineRecord(
+            run_id, "sweep-cli", "t1", process.pid, start_time(process.pid), "sleep", host=here, run_host=here))
+            for process, run_id in ((over, "over-7f3a"), (going, live_run))}
+        env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+        result = subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "cleanup", str(tmp_path / "task.yaml"),
+                                 "--address", two_nodes.address], capture_output=True, text=True, timeout=300, env=env)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines() == [
+            f"sweeping the 2 nodes of the Ray cluster at {two_nodes.address}",
+            f"removed engine process group {over.pid} (sweep-cli, trial t1) left by run over-7f3a"]
+        assert over.wait(timeout=30) is not None and not paths[over].exists()
+        assert going.poll() is None and paths[going].exists()
+    finally:
+        registration.unlink(missing_ok=True)
+        over.kill(), going.kill()
