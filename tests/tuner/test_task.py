@@ -183,8 +183,9 @@ def test_render_into_a_path_that_is_a_file_exits_2_in_one_line(tmp_path):
     assert result.returncode == 2 and result.stderr == f"autotuner: error: --out: {taken} exists and is not a folder\n"
 
 
-def test_an_address_nothing_answers_at_is_refused_at_once(tmp_path):
-    # ray.init would retry it for good: a mistyped --address must not hang the run.
+@pytest.mark.parametrize("command", ["run", "cleanup"])
+def test_an_address_nothing_answers_at_is_refused_at_once(tmp_path, command):
+    # ray.init would retry it for good: a mistyped --address must not hang the run (or the cleanup).
     import socket
     import time
 
@@ -194,7 +195,7 @@ def test_an_address_nothing_answers_at_is_refused_at_once(tmp_path):
     path = tmp_path / "task.yaml"
     path.write_text(json.dumps(VALID | {"results_dir": str(tmp_path / "results")}))
     started = time.monotonic()
-    result = _cli("run", str(path), "--address", f"127.0.0.1:{port}")
+    result = _cli(command, str(path), "--address", f"127.0.0.1:{port}")
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith(f"autotuner: error: --address: no Ray cluster answers at 127.0.0.1:{port}")
     assert time.monotonic() - started < 50 and not (tmp_path / "results").exists()
