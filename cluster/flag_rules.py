@@ -12,6 +12,7 @@ words (trainables/trial.py); a task whose fixed flags break a rule is refused be
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -23,9 +24,9 @@ MAX_COMBINATIONS = 10_000
 
 @dataclass(frozen=True)
 class Rule:
-    flags: tuple[str, str]  # canonical names; the rule holds only when both are set
-    broken: Callable[[Any, Any], bool]  # their values (as the task gives them) break it
-    words: Callable[[Any, Any], str]  # what is refused, after "the config "
+    flags: tuple[str, ...]  # canonical names; the rule holds only when every one is set
+    broken: Callable[..., bool]  # their values (as the task gives them, in that order) break it
+    words: Callable[..., str]  # what is refused, after "the config "
 
 
 def _whole(*values: Any) -> bool:
@@ -39,7 +40,13 @@ RULES = {
     "vllm": [Rule(("max-num-batched-tokens", "max-num-seqs"),
                   lambda tokens, seqs: _whole(tokens, seqs) and tokens < seqs,
                   lambda tokens, seqs: f"sets --max-num-batched-tokens {tokens} below --max-num-seqs {seqs}, "
-                                       "which vLLM refuses at start")],
+                                       "which vLLM refuses at start"),
+             # config/scheduler.py verify_max_model_len (read at 01230b40): a ValueError at start. Only
+             # when the task sets max-model-len: its default comes from the model, unknown here.
+             Rule(("max-num-batched-tokens", "max-model-len", "enable-chunked-prefill"),
+                  lambda tokens, length, chunked: _whole(tokens, length) and chunked is False and tokens < length,
+                  lambda tokens, length, _: f"sets --max-num-batched-tokens {tokens} below --max-model-len {length} "
+                                            "with chunked prefill off, which vLLM refuses at start")],
     "sglang": [Rule(("chunked-prefill-size", "page-size"),
                     lambda chunk, page: _whole(chunk, page) and chunk != -1 and page >= 1 and chunk % page != 0,
                     lambda chunk, page: f"sets --chunked-prefill-size {chunk}, not a multiple of --page-size {page}, "
@@ -60,14 +67,15 @@ RULES = {
 def conflict(engine: str, flags: dict[str, Any]) -> str | None:
     """What the engine refuses in one config's flags (keyed by canonical name), or None."""
     for rule in RULES.get(engine, []):
-        first, second = rule.flags
-        if first in flags and second in flags and rule.broken(flags[first], flags[second]):
-            return rule.words(flags[first], flags[second])
+        if all(name in flags for name in rule.flags):
+            values = [flags[name] for name in rule.flags]
+            if rule.broken(*values):
+                return rule.words(*values)
     return None
 
 
 def possible_conflicts(engine: str, fixed: dict[str, Any],
-                       space: dict[str, Any]) -> list[tuple[tuple[str, str], str, bool]]:
+                       space: dict[str, Any]) -> list[tuple[tuple[str, ...], str, bool]]:
     """Each rule some configs of the task break: its flags, its words for one such config, and
     whether every config breaks it (then no trial could start). `fixed` and `space` are keyed by
     canonical name; a flag the space sets overrides the fixed one, as in a trial."""
@@ -76,20 +84,21 @@ def possible_conflicts(engine: str, fixed: dict[str, Any],
         domains = [space[name] if name in space else [fixed[name]] if name in fixed else None for name in rule.flags]
         if None in domains:
             continue
-        pairs, complete = _pairs(*domains)
-        broken = [pair for pair in pairs if None not in pair and rule.broken(*pair)]  # None: the engine's default
+        combinations, complete = _combinations(domains)
+        broken = [values for values in combinations
+                  if None not in values and rule.broken(*values)]  # None: the engine's default
         if broken:
-            # Every config: every pair it can have was tried, and each is broken.
-            found.append((rule.flags, rule.words(*broken[0]), complete and len(broken) == len(pairs)))
+            # Every config: every combination it can have was tried, and each is broken.
+            found.append((rule.flags, rule.words(*broken[0]), complete and len(broken) == len(combinations)))
     return found
 
 
-def _pairs(first: Any, second: Any) -> tuple[list[tuple[Any, Any]], bool]:
-    """The pairs of values to try, and whether they are all the pairs the two domains can give."""
-    values = [_listed(first), _listed(second)]
-    complete = None not in values and len(values[0]) * len(values[1]) <= MAX_COMBINATIONS
+def _combinations(domains: list[Any]) -> tuple[list[tuple[Any, ...]], bool]:
+    """The combinations of values to try, and whether they are all the domains can give."""
+    values = [_listed(domain) for domain in domains]
+    complete = None not in values and math.prod(len(listed) for listed in values) <= MAX_COMBINATIONS
     if not complete:
-        values = [given_values(first), given_values(second)]  # a continuous range, or too many: the ends
+        values = [given_values(domain) for domain in domains]  # a continuous range, or too many: the ends
     return list(itertools.product(*values)), complete
 
 

@@ -406,6 +406,12 @@ OME_SGLANG = {"name": "ome", "model": {"name": "llama", "tokenizer": "org/llama"
      {"max-num-seqs": [64, 512], "max-num-batched-tokens": {"type": "int", "min": 256, "max": 8192, "step": 256}},
      "one sets --max-num-batched-tokens 256 below --max-num-seqs 512, which vLLM refuses at start"),
     ("vllm", {"tensor-parallel-size": 1, "max-num-seqs": 256}, {"max-num-batched-tokens": [2048, 8192]}, None),
+    ("vllm", {"tensor-parallel-size": 1, "max-model-len": 4096, "enable-chunked-prefill": False},
+     {"max-num-batched-tokens": [2048, 8192]},
+     "one sets --max-num-batched-tokens 2048 below --max-model-len 4096 with chunked prefill off, which vLLM refuses "
+     "at start"),
+    ("vllm", {"tensor-parallel-size": 1, "max-model-len": 4096},
+     {"max-num-batched-tokens": [2048, 8192], "enable-chunked-prefill": [True]}, None),
 ])
 def test_configs_whose_flags_the_engine_refuses_together_are_pointed_out(tmp_path, monkeypatch, capsys, engine,
                                                                          args, space, said):
@@ -435,6 +441,15 @@ def test_whether_every_config_breaks_a_rule_counts_the_engines_default_and_every
     wide = IntRange(type="int", min=1, max=10**6)  # too many to list: only its ends are tried
     assert possible_conflicts("vllm", {"max-num-seqs": 256}, {"max-num-batched-tokens": wide})[0][1:] == (
         "sets --max-num-batched-tokens 1 below --max-num-seqs 256, which vLLM refuses at start", False)
+    # Three flags: every config breaks it only when every value of each is in a broken combination.
+    off = {"max-model-len": 4096, "enable-chunked-prefill": False}
+    assert possible_conflicts("vllm", off, {"max-num-batched-tokens": [1024, 2048]})[0][2] is True
+    assert possible_conflicts("vllm", {"max-model-len": 4096},
+                              {"max-num-batched-tokens": [1024, 2048]}) == []  # vLLM's default: chunked on
+    either = possible_conflicts("vllm", {"max-model-len": 4096, "max-num-batched-tokens": 2048},
+                                {"enable-chunked-prefill": [True, False]})
+    assert [(flags, always) for flags, _, always in either] == [
+        (("max-num-batched-tokens", "max-model-len", "enable-chunked-prefill"), False)]
     # A float where a whole number is due is the catalog's to refuse; this rule judges whole numbers only.
     assert possible_conflicts("vllm", {"max-num-seqs": 256},
                               {"max-num-batched-tokens": FloatRange(type="float", min=1, max=2)}) == []
