@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from llm_autotuner.task import FloatRange, IntRange, given_values
@@ -27,6 +27,14 @@ class Rule:
     flags: tuple[str, ...]  # canonical names; the rule holds only when every one is set
     broken: Callable[..., bool]  # their values (as the task gives them, in that order) break it
     words: Callable[..., str]  # what is refused, after "the config "
+    # Flags the rule judges at the engine's own default when a config does not set them.
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+    def values(self, flags: dict[str, Any]) -> list[Any] | None:
+        """The rule's flags' values in one config, or None when one it needs is not set."""
+        if any(name not in flags and name not in self.defaults for name in self.flags):
+            return None
+        return [flags[name] if name in flags else self.defaults[name] for name in self.flags]
 
 
 def _whole(*values: Any) -> bool:
@@ -47,10 +55,22 @@ RULES = {
                   lambda tokens, length, chunked: _whole(tokens, length) and chunked is False and tokens < length,
                   lambda tokens, length, _: f"sets --max-num-batched-tokens {tokens} below --max-model-len {length} "
                                             "with chunked prefill off, which vLLM refuses at start")],
-    "sglang": [Rule(("chunked-prefill-size", "page-size"),
-                    lambda chunk, page: _whole(chunk, page) and chunk != -1 and page >= 1 and chunk % page != 0,
-                    lambda chunk, page: f"sets --chunked-prefill-size {chunk}, not a multiple of --page-size {page}, "
-                                        "which SGLang refuses at start"),
+    # server_args.py (read at 001067ff): _handle_data_parallelism turns DP attention off for dp-size 1;
+    # with it on it asserts tp % dp == 0 and divides chunked-prefill-size by dp-size, and then
+    # check_server_args asserts the divided chunk is a multiple of page-size.
+    "sglang": [Rule(("chunked-prefill-size", "page-size", "enable-dp-attention", "dp-size"),
+                    lambda chunk, page, attention, dp: _whole(chunk, page, dp) and chunk != -1 and page >= 1
+                    and _per_rank(chunk, attention, dp) % page != 0,
+                    lambda chunk, page, attention, dp: f"sets --chunked-prefill-size {chunk}, "
+                    + (f"which DP attention divides by --dp-size {dp} to {_per_rank(chunk, attention, dp)}, "
+                       if _per_rank(chunk, attention, dp) != chunk else "")
+                    + f"not a multiple of --page-size {page}, which SGLang refuses at start",
+                    defaults={"enable-dp-attention": False, "dp-size": 1}),
+               Rule(("enable-dp-attention", "tp-size", "dp-size"),
+                    lambda attention, tp, dp: attention is True and _whole(tp, dp) and dp > 1 and tp % dp != 0,
+                    lambda _, tp, dp: f"sets --enable-dp-attention with --tp-size {tp}, not a multiple of "
+                                      f"--dp-size {dp}, which SGLang refuses at start",
+                    defaults={"tp-size": 1, "dp-size": 1}),
                # server_args.py check_server_args (read at 001067ff): an assert, so the server exits.
                Rule(("enable-torch-compile", "disable-cuda-graph-padding"),
                     lambda compiled, unpadded: compiled is True and unpadded is True,
@@ -64,13 +84,17 @@ RULES = {
 }
 
 
+def _per_rank(chunk: int, attention: Any, dp: int) -> int:
+    """SGLang's chunked-prefill-size per DP rank: divided by dp-size when DP attention is on."""
+    return chunk // dp if attention is True and dp > 1 else chunk
+
+
 def conflict(engine: str, flags: dict[str, Any]) -> str | None:
     """What the engine refuses in one config's flags (keyed by canonical name), or None."""
     for rule in RULES.get(engine, []):
-        if all(name in flags for name in rule.flags):
-            values = [flags[name] for name in rule.flags]
-            if rule.broken(*values):
-                return rule.words(*values)
+        values = rule.values(flags)
+        if values is not None and rule.broken(*values):
+            return rule.words(*values)
     return None
 
 
@@ -81,7 +105,8 @@ def possible_conflicts(engine: str, fixed: dict[str, Any],
     canonical name; a flag the space sets overrides the fixed one, as in a trial."""
     found = []
     for rule in RULES.get(engine, []):
-        domains = [space[name] if name in space else [fixed[name]] if name in fixed else None for name in rule.flags]
+        domains = [space[name] if name in space else [fixed[name]] if name in fixed
+                   else [rule.defaults[name]] if name in rule.defaults else None for name in rule.flags]
         if None in domains:
             continue
         combinations, complete = _combinations(domains)

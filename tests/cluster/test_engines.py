@@ -402,6 +402,15 @@ OME_SGLANG = {"name": "ome", "model": {"name": "llama", "tokenizer": "org/llama"
     ("sglang", {"tp-size": 1, "disable-cuda-graph-padding": True}, {"enable-torch-compile": [True, False]},
      "one sets --enable-torch-compile with --disable-cuda-graph-padding, which SGLang refuses at start"),
     ("sglang", {"tp-size": 1}, {"enable-torch-compile": [True, False], "disable-cuda-graph-padding": [False]}, None),
+    # DP attention divides the chunk by dp-size before SGLang checks it against the page size.
+    ("sglang", {"tp-size": 2, "dp-size": 2, "enable-dp-attention": True, "page-size": 64},
+     {"chunked-prefill-size": [4096, 4160]},
+     "one sets --chunked-prefill-size 4160, which DP attention divides by --dp-size 2 to 2080, not a multiple of "
+     "--page-size 64, which SGLang refuses at start"),
+    ("sglang", {"tp-size": 2, "dp-size": 2, "page-size": 64}, {"chunked-prefill-size": [4096, 4160]}, None),
+    ("sglang", {"tp-size": 2, "enable-dp-attention": True}, {"dp-size": [1, 2, 4]},
+     "one sets --enable-dp-attention with --tp-size 2, not a multiple of --dp-size 4, which SGLang refuses at start"),
+    ("sglang", {"tp-size": 2}, {"dp-size": [1, 2, 4]}, None),  # DP without DP attention: any tp
     ("vllm", {"tensor-parallel-size": 1},
      {"max-num-seqs": [64, 512], "max-num-batched-tokens": {"type": "int", "min": 256, "max": 8192, "step": 256}},
      "one sets --max-num-batched-tokens 256 below --max-num-seqs 512, which vLLM refuses at start"),
@@ -450,6 +459,16 @@ def test_whether_every_config_breaks_a_rule_counts_the_engines_default_and_every
                                 {"enable-chunked-prefill": [True, False]})
     assert [(flags, always) for flags, _, always in either] == [
         (("max-num-batched-tokens", "max-model-len", "enable-chunked-prefill"), False)]
+    # A flag the task leaves out is judged at the engine's default: SGLang's tp-size 1, dp-size 1 (with
+    # which SGLang turns DP attention off itself).
+    assert possible_conflicts("sglang", {"enable-dp-attention": True}, {"dp-size": [2, 4]})[0][1:] == (
+        "sets --enable-dp-attention with --tp-size 1, not a multiple of --dp-size 2, which SGLang refuses at start",
+        True)
+    assert possible_conflicts("sglang", {"enable-dp-attention": True}, {"tp-size": [1, 3]}) == []
+    from llm_autotuner.cluster.flag_rules import conflict  # one trial's config, as trial.py and render judge it
+    assert conflict("sglang", {"enable-dp-attention": True, "tp-size": 4, "dp-size": 1}) is None
+    assert conflict("sglang", {"enable-dp-attention": True, "tp-size": 4, "dp-size": 3}).startswith(
+        "sets --enable-dp-attention with --tp-size 4")
     # A float where a whole number is due is the catalog's to refuse; this rule judges whole numbers only.
     assert possible_conflicts("vllm", {"max-num-seqs": 256},
                               {"max-num-batched-tokens": FloatRange(type="float", min=1, max=2)}) == []
