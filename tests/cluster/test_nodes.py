@@ -129,10 +129,11 @@ def test_cleanup_with_an_address_sweeps_every_node_judging_each_run_on_its_drive
     registration = records.register_run(live_run, "sweep-cli")  # the head's state: this process's
     task = yaml.safe_load(Path("examples/quickstart-cpu.yaml").read_text()) | {"name": "sweep-cli"}
     (tmp_path / "task.yaml").write_text(yaml.safe_dump(task))
+    paths = {}
     try:
-        paths = {process: write_on_other_node(records.EngineRecord(
-            run_id, "sweep-cli", "t1", process.pid, start_time(process.pid), "sleep", host=here, run_host=here))
-            for process, run_id in ((over, "over-7f3a"), (going, live_run))}
+        for process, run_id in ((over, "over-7f3a"), (going, live_run)):
+            paths[process] = write_on_other_node(records.EngineRecord(
+                run_id, "sweep-cli", "t1", process.pid, start_time(process.pid), "sleep", host=here, run_host=here))
         env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
         result = subprocess.run([sys.executable, "-m", "llm_autotuner.tuner.cli", "cleanup", str(tmp_path / "task.yaml"),
                                  "--address", two_nodes.address], capture_output=True, text=True, timeout=300, env=env)
@@ -145,3 +146,5 @@ def test_cleanup_with_an_address_sweeps_every_node_judging_each_run_on_its_drive
     finally:
         registration.unlink(missing_ok=True)
         over.kill(), going.kill()
+        for path in paths.values():  # the live run's record stays by design; its process is gone now
+            path.unlink(missing_ok=True)

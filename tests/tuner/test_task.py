@@ -146,10 +146,12 @@ def test_cli_overrides_are_validated_like_the_file(tmp_path):
     assert result.returncode == 2 and "search.num_samples: Input should be greater than or equal to 1" in result.stderr
 
 
-def test_a_ray_client_address_is_refused_before_anything_starts(tmp_path):
+@pytest.mark.parametrize("command", ["run", "cleanup"])
+def test_a_ray_client_address_is_refused_before_anything_starts(tmp_path, command):
+    # (`ray job submit -- autotuner cleanup ...` runs on the head with RAY_ADDRESS set, as `run` does.)
     path = tmp_path / "task.yaml"
     path.write_text(json.dumps(VALID | {"results_dir": str(tmp_path / "results")}))
-    result = _cli("run", str(path), "--address", "ray://head:10001")
+    result = _cli(command, str(path), "--address", "ray://head:10001")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr == ("autotuner: error: --address: ray://head:10001 is a Ray Client address, which autotuner "
                              "does not drive; run it on a node of the cluster with --address HOST:6379, or submit it "
