@@ -22,6 +22,7 @@ from llm_autotuner.cluster.procs import telling_line
 
 LOG_LIMIT_BYTES = 4 << 20  # of a start-up: SGLang's and vLLM's take some kilobytes
 CRASH_TAIL_LINES = 200  # the end of a crashed run: its traceback and what led to it
+LOG_END_LINES = 2000  # the end of a log over the limit, kept with its first part
 READ_TIMEOUT_S = 5  # one read of a log; the client asks up to 4 times: at most 20 s, a few reads a trial
 
 
@@ -31,24 +32,40 @@ def containers(pod: client.V1Pod) -> list[str]:
 
 def read(core: client.CoreV1Api, pod: client.V1Pod, container: str, previous: bool = False) -> tuple[str, str | None]:
     """(the log, None), or ("", why there is none): the container has not started, has not
-    restarted (`previous`), the pod is gone, the API is busy or does not answer."""
-    size = {"tail_lines": CRASH_TAIL_LINES} if previous else {"limit_bytes": LOG_LIMIT_BYTES}
+    restarted (`previous`), the pod is gone, the API is busy or does not answer. A log over the
+    limit keeps its first part (the start-up) and its end (where a run that went wrong says so)."""
+    size = {"previous": True, "tail_lines": CRASH_TAIL_LINES} if previous else {"limit_bytes": LOG_LIMIT_BYTES}
     try:
-        # Raw bytes: an engine may log bytes that are not UTF-8, which the client's own decoding refuses.
-        response = core.read_namespaced_pod_log(pod.metadata.name, pod.metadata.namespace, container=container,
-                                                previous=previous, _preload_content=False,
-                                                _request_timeout=READ_TIMEOUT_S, **size)
+        data = _get(core, pod, container, **size)
+    except (ApiException, HTTPError, OSError) as error:
+        return "", _why(error)
+    # Raw bytes: an engine may log bytes that are not UTF-8, which the client's own decoding refuses.
+    text = data.decode(errors="replace")
+    if not previous and len(data) >= LOG_LIMIT_BYTES:
+        cut = f"\n(cut here: the log is longer than {LOG_LIMIT_BYTES >> 20} MiB; its first {LOG_LIMIT_BYTES >> 20} MiB "
         try:
-            text = response.data.decode(errors="replace")
-            if not previous and len(response.data) >= LOG_LIMIT_BYTES:
-                text += f"\n(cut here: the first {LOG_LIMIT_BYTES >> 20} MiB of the log are kept)\n"
-            return text, None
-        finally:
-            response.release_conn()
-    except ApiException as error:
-        return "", f"the API answered {error.status}: {kube.api_message(error) or error.reason}"
-    except (HTTPError, OSError) as error:
-        return "", f"no answer from the API ({type(error).__name__})"
+            # The API gives a log's first bytes or its last lines, not its size: the two parts
+            # may share lines when the log is only a little longer than the limit.
+            end = _get(core, pod, container, tail_lines=LOG_END_LINES).decode(errors="replace")
+            text += cut + f"are above, its last {LOG_END_LINES} lines below, which may repeat lines above)\n" + end
+        except (ApiException, HTTPError, OSError) as error:
+            text += cut + f"are kept; its end was not read: {_why(error)})\n"
+    return text, None
+
+
+def _get(core: client.CoreV1Api, pod: client.V1Pod, container: str, **size) -> bytes:
+    response = core.read_namespaced_pod_log(pod.metadata.name, pod.metadata.namespace, container=container,
+                                            _preload_content=False, _request_timeout=READ_TIMEOUT_S, **size)
+    try:
+        return response.data
+    finally:
+        response.release_conn()
+
+
+def _why(error: Exception) -> str:
+    if isinstance(error, ApiException):
+        return f"the API answered {error.status}: {kube.api_message(error) or error.reason}"
+    return f"no answer from the API ({type(error).__name__})"
 
 
 def keep_start_up(core: client.CoreV1Api, pods: list[client.V1Pod], log_path: Path) -> None:

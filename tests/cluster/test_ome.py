@@ -107,6 +107,27 @@ def test_what_the_engine_logs_while_benchmarked_is_kept_before_its_pods_go(emula
     assert emulator.objects(PLURAL, NS) == [] and controller.engines == {}
 
 
+def test_a_log_over_the_limit_keeps_its_start_up_and_its_end(emulator, controller, tmp_path, monkeypatch):
+    """A long benchmark makes a long log: engine.log keeps its first part (the start-up, where the
+    engine says what it chose) and its last lines (where a run that went wrong says so), and says
+    where it was cut."""
+    monkeypatch.setattr(ome.pod_logs, "LOG_LIMIT_BYTES", 1 << 20)
+    monkeypatch.setattr(ome.pod_logs, "LOG_END_LINES", 100)
+    with OmeDeployer(settings(), api=emulator.api_client()).deployed(spec(tmp_path, {"ctx-size": 1024}),
+                                                                     ready_timeout_s=60):
+        start_up = (tmp_path / "t0001" / "engine.log").read_text().split("\n", 1)[1]
+        batches = "".join(f"Decode batch {n}, #running-req: 8, gen throughput (token/s): 91.5\n" for n in range(30000))
+        emulator.set_pod_log(NS, "ome-test-run1-t0001-engine-0", "ome-container",
+                             lambda: start_up + batches + "KV cache pool is full. Retract requests.\n")
+    log = (tmp_path / "t0001" / "engine.log").read_text()
+    head, cut, end = log.partition("\n(cut here: the log is longer than 1 MiB; its first 1 MiB are above, its last "
+                                   "100 lines below, which may repeat lines above)\n")
+    assert cut and head.startswith("==> pod ome-test-run1-t0001-engine-0, container ome-container <==\n" + start_up)
+    assert len(head.encode()) < (1 << 20) + 100
+    assert end.splitlines() == batches.splitlines()[-99:] + ["KV cache pool is full. Retract requests."]
+    assert emulator.objects(PLURAL, NS) == []
+
+
 def test_a_stopping_run_deletes_at_once_without_reading_the_log(emulator, controller, tmp_path):
     """While the run is being stopped (its `interrupt` raises), the teardown reads nothing: the
     start-up kept at Ready stays, and the delete is not kept waiting."""
