@@ -1,7 +1,9 @@
 """Flag values an engine refuses together, each valid alone (../shared/notes/engines.md, "Flags
 that constrain each other", each checked in the engine's source; the llama.cpp rule seen with its
-server here). Pairs an engine adjusts by itself (SGLang turns the overlap scheduler off for
-pp-size > 1, with a warning) are not rules: the engine starts.
+server here). Values an engine adjusts by itself are not rules: the engine starts. Those it
+runs as other values without a word (FALLBACKS) are said before the run, since such a config
+measures another one again; those it adjusts with a warning in its log (SGLang turns the overlap
+scheduler off for pp-size > 1) are not.
 
 A search space that sweeps two such flags samples some configs the engine will not start with.
 Deploying one costs an engine start (minutes on a GPU cluster) and ends as a failed trial whose
@@ -84,6 +86,18 @@ RULES = {
 }
 
 
+# Flag values an engine starts with but quietly runs as others: a config with them measures
+# another config again under its own name, a trial a sweep could spare.
+FALLBACKS = {
+    # managers/schedule_policy.py `_validate_and_adjust_policy` (read at 001067ff): a cache-aware
+    # policy without the radix cache becomes FCFS, with no line in the log.
+    "sglang": [Rule(("schedule-policy", "disable-radix-cache"),
+                    lambda policy, off: policy in ("lpm", "dfs-weight") and off is True,
+                    lambda policy, _: f"runs --schedule-policy {policy} with --disable-radix-cache as fcfs, "
+                                      "as SGLang's scheduler does without a word")],
+}
+
+
 def _per_rank(chunk: int, attention: Any, dp: int) -> int:
     """SGLang's chunked-prefill-size per DP rank: divided by dp-size when DP attention is on."""
     return chunk // dp if attention is True and dp > 1 else chunk
@@ -98,13 +112,14 @@ def conflict(engine: str, flags: dict[str, Any]) -> str | None:
     return None
 
 
-def possible_conflicts(engine: str, fixed: dict[str, Any],
-                       space: dict[str, Any]) -> list[tuple[tuple[str, ...], str, bool]]:
-    """Each rule some configs of the task break: its flags, its words for one such config, and
-    whether every config breaks it (then no trial could start). `fixed` and `space` are keyed by
-    canonical name; a flag the space sets overrides the fixed one, as in a trial."""
+def possible_conflicts(engine: str, fixed: dict[str, Any], space: dict[str, Any],
+                       rules: dict[str, list[Rule]] = RULES) -> list[tuple[tuple[str, ...], str, bool]]:
+    """Each rule (of `rules`: RULES or FALLBACKS) some configs of the task break: its flags, its
+    words for one such config, and whether every config breaks it (then, for RULES, no trial could
+    start). `fixed` and `space` are keyed by canonical name; a flag the space sets overrides the
+    fixed one, as in a trial."""
     found = []
-    for rule in RULES.get(engine, []):
+    for rule in rules.get(engine, []):
         domains = [space[name] if name in space else [fixed[name]] if name in fixed
                    else [rule.defaults[name]] if name in rule.defaults else None for name in rule.flags]
         if None in domains:

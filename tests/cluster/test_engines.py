@@ -435,6 +435,29 @@ def test_configs_whose_flags_the_engine_refuses_together_are_pointed_out(tmp_pat
                      if said else [])
 
 
+@pytest.mark.parametrize("args, space, said", [
+    ({"disable-radix-cache": True}, {"schedule-policy": ["fcfs", "lpm", "lof"]},
+     "search_space: some configs measure another config again: one runs --schedule-policy lpm with "
+     "--disable-radix-cache as fcfs, as SGLang's scheduler does without a word"),
+    ({"schedule-policy": "dfs-weight"}, {"disable-radix-cache": [True, False]},
+     "search_space: some configs measure another config again: one runs --schedule-policy dfs-weight with "
+     "--disable-radix-cache as fcfs, as SGLang's scheduler does without a word"),
+    ({"schedule-policy": "lpm", "disable-radix-cache": True}, {"max-running-requests": [64, 128]},
+     "engine.args: every config runs --schedule-policy lpm with --disable-radix-cache as fcfs, as SGLang's "
+     "scheduler does without a word"),
+    ({}, {"schedule-policy": ["fcfs", "lpm"], "disable-radix-cache": [False]}, None),
+])
+def test_configs_the_engine_quietly_runs_as_others_are_pointed_out(tmp_path, monkeypatch, capsys, args, space, said):
+    """SGLang starts with a cache-aware schedule policy and the radix cache off, and schedules
+    FCFS: a sweep over both measures FCFS under other names. validate says so (not refused: it runs)."""
+    task = OME_SGLANG | {"engine": {"name": "sglang", "args": {"tp-size": 1} | args}, "search_space": space}
+    (tmp_path / "task.yaml").write_text(yaml.safe_dump(task))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["validate", "task.yaml"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "as fcfs" in line]
+    assert notes == ([f"task.yaml: note: {said}"] if said else [])
+
+
 def test_whether_every_config_breaks_a_rule_counts_the_engines_default_and_every_value_of_a_range():
     from llm_autotuner.cluster.flag_rules import possible_conflicts
     from llm_autotuner.task import FloatRange, IntRange
