@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llm_autotuner.cluster.flag_rules import attention_dp
 from llm_autotuner.cluster.node_check import NodeCheck
 from llm_autotuner.errors import TaskError
 from llm_autotuner.task import Engine, Model, check_value
@@ -233,13 +234,38 @@ class LlamaCppProfile(EngineProfile):
                 "--port", str(launch.port), "--alias", launch.served_name]
 
 
+# SGLang's schedule policies that rank requests by their prefix in the radix cache
+# (CacheAwarePolicy; shortest-prefill-first refuses to start without the cache: a flag rule).
+CACHE_AWARE_POLICIES = ("lpm", "dfs-weight", "hrrn")
+
+
 class SGLangProfile(EngineProfile):
     def chosen_by_engine(self, log: str, flags: dict[str, Any]) -> dict[str, int | float]:
         chosen = super().chosen_by_engine(log, flags)
-        if "max-running-requests" in chosen and flags.get("enable-dp-attention"):
-            # With DP attention each DP rank logs its own share (the flag's value // dp-size).
-            chosen["max-running-requests"] *= int(flags.get("dp-size") or 1)
+        # With attention DP each rank logs its own share (the flag's value // the attention-DP
+        # width): the flag, as pinned in a launch line, is the whole.
+        width = attention_dp(flags.get("enable-dp-attention"), flags.get("dp-size", 1), flags.get("attn-dp-size", 1))[0]
+        for flag in ("max-running-requests", "chunked-prefill-size"):
+            if chosen.get(flag, 0) > 0:
+                chosen[flag] *= width
         return chosen
+
+    def effective(self, params: dict[str, Any], fixed: dict[str, Any]) -> dict[str, Any]:
+        # managers/schedule_policy.py `_validate_and_adjust_policy` (0.5.23; at 001067ff without
+        # hrrn): a cache-aware policy without the radix cache is FCFS, with no line in the log.
+        flags = self.merged(fixed, params)
+        if flags.get("disable-radix-cache") is not True or flags.get("schedule-policy") not in CACHE_AWARE_POLICIES:
+            return params
+        return {key: "fcfs" if value is not None and self.canonical(key) == "schedule-policy" else value
+                for key, value in params.items()}
+
+    def resources(self, flags: dict[str, Any], node_cpus: int | None = None) -> dict[str, float]:
+        attn = flags.get("attn-dp-size", 1)
+        if flags.get("enable-dp-attention") is True and not (isinstance(attn, int) and attn > 1):
+            # --enable-dp-attention makes --dp-size attention DP inside the TP group (0.5.23 turns
+            # it into --attn-dp-size): no GPUs of its own (`compute_world_size`: dp x tp x pp, with dp 1).
+            flags = {name: value for name, value in flags.items() if name != "dp-size"}
+        return super().resources(flags, node_cpus)
 
     def known_flags(self, engine: Engine, executable: str | None = None) -> FlagHelp | None:
         from llm_autotuner.cluster.engine_check import listed_flags

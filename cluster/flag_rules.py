@@ -1,9 +1,7 @@
 """Flag values an engine refuses together, each valid alone (../shared/notes/engines.md, "Flags
 that constrain each other", each checked in the engine's source; the llama.cpp rule seen with its
-server here). Values an engine adjusts by itself are not rules: the engine starts. Those it
-runs as other values without a word (FALLBACKS) are said before the run, since such a config
-measures another one again; those it adjusts with a warning in its log (SGLang turns the overlap
-scheduler off for pp-size > 1) are not.
+server here). Values an engine adjusts by itself are not rules: the engine starts (those it runs
+as other values are EngineProfile.effective's, so that such a config is not run twice).
 
 A search space that sweeps two such flags samples some configs the engine will not start with.
 Deploying one costs an engine start (minutes on a GPU cluster) and ends as a failed trial whose
@@ -57,23 +55,34 @@ RULES = {
                   lambda tokens, length, chunked: _whole(tokens, length) and chunked is False and tokens < length,
                   lambda tokens, length, _: f"sets --max-num-batched-tokens {tokens} below --max-model-len {length} "
                                             "with chunked prefill off, which vLLM refuses at start")],
-    # server_args.py (read at 001067ff): _handle_data_parallelism turns DP attention off for dp-size 1;
-    # with it on it asserts tp % dp == 0 and divides chunked-prefill-size by dp-size, and then
-    # check_server_args asserts the divided chunk is a multiple of page-size.
-    "sglang": [Rule(("chunked-prefill-size", "page-size", "enable-dp-attention", "dp-size"),
-                    lambda chunk, page, attention, dp: _whole(chunk, page, dp) and chunk != -1 and page >= 1
-                    and _per_rank(chunk, attention, dp) % page != 0,
-                    lambda chunk, page, attention, dp: f"sets --chunked-prefill-size {chunk}, "
-                    + (f"which DP attention divides by --dp-size {dp} to {_per_rank(chunk, attention, dp)}, "
-                       if _per_rank(chunk, attention, dp) != chunk else "")
+    # SGLang 0.5.23 (the wheel's arg_groups): parallel_hook.py turns --enable-dp-attention with
+    # --dp-size N into --attn-dp-size N (dp-size 1: off), refuses attention DP beside DP replicas,
+    # asserts tp % attn-dp == 0 and divides chunked-prefill-size by attn-dp; then
+    # validation_hook.py check_server_args asserts the divided chunk (> 0) is a multiple of
+    # page-size. (Read the same, with dp-size only, in server_args.py at 001067ff.)
+    "sglang": [Rule(("chunked-prefill-size", "page-size", "enable-dp-attention", "dp-size", "attn-dp-size"),
+                    lambda chunk, page, *dp: _whole(chunk, page) and chunk > 0 and page >= 1
+                    and chunk // attention_dp(*dp)[0] % page != 0,
+                    lambda chunk, page, *dp: f"sets --chunked-prefill-size {chunk}, "
+                    + (f"which {attention_dp(*dp)[1]} divides to {chunk // attention_dp(*dp)[0]}, "
+                       if attention_dp(*dp)[0] > 1 else "")
                     + f"not a multiple of --page-size {page}, which SGLang refuses at start",
-                    defaults={"enable-dp-attention": False, "dp-size": 1}),
-               Rule(("enable-dp-attention", "tp-size", "dp-size"),
-                    lambda attention, tp, dp: attention is True and _whole(tp, dp) and dp > 1 and tp % dp != 0,
-                    lambda _, tp, dp: f"sets --enable-dp-attention with --tp-size {tp}, not a multiple of "
-                                      f"--dp-size {dp}, which SGLang refuses at start",
-                    defaults={"tp-size": 1, "dp-size": 1}),
-               # server_args.py check_server_args (read at 001067ff): an assert, so the server exits.
+                    defaults={"enable-dp-attention": False, "dp-size": 1, "attn-dp-size": 1}),
+               Rule(("tp-size", "enable-dp-attention", "dp-size", "attn-dp-size"),
+                    lambda tp, *dp: _whole(tp) and tp % attention_dp(*dp)[0] != 0,
+                    lambda tp, *dp: f"sets --tp-size {tp}, not a multiple of {attention_dp(*dp)[1]}, "
+                                    "which SGLang refuses at start",
+                    defaults={"tp-size": 1, "enable-dp-attention": False, "dp-size": 1, "attn-dp-size": 1}),
+               Rule(("attn-dp-size", "dp-size"),
+                    lambda attn, dp: _whole(attn, dp) and attn > 1 and dp > 1,
+                    lambda attn, dp: f"sets --attn-dp-size {attn} with --dp-size {dp} (attention DP beside "
+                                     "data-parallel replicas), which SGLang refuses at start"),
+               # managers/schedule_policy.py `_validate_and_adjust_policy` (0.5.23): a ValueError at start.
+               Rule(("schedule-policy", "disable-radix-cache"),
+                    lambda policy, off: policy == "shortest-prefill-first" and off is True,
+                    lambda *_: "sets --schedule-policy shortest-prefill-first with --disable-radix-cache, which "
+                               "SGLang refuses at start (the policy needs the prefix cache)"),
+               # check_server_args (0.5.23, and server_args.py at 001067ff): an assert, so the server exits.
                Rule(("enable-torch-compile", "disable-cuda-graph-padding"),
                     lambda compiled, unpadded: compiled is True and unpadded is True,
                     lambda *_: "sets --enable-torch-compile with --disable-cuda-graph-padding, which SGLang "
@@ -86,21 +95,14 @@ RULES = {
 }
 
 
-# Flag values an engine starts with but quietly runs as others: a config with them measures
-# another config again under its own name, a trial a sweep could spare.
-FALLBACKS = {
-    # managers/schedule_policy.py `_validate_and_adjust_policy` (read at 001067ff): a cache-aware
-    # policy without the radix cache becomes FCFS, with no line in the log.
-    "sglang": [Rule(("schedule-policy", "disable-radix-cache"),
-                    lambda policy, off: policy in ("lpm", "dfs-weight") and off is True,
-                    lambda policy, _: f"runs --schedule-policy {policy} with --disable-radix-cache as fcfs, "
-                                      "as SGLang's scheduler does without a word")],
-}
-
-
-def _per_rank(chunk: int, attention: Any, dp: int) -> int:
-    """SGLang's chunked-prefill-size per DP rank: divided by dp-size when DP attention is on."""
-    return chunk // dp if attention is True and dp > 1 else chunk
+def attention_dp(attention: Any, dp: Any, attn: Any) -> tuple[int, str]:
+    """SGLang's attention-DP width (1: off) from --enable-dp-attention, --dp-size, --attn-dp-size,
+    and the flags that set it, as a rule says them."""
+    if _whole(attn) and attn > 1:
+        return attn, f"--attn-dp-size {attn}"
+    if attention is True and _whole(dp) and dp > 1:
+        return dp, f"--dp-size {dp} with --enable-dp-attention"
+    return 1, ""
 
 
 def conflict(engine: str, flags: dict[str, Any]) -> str | None:
@@ -112,14 +114,13 @@ def conflict(engine: str, flags: dict[str, Any]) -> str | None:
     return None
 
 
-def possible_conflicts(engine: str, fixed: dict[str, Any], space: dict[str, Any],
-                       rules: dict[str, list[Rule]] = RULES) -> list[tuple[tuple[str, ...], str, bool]]:
-    """Each rule (of `rules`: RULES or FALLBACKS) some configs of the task break: its flags, its
-    words for one such config, and whether every config breaks it (then, for RULES, no trial could
-    start). `fixed` and `space` are keyed by canonical name; a flag the space sets overrides the
-    fixed one, as in a trial."""
+def possible_conflicts(engine: str, fixed: dict[str, Any],
+                       space: dict[str, Any]) -> list[tuple[tuple[str, ...], str, bool]]:
+    """Each rule some configs of the task break: its flags, its words for one such config, and
+    whether every config breaks it (then no trial could start). `fixed` and `space` are keyed by
+    canonical name; a flag the space sets overrides the fixed one, as in a trial."""
     found = []
-    for rule in rules.get(engine, []):
+    for rule in RULES.get(engine, []):
         domains = [space[name] if name in space else [fixed[name]] if name in fixed
                    else [rule.defaults[name]] if name in rule.defaults else None for name in rule.flags]
         if None in domains:

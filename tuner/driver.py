@@ -146,8 +146,7 @@ def _check_flags(task: Task, profile: EngineProfile) -> None:
 
 def checked_conflicts(task: Task) -> list[str]:
     """Flag values the engine refuses together (cluster/flag_rules.py): refused here when every
-    config has them (no trial could start), else said: such configs are skipped, not deployed.
-    Values it quietly runs as others are said too."""
+    config has them (no trial could start), else said: such configs are skipped, not deployed."""
     profile = profile_for(task.engine.name)
     fixed = {profile.canonical(name): value for name, value in task.engine.args.items()}
     space = {profile.canonical(name): domain for name, domain in task.search_space.items()}
@@ -155,12 +154,7 @@ def checked_conflicts(task: Task) -> list[str]:
     for flags, words, always in found:
         if always:
             raise TaskError(f"{'search_space' if set(flags) & set(space) else 'engine.args'}: every config {words}")
-    notes = [f"search_space: some configs are skipped as infeasible, not deployed: one {words}" for _, words, _ in found]
-    for flags, words, always in flag_rules.possible_conflicts(task.engine.name, fixed, space, flag_rules.FALLBACKS):
-        where = "search_space" if set(flags) & set(space) else "engine.args"
-        notes.append(f"{where}: every config {words}" if always
-                     else f"{where}: some configs measure another config again: one {words}")
-    return notes
+    return [f"search_space: some configs are skipped as infeasible, not deployed: one {words}" for _, words, _ in found]
 
 
 def _catalog_notes(task: Task, profile: EngineProfile) -> list[str]:

@@ -89,6 +89,9 @@ def test_sglang_launch_and_gpu_count():
     assert argv[argv.index("--mem-fraction-static") + 1] == "0.85"
     assert SGLANG.resources(flags) == {"CPU": 1.0, "GPU": 4.0}
     assert SGLANG.resources({}) == {"CPU": 1.0, "GPU": 1.0}
+    # Attention DP runs inside the TP group: DeepSeek's `--tp 8 --dp 8 --enable-dp-attention` is one 8-GPU node.
+    assert SGLANG.resources(SGLANG.merged({}, {"tp": 8, "dp": 8, "enable-dp-attention": True}))["GPU"] == 8.0
+    assert SGLANG.resources(SGLANG.merged({}, {"tp": 8, "attn-dp-size": 4}))["GPU"] == 8.0
 
 
 def test_vllm_launch_negative_booleans_and_gpu_count():
@@ -241,8 +244,11 @@ def test_what_sglang_and_vllm_chose_on_their_gpus_is_read_from_their_start_up_li
     # SGLang >= 0.5.19 prints server_args as a dict.
     dict_form = "[2026-06-28 15:16:45] server_args={'model_path': 'm', 'mem_fraction_static': 0.871, 'cuda_graph_max_bs': 160}"
     assert SGLANG.chosen_by_engine(dict_form, {}) == {"mem-fraction-static": 0.871, "cuda-graph-max-bs": 160}
-    # With DP attention each rank logs its share of the requests: the flag is the total.
-    assert SGLANG.chosen_by_engine(SGLANG_LOG, {"dp-size": 4, "enable-dp-attention": True})["max-running-requests"] == 192
+    # With attention DP each rank logs its share of the requests and of the chunk: the flag is the
+    # total (pinned at 2048, the chunk would be divided again, to 2048 // 4).
+    for attention_dp in ({"dp-size": 4, "enable-dp-attention": True}, {"attn-dp-size": 4}):
+        chosen = SGLANG.chosen_by_engine(SGLANG_LOG, attention_dp)
+        assert (chosen["max-running-requests"], chosen["chunked-prefill-size"]) == (192, 32768)
     assert VLLM.chosen_by_engine(VLLM_LOG, {"tensor-parallel-size": 2}) == {"max-num-batched-tokens": 2048}
     assert VLLM.chosen_by_engine(VLLM_LOG, {"max-num-batched-tokens": 4096}) == {}
     assert SGLANG.chosen_by_engine("", {}) == {} and VLLM.chosen_by_engine(SGLANG_LOG, {}) == {}
@@ -405,12 +411,23 @@ OME_SGLANG = {"name": "ome", "model": {"name": "llama", "tokenizer": "org/llama"
     # DP attention divides the chunk by dp-size before SGLang checks it against the page size.
     ("sglang", {"tp-size": 2, "dp-size": 2, "enable-dp-attention": True, "page-size": 64},
      {"chunked-prefill-size": [4096, 4160]},
-     "one sets --chunked-prefill-size 4160, which DP attention divides by --dp-size 2 to 2080, not a multiple of "
-     "--page-size 64, which SGLang refuses at start"),
+     "one sets --chunked-prefill-size 4160, which --dp-size 2 with --enable-dp-attention divides to 2080, not a "
+     "multiple of --page-size 64, which SGLang refuses at start"),
+    ("sglang", {"tp-size": 4, "attn-dp-size": 4, "page-size": 64}, {"chunked-prefill-size": [4096, 8320]},
+     "one sets --chunked-prefill-size 8320, which --attn-dp-size 4 divides to 2080, not a multiple of --page-size 64, "
+     "which SGLang refuses at start"),
     ("sglang", {"tp-size": 2, "dp-size": 2, "page-size": 64}, {"chunked-prefill-size": [4096, 4160]}, None),
     ("sglang", {"tp-size": 2, "enable-dp-attention": True}, {"dp-size": [1, 2, 4]},
-     "one sets --enable-dp-attention with --tp-size 2, not a multiple of --dp-size 4, which SGLang refuses at start"),
+     "one sets --tp-size 2, not a multiple of --dp-size 4 with --enable-dp-attention, which SGLang refuses at start"),
     ("sglang", {"tp-size": 2}, {"dp-size": [1, 2, 4]}, None),  # DP without DP attention: any tp
+    ("sglang", {"tp-size": 4}, {"attn-dp-size": [1, 2, 3]},
+     "one sets --tp-size 4, not a multiple of --attn-dp-size 3, which SGLang refuses at start"),
+    ("sglang", {"tp-size": 2, "attn-dp-size": 2}, {"dp-size": [1, 2]},
+     "one sets --attn-dp-size 2 with --dp-size 2 (attention DP beside data-parallel replicas), which SGLang refuses "
+     "at start"),
+    ("sglang", {"tp-size": 1, "disable-radix-cache": True}, {"schedule-policy": ["fcfs", "shortest-prefill-first"]},
+     "one sets --schedule-policy shortest-prefill-first with --disable-radix-cache, which SGLang refuses at start (the "
+     "policy needs the prefix cache)"),
     ("vllm", {"tensor-parallel-size": 1},
      {"max-num-seqs": [64, 512], "max-num-batched-tokens": {"type": "int", "min": 256, "max": 8192, "step": 256}},
      "one sets --max-num-batched-tokens 256 below --max-num-seqs 512, which vLLM refuses at start"),
@@ -435,27 +452,24 @@ def test_configs_whose_flags_the_engine_refuses_together_are_pointed_out(tmp_pat
                      if said else [])
 
 
-@pytest.mark.parametrize("args, space, said", [
-    ({"disable-radix-cache": True}, {"schedule-policy": ["fcfs", "lpm", "lof"]},
-     "search_space: some configs measure another config again: one runs --schedule-policy lpm with "
-     "--disable-radix-cache as fcfs, as SGLang's scheduler does without a word"),
-    ({"schedule-policy": "dfs-weight"}, {"disable-radix-cache": [True, False]},
-     "search_space: some configs measure another config again: one runs --schedule-policy dfs-weight with "
-     "--disable-radix-cache as fcfs, as SGLang's scheduler does without a word"),
-    ({"schedule-policy": "lpm", "disable-radix-cache": True}, {"max-running-requests": [64, 128]},
-     "engine.args: every config runs --schedule-policy lpm with --disable-radix-cache as fcfs, as SGLang's "
-     "scheduler does without a word"),
-    ({}, {"schedule-policy": ["fcfs", "lpm"], "disable-radix-cache": [False]}, None),
-])
-def test_configs_the_engine_quietly_runs_as_others_are_pointed_out(tmp_path, monkeypatch, capsys, args, space, said):
-    """SGLang starts with a cache-aware schedule policy and the radix cache off, and schedules
-    FCFS: a sweep over both measures FCFS under other names. validate says so (not refused: it runs)."""
-    task = OME_SGLANG | {"engine": {"name": "sglang", "args": {"tp-size": 1} | args}, "search_space": space}
+def test_sglang_runs_a_cache_aware_policy_without_the_radix_cache_as_fcfs(tmp_path, monkeypatch, capsys):
+    """SGLang starts with lpm, dfs-weight or hrrn and the radix cache off, and schedules FCFS
+    without a word: such a config is the FCFS one, run once and reported as fcfs."""
+    assert SGLANG.effective({"schedule-policy": "lpm"}, {"disable-radix-cache": True}) == {"schedule-policy": "fcfs"}
+    assert SGLANG.effective({"schedule-policy": "hrrn", "disable-radix-cache": True}, {}) == {
+        "schedule-policy": "fcfs", "disable-radix-cache": True}
+    assert SGLANG.effective({"schedule-policy": "lpm", "disable_radix_cache": False}, {}) == {
+        "schedule-policy": "lpm", "disable_radix_cache": False}
+    assert SGLANG.effective({"schedule-policy": "lof"}, {"disable-radix-cache": True}) == {"schedule-policy": "lof"}
+    assert SGLANG.effective({"schedule-policy": None}, {"disable-radix-cache": True}) == {"schedule-policy": None}
+    # A grid of 3 policies x the cache on and off is 5 configs: lpm without the cache is fcfs without it.
+    space = {"schedule-policy": ["fcfs", "lpm", "lof"], "disable-radix-cache": [True, False]}
+    task = OME_SGLANG | {"engine": {"name": "sglang", "args": {"tp-size": 1}}, "search_space": space,
+                         "search": {"algorithm": "grid", "baseline": False}}
     (tmp_path / "task.yaml").write_text(yaml.safe_dump(task))
     monkeypatch.chdir(tmp_path)
     assert cli.main(["validate", "task.yaml"]) == 0
-    notes = [line for line in capsys.readouterr().err.splitlines() if "as fcfs" in line]
-    assert notes == ([f"task.yaml: note: {said}"] if said else [])
+    assert "; 5 searched trials" in capsys.readouterr().out
 
 
 def test_whether_every_config_breaks_a_rule_counts_the_engines_default_and_every_value_of_a_range():
@@ -485,13 +499,13 @@ def test_whether_every_config_breaks_a_rule_counts_the_engines_default_and_every
     # A flag the task leaves out is judged at the engine's default: SGLang's tp-size 1, dp-size 1 (with
     # which SGLang turns DP attention off itself).
     assert possible_conflicts("sglang", {"enable-dp-attention": True}, {"dp-size": [2, 4]})[0][1:] == (
-        "sets --enable-dp-attention with --tp-size 1, not a multiple of --dp-size 2, which SGLang refuses at start",
+        "sets --tp-size 1, not a multiple of --dp-size 2 with --enable-dp-attention, which SGLang refuses at start",
         True)
     assert possible_conflicts("sglang", {"enable-dp-attention": True}, {"tp-size": [1, 3]}) == []
     from llm_autotuner.cluster.flag_rules import conflict  # one trial's config, as trial.py and render judge it
     assert conflict("sglang", {"enable-dp-attention": True, "tp-size": 4, "dp-size": 1}) is None
     assert conflict("sglang", {"enable-dp-attention": True, "tp-size": 4, "dp-size": 3}).startswith(
-        "sets --enable-dp-attention with --tp-size 4")
+        "sets --tp-size 4, not a multiple of --dp-size 3")
     # A float where a whole number is due is the catalog's to refuse; this rule judges whole numbers only.
     assert possible_conflicts("vllm", {"max-num-seqs": 256},
                               {"max-num-batched-tokens": FloatRange(type="float", min=1, max=2)}) == []
