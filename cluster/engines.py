@@ -251,12 +251,17 @@ class SGLangProfile(EngineProfile):
         return chosen
 
     def effective(self, params: dict[str, Any], fixed: dict[str, Any]) -> dict[str, Any]:
-        # managers/schedule_policy.py `_validate_and_adjust_policy` (0.5.23; at 001067ff without
-        # hrrn): a cache-aware policy without the radix cache is FCFS, with no line in the log.
         flags = self.merged(fixed, params)
-        if flags.get("disable-radix-cache") is not True or flags.get("schedule-policy") not in CACHE_AWARE_POLICIES:
-            return params
-        return {key: "fcfs" if value is not None and self.canonical(key) == "schedule-policy" else value
+        runs = {}
+        if flags.get("disable-radix-cache") is True and flags.get("schedule-policy") in CACHE_AWARE_POLICIES:
+            # managers/schedule_policy.py `_validate_and_adjust_policy` (0.5.23; at 001067ff without
+            # hrrn): a cache-aware policy without the radix cache is FCFS, with no line in the log.
+            runs["schedule-policy"] = "fcfs"
+        pp = flags.get("pp-size", 1)
+        if isinstance(pp, numbers.Integral) and pp > 1:
+            # arg_groups/overrides.py `_pipeline_parallel_overlap_disable` (0.5.23): with a warning.
+            runs["disable-overlap-schedule"] = True
+        return {key: runs.get(self.canonical(key), value) if value is not None else value
                 for key, value in params.items()}
 
     def resources(self, flags: dict[str, Any], node_cpus: int | None = None) -> dict[str, float]:

@@ -452,7 +452,7 @@ def test_configs_whose_flags_the_engine_refuses_together_are_pointed_out(tmp_pat
                      if said else [])
 
 
-def test_sglang_runs_a_cache_aware_policy_without_the_radix_cache_as_fcfs(tmp_path, monkeypatch, capsys):
+def test_sglang_configs_it_runs_alike_are_one_config(tmp_path, monkeypatch, capsys):
     """SGLang starts with lpm, dfs-weight or hrrn and the radix cache off, and schedules FCFS
     without a word: such a config is the FCFS one, run once and reported as fcfs."""
     assert SGLANG.effective({"schedule-policy": "lpm"}, {"disable-radix-cache": True}) == {"schedule-policy": "fcfs"}
@@ -462,6 +462,11 @@ def test_sglang_runs_a_cache_aware_policy_without_the_radix_cache_as_fcfs(tmp_pa
         "schedule-policy": "lpm", "disable_radix_cache": False}
     assert SGLANG.effective({"schedule-policy": "lof"}, {"disable-radix-cache": True}) == {"schedule-policy": "lof"}
     assert SGLANG.effective({"schedule-policy": None}, {"disable-radix-cache": True}) == {"schedule-policy": None}
+    # Pipeline parallelism turns the overlap scheduler off (with a warning): pp 2 runs alike either way.
+    assert SGLANG.effective({"pp-size": 2, "disable-overlap-schedule": False}, {}) == {
+        "pp-size": 2, "disable-overlap-schedule": True}
+    assert SGLANG.effective({"pp-size": 1, "disable-overlap-schedule": False}, {}) == {
+        "pp-size": 1, "disable-overlap-schedule": False}
     # A grid of 3 policies x the cache on and off is 5 configs: lpm without the cache is fcfs without it.
     space = {"schedule-policy": ["fcfs", "lpm", "lof"], "disable-radix-cache": [True, False]}
     task = OME_SGLANG | {"engine": {"name": "sglang", "args": {"tp-size": 1}}, "search_space": space,
