@@ -266,7 +266,7 @@ class SGLangProfile(EngineProfile):
 
     def resources(self, flags: dict[str, Any], node_cpus: int | None = None) -> dict[str, float]:
         attn = flags.get("attn-dp-size", 1)
-        if flags.get("enable-dp-attention") is True and not (isinstance(attn, int) and attn > 1):
+        if flags.get("enable-dp-attention") is True and not (isinstance(attn, numbers.Integral) and attn > 1):
             # --enable-dp-attention makes --dp-size attention DP inside the TP group (0.5.23 turns
             # it into --attn-dp-size): no GPUs of its own (`compute_world_size`: dp x tp x pp, with dp 1).
             flags = {name: value for name, value in flags.items() if name != "dp-size"}
@@ -339,7 +339,7 @@ SGLANG = SGLangProfile(
     api_backend="sglang",
     aliases={"tp": "tp-size", "tensor-parallel-size": "tp-size", "dp": "dp-size",
              "data-parallel-size": "dp-size", "pp": "pp-size", "pipeline-parallel-size": "pp-size",
-             "mem-frac": "mem-fraction-static"},
+             "attention-data-parallel-size": "attn-dp-size", "mem-frac": "mem-fraction-static"},
     gpu_flags=("tp-size", "dp-size", "pp-size"),
     managed=frozenset({"model-path", "model", "host", "port", "served-model-name"}),
     default_binary=sys.executable,  # the python that has SGLang

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -38,7 +39,8 @@ class Rule:
 
 
 def _whole(*values: Any) -> bool:
-    return all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+    # numbers.Integral: a searcher may suggest numpy's integers
+    return all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values)
 
 
 # The llama.cpp cache types that are not quantized (its --help lists f32, f16, bf16 and quantized ones).
@@ -60,14 +62,17 @@ RULES = {
     # asserts tp % attn-dp == 0 and divides chunked-prefill-size by attn-dp; then
     # validation_hook.py check_server_args asserts the divided chunk (> 0) is a multiple of
     # page-size. (Read the same, with dp-size only, in server_args.py at 001067ff.)
-    "sglang": [Rule(("chunked-prefill-size", "page-size", "enable-dp-attention", "dp-size", "attn-dp-size"),
-                    lambda chunk, page, *dp: _whole(chunk, page) and chunk > 0 and page >= 1
+    # (Not checked on a decode worker of disaggregated serving.)
+    "sglang": [Rule(("chunked-prefill-size", "page-size", "disaggregation-mode", "enable-dp-attention", "dp-size",
+                     "attn-dp-size"),
+                    lambda chunk, page, mode, *dp: _whole(chunk, page) and chunk > 0 and page >= 1 and mode != "decode"
                     and chunk // attention_dp(*dp)[0] % page != 0,
-                    lambda chunk, page, *dp: f"sets --chunked-prefill-size {chunk}, "
+                    lambda chunk, page, _, *dp: f"sets --chunked-prefill-size {chunk}, "
                     + (f"which {attention_dp(*dp)[1]} divides to {chunk // attention_dp(*dp)[0]}, "
                        if attention_dp(*dp)[0] > 1 else "")
                     + f"not a multiple of --page-size {page}, which SGLang refuses at start",
-                    defaults={"enable-dp-attention": False, "dp-size": 1, "attn-dp-size": 1}),
+                    defaults={"disaggregation-mode": "null", "enable-dp-attention": False, "dp-size": 1,
+                              "attn-dp-size": 1}),
                Rule(("tp-size", "enable-dp-attention", "dp-size", "attn-dp-size"),
                     lambda tp, *dp: _whole(tp) and tp % attention_dp(*dp)[0] != 0,
                     lambda tp, *dp: f"sets --tp-size {tp}, not a multiple of {attention_dp(*dp)[1]}, "
@@ -126,8 +131,10 @@ def possible_conflicts(engine: str, fixed: dict[str, Any],
         if None in domains:
             continue
         combinations, complete = _combinations(domains)
-        broken = [values for values in combinations
-                  if None not in values and rule.broken(*values)]  # None: the engine's default
+        # None: the engine's default, the rule's where it has one (as a trial's flags leave it out)
+        combinations = [tuple(rule.defaults.get(name) if value is None else value
+                              for name, value in zip(rule.flags, values)) for values in combinations]
+        broken = [values for values in combinations if None not in values and rule.broken(*values)]
         if broken:
             # Every config: every combination it can have was tried, and each is broken.
             found.append((rule.flags, rule.words(*broken[0]), complete and len(broken) == len(combinations)))

@@ -511,6 +511,16 @@ def test_whether_every_config_breaks_a_rule_counts_the_engines_default_and_every
     assert conflict("sglang", {"enable-dp-attention": True, "tp-size": 4, "dp-size": 1}) is None
     assert conflict("sglang", {"enable-dp-attention": True, "tp-size": 4, "dp-size": 3}).startswith(
         "sets --tp-size 4, not a multiple of --dp-size 3")
+    # The flag under SGLang's other name; HyperOpt's numpy integers; a value left to the engine (None) is
+    # its default, so every config breaks the rule; a decode worker is not checked for the page size.
+    import numpy
+
+    assert conflict("sglang", SGLANG.merged({}, {"tp": 4, "attention-data-parallel-size": 3})).startswith(
+        "sets --tp-size 4, not a multiple of --attn-dp-size 3")
+    assert conflict("sglang", {"tp-size": numpy.int64(4), "attn-dp-size": numpy.int64(3)}) is not None
+    assert possible_conflicts("sglang", {"enable-dp-attention": True, "dp-size": 2}, {"tp-size": [None, 3]})[0][2] is True
+    assert conflict("sglang", {"chunked-prefill-size": 1000, "page-size": 64}) is not None
+    assert conflict("sglang", {"chunked-prefill-size": 1000, "page-size": 64, "disaggregation-mode": "decode"}) is None
     # A float where a whole number is due is the catalog's to refuse; this rule judges whole numbers only.
     assert possible_conflicts("vllm", {"max-num-seqs": 256},
                               {"max-num-batched-tokens": FloatRange(type="float", min=1, max=2)}) == []
