@@ -30,10 +30,12 @@ def containers(pod: client.V1Pod) -> list[str]:
     return [container.name for container in (pod.spec.containers if pod.spec else None) or []]
 
 
-def read(core: client.CoreV1Api, pod: client.V1Pod, container: str, previous: bool = False) -> tuple[str, str | None]:
+def read(core: client.CoreV1Api, pod: client.V1Pod, container: str, previous: bool = False,
+         deadline: float | None = None) -> tuple[str, str | None]:
     """(the log, None), or ("", why there is none): the container has not started, has not
     restarted (`previous`), the pod is gone, the API is busy or does not answer. A log over the
-    limit keeps its first part (the start-up) and its end (where a run that went wrong says so)."""
+    limit keeps its first part (the start-up) and, read before `deadline` (time.monotonic()), its
+    end (where a run that went wrong says so)."""
     size = {"previous": True, "tail_lines": CRASH_TAIL_LINES} if previous else {"limit_bytes": LOG_LIMIT_BYTES}
     try:
         data = _get(core, pod, container, **size)
@@ -43,11 +45,17 @@ def read(core: client.CoreV1Api, pod: client.V1Pod, container: str, previous: bo
     text = data.decode(errors="replace")
     if not previous and len(data) >= LOG_LIMIT_BYTES:
         cut = f"\n(cut here: the log is longer than {LOG_LIMIT_BYTES >> 20} MiB; its first {LOG_LIMIT_BYTES >> 20} MiB "
+        if deadline is not None and time.monotonic() >= deadline:
+            return text + cut + "are kept; its end was not read: the teardown's time for reading logs was up)\n", None
         try:
             # The API gives a log's first bytes or its last lines, not its size: the two parts
-            # may share lines when the log is only a little longer than the limit.
-            end = _get(core, pod, container, tail_lines=LOG_END_LINES).decode(errors="replace")
-            text += cut + f"are above, its last {LOG_END_LINES} lines below, which may repeat lines above)\n" + end
+            # may share lines when the log is only a little longer than the limit. The end is
+            # bounded too (a progress bar redrawn with \r is one line however long).
+            end = _get(core, pod, container, tail_lines=LOG_END_LINES, limit_bytes=LOG_LIMIT_BYTES)
+            text += (cut + f"are above, its last {LOG_END_LINES} lines below, which may repeat lines above)\n"
+                     + end.decode(errors="replace"))
+            if len(end) >= LOG_LIMIT_BYTES:
+                text += f"\n(cut here: those lines are over {LOG_LIMIT_BYTES >> 20} MiB; their first part is kept)\n"
         except (ApiException, HTTPError, OSError) as error:
             text += cut + f"are kept; its end was not read: {_why(error)})\n"
     return text, None
@@ -87,7 +95,7 @@ def keep_whole(core: client.CoreV1Api, pods: list[client.V1Pod] | None, log_path
     sections = []
     for pod in pods:
         for name in containers(pod):
-            text, missing = (read(core, pod, name) if time.monotonic() < deadline
+            text, missing = (read(core, pod, name, deadline=deadline) if time.monotonic() < deadline
                              else ("", "the teardown's time for reading logs was up"))
             if missing:
                 return not_read(missing)

@@ -119,6 +119,13 @@ def test_a_log_over_the_limit_keeps_its_start_up_and_its_end(emulator, controlle
         batches = "".join(f"Decode batch {n}, #running-req: 8, gen throughput (token/s): 91.5\n" for n in range(30000))
         emulator.set_pod_log(NS, "ome-test-run1-t0001-engine-0", "ome-container",
                              lambda: start_up + batches + "KV cache pool is full. Retract requests.\n")
+        # With the teardown's time for logs up after the first part, the end is not waited for.
+        core = client.CoreV1Api(emulator.api_client())
+        pod = core.read_namespaced_pod("ome-test-run1-t0001-engine-0", NS)
+        text, missing = ome.pod_logs.read(core, pod, "ome-container", deadline=time.monotonic())
+        assert missing is None and text.endswith(
+            "\n(cut here: the log is longer than 1 MiB; its first 1 MiB are kept; its end was not read: the "
+            "teardown's time for reading logs was up)\n")
     log = (tmp_path / "t0001" / "engine.log").read_text()
     head, cut, end = log.partition("\n(cut here: the log is longer than 1 MiB; its first 1 MiB are above, its last "
                                    "100 lines below, which may repeat lines above)\n")
