@@ -367,8 +367,9 @@ VLLM = VLLMProfile(
                "data-parallel-size"),
     managed=frozenset({"model", "host", "port", "served-model-name"}),
     default_binary="vllm",
-    # The tokens per step, from the GPU's memory (V1: 2048, or 8192 on GPUs of 70 GiB and more).
-    # max-num-seqs (256, or 1024) is logged at debug level only: not pinned.
+    # The tokens per step, from the GPU's memory (0.33.0's server, engine/arg_utils.py: 2048; 8192
+    # from 70 GiB, except A100s; 16384 from 160 GiB; twice that with performance-mode throughput).
+    # max-num-seqs (256, or 1024 from 70 GiB) is logged at debug level only: not pinned.
     chosen_in_log={"max-num-batched-tokens": re.compile(r"Chunked prefill is enabled with max_num_batched_tokens=(\d+)")},
 )
 
