@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llm_autotuner.cluster.flag_rules import attention_dp
+from llm_autotuner.cluster.flag_rules import attention_dp, whole
 from llm_autotuner.cluster.node_check import NodeCheck
 from llm_autotuner.errors import TaskError
 from llm_autotuner.task import Engine, Model, check_value
@@ -285,6 +285,34 @@ class SGLangProfile(EngineProfile):
 
 
 class VLLMProfile(EngineProfile):
+    def effective(self, params: dict[str, Any], fixed: dict[str, Any]) -> dict[str, Any]:
+        # As vLLM 0.33.0 sets up its config (config/vllm.py, engine/arg_utils.py). None: the flag
+        # is not passed, as it changes nothing then.
+        flags = self.merged(fixed, params)
+        runs: dict[str, Any] = {}
+        level = flags.get("optimization-level")
+        if whole(level) and level == 3:
+            runs["optimization-level"] = 2  # OPTIMIZATION_LEVEL_03 is _02's table ("O3: currently the same as -O2")
+        tokens, seqs = flags.get("max-num-batched-tokens"), flags.get("max-num-seqs")
+        if flags.get("performance-mode") == "throughput" and whole(tokens, seqs):
+            # throughput only doubles the default max-num-batched-tokens and max-num-seqs
+            runs["performance-mode"] = "balanced"
+        if flags.get("enforce-eager") is True:
+            # No torch.compile and no CUDA graphs: the capture size is set to 0, interactivity
+            # (finer capture sizes) is balanced, and the levels above 0 differ only in compile
+            # passes and graph modes (0 also turns FlashInfer's autotuning off: it stays).
+            runs["max-cudagraph-capture-size"] = None
+            if flags.get("performance-mode") == "interactivity":
+                runs["performance-mode"] = "balanced"
+            if whole(level) and level > 0:
+                runs["optimization-level"] = None
+        else:
+            capture = flags.get("max-cudagraph-capture-size")
+            if whole(capture, tokens) and capture >= 1 and level != 0 and "compilation-config" not in flags:
+                runs["max-cudagraph-capture-size"] = _captured_up_to(capture, tokens, flags.get("performance-mode"))
+        return {key: runs.get(self.canonical(key), value) if value is not None else value
+                for key, value in params.items()}
+
     def known_flags(self, engine: Engine, executable: str | None = None) -> FlagHelp | None:
         from llm_autotuner.cluster.engine_check import listed_flags
 
@@ -297,6 +325,16 @@ class VLLMProfile(EngineProfile):
         return [launch.executable, "serve", launch.model_path, "--host", launch.host,
                 "--port", str(launch.port), "--served-model-name", launch.served_name]
 
+
+def _captured_up_to(capture: int, tokens: int, mode: Any) -> int:
+    """vLLM's largest CUDA-graph capture size for --max-cudagraph-capture-size `capture` and
+    --max-num-batched-tokens `tokens` (0.33.0, config/vllm.py `_set_cudagraph_sizes`: 1, 2, 4
+    (every size to 32 with performance-mode interactivity), then steps of 8 below 256 and of 16 from
+    256, plus `tokens` when it is not above `capture`; its log: "Truncating max_cudagraph_capture_size")."""
+    top = min(capture, tokens)
+    sizes = list(range(1, min(top, 32) + 1)) if mode == "interactivity" else [i for i in (1, 2, 4) if i <= top]
+    sizes += list(range(8, min(top + 1, 256), 8)) + list(range(256, top + 1, 16))
+    return max(sizes + ([tokens] if tokens <= capture else []))
 
 def _negatable(*names: str) -> dict[str, tuple[list[str], list[str]]]:
     return {name: ([f"--{name}"], [f"--no-{name}"]) for name in names}

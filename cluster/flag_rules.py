@@ -38,7 +38,7 @@ class Rule:
         return [flags[name] if name in flags else self.defaults[name] for name in self.flags]
 
 
-def _whole(*values: Any) -> bool:
+def whole(*values: Any) -> bool:
     # numbers.Integral: a searcher may suggest numpy's integers
     return all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values)
 
@@ -48,13 +48,13 @@ _PLAIN_CACHE = {"f32", "f16", "bf16"}
 
 RULES = {
     "vllm": [Rule(("max-num-batched-tokens", "max-num-seqs"),
-                  lambda tokens, seqs: _whole(tokens, seqs) and tokens < seqs,
+                  lambda tokens, seqs: whole(tokens, seqs) and tokens < seqs,
                   lambda tokens, seqs: f"sets --max-num-batched-tokens {tokens} below --max-num-seqs {seqs}, "
                                        "which vLLM refuses at start"),
              # config/scheduler.py verify_max_model_len (read at 01230b40): a ValueError at start. Only
              # when the task sets max-model-len: its default comes from the model, unknown here.
              Rule(("max-num-batched-tokens", "max-model-len", "enable-chunked-prefill"),
-                  lambda tokens, length, chunked: _whole(tokens, length) and chunked is False and tokens < length,
+                  lambda tokens, length, chunked: whole(tokens, length) and chunked is False and tokens < length,
                   lambda tokens, length, _: f"sets --max-num-batched-tokens {tokens} below --max-model-len {length} "
                                             "with chunked prefill off, which vLLM refuses at start")],
     # SGLang 0.5.23 (the wheel's arg_groups): parallel_hook.py turns --enable-dp-attention with
@@ -65,7 +65,7 @@ RULES = {
     # (Not checked on a decode worker of disaggregated serving.)
     "sglang": [Rule(("chunked-prefill-size", "page-size", "disaggregation-mode", "enable-dp-attention", "dp-size",
                      "attn-dp-size"),
-                    lambda chunk, page, mode, *dp: _whole(chunk, page) and chunk > 0 and page >= 1 and mode != "decode"
+                    lambda chunk, page, mode, *dp: whole(chunk, page) and chunk > 0 and page >= 1 and mode != "decode"
                     and chunk // attention_dp(*dp)[0] % page != 0,
                     lambda chunk, page, _, *dp: f"sets --chunked-prefill-size {chunk}, "
                     + (f"which {attention_dp(*dp)[1]} divides to {chunk // attention_dp(*dp)[0]}, "
@@ -74,12 +74,12 @@ RULES = {
                     defaults={"disaggregation-mode": "null", "enable-dp-attention": False, "dp-size": 1,
                               "attn-dp-size": 1}),
                Rule(("tp-size", "enable-dp-attention", "dp-size", "attn-dp-size"),
-                    lambda tp, *dp: _whole(tp) and tp % attention_dp(*dp)[0] != 0,
+                    lambda tp, *dp: whole(tp) and tp % attention_dp(*dp)[0] != 0,
                     lambda tp, *dp: f"sets --tp-size {tp}, not a multiple of {attention_dp(*dp)[1]}, "
                                     "which SGLang refuses at start",
                     defaults={"tp-size": 1, "enable-dp-attention": False, "dp-size": 1, "attn-dp-size": 1}),
                Rule(("attn-dp-size", "dp-size"),
-                    lambda attn, dp: _whole(attn, dp) and attn > 1 and dp > 1,
+                    lambda attn, dp: whole(attn, dp) and attn > 1 and dp > 1,
                     lambda attn, dp: f"sets --attn-dp-size {attn} with --dp-size {dp} (attention DP beside "
                                      "data-parallel replicas), which SGLang refuses at start"),
                # managers/schedule_policy.py `_validate_and_adjust_policy` (0.5.23): a ValueError at start.
@@ -103,9 +103,9 @@ RULES = {
 def attention_dp(attention: Any, dp: Any, attn: Any) -> tuple[int, str]:
     """SGLang's attention-DP width (1: off) from --enable-dp-attention, --dp-size, --attn-dp-size,
     and the flags that set it, as a rule says them."""
-    if _whole(attn) and attn > 1:
+    if whole(attn) and attn > 1:
         return attn, f"--attn-dp-size {attn}"
-    if attention is True and _whole(dp) and dp > 1:
+    if attention is True and whole(dp) and dp > 1:
         return dp, f"--dp-size {dp} with --enable-dp-attention"
     return 1, ""
 

@@ -477,6 +477,43 @@ def test_sglang_configs_it_runs_alike_are_one_config(tmp_path, monkeypatch, caps
     assert "; 5 searched trials" in capsys.readouterr().out
 
 
+
+def test_vllm_configs_it_runs_alike_are_one_config(tmp_path, monkeypatch, capsys):
+    """vLLM 0.33.0: -O3 is -O2's table; enforce-eager captures no CUDA graphs, so the capture size,
+    interactivity and the compiling levels change nothing; a capture size runs as the largest size
+    it captures; throughput mode only doubles defaults. Such configs are one, reported as they ran."""
+    assert VLLM.effective({"optimization-level": 3}, {}) == {"optimization-level": 2}
+    assert VLLM.effective({"optimization-level": 1}, {}) == {"optimization-level": 1}
+    eager = {"optimization-level": 3, "max-cudagraph-capture-size": 512, "performance-mode": "interactivity"}
+    assert VLLM.effective(eager, {"enforce-eager": True}) == {
+        "optimization-level": None, "max-cudagraph-capture-size": None, "performance-mode": "balanced"}
+    assert VLLM.effective({"optimization-level": 0}, {"enforce-eager": True}) == {"optimization-level": 0}
+    assert VLLM.effective(eager, {"enforce-eager": False}) == {
+        "optimization-level": 2, "max-cudagraph-capture-size": 512, "performance-mode": "interactivity"}
+    # Captured sizes: 1, 2, 4, steps of 8 to 248, of 16 from 256, and the tokens per step when <= the size.
+    sizes = {100: 96, 7: 4, 250: 248, 300: 288, 8192: 8192, 9000: 8192}
+    for size, ran in sizes.items():
+        assert VLLM.effective({"max-cudagraph-capture-size": size}, {"max-num-batched-tokens": 8192}) == {
+            "max-cudagraph-capture-size": ran}, size
+    assert VLLM.effective({"max-cudagraph-capture-size": 7, "performance-mode": "interactivity"},
+                          {"max-num-batched-tokens": 8192})["max-cudagraph-capture-size"] == 7  # every size to 32
+    assert VLLM.effective({"max-cudagraph-capture-size": 100}, {}) == {"max-cudagraph-capture-size": 100}  # tokens unknown
+    assert VLLM.effective({"max-cudagraph-capture-size": 100, "optimization-level": 0},
+                          {"max-num-batched-tokens": 8192})["max-cudagraph-capture-size"] == 100  # no graphs at -O0
+    assert VLLM.effective({"performance-mode": "throughput"}, {"max-num-seqs": 64, "max-num-batched-tokens": 4096}) == {
+        "performance-mode": "balanced"}
+    assert VLLM.effective({"performance-mode": "throughput"}, {"max-num-seqs": 64}) == {"performance-mode": "throughput"}
+    # Eager or not x 3 capture sizes (248 and 250 alike) x -O2/-O3: 2 x 1 graph configs + 1 eager one.
+    space = {"enforce-eager": [True, False], "max-cudagraph-capture-size": [248, 250, 512],
+             "optimization-level": [2, 3]}
+    task = OME_SGLANG | {"engine": {"name": "vllm", "args": {"tensor-parallel-size": 1, "max-num-batched-tokens": 8192}},
+                         "search_space": space,
+                         "search": {"algorithm": "grid", "baseline": False}}
+    (tmp_path / "task.yaml").write_text(yaml.safe_dump(task))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["validate", "task.yaml"]) == 0
+    assert "; 3 searched trials" in capsys.readouterr().out
+
 def test_whether_every_config_breaks_a_rule_counts_the_engines_default_and_every_value_of_a_range():
     from llm_autotuner.cluster.flag_rules import possible_conflicts
     from llm_autotuner.task import FloatRange, IntRange
