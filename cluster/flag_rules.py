@@ -43,6 +43,10 @@ def whole(*values: Any) -> bool:
     return all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values)
 
 
+# vLLM's --dtype spellings (config/model.py _STR_DTYPE_TO_TORCH_DTYPE); auto is the model's.
+_VLLM_DTYPES = {"half": "float16", "float16": "float16", "bfloat16": "bfloat16", "float": "float32",
+                "float32": "float32"}
+
 # The llama.cpp cache types that are not quantized (its --help lists f32, f16, bf16 and quantized ones).
 _PLAIN_CACHE = {"f32", "f16", "bf16"}
 
@@ -56,7 +60,14 @@ RULES = {
              Rule(("max-num-batched-tokens", "max-model-len", "enable-chunked-prefill"),
                   lambda tokens, length, chunked: whole(tokens, length) and chunked is False and tokens < length,
                   lambda tokens, length, _: f"sets --max-num-batched-tokens {tokens} below --max-model-len {length} "
-                                            "with chunked prefill off, which vLLM refuses at start")],
+                                            "with chunked prefill off, which vLLM refuses at start"),
+             # config/vllm.py `_reject_mismatched_float_kv_cache` (0.33.0): a ValueError at start. Only when
+             # the task sets --dtype: auto is the model's, unknown here.
+             Rule(("kv-cache-dtype", "dtype"),
+                  lambda cache, dtype: cache in ("float16", "bfloat16")
+                  and _VLLM_DTYPES.get(str(dtype).lower(), cache) != cache,
+                  lambda cache, dtype: f"sets --kv-cache-dtype {cache} with --dtype {dtype}, which vLLM refuses at "
+                                       "start (a float KV cache must be the model's dtype)")],
     # SGLang 0.5.23 (the wheel's arg_groups): parallel_hook.py turns --enable-dp-attention with
     # --dp-size N into --attn-dp-size N (dp-size 1: off), refuses attention DP beside DP replicas,
     # asserts tp % attn-dp == 0 and divides chunked-prefill-size by attn-dp; then

@@ -438,6 +438,10 @@ OME_SGLANG = {"name": "ome", "model": {"name": "llama", "tokenizer": "org/llama"
      "at start"),
     ("vllm", {"tensor-parallel-size": 1, "max-model-len": 4096},
      {"max-num-batched-tokens": [2048, 8192], "enable-chunked-prefill": [True]}, None),
+    ("vllm", {"tensor-parallel-size": 1, "dtype": "half"}, {"kv-cache-dtype": ["auto", "float16", "bfloat16"]},
+     "one sets --kv-cache-dtype bfloat16 with --dtype half, which vLLM refuses at start (a float KV cache must be "
+     "the model's dtype)"),
+    ("vllm", {"tensor-parallel-size": 1}, {"kv-cache-dtype": ["auto", "float16", "bfloat16"]}, None),  # auto: the model's
 ])
 def test_configs_whose_flags_the_engine_refuses_together_are_pointed_out(tmp_path, monkeypatch, capsys, engine,
                                                                          args, space, said):
