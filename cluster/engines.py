@@ -290,26 +290,30 @@ class VLLMProfile(EngineProfile):
         # is not passed, as it changes nothing then.
         flags = self.merged(fixed, params)
         runs: dict[str, Any] = {}
-        level = flags.get("optimization-level")
-        if whole(level) and level == 3:
-            runs["optimization-level"] = 2  # OPTIMIZATION_LEVEL_03 is _02's table ("O3: currently the same as -O2")
+        level, mode = flags.get("optimization-level"), flags.get("performance-mode")
         tokens, seqs = flags.get("max-num-batched-tokens"), flags.get("max-num-seqs")
-        if flags.get("performance-mode") == "throughput" and whole(tokens, seqs):
-            # throughput only doubles the default max-num-batched-tokens and max-num-seqs
-            runs["performance-mode"] = "balanced"
-        if flags.get("enforce-eager") is True:
-            # No torch.compile and no CUDA graphs: the capture size is set to 0, interactivity
-            # (finer capture sizes) is balanced, and the levels above 0 differ only in compile
-            # passes and graph modes (0 also turns FlashInfer's autotuning off: it stays).
-            runs["max-cudagraph-capture-size"] = None
-            if flags.get("performance-mode") == "interactivity":
+        eager = flags.get("enforce-eager") is True
+        if whole(level) and (level == 3 or eager and level > 0):
+            # OPTIMIZATION_LEVEL_03 is _02's table ("O3: currently the same as -O2"); with
+            # enforce-eager 1 and 2 differ only in compile passes and graph modes, which it turns
+            # off (0 also turns FlashInfer's autotuning off: it stays).
+            runs["optimization-level"] = 2
+        if mode == "throughput" and whole(tokens, seqs):
+            runs["performance-mode"] = "balanced"  # throughput only doubles those two limits' defaults
+        # Capture sizes given in other flags the capture size must agree with, or vLLM refuses it.
+        told = "cudagraph-capture-sizes" in flags or any(
+            name.split(".")[0] in ("compilation-config", "cc") for name in flags)
+        if eager or level == 0 and not told:
+            # No CUDA graphs (enforce-eager turns them off whatever else says; -O0's table by
+            # default): no capture sizes, so interactivity (finer ones) is balanced.
+            if mode == "interactivity":
                 runs["performance-mode"] = "balanced"
-            if whole(level) and level > 0:
-                runs["optimization-level"] = None
+            if not told:
+                runs["max-cudagraph-capture-size"] = None
         else:
             capture = flags.get("max-cudagraph-capture-size")
-            if whole(capture, tokens) and capture >= 1 and level != 0 and "compilation-config" not in flags:
-                runs["max-cudagraph-capture-size"] = _captured_up_to(capture, tokens, flags.get("performance-mode"))
+            if whole(capture, tokens) and capture >= 1 and not told:
+                runs["max-cudagraph-capture-size"] = _captured_up_to(capture, tokens, mode)
         return {key: runs.get(self.canonical(key), value) if value is not None else value
                 for key, value in params.items()}
 

@@ -62,7 +62,8 @@ RULES = {
                   lambda tokens, length, _: f"sets --max-num-batched-tokens {tokens} below --max-model-len {length} "
                                             "with chunked prefill off, which vLLM refuses at start"),
              # config/vllm.py `_reject_mismatched_float_kv_cache` (0.33.0): a ValueError at start. Only when
-             # the task sets --dtype: auto is the model's, unknown here.
+             # the task sets --dtype: auto is the model's, unknown here. (DeepSeek-V3.2's hook turns a
+             # bfloat16 cache into auto first: that model's such configs would start, and are skipped.)
              Rule(("kv-cache-dtype", "dtype"),
                   lambda cache, dtype: cache in ("float16", "bfloat16")
                   and _VLLM_DTYPES.get(str(dtype).lower(), cache) != cache,

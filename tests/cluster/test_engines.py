@@ -442,6 +442,10 @@ OME_SGLANG = {"name": "ome", "model": {"name": "llama", "tokenizer": "org/llama"
      "one sets --kv-cache-dtype bfloat16 with --dtype half, which vLLM refuses at start (a float KV cache must be "
      "the model's dtype)"),
     ("vllm", {"tensor-parallel-size": 1}, {"kv-cache-dtype": ["auto", "float16", "bfloat16"]}, None),  # auto: the model's
+    ("vllm", {"tensor-parallel-size": 1, "dtype": "bfloat16"}, {"kv-cache-dtype": ["auto", "bfloat16", "float16"]},
+     "one sets --kv-cache-dtype float16 with --dtype bfloat16, which vLLM refuses at start (a float KV cache must be "
+     "the model's dtype)"),
+    ("vllm", {"tensor-parallel-size": 1, "dtype": "bfloat16"}, {"kv-cache-dtype": ["auto", "bfloat16", "fp8"]}, None),
 ])
 def test_configs_whose_flags_the_engine_refuses_together_are_pointed_out(tmp_path, monkeypatch, capsys, engine,
                                                                          args, space, said):
@@ -482,6 +486,16 @@ def test_sglang_configs_it_runs_alike_are_one_config(tmp_path, monkeypatch, caps
 
 
 
+
+def test_vllm_float_kv_cache_must_be_the_dtype_the_task_sets():
+    from llm_autotuner.cluster.flag_rules import conflict
+
+    for dtype, refused in (("float32", ("float16", "bfloat16")), ("float", ("float16", "bfloat16")),
+                           ("half", ("bfloat16",)), ("bfloat16", ("float16",)), ("auto", ())):
+        for cache in ("auto", "float16", "bfloat16", "fp8"):
+            said = conflict("vllm", {"kv-cache-dtype": cache, "dtype": dtype})
+            assert (said is not None) == (cache in refused), (dtype, cache, said)
+
 def test_vllm_configs_it_runs_alike_are_one_config(tmp_path, monkeypatch, capsys):
     """vLLM 0.33.0: -O3 is -O2's table; enforce-eager captures no CUDA graphs, so the capture size,
     interactivity and the compiling levels change nothing; a capture size runs as the largest size
@@ -490,8 +504,11 @@ def test_vllm_configs_it_runs_alike_are_one_config(tmp_path, monkeypatch, capsys
     assert VLLM.effective({"optimization-level": 1}, {}) == {"optimization-level": 1}
     eager = {"optimization-level": 3, "max-cudagraph-capture-size": 512, "performance-mode": "interactivity"}
     assert VLLM.effective(eager, {"enforce-eager": True}) == {
-        "optimization-level": None, "max-cudagraph-capture-size": None, "performance-mode": "balanced"}
+        "optimization-level": 2, "max-cudagraph-capture-size": None, "performance-mode": "balanced"}
     assert VLLM.effective({"optimization-level": 0}, {"enforce-eager": True}) == {"optimization-level": 0}
+    # A level the task fixes is not what runs when a searched one is dropped: 1 runs as 2, passed.
+    assert VLLM.effective({"optimization-level": 1}, {"enforce-eager": True, "optimization-level": 0}) == {
+        "optimization-level": 2}
     assert VLLM.effective(eager, {"enforce-eager": False}) == {
         "optimization-level": 2, "max-cudagraph-capture-size": 512, "performance-mode": "interactivity"}
     # Captured sizes: 1, 2, 4, steps of 8 to 248, of 16 from 256, and the tokens per step when <= the size.
@@ -503,7 +520,16 @@ def test_vllm_configs_it_runs_alike_are_one_config(tmp_path, monkeypatch, capsys
                           {"max-num-batched-tokens": 8192})["max-cudagraph-capture-size"] == 7  # every size to 32
     assert VLLM.effective({"max-cudagraph-capture-size": 100}, {}) == {"max-cudagraph-capture-size": 100}  # tokens unknown
     assert VLLM.effective({"max-cudagraph-capture-size": 100, "optimization-level": 0},
-                          {"max-num-batched-tokens": 8192})["max-cudagraph-capture-size"] == 100  # no graphs at -O0
+                          {"max-num-batched-tokens": 8192})["max-cudagraph-capture-size"] is None  # no graphs at -O0
+    # Capture sizes told in other flags must agree with it (else vLLM refuses it): kept as given.
+    for told in ({"cudagraph-capture-sizes": [1, 2, 100]}, {"compilation-config": '{"cudagraph_mode": "FULL"}'},
+                 {"cc.cudagraph_mode": "FULL"}):
+        assert VLLM.effective({"max-cudagraph-capture-size": 100}, told | {"max-num-batched-tokens": 8192}) == {
+            "max-cudagraph-capture-size": 100}, told
+        assert VLLM.effective({"max-cudagraph-capture-size": 100}, told | {"optimization-level": 0}) == {
+            "max-cudagraph-capture-size": 100}, told
+        assert VLLM.effective({"max-cudagraph-capture-size": 100}, told | {"enforce-eager": True}) == {
+            "max-cudagraph-capture-size": 100}, told
     assert VLLM.effective({"performance-mode": "throughput"}, {"max-num-seqs": 64, "max-num-batched-tokens": 4096}) == {
         "performance-mode": "balanced"}
     assert VLLM.effective({"performance-mode": "throughput"}, {"max-num-seqs": 64}) == {"performance-mode": "throughput"}
