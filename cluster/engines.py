@@ -261,6 +261,14 @@ class SGLangProfile(EngineProfile):
         if isinstance(pp, numbers.Integral) and pp > 1:
             # arg_groups/overrides.py `_pipeline_parallel_overlap_disable` (0.5.23): with a warning.
             runs["disable-overlap-schedule"] = True
+        dp, attn = flags.get("dp-size", 1), flags.get("attn-dp-size", 1)
+        if flags.get("enable-dp-attention") is True and whole(dp, attn) and (dp <= 1 or attn > 1):
+            # parallel_hook.py `handle_deprecated_dp_attention` (0.5.23): the switch only turns a
+            # dp-size above 1 into attn-dp-size, when that is 1; then it is turned off.
+            runs["enable-dp-attention"] = False
+        if flags.get("enable-torch-compile") is not True and flags.get("device") != "cpu":
+            # Read only to pick the batch sizes compiled (runner/base_cuda_graph_runner.py; CPU graphs aside).
+            runs["torch-compile-max-bs"] = None
         return {key: runs.get(self.canonical(key), value) if value is not None else value
                 for key, value in params.items()}
 
@@ -390,7 +398,8 @@ SGLANG = SGLangProfile(
     # from the KV cache's size (max_total_num_tokens // 2, capped by the request pool), the chunk
     # from the GPU's memory. The memory fraction (from the GPU's memory) only in the server_args
     # line: `server_args=ServerArgs(..., mem_fraction_static=0.835, ...)`, or from 0.5.19
-    # `server_args={..., 'mem_fraction_static': 0.835, ...}`; cuda_graph_max_bs alike.
+    # `server_args={..., 'mem_fraction_static': 0.835, ...}`; cuda_graph_max_bs alike (releases
+    # that have it: 0.5.23 has only -decode and -prefill, whose logged values are not read here).
     chosen_in_log={"max-running-requests": re.compile(r"max_prefill_tokens=\d+, max_running_requests=(\d+)"),
                    "chunked-prefill-size": re.compile(r"max_total_num_tokens=\d+, chunked_prefill_size=(-?\d+)"),
                    "mem-fraction-static": re.compile(r"\bmem_fraction_static'?(?:=|: )(\d*\.\d+)"),

@@ -44,7 +44,7 @@ def _switches(*names: str) -> dict[str, Flag]:
 
 SGLANG = {
     **_counts("tp-size", "dp-size", "attn-dp-size", "pp-size", "ep-size", "max-running-requests", "max-total-tokens",
-              "page-size", "cuda-graph-max-bs", "cuda-graph-max-bs-decode", "torch-compile-max-bs",
+              "page-size", "cuda-graph-max-bs-decode", "cuda-graph-max-bs-prefill", "torch-compile-max-bs",
               "num-continuous-decode-steps", "stream-interval"),
     **_switches("disable-radix-cache", "enable-torch-compile", "enable-mixed-chunk", "disable-overlap-schedule",
                 "enable-dp-attention", "disable-cuda-graph", "disable-cuda-graph-padding"),

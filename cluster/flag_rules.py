@@ -1,6 +1,6 @@
 """Flag values an engine refuses together, each valid alone (../shared/notes/engines.md, "Flags
 that constrain each other", each checked in the engine's source; the llama.cpp rule seen with its
-server here). Values an engine adjusts by itself are not rules: the engine starts (those it runs
+server here), and a value an engine's --help lists that it refuses at start. Values an engine adjusts by itself are not rules: the engine starts (those it runs
 as other values are EngineProfile.effective's, so that such a config is not run twice).
 
 A search space that sweeps two such flags samples some configs the engine will not start with.
@@ -94,6 +94,17 @@ RULES = {
                     lambda attn, dp: whole(attn, dp) and attn > 1 and dp > 1,
                     lambda attn, dp: f"sets --attn-dp-size {attn} with --dp-size {dp} (attention DP beside "
                                      "data-parallel replicas), which SGLang refuses at start"),
+               # One value alone: 0.5.23's argparse lists priority, and its scheduler knows no such
+               # policy (schedule_policy.py `_validate_and_adjust_policy`: "Unknown schedule_policy").
+               Rule(("schedule-policy",),
+                    lambda policy: policy == "priority",
+                    lambda _: "sets --schedule-policy priority, which SGLang 0.5.23 lists but refuses at start "
+                              "(priority scheduling is --enable-priority-scheduling with fcfs or lof)"),
+               # arg_groups/validation_hook.py (0.5.23): an assert.
+               Rule(("enable-priority-scheduling", "schedule-policy"),
+                    lambda on, policy: on is True and policy not in ("fcfs", "lof"),
+                    lambda _, policy: f"sets --enable-priority-scheduling with --schedule-policy {policy}, which "
+                                      "SGLang refuses at start (fcfs or lof only)"),
                # managers/schedule_policy.py `_validate_and_adjust_policy` (0.5.23): a ValueError at start.
                Rule(("schedule-policy", "disable-radix-cache"),
                     lambda policy, off: policy == "shortest-prefill-first" and off is True,

@@ -362,11 +362,15 @@ def test_an_ome_task_is_checked_against_the_catalog_of_its_engines_flags(tmp_pat
                            "gpu_budget": 8},
             "search_space": {"mem-fraction-statc": [0.8, 0.9], "schedule-policy": ["lpm", "fcsf"],
                              "max-running-requests": [64, 128], "chunked-prefill-size": [-1, 4096],
-                             "enable-mixed-chunk": [True, False], "max-prefill-tokens": ["16k"]}}
+                             "enable-mixed-chunk": [True, False], "max-prefill-tokens": ["16k"],
+                             "cuda-graph-max-bs": [64, 128]}}
     (tmp_path / "task.yaml").write_text(yaml.safe_dump(task))
     monkeypatch.chdir(tmp_path)
     assert cli.main(["validate", "task.yaml"]) == 0
     assert capsys.readouterr().err.splitlines() == [
+        # 0.5.23 has only the -decode and -prefill ones (argparse: "ambiguous option"); earlier releases had it.
+        "task.yaml: note: search_space.cuda-graph-max-bs: sglang has no --cuda-graph-max-bs that autotuner knows of "
+        "(SGLang 0.5.23); did you mean --cuda-graph-max-bs-decode? (left to the engine to judge at start)",
         "task.yaml: note: search_space.mem-fraction-statc: sglang has no --mem-fraction-statc that autotuner knows "
         "of (SGLang 0.5.23); did you mean --mem-fraction-static? (left to the engine to judge at start)",
         "task.yaml: note: search_space.schedule-policy: 'fcsf' is not one of SGLang 0.5.23's values for "
@@ -425,6 +429,12 @@ OME_SGLANG = {"name": "ome", "model": {"name": "llama", "tokenizer": "org/llama"
     ("sglang", {"tp-size": 2, "attn-dp-size": 2}, {"dp-size": [1, 2]},
      "one sets --attn-dp-size 2 with --dp-size 2 (attention DP beside data-parallel replicas), which SGLang refuses "
      "at start"),
+    ("sglang", {"tp-size": 1}, {"schedule-policy": ["fcfs", "priority"]},
+     "one sets --schedule-policy priority, which SGLang 0.5.23 lists but refuses at start (priority scheduling is "
+     "--enable-priority-scheduling with fcfs or lof)"),
+    ("sglang", {"tp-size": 1, "enable-priority-scheduling": True}, {"schedule-policy": ["fcfs", "lof", "lpm"]},
+     "one sets --enable-priority-scheduling with --schedule-policy lpm, which SGLang refuses at start (fcfs or lof "
+     "only)"),
     ("sglang", {"tp-size": 1, "disable-radix-cache": True}, {"schedule-policy": ["fcfs", "shortest-prefill-first"]},
      "one sets --schedule-policy shortest-prefill-first with --disable-radix-cache, which SGLang refuses at start (the "
      "policy needs the prefix cache)"),
@@ -475,6 +485,14 @@ def test_sglang_configs_it_runs_alike_are_one_config(tmp_path, monkeypatch, caps
         "pp-size": 2, "disable-overlap-schedule": True}
     assert SGLANG.effective({"pp-size": 1, "disable-overlap-schedule": False}, {}) == {
         "pp-size": 1, "disable-overlap-schedule": False}
+    # enable-dp-attention only turns a dp-size above 1 into attn-dp-size (when that is 1), then is off.
+    assert SGLANG.effective({"enable-dp-attention": True}, {"tp-size": 2}) == {"enable-dp-attention": False}
+    assert SGLANG.effective({"enable-dp-attention": True}, {"tp-size": 2, "attn-dp-size": 2}) == {
+        "enable-dp-attention": False}
+    assert SGLANG.effective({"enable-dp-attention": True}, {"tp-size": 2, "dp-size": 2}) == {"enable-dp-attention": True}
+    # torch-compile-max-bs picks the batch sizes torch.compile compiles: nothing without it.
+    assert SGLANG.effective({"torch-compile-max-bs": 16}, {}) == {"torch-compile-max-bs": None}
+    assert SGLANG.effective({"torch-compile-max-bs": 16}, {"enable-torch-compile": True}) == {"torch-compile-max-bs": 16}
     # A grid of 3 policies x the cache on and off is 5 configs: lpm without the cache is fcfs without it.
     space = {"schedule-policy": ["fcfs", "lpm", "lof"], "disable-radix-cache": [True, False]}
     task = OME_SGLANG | {"engine": {"name": "sglang", "args": {"tp-size": 1}}, "search_space": space,
