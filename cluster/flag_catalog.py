@@ -81,22 +81,36 @@ VLLM = {
 
 CATALOGS = {"sglang": ("SGLang 0.5.23", SGLANG), "vllm": ("vLLM 0.33.0", VLLM)}
 
+# llama-server's own --help is always asked (it is built here), but it names no types, and it reads
+# a whole number with std::stoi, which stops at the first letter: --ctx-size 16k runs as 16.
+VALUE_KINDS = {"llama.cpp": dict.fromkeys(("ctx-size", "batch-size", "ubatch-size", "parallel", "threads-batch",
+                                           "n-predict", "keep", "cache-reuse", "cache-ram", "ctx-checkpoints",
+                                           "n-cpu-moe"), Flag(int))}
+
 
 def check(engine: str, where: str, canonical: str, domain: Any, asked_engine: bool) -> list[str]:
     """Raise TaskError for a value of the wrong type or out of range; return what to point out when
     the engine itself could not be asked (`asked_engine` False): a name or a value the catalog does
     not know, with the nearest one it does."""
     if engine not in CATALOGS:
+        kind = VALUE_KINDS.get(engine, {}).get(canonical)
+        for value in given_values(domain) if kind else []:
+            if value is not None:
+                _check_type(where, canonical, kind, value)
         return []
     version, flags = CATALOGS[engine]
     flag = flags.get(canonical)
     if flag is None and canonical.startswith("no-") and canonical[3:] in flags:
         flag = Flag(bool)  # a switch's negative form (vLLM's --no-enable-prefix-caching)
     if flag is None:
-        near = difflib.get_close_matches(canonical, flags, n=1, cutoff=0.8)
-        return [] if asked_engine or not near else [
-            f"{where}: {engine} has no --{canonical} that autotuner knows of ({version}); did you mean --{near[0]}? "
-            "(left to the engine to judge at start)"]
+        # engine.args hold many flags beside the tuning ones the catalog knows: pointed out there
+        # only when close to one; a searched flag always (it multiplies the trials).
+        searched = where.startswith("search_space.")
+        near = difflib.get_close_matches(canonical, flags, n=1, cutoff=0.6 if searched else 0.8)
+        if asked_engine or not near and not searched:
+            return []
+        return [f"{where}: {engine} has no --{canonical} that autotuner knows of ({version})"
+                + (f"; did you mean --{near[0]}?" if near else "") + " (left to the engine to judge at start)"]
     notes = []
     for value in given_values(domain):
         if value is None:  # the engine's own default

@@ -388,6 +388,21 @@ def test_an_ome_task_is_checked_against_the_catalog_of_its_engines_flags(tmp_pat
         assert capsys.readouterr().err == f"autotuner: error: task.yaml: {expected}\n"
 
 
+
+def test_a_searched_flag_the_catalog_does_not_know_is_pointed_out_even_far_from_any_it_knows():
+    """Each searched flag multiplies the trials: one vLLM does not have fails every config given it,
+    after minutes of start-up on a GPU. Fixed args hold many other flags: noted only near a known one."""
+    from llm_autotuner.cluster.flag_catalog import check
+
+    assert check("vllm", "search_space.gpu-mem-util", "gpu-mem-util", [0.8], asked_engine=False) == [
+        "search_space.gpu-mem-util: vllm has no --gpu-mem-util that autotuner knows of (vLLM 0.33.0); did you mean "
+        "--gpu-memory-utilization? (left to the engine to judge at start)"]
+    assert check("vllm", "search_space.bogus", "bogus", [1, 2], asked_engine=False) == [
+        "search_space.bogus: vllm has no --bogus that autotuner knows of (vLLM 0.33.0) (left to the engine to judge "
+        "at start)"]
+    assert check("vllm", "engine.args.trust-remote-code", "trust-remote-code", True, asked_engine=False) == []
+    assert check("vllm", "search_space.bogus", "bogus", [1, 2], asked_engine=True) == []  # its --help said
+
 def test_the_catalog_refuses_what_no_engine_version_takes_even_where_the_engine_is_asked(tmp_path):
     """vLLM's own --help (a stand-in) lists --gpu-memory-utilization, but says nothing of its range."""
     task = {"name": "v", "model": {"path": "org/model"},
