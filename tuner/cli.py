@@ -177,14 +177,19 @@ def _validate(args) -> int:
 
     searched = num_trials(task) - task.search.baseline
     spent = " (every config of the space)" if task.search.algorithm != "grid" and searched < task.search.num_samples else ""
-    trials = f"{searched} searched trials{spent}" + (" and the engine defaults" if task.search.baseline else "")
-    finalists = (f"the {task.search.confirm_top_k} best" if task.search.confirm_top_k > 1 else "the best") + (
+    trials = f"{_counted(searched, 'searched trial')}{spent}" + (
         " and the engine defaults" if task.search.baseline else "")
-    confirm = (f", then {task.search.confirm_repeats} more runs each of {finalists}"
-               if task.search.confirm_top_k and task.search.confirm_repeats else "")
-    print(f"{args.task}: ok ({task.engine.name}, {len(task.search_space)} parameters, "
-          f"{len(task.benchmark.concurrency)} stages; {trials}{confirm})")
+    top = min(task.search.confirm_top_k, searched)  # the best tuned trials (results.finalists)
+    finalists = (f"the {top} best" if top > 1 else "the best") + (" and the engine defaults" if task.search.baseline else "")
+    confirm = (f", then {_counted(task.search.confirm_repeats, 'more run')} each of {finalists}"
+               if top and task.search.confirm_repeats else "")
+    print(f"{args.task}: ok ({task.engine.name}, {_counted(len(task.search_space), 'parameter')}, "
+          f"{_counted(len(task.benchmark.concurrency), 'stage')}; {trials}{confirm})")
     return EXIT_OK
+
+
+def _counted(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _render(args) -> int:

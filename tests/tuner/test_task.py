@@ -87,6 +87,22 @@ def test_cli_validates_the_shipped_example():
     assert result.stderr == ""  # every check ran: nothing to note
 
 
+
+def test_validate_counts_what_the_space_can_give(tmp_path):
+    """A space of 3 configs cannot give 5 searched trials nor 5 finalists; one of each is said so."""
+    task = {"name": "c", "model": {"path": "builtin:smollm2"}, "engine": {"name": "llama.cpp", "args": {"threads": 1}},
+            "search_space": {"parallel": [1, 2, 4]}, "benchmark": {"concurrency": [4]}}
+    path = tmp_path / "task.yaml"
+    for search, said in (({"num_samples": 5, "confirm_top_k": 5}, "1 parameter, 1 stage; 3 searched trials (every "
+                          "config of the space) and the engine defaults, then 3 more runs each of the 3 best and the "
+                          "engine defaults"),
+                         ({"num_samples": 1, "confirm_repeats": 1}, "1 parameter, 1 stage; 1 searched trial and the "
+                          "engine defaults, then 1 more run each of the best and the engine defaults")):
+        path.write_text(json.dumps(task | {"search": search}))
+        result = _cli("validate", str(path))
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == f"{path}: ok (llama.cpp, {said})\n"
+
 def test_validate_says_what_it_could_not_check_here(tmp_path):
     """An engine not installed on this machine (SGLang here): its flags cannot be asked of its --help,
     nor is a model folder the cluster's nodes hold expected here; "ok" alone would read as checked."""
