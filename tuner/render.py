@@ -12,6 +12,7 @@ from llm_autotuner.cluster.backend import backend_for, trial_claim
 from llm_autotuner.cluster.deployer import EngineSpec
 from llm_autotuner.cluster.engines import profile_for, served_model_name
 from llm_autotuner.cluster.flag_rules import conflict
+from llm_autotuner.tuner.search import distinct_count, effective_of, spelling
 from llm_autotuner.tuner.space import sample
 from llm_autotuner.task import Task
 
@@ -44,8 +45,19 @@ def render_trials(task: Task, trials: int) -> tuple[dict[str, str], list[str]]:
     offers = backend.offers()  # (a local machine's GPUs are Ray's to count, at the run)
     specs: dict[int, EngineSpec] = {}
     claims, notes = {}, []
+    # A run hands out no config twice (search.DistinctConfigs): neither does render.
+    size = distinct_count(task.search_space, effective_of(task))
+    if size is not None and size < trials:
+        notes.append(f"the space holds {size} config{'s' if size != 1 else ''} the engine runs differently: "
+                     f"{size} rendered, not {trials}")
+        trials = size
+    seen: set[str] = set()
     for number in range(1, trials + 1):
-        params = profile.effective(sample(task.search_space), task.engine.args)  # as a run would hand it out
+        for _ in range(1000):  # a space too large to count: a repeat is unlikely, and then allowed
+            params = profile.effective(sample(task.search_space), task.engine.args)  # as a run would hand it out
+            if spelling(params) not in seen:
+                break
+        seen.add(spelling(params))
         claims[f"trial-{number}"] = claim = trial_claim(task, params, node_cpus)
         over = [f"{claim[kind]:g} {kind} where the deployment offers {have:g}"
                 for kind, have in offers.items() if claim.get(kind, 0) > have]

@@ -177,7 +177,7 @@ class DistinctConfigs(Searcher):
             if not isinstance(config, dict):
                 return config
             config = self.effective(config)
-            return self._hand_out(trial_id, trial_id, _canonical(config), config)
+            return self._hand_out(trial_id, trial_id, spelling(config), config)
         for attempt in range(self.tries):
             if self.size is not None and len(self.tried) >= self.size:
                 return Searcher.FINISHED
@@ -186,7 +186,7 @@ class DistinctConfigs(Searcher):
             if not isinstance(config, dict):
                 return config  # None (wait) or FINISHED
             config = self.effective(config)
-            key = _canonical(config)
+            key = spelling(config)
             if key not in self.tried:
                 return self._hand_out(trial_id, inner_id, key, config)
             self.config_of[inner_id] = key
@@ -196,7 +196,7 @@ class DistinctConfigs(Searcher):
             else:
                 self.waiting.setdefault(key, []).append(inner_id)
         untried = self._untried()
-        return self._hand_out(trial_id, None, _canonical(untried), untried) if untried else config
+        return self._hand_out(trial_id, None, spelling(untried), untried) if untried else config
 
     def _hand_out(self, trial_id: str, inner_id: str | None, key: str, config: dict) -> dict:
         self.tried.add(key)
@@ -207,7 +207,7 @@ class DistinctConfigs(Searcher):
         if self.size is None or self.size > 100_000:  # unbounded, or too many to list
             return None
         configs = {key: config for config in map(self.effective, grid_points(self.space))
-                   if (key := _canonical(config)) not in self.tried}
+                   if (key := spelling(config)) not in self.tried}
         return self.random.choice(list(configs.values())) if configs else None
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -248,7 +248,7 @@ class DistinctConfigs(Searcher):
         self.searcher.restore(checkpoint_path)
 
 
-def _canonical(config: dict) -> str:
+def spelling(config: dict) -> str:
     """One spelling of a config: numpy's numbers (HyperOpt's) as Python's."""
     return json.dumps({name: value.item() if hasattr(value, "item") else value for name, value in config.items()},
                       sort_keys=True, default=str)
@@ -332,7 +332,7 @@ def distinct_count(space: dict[str, Any], effective: Callable[[dict], dict]) -> 
     size = space_size(space)
     if size is None or size > 100_000:
         return size
-    return len({_canonical(effective(config)) for config in grid_points(space)})
+    return len({spelling(effective(config)) for config in grid_points(space)})
 
 
 def num_trials(task: Task) -> int:
@@ -382,7 +382,7 @@ def build_searcher(task: Task, max_concurrent: int) -> Searcher:
         if points or args:
             field = "initial_points" if points else "algorithm_args"
             raise TaskError(f"search.{field}: grid runs every config of the space, in order, and takes none")
-        args = {"points": list({_canonical(p): p for p in map(effective, grid_points(task.search_space))}.values())}
+        args = {"points": list({spelling(p): p for p in map(effective, grid_points(task.search_space))}.values())}
     elif points:  # a plug-in searcher: Ray's own convention for points to try first
         args = {"points_to_evaluate": points} | args
     try:

@@ -30,6 +30,8 @@ def test_render_ome_example_writes_valid_unique_manifests_with_the_trials_flags(
     assert len(manifests) == 25
     names = {m["metadata"]["name"] for m in manifests}
     assert len(names) == 25
+    # A run hands out no config twice: neither does render.
+    assert len({tuple(m["spec"]["engine"]["runner"]["args"]) for m in manifests}) == 25
     for manifest in manifests:
         validate(manifest)
         assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", manifest["metadata"]["name"])
@@ -110,6 +112,18 @@ def test_render_refuses_what_validate_refuses_and_writes_nothing(tmp_path):
             f"autotuner: error: {misspelled}: search_space.paralel: llama.cpp has no --paralel (its --help); "
             "did you mean --parallel?"]
     assert not out.exists()
+
+
+def test_render_renders_each_config_of_a_small_space_once(tmp_path):
+    def two(task):
+        task["search_space"] = {"threads": [1, 2]}
+    result = cli("render", _task_file(tmp_path, "examples/quickstart-cpu.yaml", two), "--trials", "4",
+                 "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    assert "the space holds 2 configs the engine runs differently: 2 rendered, not 4" in result.stderr
+    lines = {json.loads((tmp_path / "out" / f"trial-{n}-launch.json").read_text())["command"] for n in (1, 2)}
+    assert {line.split("--threads ")[1].split()[0] for line in lines} == {"1", "2"}
+    assert not (tmp_path / "out" / "trial-3-launch.json").exists()
 
 
 def test_render_leaves_out_a_config_over_the_gpu_budget_and_says_why(tmp_path):
