@@ -14,7 +14,7 @@ import dataclasses
 import importlib
 import os
 import math
-from typing import Any
+from typing import Any, Callable
 
 from llm_autotuner.cluster.deployer import Deployer, EngineSpec
 from llm_autotuner.cluster.engines import EngineProfile, EngineSetup, profile_for
@@ -116,14 +116,30 @@ def trial_claim(task: Task, params: dict[str, Any], node_cpus: int) -> dict[str,
 def cheapest_params(task: Task) -> dict[str, Any]:
     """The config of the space with every parameter at its smallest value: the smallest claim
     (a choice holds no null: the engine's default is the baseline trial's, not a value to search)."""
-    cheapest: dict[str, Any] = {}
+    return _each_at(task, min)
+
+
+def dearest_params(task: Task) -> dict[str, Any]:
+    """The config of the space with every numeric parameter at its largest value: the largest claim."""
+    return _each_at(task, max)
+
+
+def _each_at(task: Task, end: Callable[[list], Any]) -> dict[str, Any]:
+    config: dict[str, Any] = {}
     for name, spec in task.search_space.items():
         if isinstance(spec, (IntRange, FloatRange)):
-            cheapest[name] = spec.min
+            config[name] = end([spec.min, spec.max])
         else:
             numbers = [v for v in spec if isinstance(v, (int, float)) and not isinstance(v, bool)]
-            cheapest[name] = min(numbers) if numbers else spec[0]
-    return cheapest
+            config[name] = end(numbers) if numbers else spec[0]
+    return config
+
+
+def beyond_offers(claim: dict[str, float], offers: dict[str, float]) -> str | None:
+    """What of a trial's claim the deployment does not offer (Backend.offers), or None."""
+    over = [f"{claim[kind]:g} {kind} where the deployment offers {have:g}"
+            for kind, have in offers.items() if claim.get(kind, 0) > have]
+    return "; ".join(over) or None
 
 
 def shortfall(claim: dict[str, float], nodes: list[dict[str, float]]) -> str | None:

@@ -25,7 +25,8 @@ from ray.tune.stopper import TimeoutStopper
 
 from llm_autotuner.cluster import flag_catalog, flag_rules, records
 from llm_autotuner.cluster.flag_catalog import CATALOGS
-from llm_autotuner.cluster.backend import Backend, backend_for, cheapest_params, shortfall, trial_claim
+from llm_autotuner.cluster.backend import (Backend, backend_for, beyond_offers, cheapest_params, dearest_params,
+                                           shortfall, trial_claim)
 from llm_autotuner.cluster.engines import EngineProfile, missing_model, profile_for
 from llm_autotuner.cluster.nodes import check_nodes, everywhere
 from llm_autotuner.cluster.storage import Storage, assemble, collect_here, move_aside, storage_for
@@ -103,7 +104,11 @@ def preflight(task: Task) -> list[str]:
     tokenizer = task.model.tokenizer
     if tokenizer and tokenizer.startswith(("/", "./", "../", "~")) and not Path(tokenizer).expanduser().exists():
         raise TaskError(f"model.tokenizer: {tokenizer} does not exist (a local folder, or a hub id such as org/name)")
-    backend_for(task.deployment).check(profile, task)
+    backend = backend_for(task.deployment)
+    backend.check(profile, task)  # refused when even the smallest config is over what it offers
+    over = beyond_offers(trial_claim(task, dearest_params(task), os.cpu_count() or 1), backend.offers())
+    if over:
+        refused.append(f"search_space: some configs are skipped as infeasible, not deployed: one needs {over}")
     storage_for(task)  # a storage.filesystem that cannot be built fails here, in one line
     existing = next(path for path in (task.results_path, *task.results_path.parents) if path.exists())
     if not existing.is_dir():

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from llm_autotuner.cluster.backend import backend_for, trial_claim
+from llm_autotuner.cluster.backend import backend_for, beyond_offers, trial_claim
 from llm_autotuner.cluster.deployer import EngineSpec
 from llm_autotuner.cluster.engines import profile_for, served_model_name
 from llm_autotuner.cluster.flag_rules import conflict
@@ -59,10 +59,9 @@ def render_trials(task: Task, trials: int) -> tuple[dict[str, str], list[str]]:
                 break
         seen.add(spelling(params))
         claims[f"trial-{number}"] = claim = trial_claim(task, params, node_cpus)
-        over = [f"{claim[kind]:g} {kind} where the deployment offers {have:g}"
-                for kind, have in offers.items() if claim.get(kind, 0) > have]
+        over = beyond_offers(claim, offers)
         flags = profile.merged(task.engine.args, params)
-        refused = f"needs {'; '.join(over)}" if over else conflict(task.engine.name, flags)
+        refused = f"needs {over}" if over else conflict(task.engine.name, flags)
         if refused:
             config = ", ".join(f"{name}={value}" for name, value in params.items())
             notes.append(f"trial {number} ({config}) is not rendered: it {refused} (a run skips it)")
