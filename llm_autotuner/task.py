@@ -637,7 +637,9 @@ def _known_metric(value: str, allowed: tuple[str, ...]) -> str:
 
 def parse_task(data: Any, source: str = "task") -> Task:
     if not isinstance(data, dict):
-        raise TaskError(f"{source}: the task must be a mapping of keys to values, got {type(data).__name__}")
+        got = "an empty file" if data is None else {list: "a list", str: "one line of text", bool: "true/false"}.get(
+            type(data), "a number")
+        raise TaskError(f"{source}: the task must be a mapping of keys to values (name: ..., model: ...), got {got}")
     try:
         return Task.model_validate(data)
     except ValidationError as error:

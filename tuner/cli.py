@@ -16,6 +16,7 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autotuner", description="Tune LLM inference engine flags with Ray Tune.")
+    parser.add_argument("--version", action="version", version=f"autotuner {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="tune the engine described by a task file")
@@ -186,6 +187,15 @@ def _validate(args) -> int:
     print(f"{args.task}: ok ({task.engine.name}, {_counted(len(task.search_space), 'parameter')}, "
           f"{_counted(len(task.benchmark.concurrency), 'stage')}; {trials}{confirm})")
     return EXIT_OK
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("llm-autotuner")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
 
 
 def _counted(number: int, noun: str) -> str:

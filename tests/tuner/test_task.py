@@ -88,6 +88,14 @@ def test_cli_validates_the_shipped_example():
 
 
 
+
+def test_cli_says_its_version():
+    from importlib.metadata import version
+
+    result = _cli("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"autotuner {version('llm-autotuner')}\n"
+
 def test_validate_counts_what_the_space_can_give(tmp_path):
     """A space of 3 configs cannot give 5 searched trials nor 5 finalists; one of each is said so."""
     task = {"name": "c", "model": {"path": "builtin:smollm2"}, "engine": {"name": "llama.cpp", "args": {"threads": 1}},
