@@ -30,7 +30,7 @@ from llm_autotuner.cluster.backend import (Backend, backend_for, beyond_offers, 
 from llm_autotuner.cluster.engines import EngineProfile, missing_model, profile_for
 from llm_autotuner.cluster.nodes import check_nodes, everywhere
 from llm_autotuner.cluster.storage import Storage, assemble, collect_here, move_aside, storage_for
-from llm_autotuner.metrics import maximize
+from llm_autotuner.metrics import METRICS, maximize
 from llm_autotuner.outcome import BASELINE_KEY, trial_params
 from llm_autotuner.trainables.trial import GPU_LIST_VARIABLES, Resolved, TrialTrainable
 from llm_autotuner.tuner import registry
@@ -109,6 +109,7 @@ def preflight(task: Task) -> list[str]:
     over = beyond_offers(trial_claim(task, dearest_params(task), os.cpu_count() or 1), backend.offers())
     if over:
         refused.append(f"search_space: some configs are skipped as infeasible, not deployed: one needs {over}")
+    refused += _unlikely_latency_limits(task)
     storage_for(task)  # a storage.filesystem that cannot be built fails here, in one line
     existing = next(path for path in (task.results_path, *task.results_path.parents) if path.exists())
     if not existing.is_dir():
@@ -126,6 +127,16 @@ def preflight(task: Task) -> list[str]:
         unchecked.append(f"model.path {task.model.path} is not on this machine: a run with a local Ray refuses it; "
                          "on a Ray cluster (--address) every node that runs trials must have it")
     return unchecked
+
+
+# Latency limits no request comes near, in seconds: likely meant in milliseconds.
+UNLIKELY_SECONDS = {"ttft": 100.0, "tpot": 10.0, "itl": 10.0, "e2e": 1000.0}
+
+
+def _unlikely_latency_limits(task: Task) -> list[str]:
+    return [f"slos.{limit.metric}: {limit.limit:g} s; latency limits are in seconds ({limit.limit:g} ms is "
+            f"{limit.limit / 1000:g})" for limit in task.limits if METRICS[limit.metric].unit == "s"
+            and limit.limit >= UNLIKELY_SECONDS[limit.metric.split("_")[0]]]
 
 
 def _check_flags(task: Task, profile: EngineProfile) -> None:

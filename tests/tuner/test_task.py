@@ -89,6 +89,19 @@ def test_cli_validates_the_shipped_example():
 
 
 
+
+def test_validate_points_out_a_latency_limit_likely_meant_in_milliseconds(tmp_path):
+    task = {"name": "s", "model": {"path": "builtin:smollm2"}, "engine": {"name": "llama.cpp", "args": {"threads": 1}},
+            "search_space": {"parallel": [1, 2]},
+            "slos": {"ttft_p90": 500, "itl_p50": 0.2, "e2e_p99": {"limit": 2000, "hard": False}, "tpot_p90": 9}}
+    path = tmp_path / "task.yaml"
+    path.write_text(json.dumps(task))
+    result = _cli("validate", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        f"{path}: note: slos.ttft_p90: 500 s; latency limits are in seconds (500 ms is 0.5)",
+        f"{path}: note: slos.e2e_p99: 2000 s; latency limits are in seconds (2000 ms is 2)"]
+
 def test_cli_says_its_version():
     from importlib.metadata import version
 
