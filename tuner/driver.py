@@ -118,6 +118,7 @@ def preflight(task: Task) -> list[str]:
     unchecked = refused + ([] if asked else _catalog_notes(task, profile))
     if task.deployment.backend != "local":
         return unchecked
+    unchecked += _threads_beyond_cores(task, profile)
     if not asked:
         catalog = f"; only against autotuner's catalog of them ({CATALOGS[task.engine.name][0]})" \
             if task.engine.name in CATALOGS else ""
@@ -137,6 +138,16 @@ def _unlikely_latency_limits(task: Task) -> list[str]:
     return [f"slos.{limit.metric}: {limit.limit:g} s; latency limits are in seconds ({limit.limit:g} ms is "
             f"{limit.limit / 1000:g})" for limit in task.limits if METRICS[limit.metric].unit == "s"
             and limit.limit >= UNLIKELY_SECONDS[limit.metric.split("_")[0]]]
+
+
+def _threads_beyond_cores(task: Task, profile: EngineProfile) -> list[str]:
+    """A trial claims at most one node's CPUs (LocalBackend.claim): more threads share them."""
+    cores = os.cpu_count() or 1
+    return [f"{where}.{name}: {value} is more than this machine's {cores} CPUs: a trial holds them all, and its "
+            f"{value} threads share them" for where, names in (("engine.args", task.engine.args),
+                                                             ("search_space", task.search_space))
+            for name, domain in names.items() if profile.canonical(name) == profile.cpu_flag
+            for value in [max((v for v in given_values(domain) if isinstance(v, int)), default=0)] if value > cores]
 
 
 def _check_flags(task: Task, profile: EngineProfile) -> None:

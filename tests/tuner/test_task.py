@@ -102,6 +102,19 @@ def test_validate_points_out_a_latency_limit_likely_meant_in_milliseconds(tmp_pa
         f"{path}: note: slos.ttft_p90: 500 s; latency limits are in seconds (500 ms is 0.5)",
         f"{path}: note: slos.e2e_p99: 2000 s; latency limits are in seconds (2000 ms is 2)"]
 
+
+def test_validate_points_out_more_threads_than_the_machine_has(tmp_path):
+    """A trial claims at most one node's CPUs (else it could never be placed): more threads share them."""
+    cores = os.cpu_count()
+    task = {"name": "t", "model": {"path": "builtin:smollm2"}, "engine": {"name": "llama.cpp"},
+            "search_space": {"threads": [1, cores, cores + 2]}}
+    path = tmp_path / "task.yaml"
+    path.write_text(json.dumps(task))
+    result = _cli("validate", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [f"{path}: note: search_space.threads: {cores + 2} is more than this machine's "
+                                          f"{cores} CPUs: a trial holds them all, and its {cores + 2} threads share them"]
+
 def test_cli_says_its_version():
     from importlib.metadata import version
 
