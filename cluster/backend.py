@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
+import itertools
 import os
 import math
 from typing import Any, Callable
@@ -124,15 +125,24 @@ def dearest_params(task: Task) -> dict[str, Any]:
     return _each_at(task, max)
 
 
-def _each_at(task: Task, end: Callable[[list], Any]) -> dict[str, Any]:
-    config: dict[str, Any] = {}
+def _each_at(task: Task, end: Callable[..., Any]) -> dict[str, Any]:
+    # Numbers at that end; choices of words or switches each way (SGLang's enable-dp-attention
+    # changes what dp-size claims), the one whose claim is at that end kept.
+    ends: dict[str, list[Any]] = {}
     for name, spec in task.search_space.items():
         if isinstance(spec, (IntRange, FloatRange)):
-            config[name] = end([spec.min, spec.max])
+            ends[name] = [end([spec.min, spec.max])]
         else:
             numbers = [v for v in spec if isinstance(v, (int, float)) and not isinstance(v, bool)]
-            config[name] = end(numbers) if numbers else spec[0]
-    return config
+            ends[name] = [end(numbers)] if numbers else spec
+    configs = [dict(zip(ends, values)) for values in itertools.islice(itertools.product(*ends.values()), 256)]
+    cpus = os.cpu_count() or 1
+
+    def weight(config: dict[str, Any]) -> tuple[float, float]:
+        claim = trial_claim(task, config, cpus)
+        return sum(amount for kind, amount in claim.items() if kind != "CPU"), claim.get("CPU", 0.0)
+
+    return configs[0] if len(configs) == 1 else end(configs, key=weight)
 
 
 def beyond_offers(claim: dict[str, float], offers: dict[str, float]) -> str | None:

@@ -253,7 +253,8 @@ class SGLangProfile(EngineProfile):
     def effective(self, params: dict[str, Any], fixed: dict[str, Any]) -> dict[str, Any]:
         flags = self.merged(fixed, params)
         runs = {}
-        if flags.get("disable-radix-cache") is True and flags.get("schedule-policy") in CACHE_AWARE_POLICIES:
+        if (flags.get("disable-radix-cache") is True and flags.get("schedule-policy") in CACHE_AWARE_POLICIES
+                and flags.get("enable-priority-scheduling") is not True):  # then refused first: a flag rule
             # managers/schedule_policy.py `_validate_and_adjust_policy` (0.5.23; at 001067ff without
             # hrrn): a cache-aware policy without the radix cache is FCFS, with no line in the log.
             runs["schedule-policy"] = "fcfs"

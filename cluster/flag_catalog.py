@@ -105,12 +105,16 @@ def check(engine: str, where: str, canonical: str, domain: Any, asked_engine: bo
     if flag is None:
         # engine.args hold many flags beside the tuning ones the catalog knows: pointed out there
         # only when close to one; a searched flag always (it multiplies the trials).
-        searched = where.startswith("search_space.")
-        near = difflib.get_close_matches(canonical, flags, n=1, cutoff=0.6 if searched else 0.8)
-        if asked_engine or not near and not searched:
+        near = difflib.get_close_matches(canonical, flags, n=1, cutoff=0.8)
+        if asked_engine or not near and not where.startswith("search_space."):
             return []
-        return [f"{where}: {engine} has no --{canonical} that autotuner knows of ({version})"
-                + (f"; did you mean --{near[0]}?" if near else "") + " (left to the engine to judge at start)"]
+        if not near:
+            nearest = difflib.get_close_matches(canonical, flags, n=1, cutoff=0.6)
+            return [f"{where}: --{canonical} is not among the {version} tuning flags autotuner's catalog holds"
+                    + (f" (the nearest: --{nearest[0]})" if nearest else "")
+                    + ": its name and values are not checked (left to the engine to judge at start)"]
+        return [f"{where}: {engine} has no --{canonical} that autotuner knows of ({version}); did you mean "
+                f"--{near[0]}? (left to the engine to judge at start)"]
     notes = []
     for value in given_values(domain):
         if value is None:  # the engine's own default

@@ -1,7 +1,8 @@
 """Flag values an engine refuses together, each valid alone (../shared/notes/engines.md, "Flags
 that constrain each other", each checked in the engine's source; the llama.cpp rule seen with its
-server here), and a value an engine's --help lists that it refuses at start. Values an engine adjusts by itself are not rules: the engine starts (those it runs
-as other values are EngineProfile.effective's, so that such a config is not run twice).
+server here), and a value an engine's --help lists that it refuses at start. Values an engine
+adjusts by itself are not rules: the engine starts (those it runs as other values are
+EngineProfile.effective's, so that such a config is not run twice).
 
 A search space that sweeps two such flags samples some configs the engine will not start with.
 Deploying one costs an engine start (minutes on a GPU cluster) and ends as a failed trial whose

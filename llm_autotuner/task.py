@@ -637,8 +637,7 @@ def _known_metric(value: str, allowed: tuple[str, ...]) -> str:
 
 def parse_task(data: Any, source: str = "task") -> Task:
     if not isinstance(data, dict):
-        got = "an empty file" if data is None else {list: "a list", str: "one line of text", bool: "true/false"}.get(
-            type(data), "a number")
+        got = "an empty file" if data is None else "a list" if isinstance(data, list) else "a single value"
         raise TaskError(f"{source}: the task must be a mapping of keys to values (name: ..., model: ...), got {got}")
     try:
         return Task.model_validate(data)

@@ -49,7 +49,7 @@ def render_trials(task: Task, trials: int) -> tuple[dict[str, str], list[str]]:
     size = distinct_count(task.search_space, effective_of(task))
     if size is not None and size < trials:
         notes.append(f"the space holds {size} config{'s' if size != 1 else ''} the engine runs differently: "
-                     f"{size} rendered, not {trials}")
+                     f"{size} sampled, not {trials}")
         trials = size
     seen: set[str] = set()
     for number in range(1, trials + 1):

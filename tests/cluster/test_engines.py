@@ -395,11 +395,15 @@ def test_a_searched_flag_the_catalog_does_not_know_is_pointed_out_even_far_from_
     from llm_autotuner.cluster.flag_catalog import check
 
     assert check("vllm", "search_space.gpu-mem-util", "gpu-mem-util", [0.8], asked_engine=False) == [
-        "search_space.gpu-mem-util: vllm has no --gpu-mem-util that autotuner knows of (vLLM 0.33.0); did you mean "
-        "--gpu-memory-utilization? (left to the engine to judge at start)"]
+        "search_space.gpu-mem-util: --gpu-mem-util is not among the vLLM 0.33.0 tuning flags autotuner's catalog holds "
+        "(the nearest: --gpu-memory-utilization): its name and values are not checked (left to the engine to judge at "
+        "start)"]
+    assert check("vllm", "search_space.max-num-seq", "max-num-seq", [8], asked_engine=False) == [
+        "search_space.max-num-seq: vllm has no --max-num-seq that autotuner knows of (vLLM 0.33.0); did you mean "
+        "--max-num-seqs? (left to the engine to judge at start)"]
     assert check("vllm", "search_space.bogus", "bogus", [1, 2], asked_engine=False) == [
-        "search_space.bogus: vllm has no --bogus that autotuner knows of (vLLM 0.33.0) (left to the engine to judge "
-        "at start)"]
+        "search_space.bogus: --bogus is not among the vLLM 0.33.0 tuning flags autotuner's catalog holds: its name and "
+        "values are not checked (left to the engine to judge at start)"]
     assert check("vllm", "engine.args.trust-remote-code", "trust-remote-code", True, asked_engine=False) == []
     assert check("vllm", "search_space.bogus", "bogus", [1, 2], asked_engine=True) == []  # its --help said
 
@@ -495,6 +499,9 @@ def test_sglang_configs_it_runs_alike_are_one_config(tmp_path, monkeypatch, caps
         "schedule-policy": "lpm", "disable_radix_cache": False}
     assert SGLANG.effective({"schedule-policy": "lof"}, {"disable-radix-cache": True}) == {"schedule-policy": "lof"}
     assert SGLANG.effective({"schedule-policy": None}, {"disable-radix-cache": True}) == {"schedule-policy": None}
+    # With priority scheduling SGLang refuses lpm before it would adjust it (a rule): not fcfs then.
+    assert SGLANG.effective({"schedule-policy": "lpm"}, {"disable-radix-cache": True,
+                                                        "enable-priority-scheduling": True}) == {"schedule-policy": "lpm"}
     # Pipeline parallelism turns the overlap scheduler off (with a warning): pp 2 runs alike either way.
     assert SGLANG.effective({"pp-size": 2, "disable-overlap-schedule": False}, {}) == {
         "pp-size": 2, "disable-overlap-schedule": True}
@@ -519,6 +526,25 @@ def test_sglang_configs_it_runs_alike_are_one_config(tmp_path, monkeypatch, caps
 
 
 
+
+
+def test_the_gpu_budget_is_judged_at_the_smallest_and_largest_claims_of_the_space(tmp_path, monkeypatch, capsys):
+    """Switches count too: with enable-dp-attention SGLang's dp-size claims no GPUs of its own."""
+    monkeypatch.chdir(tmp_path)
+    budget = {"backend": "ome", "namespace": "tuning", "model": "llama", "runtime": "srt-llama", "gpu_budget": 4}
+    for args, space, code, said in (
+            ({"tp-size": 4, "dp-size": 2}, {"enable-dp-attention": [False, True]}, 0,
+             "note: search_space: some configs are skipped as infeasible, not deployed: one needs 8 ome_gpu where the "
+             "deployment offers 4"),
+            ({"tp-size": 4}, {"enable-dp-attention": [True, False], "dp-size": [1, 2]}, 0,
+             "note: search_space: some configs are skipped as infeasible, not deployed: one needs 8 ome_gpu where the "
+             "deployment offers 4"),
+            ({"tp-size": 4, "dp-size": 2}, {"enable-dp-attention": [False]}, 2,
+             "error: task.yaml: search_space: even its smallest config needs 8 GPUs; deployment.gpu_budget is 4")):
+        task = OME_SGLANG | {"engine": {"name": "sglang", "args": args}, "search_space": space, "deployment": budget}
+        (tmp_path / "task.yaml").write_text(yaml.safe_dump(task))
+        assert cli.main(["validate", "task.yaml"]) == code
+        assert said in capsys.readouterr().err, (args, space)
 
 def test_vllm_float_kv_cache_must_be_the_dtype_the_task_sets():
     from llm_autotuner.cluster.flag_rules import conflict

@@ -120,7 +120,7 @@ def test_render_renders_each_config_of_a_small_space_once(tmp_path):
     result = cli("render", _task_file(tmp_path, "examples/quickstart-cpu.yaml", two), "--trials", "4",
                  "--out", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
-    assert "the space holds 2 configs the engine runs differently: 2 rendered, not 4" in result.stderr
+    assert "the space holds 2 configs the engine runs differently: 2 sampled, not 4" in result.stderr
     lines = {json.loads((tmp_path / "out" / f"trial-{n}-launch.json").read_text())["command"] for n in (1, 2)}
     assert {line.split("--threads ")[1].split()[0] for line in lines} == {"1", "2"}
     assert not (tmp_path / "out" / "trial-3-launch.json").exists()

@@ -87,9 +87,6 @@ def test_cli_validates_the_shipped_example():
     assert result.stderr == ""  # every check ran: nothing to note
 
 
-
-
-
 def test_validate_points_out_a_latency_limit_likely_meant_in_milliseconds(tmp_path):
     task = {"name": "s", "model": {"path": "builtin:smollm2"}, "engine": {"name": "llama.cpp", "args": {"threads": 1}},
             "search_space": {"parallel": [1, 2]},
@@ -105,15 +102,17 @@ def test_validate_points_out_a_latency_limit_likely_meant_in_milliseconds(tmp_pa
 
 def test_validate_points_out_more_threads_than_the_machine_has(tmp_path):
     """A trial claims at most one node's CPUs (else it could never be placed): more threads share them."""
-    cores = os.cpu_count()
+    cores = len(os.sched_getaffinity(0))
     task = {"name": "t", "model": {"path": "builtin:smollm2"}, "engine": {"name": "llama.cpp"},
             "search_space": {"threads": [1, cores, cores + 2]}}
     path = tmp_path / "task.yaml"
     path.write_text(json.dumps(task))
     result = _cli("validate", str(path))
     assert result.returncode == 0, result.stderr
-    assert result.stderr.splitlines() == [f"{path}: note: search_space.threads: {cores + 2} is more than this machine's "
-                                          f"{cores} CPUs: a trial holds them all, and its {cores + 2} threads share them"]
+    assert result.stderr.splitlines() == [
+        f"{path}: note: search_space.threads: {cores + 2} is more than this machine's {cores} CPU{'s' if cores > 1 else ''}"
+        f": with a local Ray a trial holds them all, and its {cores + 2} threads share them"]
+
 
 def test_cli_says_its_version():
     from importlib.metadata import version
@@ -121,6 +120,7 @@ def test_cli_says_its_version():
     result = _cli("--version")
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"autotuner {version('llm-autotuner')}\n"
+
 
 def test_validate_counts_what_the_space_can_give(tmp_path):
     """A space of 3 configs cannot give 5 searched trials nor 5 finalists; one of each is said so."""
