@@ -349,6 +349,7 @@ def _captured_up_to(capture: int, tokens: int, mode: Any) -> int:
     sizes += list(range(8, min(top + 1, 256), 8)) + list(range(256, top + 1, 16))
     return max(sizes + ([tokens] if tokens <= capture else []))
 
+
 def _negatable(*names: str) -> dict[str, tuple[list[str], list[str]]]:
     return {name: ([f"--{name}"], [f"--no-{name}"]) for name in names}
 

@@ -143,9 +143,10 @@ def _unlikely_latency_limits(task: Task) -> list[str]:
 def _threads_beyond_cores(task: Task, profile: EngineProfile) -> list[str]:
     """A trial claims at most one node's CPUs (LocalBackend.claim): more threads share them."""
     cores = len(os.sched_getaffinity(0))  # as Ray counts them: the CPUs this process may use
+    places = (("engine.args", task.engine.args), ("search_space", task.search_space))
     return [f"{where}.{name}: {value} is more than this machine's {cores} CPU{'s' if cores > 1 else ''}: with a "
-            f"local Ray a trial holds them all, and its {value} threads share them" for where, names in (("engine.args", task.engine.args),
-                                                             ("search_space", task.search_space))
+            f"local Ray a trial holds them all, and its {value} threads share them"
+            for where, names in places
             for name, domain in names.items() if profile.canonical(name) == profile.cpu_flag
             for value in [max((v for v in given_values(domain) if isinstance(v, int)), default=0)] if value > cores]
 
