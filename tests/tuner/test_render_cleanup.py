@@ -30,8 +30,6 @@ def test_render_ome_example_writes_valid_unique_manifests_with_the_trials_flags(
     assert len(manifests) == 25
     names = {m["metadata"]["name"] for m in manifests}
     assert len(names) == 25
-    # A run hands out no config twice: neither does render.
-    assert len({tuple(m["spec"]["engine"]["runner"]["args"]) for m in manifests}) == 25
     for manifest in manifests:
         validate(manifest)
         assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", manifest["metadata"]["name"])
