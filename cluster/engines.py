@@ -363,9 +363,16 @@ LLAMA_CPP = LlamaCppProfile(
     name="llama.cpp",
     health_path="/health",
     api_backend="sglang",
+    # Every other spelling of a flag autotuner reads or checks by name (the test
+    # tests/cluster/test_engines.py checks them against the real binary's --help): `predict: 16k`
+    # must meet the whole-number check, `kvo: false` must turn the offload off.
     aliases={"np": "parallel", "t": "threads", "tb": "threads-batch", "b": "batch-size",
              "ub": "ubatch-size", "fa": "flash-attn", "c": "ctx-size", "ctk": "cache-type-k",
-             "ctv": "cache-type-v", "cb": "cont-batching", "ngl": "n-gpu-layers"},
+             "ctv": "cache-type-v", "cb": "cont-batching", "ngl": "n-gpu-layers", "gpu-layers": "n-gpu-layers",
+             "n": "n-predict", "predict": "n-predict", "ncmoe": "n-cpu-moe", "ctxcp": "ctx-checkpoints",
+             "swa-checkpoints": "ctx-checkpoints", "cram": "cache-ram", "e": "escape", "kvo": "kv-offload",
+             "kvu": "kv-unified", "ag": "agent", "rea": "reasoning", "webui": "ui",
+             "webui-mcp-proxy": "ui-mcp-proxy"},
     # Every `--X, --no-X` pair of llama-server's --help (llama-cpp-python 0.3.36's build; the test
     # tests/cluster/test_engines.py checks the pairs against the real binary). Its booleans without
     # a negative form (--check-tensors, --verbose...) are off by default: a false leaves them out.
@@ -375,7 +382,7 @@ LLAMA_CPP = LlamaCppProfile(
                  "escape", "jinja", "kv-offload", "kv-unified", "log-jsonl", "log-prefix", "log-timestamps",
                  "mmproj-auto", "mmproj-offload", "models-autoload", "op-offload", "perf", "prefill-assistant",
                  "reasoning-preserve", "repack", "skip-chat-parsing", "slots", "spec-draft-backend-sampling",
-                 "ui", "ui-mcp-proxy", "warmup", "webui", "webui-mcp-proxy"),
+                 "ui", "ui-mcp-proxy", "warmup"),
     cpu_flag="threads",
     managed=frozenset({"model", "host", "port", "alias"}),
     default_binary="llama-server",

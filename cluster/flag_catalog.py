@@ -143,4 +143,15 @@ def _check_type(where: str, canonical: str, flag: Flag, value: Any) -> None:
         fits = isinstance(value, str)
     if not fits:
         words = {bool: "true or false", int: "a whole number", float: "a number", str: "a word"}[flag.kind]
-        raise TaskError(f"{where}: {value!r} is not {words} (--{canonical})")
+        # A quoted number is a word in YAML: the rules and the searcher compare numbers.
+        quoted = flag.kind in (int, float) and isinstance(value, str) and _is_number(value)
+        raise TaskError(f"{where}: {value!r} is not {words} (--{canonical})"
+                        + ("; write it without quotes" if quoted else ""))
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

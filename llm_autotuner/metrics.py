@@ -50,6 +50,11 @@ def maximize(metric: str) -> bool:
     return METRICS[metric].maximize
 
 
+def counted(number: int, noun: str) -> str:
+    """A count as the tool words it: "1 stage", "3 stages"."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def figure(value: float | None) -> str:
     """A measured number as the tool prints it: 4 significant digits, trailing zeros kept, so that
     71.00 stands beside 73.27 as the same precision (`.4g` printed "71", which reads as rounded);

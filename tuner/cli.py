@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from llm_autotuner.errors import AutotunerError, SetupError, TaskError
+from llm_autotuner.metrics import counted
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -178,14 +179,14 @@ def _validate(args) -> int:
 
     searched = num_trials(task) - task.search.baseline
     spent = " (every config of the space)" if task.search.algorithm != "grid" and searched < task.search.num_samples else ""
-    trials = f"{_counted(searched, 'searched trial')}{spent}" + (
+    trials = f"{counted(searched, 'searched trial')}{spent}" + (
         " and the engine defaults" if task.search.baseline else "")
     top = min(task.search.confirm_top_k, searched)  # the best tuned trials (results.finalists)
     finalists = (f"the {top} best" if top > 1 else "the best") + (" and the engine defaults" if task.search.baseline else "")
-    confirm = (f", then {_counted(task.search.confirm_repeats, 'more run')} each of {finalists}"
+    confirm = (f", then {counted(task.search.confirm_repeats, 'more run')} each of {finalists}"
                if top and task.search.confirm_repeats else "")
-    print(f"{args.task}: ok ({task.engine.name}, {_counted(len(task.search_space), 'parameter')}, "
-          f"{_counted(len(task.benchmark.concurrency), 'stage')}; {trials}{confirm})")
+    print(f"{args.task}: ok ({task.engine.name}, {counted(len(task.search_space), 'parameter')}, "
+          f"{counted(len(task.benchmark.concurrency), 'stage')}; {trials}{confirm})")
     return EXIT_OK
 
 
@@ -196,10 +197,6 @@ def _version() -> str:
         return version("llm-autotuner")
     except PackageNotFoundError:  # run from a checkout that was never installed
         return "(not installed)"
-
-
-def _counted(number: int, noun: str) -> str:
-    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _render(args) -> int:

@@ -30,7 +30,7 @@ from llm_autotuner.cluster.backend import (Backend, backend_for, beyond_offers, 
 from llm_autotuner.cluster.engines import EngineProfile, missing_model, profile_for
 from llm_autotuner.cluster.nodes import check_nodes, everywhere
 from llm_autotuner.cluster.storage import Storage, assemble, collect_here, move_aside, storage_for
-from llm_autotuner.metrics import METRICS, maximize
+from llm_autotuner.metrics import METRICS, counted, maximize
 from llm_autotuner.outcome import BASELINE_KEY, trial_params
 from llm_autotuner.trainables.trial import GPU_LIST_VARIABLES, Resolved, TrialTrainable
 from llm_autotuner.tuner import registry
@@ -144,7 +144,7 @@ def _threads_beyond_cores(task: Task, profile: EngineProfile) -> list[str]:
     """A trial claims at most one node's CPUs (LocalBackend.claim): more threads share them."""
     cores = len(os.sched_getaffinity(0))  # as Ray counts them: the CPUs this process may use
     places = (("engine.args", task.engine.args), ("search_space", task.search_space))
-    return [f"{where}.{name}: {value} is more than this machine's {cores} CPU{'s' if cores > 1 else ''}: with a "
+    return [f"{where}.{name}: {value} is more than this machine's {counted(cores, 'CPU')}: with a "
             f"local Ray a trial holds them all, and its {value} threads share them"
             for where, names in places
             for name, domain in names.items() if profile.canonical(name) == profile.cpu_flag

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,8 @@ from llm_autotuner.cluster.backend import backend_for, beyond_offers, trial_clai
 from llm_autotuner.cluster.deployer import EngineSpec
 from llm_autotuner.cluster.engines import profile_for, served_model_name
 from llm_autotuner.cluster.flag_rules import conflict
-from llm_autotuner.tuner.search import distinct_count, effective_of, spelling
+from llm_autotuner.metrics import counted
+from llm_autotuner.tuner.search import distinct_count, effective_of, spelling, untried_config
 from llm_autotuner.tuner.space import sample
 from llm_autotuner.task import Task
 
@@ -46,17 +48,22 @@ def render_trials(task: Task, trials: int) -> tuple[dict[str, str], list[str]]:
     specs: dict[int, EngineSpec] = {}
     claims, notes = {}, []
     # A run hands out no config twice (search.DistinctConfigs): neither does render.
-    size = distinct_count(task.search_space, effective_of(task))
+    effective = effective_of(task)
+    size = distinct_count(task.search_space, effective)
     if size is not None and size < trials:
-        notes.append(f"the space holds {size} config{'s' if size != 1 else ''} the engine runs differently: "
+        notes.append(f"the space holds {counted(size, 'config')} the engine runs differently: "
                      f"{size} sampled, not {trials}")
         trials = size
     seen: set[str] = set()
+    rng = random.Random()
     for number in range(1, trials + 1):
-        for _ in range(1000):  # a space too large to count: a repeat is unlikely, and then allowed
-            params = profile.effective(sample(task.search_space), task.engine.args)  # as a run would hand it out
+        for _ in range(1000):
+            params = effective(sample(task.search_space))  # as a run would hand it out
             if spelling(params) not in seen:
                 break
+        else:  # where the engine runs most configs alike, sampling may not find the rest: list them
+            # (a space too large to list: a repeat, as unlikely as it is then)
+            params = untried_config(task.search_space, effective, size, seen, rng) or params
         seen.add(spelling(params))
         claims[f"trial-{number}"] = claim = trial_claim(task, params, node_cpus)
         over = beyond_offers(claim, offers)

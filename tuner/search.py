@@ -195,20 +195,13 @@ class DistinctConfigs(Searcher):
                 self.searcher.on_trial_complete(inner_id, result=result, error=error)
             else:
                 self.waiting.setdefault(key, []).append(inner_id)
-        untried = self._untried()
+        untried = untried_config(self.space, self.effective, self.size, self.tried, self.random)
         return self._hand_out(trial_id, None, spelling(untried), untried) if untried else config
 
     def _hand_out(self, trial_id: str, inner_id: str | None, key: str, config: dict) -> dict:
         self.tried.add(key)
         self.inner_id[trial_id], self.config_of[trial_id] = inner_id, key
         return config
-
-    def _untried(self) -> dict | None:
-        if self.size is None or self.size > 100_000:  # unbounded, or too many to list
-            return None
-        configs = {key: config for config in map(self.effective, grid_points(self.space))
-                   if (key := spelling(config)) not in self.tried}
-        return self.random.choice(list(configs.values())) if configs else None
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if self.inner_id.get(trial_id, trial_id) is not None:
@@ -246,6 +239,16 @@ class DistinctConfigs(Searcher):
 
     def restore(self, checkpoint_path: str) -> None:
         self.searcher.restore(checkpoint_path)
+
+
+def untried_config(space: dict[str, Any], effective: Callable[[dict], dict], size: int | None, tried: set[str],
+                   rng: random.Random) -> dict | None:
+    """A config of a finite space (`size` distinct ones) whose spelling is not in `tried`, picked
+    at random as the engine runs it; None when all are tried or the space is too large to list."""
+    if size is None or size > 100_000:  # unbounded, or too many to list
+        return None
+    configs = {key: config for config in map(effective, grid_points(space)) if (key := spelling(config)) not in tried}
+    return rng.choice(list(configs.values())) if configs else None
 
 
 def spelling(config: dict) -> str:

@@ -12,6 +12,7 @@ import yaml
 from tests.conftest import until
 from llm_autotuner.cluster.engine_check import _line_choices, _line_flags
 from llm_autotuner.cluster.engines import LLAMA_CPP, SGLANG, VLLM, Launch
+from llm_autotuner.cluster.flag_catalog import VALUE_KINDS
 from llm_autotuner.cluster.local import free_port
 from llm_autotuner.errors import TaskError
 from llm_autotuner.task import parse_task
@@ -53,11 +54,39 @@ def test_llama_cpp_false_turns_off_every_flag_the_real_server_can_turn_off(llama
             names.add(token.rstrip(","))
         pairs |= {name[2:] for name in names if name.startswith("--") and f"--no-{name[2:]}" in names}
     assert {"repack", "warmup", "cache-prompt", "kv-offload", "cont-batching"} <= pairs  # the parse found them
-    for name in pairs:
-        assert LLAMA_CPP.flag_argv({name: False}) == [f"--no-{name}"], name
-        assert LLAMA_CPP.flag_argv({name: True}) == [f"--{name}"], name
+    for name in pairs:  # as a task spells it (webui, or its other spelling ui): one of the binary's
+        off, on = (LLAMA_CPP.flag_argv(LLAMA_CPP.merged({}, {name: value})) for value in (False, True))
+        assert off in ([f"--no-{name}"], [f"--no-{LLAMA_CPP.canonical(name)}"]), name
+        assert on in ([f"--{name}"], [f"--{LLAMA_CPP.canonical(name)}"]), name
     negatable = {name for name, (_, off) in LLAMA_CPP.bool_spelling.items() if off == [f"--no-{name}"]}
-    assert negatable == pairs  # none the binary lacks: `--no-X` it does not know would stop it at start
+    assert negatable == {LLAMA_CPP.canonical(name) for name in pairs}  # none the binary lacks: `--no-X` it
+    # does not know would stop it at start
+
+
+def test_llama_cpp_every_spelling_of_a_flag_autotuner_acts_on_is_that_flag(llama_server):
+    """llama-server takes `-n`, `--predict` and `--n-predict` alike: a task writing `predict: 16k`
+    must meet the whole-number check `n-predict` gets, and `kvo: false` must reach the engine as
+    --no-kv-offload, not be left out (a false without a known negative form is left out)."""
+    help_text = subprocess.run([llama_server, "--help"], capture_output=True, text=True, timeout=60).stdout
+    acted_on = (set(VALUE_KINDS["llama.cpp"]) | set(LLAMA_CPP.aliases.values()) | set(LLAMA_CPP.bool_spelling)
+                | set(LLAMA_CPP.chosen_in_log) | {LLAMA_CPP.cpu_flag})
+    checked = 0
+    for line in help_text.splitlines():
+        positive, long_seen = [], False  # "-kvo, --kv-offload, -nkvo, --no-kv-offload": those before the negatives
+        for spelling in _line_flags(line):
+            if spelling.startswith("--no-") or (long_seen and not spelling.startswith("--")):
+                break
+            positive.append(spelling.lstrip("-"))
+            long_seen |= spelling.startswith("--")
+        if acted_on & set(positive):
+            assert len({LLAMA_CPP.canonical(name) for name in positive}) == 1, positive
+            checked += len(positive) > 1
+    assert checked >= 15  # the parse found the lines (-n, --predict, --n-predict among them)
+    assert LLAMA_CPP.canonical("predict") == LLAMA_CPP.canonical("n") == "n-predict"
+    with pytest.raises(TaskError, match=r"'16k' is not a whole number \(--n-predict\)"):
+        preflight(parse_task({"name": "t", "model": {"path": "builtin:smollm2"}, "search_space": {"threads": [1]},
+                              "engine": {"name": "llama.cpp", "args": {"predict": "16k"}}}))
+    assert LLAMA_CPP.flag_argv(LLAMA_CPP.merged({"kvo": False}, {})) == ["--no-kv-offload"]
 
 
 def test_llama_cpp_on_and_off_reach_every_flag_that_takes_those_words(llama_server):

@@ -124,6 +124,18 @@ def test_render_renders_each_config_of_a_small_space_once(tmp_path):
     assert not (tmp_path / "out" / "trial-3-launch.json").exists()
 
 
+def test_render_finds_every_config_where_the_engine_runs_most_of_the_space_alike(tmp_path):
+    # ubatch above the batch runs as the batch: 16384 values, 16 configs, the 16th rarely sampled.
+    def folded(task):
+        task["engine"]["args"]["batch-size"] = 16
+        task["search_space"] = {"ubatch-size": {"type": "int", "min": 1, "max": 16384}}
+    result = cli("render", _task_file(tmp_path, "examples/quickstart-cpu.yaml", folded), "--trials", "16",
+                 "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads((tmp_path / "out" / f"trial-{n}-launch.json").read_text())["command"] for n in range(1, 17)]
+    assert sorted(int(line.split("--ubatch-size ")[1].split()[0]) for line in lines) == list(range(1, 17))
+
+
 def test_render_leaves_out_a_config_over_the_gpu_budget_and_says_why(tmp_path):
     def wide(task):
         task["search_space"]["tp-size"] = [1, 16]  # 16 GPUs: the budget is 8
