@@ -81,6 +81,26 @@ VLLM = {
 
 CATALOGS = {"sglang": ("SGLang 0.5.23", SGLANG), "vllm": ("vLLM 0.33.0", VLLM)}
 
+# Flags whose values all run alike under the load autotuner sends (read in the release named):
+# searched, they spend trials measuring noise. Said, not refused: the cluster's image may be another
+# release.
+MEASURES_NOTHING = {"sglang": {
+    # managers/scheduler_components/new_token_ratio_tracker.py: it scales only the guess of how much
+    # of its max_tokens a request will use; schedule_policy.py takes 1.0 for a request with
+    # ignore_eos, which genai-bench sends to SGLang and vLLM whenever it sets max_tokens (always).
+    "schedule-conservativeness": "SGLang 0.5.23 uses it only to guess how early requests stop, and "
+                                 "genai-bench's requests never stop early (ignore_eos)",
+    # Only declared (arg_groups/fields/schedule.py); older releases read it.
+    "num-continuous-decode-steps": "SGLang 0.5.23 declares it but reads it nowhere",
+}}
+
+
+def measures_nothing(engine: str, space: dict[str, Any], canonical: Callable[[str], str]) -> list[str]:
+    """What to say of searched flags whose values would all measure alike here (MEASURES_NOTHING)."""
+    inert = MEASURES_NOTHING.get(engine, {})
+    return [f"search_space.{name}: {inert[canonical(name)]}: its values will measure alike"
+            for name in space if canonical(name) in inert]
+
 # llama-server's own --help is always asked (it is built here), but it names no types, and it reads
 # a whole number with std::stoi, which stops at the first letter: --ctx-size 16k runs as 16.
 VALUE_KINDS = {"llama.cpp": dict.fromkeys(("ctx-size", "batch-size", "ubatch-size", "parallel", "threads-batch",

@@ -110,6 +110,7 @@ def preflight(task: Task) -> list[str]:
     if over:
         refused.append(f"search_space: some configs are skipped as infeasible, not deployed: one needs {over}")
     refused += _unlikely_latency_limits(task)
+    refused += flag_catalog.measures_nothing(task.engine.name, task.search_space, profile.canonical)
     storage_for(task)  # a storage.filesystem that cannot be built fails here, in one line
     existing = next(path for path in (task.results_path, *task.results_path.parents) if path.exists())
     if not existing.is_dir():

@@ -418,6 +418,26 @@ def test_an_ome_task_is_checked_against_the_catalog_of_its_engines_flags(tmp_pat
 
 
 
+def test_validate_says_which_searched_sglang_flags_would_measure_nothing_under_genai_bench(tmp_path, monkeypatch,
+                                                                                          capsys):
+    """Each trial takes minutes of GPU time: a dimension whose values all run alike under this
+    tool's load doubles the trials to measure noise."""
+    task = {"name": "ome", "model": {"name": "llama", "tokenizer": "org/llama"},
+            "engine": {"name": "sglang", "args": {"tp-size": 1}},
+            "deployment": {"backend": "ome", "namespace": "tuning", "model": "llama", "runtime": "srt-llama",
+                           "gpu_budget": 8},
+            "search_space": {"schedule_conservativeness": [0.3, 1.0, 1.5], "num-continuous-decode-steps": [1, 4],
+                             "max-running-requests": [64, 128]}}
+    (tmp_path / "task.yaml").write_text(yaml.safe_dump(task))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["validate", "task.yaml"]) == 0
+    assert capsys.readouterr().err.splitlines() == [  # in the file's order (safe_dump sorts the keys)
+        "task.yaml: note: search_space.num-continuous-decode-steps: SGLang 0.5.23 declares it but reads it nowhere: "
+        "its values will measure alike",
+        "task.yaml: note: search_space.schedule_conservativeness: SGLang 0.5.23 uses it only to guess how early "
+        "requests stop, and genai-bench's requests never stop early (ignore_eos): its values will measure alike"]
+
+
 def test_a_searched_flag_the_catalog_does_not_know_is_pointed_out_even_far_from_any_it_knows():
     """Each searched flag multiplies the trials: one vLLM does not have fails every config given it,
     after minutes of start-up on a GPU. Fixed args hold many other flags: noted only near a known one."""
