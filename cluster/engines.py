@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llm_autotuner.cluster.flag_rules import attention_dp, whole
+from llm_autotuner.cluster.flag_rules import ATTENTION_BACKENDS, attention_dp, sglang_page, whole
 from llm_autotuner.cluster.node_check import NodeCheck
 from llm_autotuner.errors import TaskError
 from llm_autotuner.task import Engine, Model, check_value
@@ -267,6 +267,9 @@ class SGLangProfile(EngineProfile):
             # parallel_hook.py `handle_deprecated_dp_attention` (0.5.23): the switch only turns a
             # dp-size above 1 into attn-dp-size, when that is 1; then it is turned off.
             runs["enable-dp-attention"] = False
+        page = sglang_page(flags.get("page-size"), *(flags.get(name) for name in ATTENTION_BACKENDS))[0]
+        if flags.get("page-size") not in (None, page):  # a backend that forces its own
+            runs["page-size"] = page
         if flags.get("enable-torch-compile") is not True and flags.get("device") != "cpu":
             # Read only to pick the batch sizes compiled (runner/base_cuda_graph_runner.py; CPU graphs aside).
             runs["torch-compile-max-bs"] = None

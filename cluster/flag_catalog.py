@@ -59,8 +59,11 @@ SGLANG = {
     "sampling-backend": Flag(str, choices=("flashinfer", "pytorch", "ascend", "intel_xpu")),
     "kv-cache-dtype": Flag(str, choices=("auto", "fp8_e5m2", "fp8_e4m3", "mxfp8", "bf16", "bfloat16", "nvfp4",
                                          "fp4_mx_block16")),
-    "attention-backend": Flag(str, choices=("triton", "flashinfer", "fa3", "fa4", "flashmla", "trtllm_mla",
-                                            "trtllm_mha", "cutedsl_mla", "aiter", "torch_native")),
+    # arg_groups/choices.py ATTENTION_BACKEND_CHOICES, for each of the three
+    **dict.fromkeys(("attention-backend", "decode-attention-backend", "prefill-attention-backend"), Flag(str, choices=(
+        "triton", "torch_native", "flex_attention", "dsa", "nsa", "qsa", "dsv4", "compressed", "fa3", "fa4",
+        "flashinfer", "llada2_cfg_flashinfer", "flashmla", "trtllm_mla", "cutedsl_mla", "tokenspeed_mla", "trtllm_mha",
+        "hpc_ops", "minicpm_flashattn", "minicpm_flashinfer", "aiter", "wave", "intel_amx", "ascend", "intel_xpu"))),
     "quantization": Flag(str),
 }
 

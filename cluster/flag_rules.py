@@ -51,6 +51,26 @@ _VLLM_DTYPES = {"half": "float16", "float16": "float16", "bfloat16": "bfloat16",
 # The llama.cpp cache types that are not quantized (its --help lists f32, f16, bf16 and quantized ones).
 _PLAIN_CACHE = {"f32", "f16", "bf16"}
 
+ATTENTION_BACKENDS = ("attention-backend", "decode-attention-backend", "prefill-attention-backend")
+
+# SGLang 0.5.23 arg_groups/overrides.py `_mla_backend_page_constraints`, in its order: a backend,
+# the flags of ATTENTION_BACKENDS it is looked for in, and the page sizes it keeps; any other page
+# size (unset too) runs as 64, with a warning. (FA4 on SM100 and Intel XPU force theirs on those
+# devices only: not judged.)
+_PAGE_FORCING_BACKENDS = (("flashmla", 2, ()), ("trtllm_mla", 2, (32, 64)), ("cutedsl_mla", 3, (32, 64)),
+                          ("trtllm_mha", 3, (16, 32, 64, 128)), ("hpc_ops", 3, (64,)))
+
+
+def sglang_page(page: Any, *backends: Any) -> tuple[Any, str]:
+    """The page size SGLang runs with, given --page-size (None: unset, then 1) and the flags of
+    ATTENTION_BACKENDS, and how a rule says it."""
+    said = f"--page-size {page}"
+    for backend, flags, kept in _PAGE_FORCING_BACKENDS:
+        if backend in backends[:flags] and page not in kept:
+            page, said = 64, f"the page size 64 {backend} runs with"
+    return (1 if page is None else page), said
+
+
 RULES = {
     "vllm": [Rule(("max-num-batched-tokens", "max-num-seqs"),
                   lambda tokens, seqs: whole(tokens, seqs) and tokens < seqs,
@@ -76,16 +96,19 @@ RULES = {
     # validation_hook.py check_server_args asserts the divided chunk (> 0) is a multiple of
     # page-size. (Read the same, with dp-size only, in server_args.py at 001067ff.)
     # (Not checked on a decode worker of disaggregated serving.)
-    "sglang": [Rule(("chunked-prefill-size", "page-size", "disaggregation-mode", "enable-dp-attention", "dp-size",
-                     "attn-dp-size"),
-                    lambda chunk, page, mode, *dp: whole(chunk, page) and chunk > 0 and page >= 1 and mode != "decode"
-                    and chunk // attention_dp(*dp)[0] % page != 0,
-                    lambda chunk, page, _, *dp: f"sets --chunked-prefill-size {chunk}, "
+    # The page size is the one SGLang runs with (`sglang_page`: some attention backends force theirs).
+    "sglang": [Rule(("chunked-prefill-size", "page-size", *ATTENTION_BACKENDS, "disaggregation-mode",
+                     "enable-dp-attention", "dp-size", "attn-dp-size"),
+                    lambda chunk, page, a, d, p, mode, *dp: whole(chunk, sglang_page(page, a, d, p)[0]) and chunk > 0
+                    and sglang_page(page, a, d, p)[0] >= 1 and mode != "decode"
+                    and chunk // attention_dp(*dp)[0] % sglang_page(page, a, d, p)[0] != 0,
+                    lambda chunk, page, a, d, p, _, *dp: f"sets --chunked-prefill-size {chunk}, "
                     + (f"which {attention_dp(*dp)[1]} divides to {chunk // attention_dp(*dp)[0]}, "
                        if attention_dp(*dp)[0] > 1 else "")
-                    + f"not a multiple of --page-size {page}, which SGLang refuses at start",
-                    defaults={"disaggregation-mode": "null", "enable-dp-attention": False, "dp-size": 1,
-                              "attn-dp-size": 1}),
+                    + f"not a multiple of {sglang_page(page, a, d, p)[1]}, which SGLang refuses at start",
+                    # unset: page 1 (as forced as None), backends chosen by model and GPU (not judged)
+                    defaults={"page-size": 1, **dict.fromkeys(ATTENTION_BACKENDS, ""), "disaggregation-mode": "null",
+                              "enable-dp-attention": False, "dp-size": 1, "attn-dp-size": 1}),
                Rule(("tp-size", "enable-dp-attention", "dp-size", "attn-dp-size"),
                     lambda tp, *dp: whole(tp) and tp % attention_dp(*dp)[0] != 0,
                     lambda tp, *dp: f"sets --tp-size {tp}, not a multiple of {attention_dp(*dp)[1]}, "

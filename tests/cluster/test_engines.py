@@ -477,6 +477,16 @@ OME_SGLANG = {"name": "ome", "model": {"name": "llama", "tokenizer": "org/llama"
     ("sglang", {"tp-size": 1, "page-size": 64}, {"chunked-prefill-size": [-1, 4096, 1000]},
      "one sets --chunked-prefill-size 1000, not a multiple of --page-size 64, which SGLang refuses at start"),
     ("sglang", {"tp-size": 1}, {"chunked-prefill-size": [2048, 4096], "page-size": [16, 64]}, None),
+    # FlashMLA runs with pages of 64 whatever --page-size says, unset too: SGLang checks the chunk against that.
+    ("sglang", {"tp-size": 1, "attention-backend": "flashmla"}, {"chunked-prefill-size": [4096, 4000]},
+     "one sets --chunked-prefill-size 4000, not a multiple of the page size 64 flashmla runs with, which SGLang "
+     "refuses at start"),
+    ("sglang", {"tp-size": 1, "page-size": 16}, {"chunked-prefill-size": [2048, 4080],
+                                                 "decode-attention-backend": ["fa3", "trtllm_mla"]},
+     "one sets --chunked-prefill-size 4080, not a multiple of the page size 64 trtllm_mla runs with, which SGLang "
+     "refuses at start"),
+    ("sglang", {"tp-size": 1, "page-size": 32, "attention-backend": "trtllm_mla"}, {"chunked-prefill-size": [4064]},
+     None),
     ("sglang", {"tp-size": 1, "disable-cuda-graph-padding": True}, {"enable-torch-compile": [True, False]},
      "one sets --enable-torch-compile with --disable-cuda-graph-padding, which SGLang refuses at start"),
     ("sglang", {"tp-size": 1}, {"enable-torch-compile": [True, False], "disable-cuda-graph-padding": [False]}, None),
@@ -564,6 +574,14 @@ def test_sglang_configs_it_runs_alike_are_one_config(tmp_path, monkeypatch, caps
     # torch-compile-max-bs picks the batch sizes torch.compile compiles: nothing without it.
     assert SGLANG.effective({"torch-compile-max-bs": 16}, {}) == {"torch-compile-max-bs": None}
     assert SGLANG.effective({"torch-compile-max-bs": 16}, {"enable-torch-compile": True}) == {"torch-compile-max-bs": 16}
+    # Some attention backends run their own page size (arg_groups/overrides.py, with a warning).
+    assert SGLANG.effective({"page-size": 16}, {"attention-backend": "flashmla"}) == {"page-size": 64}
+    assert SGLANG.effective({"page-size": 32}, {"attention-backend": "trtllm_mla"}) == {"page-size": 32}
+    assert SGLANG.effective({"page-size": 1}, {"decode-attention-backend": "trtllm_mla"}) == {"page-size": 64}
+    assert SGLANG.effective({"page-size": 128, "prefill-attention-backend": "trtllm_mha"}, {}) == {
+        "page-size": 128, "prefill-attention-backend": "trtllm_mha"}
+    assert SGLANG.effective({"page-size": 8}, {"prefill-attention-backend": "flashmla"}) == {"page-size": 8}  # decode's
+    assert SGLANG.effective({"page-size": 16}, {"attention-backend": "fa3"}) == {"page-size": 16}
     # A grid of 3 policies x the cache on and off is 5 configs: lpm without the cache is fcfs without it.
     space = {"schedule-policy": ["fcfs", "lpm", "lof"], "disable-radix-cache": [True, False]}
     task = OME_SGLANG | {"engine": {"name": "sglang", "args": {"tp-size": 1}}, "search_space": space,
