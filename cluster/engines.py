@@ -267,6 +267,9 @@ class SGLangProfile(EngineProfile):
             # parallel_hook.py `handle_deprecated_dp_attention` (0.5.23): the switch only turns a
             # dp-size above 1 into attn-dp-size, when that is 1; then it is turned off.
             runs["enable-dp-attention"] = False
+        if flags.get("attention-backend") == "fa3" and flags.get("kv-cache-dtype") == "fp8_e5m2":
+            # arg_groups/overrides.py `_attention_backend_fa3_fp8_fallback` (0.5.23): with a warning.
+            runs["attention-backend"] = "triton"
         page = sglang_page(flags.get("page-size"), *(flags.get(name) for name in ATTENTION_BACKENDS))[0]
         if flags.get("page-size") not in (None, page):  # a backend that forces its own
             runs["page-size"] = page

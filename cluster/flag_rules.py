@@ -134,6 +134,23 @@ RULES = {
                     lambda policy, off: policy == "shortest-prefill-first" and off is True,
                     lambda *_: "sets --schedule-policy shortest-prefill-first with --disable-radix-cache, which "
                                "SGLang refuses at start (the policy needs the prefix cache)"),
+               # arg_groups/overrides.py `_mla_kv_cache_dtype_checks` and `_cutedsl_prefill_backend_fill`
+               # (0.5.23): a ValueError or an assert at start, on any GPU.
+               Rule(("kv-cache-dtype", *ATTENTION_BACKENDS[:2]),
+                    lambda cache, *backends: "trtllm_mla" in backends and cache not in ("fp8_e4m3", "bf16", "auto"),
+                    lambda cache, *_: f"sets --kv-cache-dtype {cache} with the trtllm_mla attention backend, which "
+                                      "SGLang refuses at start (fp8_e4m3, bf16 or auto only)",
+                    defaults={"kv-cache-dtype": "auto", **dict.fromkeys(ATTENTION_BACKENDS, "")}),
+               Rule(("kv-cache-dtype", *ATTENTION_BACKENDS),
+                    lambda cache, *backends: "cutedsl_mla" in backends
+                    and cache not in ("fp8_e4m3", "bf16", "bfloat16", "auto"),
+                    lambda cache, *_: f"sets --kv-cache-dtype {cache} with the cutedsl_mla attention backend, which "
+                                      "SGLang refuses at start (fp8_e4m3, bf16 or auto only)",
+                    defaults={"kv-cache-dtype": "auto", **dict.fromkeys(ATTENTION_BACKENDS, "")}),
+               Rule(("prefill-attention-backend",),
+                    lambda backend: backend == "cutedsl_mla",
+                    lambda _: "sets --prefill-attention-backend cutedsl_mla, which SGLang refuses at start (it "
+                              "decodes only)"),
                # check_server_args (0.5.23, and server_args.py at 001067ff): an assert, so the server exits.
                Rule(("enable-torch-compile", "disable-cuda-graph-padding"),
                     lambda compiled, unpadded: compiled is True and unpadded is True,

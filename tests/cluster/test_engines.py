@@ -487,6 +487,16 @@ OME_SGLANG = {"name": "ome", "model": {"name": "llama", "tokenizer": "org/llama"
      "refuses at start"),
     ("sglang", {"tp-size": 1, "page-size": 32, "attention-backend": "trtllm_mla"}, {"chunked-prefill-size": [4064]},
      None),
+    ("sglang", {"tp-size": 1}, {"attention-backend": ["fa3", "trtllm_mla"], "kv-cache-dtype": ["auto", "bfloat16"]},
+     "one sets --kv-cache-dtype bfloat16 with the trtllm_mla attention backend, which SGLang refuses at start "
+     "(fp8_e4m3, bf16 or auto only)"),
+    ("sglang", {"tp-size": 1, "attention-backend": "trtllm_mla"}, {"kv-cache-dtype": ["auto", "bf16", "fp8_e4m3"]},
+     None),
+    ("sglang", {"tp-size": 1, "decode-attention-backend": "cutedsl_mla"}, {"kv-cache-dtype": ["bfloat16", "fp8_e5m2"]},
+     "one sets --kv-cache-dtype fp8_e5m2 with the cutedsl_mla attention backend, which SGLang refuses at start "
+     "(fp8_e4m3, bf16 or auto only)"),
+    ("sglang", {"tp-size": 1}, {"prefill-attention-backend": ["fa3", "cutedsl_mla"]},
+     "one sets --prefill-attention-backend cutedsl_mla, which SGLang refuses at start (it decodes only)"),
     ("sglang", {"tp-size": 1, "disable-cuda-graph-padding": True}, {"enable-torch-compile": [True, False]},
      "one sets --enable-torch-compile with --disable-cuda-graph-padding, which SGLang refuses at start"),
     ("sglang", {"tp-size": 1}, {"enable-torch-compile": [True, False], "disable-cuda-graph-padding": [False]}, None),
@@ -582,6 +592,10 @@ def test_sglang_configs_it_runs_alike_are_one_config(tmp_path, monkeypatch, caps
         "page-size": 128, "prefill-attention-backend": "trtllm_mha"}
     assert SGLANG.effective({"page-size": 8}, {"prefill-attention-backend": "flashmla"}) == {"page-size": 8}  # decode's
     assert SGLANG.effective({"page-size": 16}, {"attention-backend": "fa3"}) == {"page-size": 16}
+    # FlashAttention 3 takes no fp8_e5m2 cache: SGLang runs Triton's attention instead (a warning).
+    assert SGLANG.effective({"attention-backend": "fa3", "kv-cache-dtype": "fp8_e5m2"}, {}) == {
+        "attention-backend": "triton", "kv-cache-dtype": "fp8_e5m2"}
+    assert SGLANG.effective({"attention-backend": "fa3"}, {"kv-cache-dtype": "fp8_e4m3"}) == {"attention-backend": "fa3"}
     # A grid of 3 policies x the cache on and off is 5 configs: lpm without the cache is fcfs without it.
     space = {"schedule-policy": ["fcfs", "lpm", "lof"], "disable-radix-cache": [True, False]}
     task = OME_SGLANG | {"engine": {"name": "sglang", "args": {"tp-size": 1}}, "search_space": space,
