@@ -595,7 +595,8 @@ def test_sglang_configs_it_runs_alike_are_one_config(tmp_path, monkeypatch, caps
     # FlashAttention 3 takes no fp8_e5m2 cache: SGLang runs Triton's attention instead (a warning).
     assert SGLANG.effective({"attention-backend": "fa3", "kv-cache-dtype": "fp8_e5m2"}, {}) == {
         "attention-backend": "triton", "kv-cache-dtype": "fp8_e5m2"}
-    assert SGLANG.effective({"attention-backend": "fa3"}, {"kv-cache-dtype": "fp8_e4m3"}) == {"attention-backend": "fa3"}
+    assert SGLANG.effective({"attention-backend": "fa3"}, {"kv-cache-dtype": "fp8_e4m3"}) == {
+        "attention-backend": "fa3"}
     # A grid of 3 policies x the cache on and off is 5 configs: lpm without the cache is fcfs without it.
     space = {"schedule-policy": ["fcfs", "lpm", "lof"], "disable-radix-cache": [True, False]}
     task = OME_SGLANG | {"engine": {"name": "sglang", "args": {"tp-size": 1}}, "search_space": space,
