@@ -418,7 +418,10 @@ SGLANG = SGLangProfile(
     chosen_in_log={"max-running-requests": re.compile(r"max_prefill_tokens=\d+, max_running_requests=(\d+)"),
                    "chunked-prefill-size": re.compile(r"max_total_num_tokens=\d+, chunked_prefill_size=(-?\d+)"),
                    "mem-fraction-static": re.compile(r"\bmem_fraction_static'?(?:=|: )(\d*\.\d+)"),
-                   "cuda-graph-max-bs": re.compile(r"\bcuda_graph_max_bs'?(?:=|: )(\d+)")},
+                   "cuda-graph-max-bs": re.compile(r"\bcuda_graph_max_bs'?(?:=|: )(\d+)"),
+                   # 0.5.23 (no --cuda-graph-max-bs): the resolved config in server_args' dict, decode phase
+                   # first (model_executor/cuda_graph_config.py; server_args.py `resolved_dict`)
+                   "cuda-graph-max-bs-decode": re.compile(r"'cuda_graph_config': \{'decode': \{[^{}]*?'max_bs': (\d+)")},
 )
 
 VLLM = VLLMProfile(

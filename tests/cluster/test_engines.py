@@ -273,6 +273,16 @@ def test_what_sglang_and_vllm_chose_on_their_gpus_is_read_from_their_start_up_li
     # SGLang >= 0.5.19 prints server_args as a dict.
     dict_form = "[2026-06-28 15:16:45] server_args={'model_path': 'm', 'mem_fraction_static': 0.871, 'cuda_graph_max_bs': 160}"
     assert SGLANG.chosen_by_engine(dict_form, {}) == {"mem-fraction-static": 0.871, "cuda-graph-max-bs": 160}
+    # 0.5.23 has only --cuda-graph-max-bs-decode (and -prefill); what it chose is in the resolved
+    # cuda_graph_config (written here from its code, no such log seen: server_args.py `resolved_dict`
+    # turns the dataclasses into dicts in field order).
+    def server_args(decode_max_bs):
+        return ("server_args={'mem_fraction_static': 0.8, 'cuda_graph_max_bs_decode': None, 'cuda_graph_config': "
+                f"{{'decode': {{'backend': 'full', 'max_bs': {decode_max_bs}, 'bs': None, 'tc_compiler': 'eager'}}, "
+                "'prefill': {'backend': 'breakable', 'max_bs': 2048, 'bs': None}}}")
+    assert SGLANG.chosen_by_engine(server_args(256), {"mem-fraction-static": 0.8}) == {"cuda-graph-max-bs-decode": 256}
+    assert SGLANG.chosen_by_engine(server_args(None), {"mem-fraction-static": 0.8}) == {}  # graphs off
+    assert SGLANG.chosen_by_engine(server_args(64), {"mem-fraction-static": 0.8, "cuda-graph-max-bs-decode": 64}) == {}
     # With attention DP each rank logs its share of the requests and of the chunk: the flag is the
     # total (pinned at 2048, the chunk would be divided again, to 2048 // 4).
     for attention_dp in ({"dp-size": 4, "enable-dp-attention": True}, {"attn-dp-size": 4}):
