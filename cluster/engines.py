@@ -421,7 +421,8 @@ SGLANG = SGLangProfile(
                    "cuda-graph-max-bs": re.compile(r"\bcuda_graph_max_bs'?(?:=|: )(\d+)"),
                    # 0.5.23 (no --cuda-graph-max-bs): the resolved config in server_args' dict, decode phase
                    # first (model_executor/cuda_graph_config.py; server_args.py `resolved_dict`)
-                   "cuda-graph-max-bs-decode": re.compile(r"'cuda_graph_config': \{'decode': \{[^{}]*?'max_bs': (\d+)")},
+                   "cuda-graph-max-bs-decode": re.compile(r"'cuda_graph_config': \{'decode': \{"
+                                                          r"[^{}]*?'max_bs': (\d+)")},
 )
 
 VLLM = VLLMProfile(
