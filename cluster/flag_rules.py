@@ -145,7 +145,7 @@ RULES = {
                     lambda cache, *backends: "cutedsl_mla" in backends
                     and cache not in ("fp8_e4m3", "bf16", "bfloat16", "auto"),
                     lambda cache, *_: f"sets --kv-cache-dtype {cache} with the cutedsl_mla attention backend, which "
-                                      "SGLang refuses at start (fp8_e4m3, bf16 or auto only)",
+                                      "SGLang refuses at start (fp8_e4m3, bf16, bfloat16 or auto only)",
                     defaults={"kv-cache-dtype": "auto", **dict.fromkeys(ATTENTION_BACKENDS, "")}),
                Rule(("prefill-attention-backend",),
                     lambda backend: backend == "cutedsl_mla",

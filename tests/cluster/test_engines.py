@@ -504,7 +504,7 @@ OME_SGLANG = {"name": "ome", "model": {"name": "llama", "tokenizer": "org/llama"
      None),
     ("sglang", {"tp-size": 1, "decode-attention-backend": "cutedsl_mla"}, {"kv-cache-dtype": ["bfloat16", "fp8_e5m2"]},
      "one sets --kv-cache-dtype fp8_e5m2 with the cutedsl_mla attention backend, which SGLang refuses at start "
-     "(fp8_e4m3, bf16 or auto only)"),
+     "(fp8_e4m3, bf16, bfloat16 or auto only)"),
     ("sglang", {"tp-size": 1}, {"prefill-attention-backend": ["fa3", "cutedsl_mla"]},
      "one sets --prefill-attention-backend cutedsl_mla, which SGLang refuses at start (it decodes only)"),
     ("sglang", {"tp-size": 1, "disable-cuda-graph-padding": True}, {"enable-torch-compile": [True, False]},
