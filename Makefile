@@ -13,7 +13,7 @@ tune: engine
 # `make test` leaves out the few long runs marked `extended` (their properties are covered by
 # shorter tests); `make test-all` runs every test. Four test files run at a time, on 2 cores too: an
 # end-to-end test mostly waits (on Ray, an engine, genai-bench), and with two at a time the suite
-# used a quarter of the CPU (measured 2026-12-07: 26 min with 2 workers, 19 with 4, idle). Each file
+# used a quarter of the CPU (measured 2026-12-07, idle: 26 min with 2 workers, 19-23 with 4). Each file
 # stays on one worker, as its tests share module fixtures. TEST_WORKERS=0 runs them one by one.
 TEST_WORKERS ?= 4
 test: engine browser
