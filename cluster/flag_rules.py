@@ -71,6 +71,21 @@ def sglang_page(page: Any, *backends: Any) -> tuple[Any, str]:
     return (1 if page is None else page), said
 
 
+def _sglang_chunk_refusal(chunk: Any, page: Any, attention: Any, decode: Any, prefill: Any, mode: Any,
+                          *dp: Any) -> str | None:
+    """Why SGLang refuses --chunked-prefill-size `chunk` (after attention DP divides it) with the
+    page size it runs with (`sglang_page`), or None when it does not."""
+    page, page_words = sglang_page(page, attention, decode, prefill)
+    if not whole(chunk, page) or chunk <= 0 or page < 1 or mode == "decode":
+        return None
+    width, width_words = attention_dp(*dp)
+    if chunk // width % page == 0:
+        return None
+    divided = f"which {width_words} divides to {chunk // width}, " if width > 1 else ""
+    return (f"sets --chunked-prefill-size {chunk}, {divided}not a multiple of {page_words}, "
+            "which SGLang refuses at start")
+
+
 RULES = {
     "vllm": [Rule(("max-num-batched-tokens", "max-num-seqs"),
                   lambda tokens, seqs: whole(tokens, seqs) and tokens < seqs,
@@ -99,13 +114,8 @@ RULES = {
     # The page size is the one SGLang runs with (`sglang_page`: some attention backends force theirs).
     "sglang": [Rule(("chunked-prefill-size", "page-size", *ATTENTION_BACKENDS, "disaggregation-mode",
                      "enable-dp-attention", "dp-size", "attn-dp-size"),
-                    lambda chunk, page, a, d, p, mode, *dp: whole(chunk, sglang_page(page, a, d, p)[0]) and chunk > 0
-                    and sglang_page(page, a, d, p)[0] >= 1 and mode != "decode"
-                    and chunk // attention_dp(*dp)[0] % sglang_page(page, a, d, p)[0] != 0,
-                    lambda chunk, page, a, d, p, _, *dp: f"sets --chunked-prefill-size {chunk}, "
-                    + (f"which {attention_dp(*dp)[1]} divides to {chunk // attention_dp(*dp)[0]}, "
-                       if attention_dp(*dp)[0] > 1 else "")
-                    + f"not a multiple of {sglang_page(page, a, d, p)[1]}, which SGLang refuses at start",
+                    lambda *values: _sglang_chunk_refusal(*values) is not None,
+                    _sglang_chunk_refusal,
                     # unset: page 1 (as forced as None), backends chosen by model and GPU (not judged)
                     defaults={"page-size": 1, **dict.fromkeys(ATTENTION_BACKENDS, ""), "disaggregation-mode": "null",
                               "enable-dp-attention": False, "dp-size": 1, "attn-dp-size": 1}),
