@@ -174,6 +174,31 @@ RULES = {
 }
 
 
+# What the engine chooses for a flag a task leaves out, where a rule needs that choice.
+LEFT_TO_ENGINE = "left to the engine"
+
+# Refused on some GPUs only: judged at the engine's choice on the smallest, said, not skipped (on a
+# larger GPU the config starts). vLLM 0.33.0's server (engine/arg_utils.py get_batch_defaults, and
+# VLLM.chosen_in_log) chooses --max-num-batched-tokens from the GPU: 2048 under 70 GiB and on A100s,
+# 8192 from 70 GiB, 16384 from 160 GiB, twice that with --performance-mode throughput, at least
+# --max-model-len with chunked prefill off (unknown here: not judged); and keeps a --max-num-seqs the
+# task sets, then refuses tokens below seqs (the first rule in RULES).
+ON_SMALLER_GPUS = {
+    "vllm": [Rule(("max-num-batched-tokens", "max-num-seqs", "enable-chunked-prefill", "performance-mode"),
+                  lambda tokens, seqs, chunked, mode: tokens == LEFT_TO_ENGINE and chunked is not False
+                  and whole(seqs) and seqs > _vllm_smallest_tokens(mode),
+                  lambda _, seqs, __, mode: f"sets --max-num-seqs {seqs} and leaves --max-num-batched-tokens to "
+                  f"vLLM, which chooses {_vllm_smallest_tokens(mode)} on GPUs under 70 GiB and on A100s and then "
+                  f"refuses to start there (fewer tokens per step than sequences); --max-num-batched-tokens {seqs} "
+                  "or more starts on any GPU",
+                  defaults={"max-num-batched-tokens": LEFT_TO_ENGINE, "enable-chunked-prefill": True,
+                            "performance-mode": "balanced"})],
+}
+
+
+def _vllm_smallest_tokens(mode: Any) -> int:
+    return 4096 if mode == "throughput" else 2048
+
 def attention_dp(attention: Any, dp: Any, attn: Any) -> tuple[int, str]:
     """SGLang's attention-DP width (1: off) from --enable-dp-attention, --dp-size, --attn-dp-size,
     and the flags that set it, as a rule says them."""
@@ -193,13 +218,13 @@ def conflict(engine: str, flags: dict[str, Any]) -> str | None:
     return None
 
 
-def possible_conflicts(engine: str, fixed: dict[str, Any],
-                       space: dict[str, Any]) -> list[tuple[tuple[str, ...], str, bool]]:
+def possible_conflicts(engine: str, fixed: dict[str, Any], space: dict[str, Any],
+                       rules: dict[str, list[Rule]] = RULES) -> list[tuple[tuple[str, ...], str, bool]]:
     """Each rule some configs of the task break: its flags, its words for one such config, and
     whether every config breaks it (then no trial could start). `fixed` and `space` are keyed by
     canonical name; a flag the space sets overrides the fixed one, as in a trial."""
     found = []
-    for rule in RULES.get(engine, []):
+    for rule in rules.get(engine, []):
         domains = [space[name] if name in space else [fixed[name]] if name in fixed
                    else [rule.defaults[name]] if name in rule.defaults else None for name in rule.flags]
         if None in domains:

@@ -175,7 +175,8 @@ def _check_flags(task: Task, profile: EngineProfile) -> None:
 
 def checked_conflicts(task: Task) -> list[str]:
     """Flag values the engine refuses together (cluster/flag_rules.py): refused here when every
-    config has them (no trial could start), else said: such configs are skipped, not deployed."""
+    config has them (no trial could start), else said: such configs are skipped, not deployed.
+    Those refused on some GPUs only are said."""
     profile = profile_for(task.engine.name)
     fixed = {profile.canonical(name): value for name, value in task.engine.args.items()}
     space = {profile.canonical(name): domain for name, domain in task.search_space.items()}
@@ -183,7 +184,14 @@ def checked_conflicts(task: Task) -> list[str]:
     for flags, words, always in found:
         if always:
             raise TaskError(f"{'search_space' if set(flags) & set(space) else 'engine.args'}: every config {words}")
-    return [f"search_space: some configs are skipped as infeasible, not deployed: one {words}" for _, words, _ in found]
+    notes = [f"search_space: some configs are skipped as infeasible, not deployed: one {words}"
+             for _, words, _ in found]
+    # Refused on some GPUs only: run (on a larger GPU they start), and said.
+    on_some_gpus = flag_rules.possible_conflicts(task.engine.name, fixed, space, flag_rules.ON_SMALLER_GPUS)
+    for flags, words, always in on_some_gpus:
+        where = "search_space" if set(flags) & set(space) else "engine.args"
+        notes.append(f"{where}: {'every config' if always else 'a config'} {words}")
+    return notes
 
 
 def _catalog_notes(task: Task, profile: EngineProfile) -> list[str]:

@@ -568,6 +568,37 @@ def test_configs_whose_flags_the_engine_refuses_together_are_pointed_out(tmp_pat
                      if said else [])
 
 
+
+@pytest.mark.parametrize("args, space, said", [
+    ({}, {"max-num-seqs": [256, 4096]},
+     "search_space: a config sets --max-num-seqs 4096 and leaves --max-num-batched-tokens to vLLM, which chooses "
+     "2048 on GPUs under 70 GiB and on A100s and then refuses to start there (fewer tokens per step than sequences); "
+     "--max-num-batched-tokens 4096 or more starts on any GPU"),
+    ({"max-num-seqs": 3000}, {"gpu-memory-utilization": [0.8, 0.9]},
+     "engine.args: every config sets --max-num-seqs 3000 and leaves --max-num-batched-tokens to vLLM, which chooses "
+     "2048 on GPUs under 70 GiB and on A100s and then refuses to start there (fewer tokens per step than sequences); "
+     "--max-num-batched-tokens 3000 or more starts on any GPU"),
+    ({"performance-mode": "throughput"}, {"max-num-seqs": [256, 3000]}, None),  # it doubles the choice: 4096
+    ({"enable-chunked-prefill": False}, {"max-num-seqs": [256, 4096]}, None),  # then at least max-model-len: unknown
+    ({}, {"max-num-seqs": [256, 4096], "max-num-batched-tokens": [8192]}, None),  # set: the rule that skips judges
+    ({}, {"max-num-seqs": [256, 2048]}, None),
+])
+def test_vllm_configs_refused_on_smaller_gpus_only_are_said_and_run(tmp_path, monkeypatch, capsys, args, space,
+                                                                    said):
+    """vLLM chooses its tokens per step from the GPU and refuses a --max-num-seqs above them: a
+    config that sets max-num-seqs and leaves the tokens to vLLM starts on an H100 and not on an
+    A100. validate says so; such a config is not skipped (it may start)."""
+    task = OME_SGLANG | {"engine": {"name": "vllm", "args": {"tensor-parallel-size": 1} | args}, "search_space": space,
+                         "search": {"algorithm": "grid", "baseline": False}}
+    (tmp_path / "task.yaml").write_text(yaml.safe_dump(task))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["validate", "task.yaml"]) == 0
+    out, err = capsys.readouterr()
+    notes = [line for line in err.splitlines() if "max-num-batched-tokens to vLLM" in line]
+    assert notes == ([f"task.yaml: note: {said}"] if said else [])
+    assert "skipped" not in err
+    assert f"; {len(space.get('max-num-seqs', space.get('gpu-memory-utilization')))} searched trials" in out
+
 def test_sglang_configs_it_runs_alike_are_one_config(tmp_path, monkeypatch, capsys):
     """SGLang starts with lpm, dfs-weight or hrrn and the radix cache off, and schedules FCFS
     without a word: such a config is the FCFS one, run once and reported as fcfs."""
