@@ -20,6 +20,13 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def pytest_collection_modifyitems(items):
+    """End-to-end tests first, in their order. `make test`'s workers take a file at a time in this
+    order: the long files then start early and the many short unit-test files fill in at the end,
+    instead of a long file handed out last running on after every other worker is done."""
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is None)
+
+
 @pytest.fixture(scope="session")
 def llama_server() -> str:
     return str(llamacpp_setup.ensure_llama_server())
