@@ -199,6 +199,7 @@ ON_SMALLER_GPUS = {
 def _vllm_smallest_tokens(mode: Any) -> int:
     return 4096 if mode == "throughput" else 2048
 
+
 def attention_dp(attention: Any, dp: Any, attn: Any) -> tuple[int, str]:
     """SGLang's attention-DP width (1: off) from --enable-dp-attention, --dp-size, --attn-dp-size,
     and the flags that set it, as a rule says them."""
