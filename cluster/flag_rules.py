@@ -55,35 +55,79 @@ ATTENTION_BACKENDS = ("attention-backend", "decode-attention-backend", "prefill-
 
 # SGLang 0.5.23 arg_groups/overrides.py `_mla_backend_page_constraints`, in its order: a backend,
 # the flags of ATTENTION_BACKENDS it is looked for in, and the page sizes it keeps; any other page
-# size (unset too) runs as 64, with a warning. (FA4 on SM100 and Intel XPU force theirs on those
-# devices only: not judged.)
+# size (unset too) runs as 64, with a warning. (FA4 forces its page on SM100 GPUs only: FA4_ON_SM100.)
 _PAGE_FORCING_BACKENDS = (("flashmla", 2, ()), ("trtllm_mla", 2, (32, 64)), ("cutedsl_mla", 3, (32, 64)),
                           ("trtllm_mha", 3, (16, 32, 64, 128)), ("hpc_ops", 3, (64,)))
 
 
-def sglang_page(page: Any, *backends: Any) -> tuple[Any, str]:
+def sglang_page(page: Any, attention: Any, decode: Any, prefill: Any) -> tuple[Any, str]:
     """The page size SGLang runs with, given --page-size (None: unset, then 1) and the flags of
     ATTENTION_BACKENDS, and how a rule says it."""
     said = f"--page-size {page}"
+    backends = (attention, decode, prefill)
     for backend, flags, kept in _PAGE_FORCING_BACKENDS:
         if backend in backends[:flags] and page not in kept:
             page, said = 64, f"the page size 64 {backend} runs with"
+    # overrides.py `_intel_xpu_page_constraint`, next: intel_xpu as the prefill or decode backend
+    # (each --attention-backend when unset) keeps 64 and 128, and 16 and 32 for MLA models, else
+    # runs 128. Which models use MLA is not known here: 16 and 32 are judged as kept (a chunk they
+    # refuse, 128 refuses too), so a config that starts is never skipped.
+    if "intel_xpu" in (prefill or attention, decode or attention) and page not in (16, 32, 64, 128):
+        page, said = 128, "the page size 128 intel_xpu runs with"
     return (1 if page is None else page), said
 
 
-def _sglang_chunk_refusal(chunk: Any, page: Any, attention: Any, decode: Any, prefill: Any, mode: Any,
-                          *dp: Any) -> str | None:
-    """Why SGLang refuses --chunked-prefill-size `chunk` (after attention DP divides it) with the
-    page size it runs with (`sglang_page`), or None when it does not."""
-    page, page_words = sglang_page(page, attention, decode, prefill)
+# overrides.py `_fa4_page_constraint`, after the others: with fa4 for any of ATTENTION_BACKENDS, on
+# SM100 GPUs, for a model without MLA and unless EAGLE drafts more than one token per step
+# (--speculative-eagle-topk above 1), SGLang runs pages of 128 whatever is set; elsewhere (other
+# GPUs, MLA models) the page `sglang_page` gives. So a chunk can be refused on the one and not the
+# other: said (ON_SOME_GPUS), and skipped only when refused on both.
+FA4_ON_SM100 = "the page size 128 fa4 runs with on SM100 GPUs (B200, GB200) for models without MLA"
+
+
+def _chunk_refusal(chunk: Any, page: Any, page_words: str, mode: Any, dp: tuple[Any, ...]) -> str | None:
+    """Why SGLang refuses --chunked-prefill-size `chunk` (after attention DP divides it) with pages
+    of `page`, or None when it does not."""
     if not whole(chunk, page) or chunk <= 0 or page < 1 or mode == "decode":
         return None
     width, width_words = attention_dp(*dp)
     if chunk // width % page == 0:
         return None
     divided = f"which {width_words} divides to {chunk // width}, " if width > 1 else ""
-    return (f"sets --chunked-prefill-size {chunk}, {divided}not a multiple of {page_words}, "
-            "which SGLang refuses at start")
+    return f"sets --chunked-prefill-size {chunk}, {divided}not a multiple of {page_words}"
+
+
+def _sglang_chunk_refusals(chunk: Any, page: Any, attention: Any, decode: Any, prefill: Any, mode: Any, topk: Any,
+                           *dp: Any) -> tuple[str | None, str | None]:
+    """Why SGLang refuses a chunk with the page it runs with on most GPUs, and on SM100 GPUs (the
+    same verdict, unless fa4 forces pages of 128 there)."""
+    usual = _chunk_refusal(chunk, *sglang_page(page, attention, decode, prefill), mode, dp)
+    if "fa4" not in (attention, decode, prefill) or (whole(topk) and topk > 1):
+        return usual, usual
+    return usual, _chunk_refusal(chunk, 128, FA4_ON_SM100, mode, dp)
+
+
+def _sglang_chunk_refused_everywhere(*values: Any) -> str | None:
+    usual, sm100 = _sglang_chunk_refusals(*values)
+    return f"{usual}, which SGLang refuses at start" if usual and sm100 else None
+
+
+def _sglang_chunk_refused_on_some_gpus(*values: Any) -> str | None:
+    usual, sm100 = _sglang_chunk_refusals(*values)
+    if usual and not sm100:
+        return (f"{usual}, which SGLang refuses at start except on SM100 GPUs (B200, GB200) for models without "
+                "MLA, where fa4 runs pages of 128")
+    if sm100 and not usual:
+        return f"{sm100}, which SGLang refuses at start there"
+    return None
+
+
+# The flags SGLang's chunk rule reads, and their defaults: unset, page 1 (as forced as None), backends
+# chosen by model and GPU (not judged).
+_SGLANG_CHUNK_FLAGS = ("chunked-prefill-size", "page-size", *ATTENTION_BACKENDS, "disaggregation-mode",
+                       "speculative-eagle-topk", "enable-dp-attention", "dp-size", "attn-dp-size")
+_SGLANG_CHUNK_DEFAULTS = {"page-size": 1, **dict.fromkeys(ATTENTION_BACKENDS, ""), "disaggregation-mode": "null",
+                          "speculative-eagle-topk": 0, "enable-dp-attention": False, "dp-size": 1, "attn-dp-size": 1}
 
 
 RULES = {
@@ -111,14 +155,10 @@ RULES = {
     # validation_hook.py check_server_args asserts the divided chunk (> 0) is a multiple of
     # page-size. (Read the same, with dp-size only, in server_args.py at 001067ff.)
     # (Not checked on a decode worker of disaggregated serving.)
-    # The page size is the one SGLang runs with (`sglang_page`: some attention backends force theirs).
-    "sglang": [Rule(("chunked-prefill-size", "page-size", *ATTENTION_BACKENDS, "disaggregation-mode",
-                     "enable-dp-attention", "dp-size", "attn-dp-size"),
-                    lambda *values: _sglang_chunk_refusal(*values) is not None,
-                    _sglang_chunk_refusal,
-                    # unset: page 1 (as forced as None), backends chosen by model and GPU (not judged)
-                    defaults={"page-size": 1, **dict.fromkeys(ATTENTION_BACKENDS, ""), "disaggregation-mode": "null",
-                              "enable-dp-attention": False, "dp-size": 1, "attn-dp-size": 1}),
+    # The page size is the one SGLang runs with (`sglang_page`: some attention backends force theirs;
+    # on SM100 GPUs fa4 forces 128, so a config refused on some GPUs only is said: ON_SOME_GPUS).
+    "sglang": [Rule(_SGLANG_CHUNK_FLAGS, lambda *values: _sglang_chunk_refused_everywhere(*values) is not None,
+                    _sglang_chunk_refused_everywhere, defaults=_SGLANG_CHUNK_DEFAULTS),
                Rule(("tp-size", "enable-dp-attention", "dp-size", "attn-dp-size"),
                     lambda tp, *dp: whole(tp) and tp % attention_dp(*dp)[0] != 0,
                     lambda tp, *dp: f"sets --tp-size {tp}, not a multiple of {attention_dp(*dp)[1]}, "
@@ -177,13 +217,13 @@ RULES = {
 # What the engine chooses for a flag a task leaves out, where a rule needs that choice.
 LEFT_TO_ENGINE = "left to the engine"
 
-# Refused on some GPUs only: judged at the engine's choice on the smallest, said, not skipped (on a
-# larger GPU the config starts). vLLM 0.33.0's server (engine/arg_utils.py get_batch_defaults, and
-# VLLM.chosen_in_log) chooses --max-num-batched-tokens from the GPU: 2048 under 70 GiB and on A100s,
-# 8192 from 70 GiB, 16384 from 160 GiB, twice that with --performance-mode throughput, at least
-# --max-model-len with chunked prefill off (unknown here: not judged); and keeps a --max-num-seqs the
-# task sets, then refuses tokens below seqs (the first rule in RULES).
-ON_SMALLER_GPUS = {
+# Refused on some GPUs only: said, not skipped (on others the config starts). vLLM 0.33.0's server
+# (engine/arg_utils.py get_batch_defaults, and VLLM.chosen_in_log) chooses --max-num-batched-tokens
+# from the GPU: 2048 under 70 GiB and on A100s, 8192 from 70 GiB, 16384 from 160 GiB, twice that
+# with --performance-mode throughput, at least --max-model-len with chunked prefill off (unknown
+# here: not judged); and keeps a --max-num-seqs the task sets, then refuses tokens below seqs (the
+# first rule in RULES): judged at the smallest choice. SGLang's fa4: FA4_ON_SM100.
+ON_SOME_GPUS = {
     "vllm": [Rule(("max-num-batched-tokens", "max-num-seqs", "enable-chunked-prefill", "performance-mode"),
                   lambda tokens, seqs, chunked, mode: tokens == LEFT_TO_ENGINE and chunked is not False
                   and whole(seqs) and seqs > _vllm_smallest_tokens(mode),
@@ -193,6 +233,8 @@ ON_SMALLER_GPUS = {
                   "or more starts on any GPU",
                   defaults={"max-num-batched-tokens": LEFT_TO_ENGINE, "enable-chunked-prefill": True,
                             "performance-mode": "balanced"})],
+    "sglang": [Rule(_SGLANG_CHUNK_FLAGS, lambda *values: _sglang_chunk_refused_on_some_gpus(*values) is not None,
+                    _sglang_chunk_refused_on_some_gpus, defaults=_SGLANG_CHUNK_DEFAULTS)],
 }
 
 

@@ -180,17 +180,20 @@ def checked_conflicts(task: Task) -> list[str]:
     profile = profile_for(task.engine.name)
     fixed = {profile.canonical(name): value for name, value in task.engine.args.items()}
     space = {profile.canonical(name): domain for name, domain in task.search_space.items()}
+
+    def where(flags: tuple[str, ...]) -> str:
+        return "search_space" if set(flags) & set(space) else "engine.args"
+
     found = flag_rules.possible_conflicts(task.engine.name, fixed, space)
     for flags, words, always in found:
         if always:
-            raise TaskError(f"{'search_space' if set(flags) & set(space) else 'engine.args'}: every config {words}")
+            raise TaskError(f"{where(flags)}: every config {words}")
     notes = [f"search_space: some configs are skipped as infeasible, not deployed: one {words}"
              for _, words, _ in found]
-    # Refused on some GPUs only: run (on a larger GPU they start), and said.
-    on_some_gpus = flag_rules.possible_conflicts(task.engine.name, fixed, space, flag_rules.ON_SMALLER_GPUS)
-    for flags, words, always in on_some_gpus:
-        where = "search_space" if set(flags) & set(space) else "engine.args"
-        notes.append(f"{where}: {'every config' if always else 'a config'} {words}")
+    # Refused on some GPUs only: run (on others they start), and said.
+    notes += [f"{where(flags)}: {'every config' if always else 'a config'} {words}"
+              for flags, words, always in flag_rules.possible_conflicts(task.engine.name, fixed, space,
+                                                                        flag_rules.ON_SOME_GPUS)]
     return notes
 
 

@@ -1,5 +1,6 @@
 """Engine profiles: parameter dicts become argv lists with each engine's own spelling."""
 
+import math
 import re
 import subprocess
 import sys
@@ -497,6 +498,24 @@ OME_SGLANG = {"name": "ome", "model": {"name": "llama", "tokenizer": "org/llama"
      "refuses at start"),
     ("sglang", {"tp-size": 1, "page-size": 32, "attention-backend": "trtllm_mla"}, {"chunked-prefill-size": [4064]},
      None),
+    # intel_xpu as the prefill or decode backend (each --attention-backend when unset) runs pages of 128
+    # unless 64 or 128 are set (16 and 32 too for MLA models: judged as kept).
+    ("sglang", {"tp-size": 1, "attention-backend": "intel_xpu"}, {"chunked-prefill-size": [4096, 4160]},
+     "one sets --chunked-prefill-size 4160, not a multiple of the page size 128 intel_xpu runs with, which SGLang "
+     "refuses at start"),
+    ("sglang", {"tp-size": 1, "page-size": 8, "attention-backend": "intel_xpu"},
+     {"chunked-prefill-size": [4104], "prefill-attention-backend": ["triton"],
+      "decode-attention-backend": ["triton", "intel_xpu"]},
+     "one sets --chunked-prefill-size 4104, not a multiple of the page size 128 intel_xpu runs with, which SGLang "
+     "refuses at start"),
+    ("sglang", {"tp-size": 1, "page-size": 16}, {"chunked-prefill-size": [4096, 4112],
+                                                 "decode-attention-backend": ["intel_xpu"]}, None),
+    # fa4 runs pages of 128 on SM100 GPUs (models without MLA) and the page set elsewhere: skipped only
+    # when refused with both (ones refused with one only: test_configs_refused_on_some_gpus_only...).
+    ("sglang", {"tp-size": 1, "attention-backend": "fa4", "page-size": 64}, {"chunked-prefill-size": [4096, 1000]},
+     "one sets --chunked-prefill-size 1000, not a multiple of --page-size 64, which SGLang refuses at start"),
+    ("sglang", {"tp-size": 1, "attention-backend": "fa4", "page-size": 256}, {"chunked-prefill-size": [4096, 4224]},
+     None),
     ("sglang", {"tp-size": 1}, {"attention-backend": ["fa3", "trtllm_mla"], "kv-cache-dtype": ["auto", "bfloat16"]},
      "one sets --kv-cache-dtype bfloat16 with the trtllm_mla attention backend, which SGLang refuses at start "
      "(fp8_e4m3, bf16 or auto only)"),
@@ -568,36 +587,54 @@ def test_configs_whose_flags_the_engine_refuses_together_are_pointed_out(tmp_pat
                      if said else [])
 
 
-
-@pytest.mark.parametrize("args, space, said", [
-    ({}, {"max-num-seqs": [256, 4096]},
+@pytest.mark.parametrize("engine, args, space, said", [
+    ("vllm", {}, {"max-num-seqs": [256, 4096]},
      "search_space: a config sets --max-num-seqs 4096 and leaves --max-num-batched-tokens to vLLM, which chooses "
      "2048 on GPUs under 70 GiB and on A100s and then refuses to start there (fewer tokens per step than sequences); "
      "--max-num-batched-tokens 4096 or more starts on any GPU"),
-    ({"max-num-seqs": 3000}, {"gpu-memory-utilization": [0.8, 0.9]},
+    ("vllm", {"max-num-seqs": 3000}, {"gpu-memory-utilization": [0.8, 0.9]},
      "engine.args: every config sets --max-num-seqs 3000 and leaves --max-num-batched-tokens to vLLM, which chooses "
      "2048 on GPUs under 70 GiB and on A100s and then refuses to start there (fewer tokens per step than sequences); "
      "--max-num-batched-tokens 3000 or more starts on any GPU"),
-    ({"performance-mode": "throughput"}, {"max-num-seqs": [256, 3000]}, None),  # it doubles the choice: 4096
-    ({"enable-chunked-prefill": False}, {"max-num-seqs": [256, 4096]}, None),  # then at least max-model-len: unknown
-    ({}, {"max-num-seqs": [256, 4096], "max-num-batched-tokens": [8192]}, None),  # set: the rule that skips judges
-    ({}, {"max-num-seqs": [256, 2048]}, None),
+    ("vllm", {"performance-mode": "throughput"}, {"max-num-seqs": [256, 3000]}, None),  # it doubles the choice: 4096
+    # chunked prefill off: then at least max-model-len, unknown here
+    ("vllm", {"enable-chunked-prefill": False}, {"max-num-seqs": [256, 4096]}, None),
+    # set: the rule that skips judges it
+    ("vllm", {}, {"max-num-seqs": [256, 4096], "max-num-batched-tokens": [8192]}, None),
+    ("vllm", {}, {"max-num-seqs": [256, 2048]}, None),
+    ("sglang", {"attention-backend": "fa4", "page-size": 64}, {"chunked-prefill-size": [4096, 4160]},
+     "search_space: a config sets --chunked-prefill-size 4160, not a multiple of the page size 128 fa4 runs with on "
+     "SM100 GPUs (B200, GB200) for models without MLA, which SGLang refuses at start there"),
+    ("sglang", {"attention-backend": "fa4", "page-size": 256}, {"chunked-prefill-size": [4096, 4224]},
+     "search_space: a config sets --chunked-prefill-size 4224, not a multiple of --page-size 256, which SGLang "
+     "refuses at start except on SM100 GPUs (B200, GB200) for models without MLA, where fa4 runs pages of 128"),
+    ("sglang", {"decode-attention-backend": "fa4", "chunked-prefill-size": 4160}, {"mem-fraction-static": [0.8, 0.9]},
+     "engine.args: every config sets --chunked-prefill-size 4160, not a multiple of the page size 128 fa4 runs with "
+     "on SM100 GPUs (B200, GB200) for models without MLA, which SGLang refuses at start there"),
+    # EAGLE with more than one draft token per step keeps the page set (1: unset), on SM100 too.
+    ("sglang", {"attention-backend": "fa4", "speculative-eagle-topk": 4}, {"chunked-prefill-size": [4096, 4160]},
+     None),
+    ("sglang", {"attention-backend": "fa3"}, {"chunked-prefill-size": [4096, 4160]}, None),
 ])
-def test_vllm_configs_refused_on_smaller_gpus_only_are_said_and_run(tmp_path, monkeypatch, capsys, args, space,
-                                                                    said):
+def test_configs_refused_on_some_gpus_only_are_said_and_run(tmp_path, monkeypatch, capsys, engine, args, space,
+                                                          said):
     """vLLM chooses its tokens per step from the GPU and refuses a --max-num-seqs above them: a
     config that sets max-num-seqs and leaves the tokens to vLLM starts on an H100 and not on an
-    A100. validate says so; such a config is not skipped (it may start)."""
-    task = OME_SGLANG | {"engine": {"name": "vllm", "args": {"tensor-parallel-size": 1} | args}, "search_space": space,
+    A100. SGLang's fa4 runs pages of 128 on B200s and the page set elsewhere. validate says so;
+    such a config is not skipped (it may start)."""
+    gpus = {"vllm": {"tensor-parallel-size": 1}, "sglang": {"tp-size": 1}}[engine]
+    task = OME_SGLANG | {"engine": {"name": engine, "args": gpus | args}, "search_space": space,
                          "search": {"algorithm": "grid", "baseline": False}}
     (tmp_path / "task.yaml").write_text(yaml.safe_dump(task))
     monkeypatch.chdir(tmp_path)
     assert cli.main(["validate", "task.yaml"]) == 0
     out, err = capsys.readouterr()
-    notes = [line for line in err.splitlines() if "max-num-batched-tokens to vLLM" in line]
+    notes = [line for line in err.splitlines() if re.match(r"task.yaml: note: (search_space|engine.args): (a|every) "
+                                                            r"config ", line)]
     assert notes == ([f"task.yaml: note: {said}"] if said else [])
     assert "skipped" not in err
-    assert f"; {len(space.get('max-num-seqs', space.get('gpu-memory-utilization')))} searched trials" in out
+    assert f"; {math.prod(len(values) for values in space.values())} searched trials" in out
+
 
 def test_sglang_configs_it_runs_alike_are_one_config(tmp_path, monkeypatch, capsys):
     """SGLang starts with lpm, dfs-weight or hrrn and the radix cache off, and schedules FCFS
@@ -633,6 +670,9 @@ def test_sglang_configs_it_runs_alike_are_one_config(tmp_path, monkeypatch, caps
         "page-size": 128, "prefill-attention-backend": "trtllm_mha"}
     assert SGLANG.effective({"page-size": 8}, {"prefill-attention-backend": "flashmla"}) == {"page-size": 8}  # decode's
     assert SGLANG.effective({"page-size": 16}, {"attention-backend": "fa3"}) == {"page-size": 16}
+    assert SGLANG.effective({"page-size": 8}, {"attention-backend": "intel_xpu"}) == {"page-size": 128}
+    # fa4 forces pages of 128 on SM100 GPUs only: elsewhere each page runs as set.
+    assert SGLANG.effective({"page-size": 8}, {"attention-backend": "fa4"}) == {"page-size": 8}
     # FlashAttention 3 takes no fp8_e5m2 cache: SGLang runs Triton's attention instead (a warning).
     assert SGLANG.effective({"attention-backend": "fa3", "kv-cache-dtype": "fp8_e5m2"}, {}) == {
         "attention-backend": "triton", "kv-cache-dtype": "fp8_e5m2"}
