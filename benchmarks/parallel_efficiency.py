@@ -14,7 +14,7 @@
     each fifth of the run, read every 5 s as the run goes. Goal: flat as the count grows.
 
     .venv/bin/python benchmarks/parallel_efficiency.py [--slots 1 2 4 8] [--trials-per-run 16]
-        [--scale-trials 500] [--skip-scale] [--trace-memory | --native-profile] [--keep DIR]
+        [--scale-trials 500] [--skip-scale] [--trace-memory | --native-profile] [--keep DIR] [--preload]
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ import yaml
 from ray.cluster_utils import Cluster
 
 from instant_engine import launcher
+from llm_autotuner.trainables.next_worker import PRELOAD
 
 CPUS_PER_TRIAL = 2  # threads 1 + benchmark.client_cpus 1
 
@@ -54,14 +55,17 @@ def task(name: str, root: Path, binary: str, trials: int, stages: list[int]) -> 
 
 
 class Head:
-    """A Ray test cluster of one node offering `cpus` CPUs, in its own temp folder."""
+    """A Ray test cluster of one node offering `cpus` CPUs, in its own temp folder; `preload`: its
+    workers import the trial's module as they start, as the local Ray the driver starts does
+    (trainables/next_worker.py: PRELOAD; on a real cluster, `ray start --head --system-config`)."""
 
-    def __init__(self, cpus: int):
+    def __init__(self, cpus: int, preload: bool = False):
         self.temp_dir = tempfile.mkdtemp(prefix="rt-", dir="/tmp")
         os.makedirs("/tmp/ray", exist_ok=True)
         try:
             self.cluster = Cluster(initialize_head=True, head_node_args={
-                "num_cpus": cpus, "temp_dir": self.temp_dir, "include_dashboard": False})
+                "num_cpus": cpus, "temp_dir": self.temp_dir, "include_dashboard": False,
+                **({"_system_config": PRELOAD} if preload else {})})
         except BaseException:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
             raise
@@ -77,7 +81,7 @@ class Head:
 
 
 def run(root: Path, name: str, binary: str, slots: int, trials: int, stages: list[int],
-        watch=None, trace_memory: bool = False, native_profile: bool = False) -> dict:
+        watch=None, trace_memory: bool = False, native_profile: bool = False, preload: bool = False) -> dict:
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(task(name, root, binary, trials, stages)))
     command = ["-m", "llm_autotuner.tuner.cli"]
@@ -86,7 +90,7 @@ def run(root: Path, name: str, binary: str, slots: int, trials: int, stages: lis
     elif native_profile:  # every allocation, native ones included, still live at the driver's exit
         command = ["-m", "memray", "run", "--native", "--aggregate", "--quiet", "--force",
                    "-o", str(root / f"{name}-driver.memray"), *command]
-    with Head(CPUS_PER_TRIAL * slots) as address:
+    with Head(CPUS_PER_TRIAL * slots, preload) as address:
         began = time.time()
         driver = subprocess.Popen([sys.executable, *command, "run", str(path), "--address", address],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -153,6 +157,8 @@ def main() -> int:
                         help="run the scale's driver under memray --native (pip install memray): "
                              "scale-driver.memray, read by benchmarks/native_growth.py")
     parser.add_argument("--keep", type=Path)
+    parser.add_argument("--preload", action="store_true",
+                        help="the test cluster's workers import the trial's module as they start")
     args = parser.parse_args()
     root = args.keep or Path(tempfile.mkdtemp(prefix="autotuner-parallel-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -161,7 +167,7 @@ def main() -> int:
 
     runs = {}
     for slots in args.slots:
-        runs[slots] = run(root, f"k{slots}", binary, slots, args.trials_per_run, [1, 2])
+        runs[slots] = run(root, f"k{slots}", binary, slots, args.trials_per_run, [1, 2], preload=args.preload)
         print(f"K={slots}: {runs[slots]['trials']} trials, span {runs[slots]['span_s']:.1f} s, "
               f"mean trial {runs[slots]['mean_trial_s']:.1f} s", flush=True)
     t1 = runs[min(runs)]["mean_trial_s"] if runs else 0.0

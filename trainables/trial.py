@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import psutil
 from ray import tune
 
 from llm_autotuner.cluster.backend import backend_for, shortfall, trial_claim
@@ -23,10 +24,13 @@ from llm_autotuner.cluster.flag_rules import conflict
 from llm_autotuner.cluster.node_check import NodeCheck
 from llm_autotuner.cluster.storage import Storage, TrialFolder
 from llm_autotuner.trainables.genai_bench import GenaiBenchRunner
+from llm_autotuner.trainables.next_worker import ready_next_worker
 from llm_autotuner.errors import AutotunerError, DeploymentError, InfrastructureError, SetupError
 from llm_autotuner.objective import INFEASIBLE_SCORE, request_limits, score_stages, weighted_mean, worst_value
 from llm_autotuner.outcome import Outcome, creation_number, packed_metrics, trial_label, trial_params
 from llm_autotuner.task import Task
+
+IMPORTED_AT = time.time()  # in a worker Ray made ready, before its trial was placed (next_worker.py)
 
 
 @dataclass(frozen=True)
@@ -100,8 +104,8 @@ class Timeline:
         self.path = path
         self.marks: dict[str, float] = {}
 
-    def mark(self, name: str) -> None:
-        self.marks[name] = time.time()
+    def mark(self, name: str, at: float | None = None) -> None:
+        self.marks[name] = time.time() if at is None else at
         self.path.write_text(json.dumps(self.marks))
 
 
@@ -131,7 +135,15 @@ class TrialTrainable(tune.Trainable):
         self.folder = TrialFolder(resolved.storage, self.trial_id, self.node, resolved.run_id)
         self.workdir = self.folder.path
         self.timeline = Timeline(self.workdir / "timeline.json")
+        # When the actor's process started (to within a second: the kernel's boot time is whole
+        # seconds) and had this module, against the previous trial's end: whether it was made
+        # ready for this trial (next_worker.py).
+        self.timeline.mark("process_start", psutil.Process().create_time())
+        self.timeline.mark("trial_module_imported", IMPORTED_AT)
         self.timeline.mark("trial_start")
+        not_ready = ready_next_worker() if ray.is_initialized() else None
+        if not_ready:  # only slower: the next trial's actor starts its own process
+            print(f"[autotuner] no worker made ready for the next trial: {not_ready}", flush=True)
         self.spec = engine_spec(task, resolved, self.params, self.trial_id, self.workdir)
         self.runner = make_runner(task, resolved, task.benchmark.api_backend or self.spec.profile.api_backend)
         self.gpus = int(self.spec.profile.resources(self.spec.flags).get("GPU", 0))  # 0: per-GPU = per server

@@ -32,6 +32,7 @@ from llm_autotuner.cluster.nodes import check_nodes, everywhere
 from llm_autotuner.cluster.storage import Storage, assemble, collect_here, move_aside, storage_for
 from llm_autotuner.metrics import METRICS, counted, maximize
 from llm_autotuner.outcome import BASELINE_KEY, trial_params
+from llm_autotuner.trainables import next_worker
 from llm_autotuner.trainables.trial import GPU_LIST_VARIABLES, Resolved, TrialTrainable
 from llm_autotuner.tuner import registry
 from llm_autotuner.tuner.registry import GridSearcher
@@ -364,7 +365,8 @@ def start_ray(backend: Backend, address: str | None, dashboard: bool = True) -> 
             # address, ray.init joins the one /tmp/ray/ray_current_cluster names, and refuses our
             # resources there); joining a cluster is what --address is for.
             context = ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                               configure_logging=False, log_to_driver=False, resources=offers or None)
+                               configure_logging=False, log_to_driver=False, resources=offers or None,
+                               _system_config=next_worker.PRELOAD)  # a trial's actor starts at once
         url = context.dashboard_url or None
     for kind, needed in offers.items():
         have = ray.cluster_resources().get(kind, 0)
