@@ -83,12 +83,15 @@ def engine_processes(marker: str) -> set[int]:
 class Driver:
     """`autotuner run TASK` in a subprocess, its output read line by line (stderr merged)."""
 
-    def __init__(self, task_path: Path, *extra: str, dashboard: bool = False):
+    def __init__(self, task_path: Path, *extra: str, dashboard: bool = False, own_group: bool = False):
+        """`own_group`: the driver leads a process group of its own, as under `timeout` (which
+        signals its whole group), instead of being in the test's."""
         # Without the Ray dashboard unless asked (as the README advises for CI): its processes take
         # a share of 2 cores that the run's own would otherwise have.
         extra = extra if dashboard else ("--no-dashboard", *extra)
         self.process = subprocess.Popen([sys.executable, "-m", "llm_autotuner.tuner.cli", "run", str(task_path), *extra],
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                        process_group=0 if own_group else None)
         self.lines: list[str] = []
 
     def read_until(self, marker: str, timeout_s: float = 300) -> None:

@@ -5,17 +5,19 @@ Real Ray and genai-bench; the engine is the instant stand-in (tests/conftest.py:
 what is checked is the driver's way out, which an engine's speed does not change."""
 
 import json
+import os
 import signal
 import sys
 import time
 import uuid
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
 from llm_autotuner.cluster.records import engine_records
-from tests.conftest import Driver, engine_processes, instant_engine
+from tests.conftest import Driver, engine_processes, instant_engine, until
 
 NEVER_READY = Path(__file__).parent / "data" / "fake_engine_never_ready.py"
 
@@ -40,23 +42,31 @@ def write_task(tmp_path, name, delay_s, benchmark, search):
     return path, served
 
 
-def start_and_interrupt(tmp_path, signals, gap_s=0.2, at="trial 2: stage 1/3", search=None):
+def start_and_interrupt(tmp_path, signals, gap_s=0.2, at="trial 2: stage 1/3", search=None, to_group=False):
     """Interrupt when the driver prints `at` (by default while the second trial benchmarks: the
-    first has finished by then)."""
+    first has finished by then). `to_group`: signal the driver's whole process group, as `timeout`
+    does, and check that every process the driver had started is gone soon after it exits."""
     path, served = write_task(tmp_path, "interrupted", 0.2, {"concurrency": [2, 4, 8], "max_requests_per_stage": 8},
                               search or {"num_samples": 4})
-    with Driver(path) as driver:
+    with Driver(path, own_group=to_group) as driver:
         driver.read_until(at)
         assert engine_processes(served), f"an engine should be running at '{at}'"
+        started = psutil.Process(driver.process.pid).children(recursive=True)  # Ray's processes, the trials'
         began = time.monotonic()
         for number, sig in enumerate(signals):
             if number:
                 time.sleep(gap_s)
             if driver.process.poll() is not None:
                 break
-            driver.process.send_signal(sig)
+            if to_group:
+                os.killpg(driver.process.pid, sig)
+            else:
+                driver.process.send_signal(sig)
         output = driver.finish(timeout_s=120)
         took = time.monotonic() - began
+    if to_group:
+        assert until(lambda: not [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], 15), \
+            [p for p in started if p.is_running()]
     assert "Traceback" not in output, output[-3000:]
     assert engine_processes(served) == set()
     # The way out finished its sweep: no record of this run's engines is left for a later cleanup.
@@ -76,6 +86,17 @@ def test_ctrl_c_mid_stage_tears_down_and_keeps_finished_trials(tmp_path):
     statuses = {r["experiment_id"]: r["status"] for r in results["all_results"]}
     assert statuses[2] == "interrupted"
     assert results["best_result"]["experiment_id"] == 1
+
+
+def test_sigterm_to_the_drivers_whole_process_group_stops_the_run_as_one_to_the_driver_does(tmp_path):
+    # `timeout`, a service manager or a scheduler ending a job signals the whole process group.
+    # The local Ray's processes are not in it: its GCS died of that SIGTERM, and the driver, stopping
+    # the run, waited 60 s for it and ended without the summary (results.json left in progress).
+    code, output, results, took = start_and_interrupt(tmp_path, [signal.SIGTERM], to_group=True)
+    assert code == 1, output[-3000:]
+    assert "The run was interrupted" in output
+    assert results["interrupted"] is True and results["in_progress"] is False
+    assert took < 30, took
 
 
 def test_a_second_ctrl_c_tears_down_at_once(tmp_path):

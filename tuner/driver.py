@@ -39,7 +39,8 @@ from llm_autotuner.tuner.registry import GridSearcher
 from llm_autotuner.tuner import results as results_io
 from llm_autotuner.errors import BriefSyncFailures, QuietLostWorkers, SetupError, TaskError
 from llm_autotuner.secrets import scrub_folder
-from llm_autotuner.tuner.interrupt import Interrupt, RunEnd, TrialEnds, signals_deferred, signals_noted
+from llm_autotuner.tuner.interrupt import (Interrupt, RunEnd, TrialEnds, ray_in_own_session, signals_deferred,
+                                           signals_noted)
 from llm_autotuner.tuner.render import winner_files
 from llm_autotuner.tuner.report import write_report
 from llm_autotuner.tuner.progress import LiveProgress, ProgressPrinter, config_text
@@ -364,9 +365,10 @@ def start_ray(backend: Backend, address: str | None, dashboard: bool = True) -> 
             # "local": a Ray of our own even when a `ray start` cluster runs on this machine (with no
             # address, ray.init joins the one /tmp/ray/ray_current_cluster names, and refuses our
             # resources there); joining a cluster is what --address is for.
-            context = ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                               configure_logging=False, log_to_driver=False, resources=offers or None,
-                               _system_config=next_worker.PRELOAD)  # a trial's actor starts at once
+            with ray_in_own_session():  # a SIGTERM to our process group is ours to act on, not the GCS's
+                context = ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                                   configure_logging=False, log_to_driver=False, resources=offers or None,
+                                   _system_config=next_worker.PRELOAD)  # a trial's actor starts at once
         url = context.dashboard_url or None
     for kind, needed in offers.items():
         have = ray.cluster_resources().get(kind, 0)

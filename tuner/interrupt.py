@@ -162,6 +162,33 @@ def signals_noted():
 
 
 @contextlib.contextmanager
+def ray_in_own_session():
+    """The Ray processes started meanwhile (a local Ray's GCS, raylet, dashboard) get a session of
+    their own, out of reach of a signal sent to the driver's whole process group (`timeout`, a
+    service manager, a scheduler ending a job): that SIGTERM killed the GCS too, and the driver,
+    stopping the run, then waited 60 s for it and ended without its summary (seen). Ray keeps them
+    from the terminal's Ctrl-C for the same reason (SIGINT blocked in them), and on Windows starts
+    them in a process group of their own, as here. They still end with the driver, however it ends
+    (Ray's kernel fate-sharing: PR_SET_PDEATHSIG); only where Ray has that are they moved."""
+    from ray._private import services, utils
+
+    if not utils.detect_fate_sharing_support():
+        yield
+        return
+    popen = services.ConsolePopen
+
+    class OwnSessionPopen(popen):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs, start_new_session=True)
+
+    services.ConsolePopen = OwnSessionPopen
+    try:
+        yield
+    finally:
+        services.ConsolePopen = popen
+
+
+@contextlib.contextmanager
 def signals_deferred(until: str):
     """While Ray starts, a first SIGINT or SIGTERM is held until it has (then KeyboardInterrupt):
     cut mid-start, its half-made worker crashed the interpreter at exit (SIGSEGV, seen). A second
