@@ -103,8 +103,9 @@ class ProcessGroup:
     """
 
     def __init__(self, argv: list[str], *, log_path: str | None, env: dict[str, str] | None = None,
-                 cwd: str | None = None):
-        """`log_path`: where its output goes (appended); None: this process's own stdout and stderr."""
+                 cwd: str | None = None, stdin: int = subprocess.DEVNULL):
+        """`log_path`: where its output goes (appended); None: this process's own stdout and stderr.
+        `stdin`: subprocess.PIPE to write to it (`process.stdin`)."""
         self.argv = argv
         self.log_path = log_path
         # The watchdog first: the engine names itself to it before exec, so there is no moment
@@ -114,7 +115,7 @@ class ProcessGroup:
             with open(log_path, "ab") if log_path else contextlib.nullcontext() as log:
                 self.log_start = log.tell() if log else 0  # the log may hold an earlier process's lines: not ours
                 self.process = subprocess.Popen(
-                    argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT if log else None,
+                    argv, stdin=stdin, stdout=log, stderr=subprocess.STDOUT if log else None,
                     start_new_session=True, env=env, cwd=cwd,
                     preexec_fn=functools.partial(_in_child, self._watchdog_pipe.fileno()))
         except BaseException:  # nothing started (or it failed to exec): the watchdog sees EOF and ends

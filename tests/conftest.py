@@ -1,5 +1,6 @@
 """Shared fixtures: the real CPU engine (llama-server + SmolLM2), prepared by `make test`."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -62,6 +63,22 @@ def instant_engine(path: Path, delay_s: float = 0.05, slots: bool = True, answer
     For the tests whose property is the tuner's control flow (interrupts, teardowns, resume,
     searchers, Kubernetes): the real engine's minutes of generation would prove nothing more there."""
     return instant_engine_module.launcher(path, delay_s, slots, answer)
+
+
+def genai_bench_processes(root: Path) -> set[int]:
+    """PIDs of running genai-benches (our wrapper of it) working in a folder under `root`: a trial
+    starts genai-bench before its engine, so its command line names no engine."""
+    pids = set()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                argv = (proc / "cmdline").read_bytes()
+                cwd = os.readlink(proc / "cwd")
+            except OSError:
+                continue
+            if b"llm_autotuner.trainables.timed_genai_bench" in argv and Path(cwd).is_relative_to(root):
+                pids.add(int(proc.name))
+    return pids
 
 
 def engine_processes(marker: str) -> set[int]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import Driver, engine_processes, instant_engine
+from tests.conftest import Driver, engine_processes, genai_bench_processes, instant_engine
 from tests.data.slow_exit_engine import launcher
 from llm_autotuner.cluster.procs import niceness
 
@@ -160,15 +160,6 @@ def test_ctrl_c_during_confirmation_runs_no_more_of_them(tmp_path):
     assert {t["status"] for t in results["all_results"]} == {"completed"}
 
 
-def command_lines():
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                yield int(proc.name), (proc / "cmdline").read_bytes()
-            except OSError:
-                continue
-
-
 def test_engines_and_genai_bench_run_at_normal_priority(tmp_path):
     """Ray's workers run at niceness 15; what we measure must not inherit it."""
     path, served, _ = slow_task(tmp_path, "priority", delay_s=0.0, num_samples=1,
@@ -176,7 +167,7 @@ def test_engines_and_genai_bench_run_at_normal_priority(tmp_path):
     with Driver(path) as driver:
         driver.read_until("trial 1: stage 1/3")
         [engine] = engine_processes(served)
-        bench = [pid for pid, argv in command_lines() if b"genai-bench" in argv and served.encode() in argv]
+        bench = genai_bench_processes(tmp_path)
         seen = {"engine": niceness(engine), "genai-bench": [niceness(pid) for pid in bench]}
         output = driver.finish(timeout_s=600)
     assert driver.process.returncode == 0, output[-3000:]

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Driver, engine_processes
-from tests.test_e2e_lifecycle import command_lines, lifetimes, slow_task
+from tests.conftest import Driver, engine_processes, genai_bench_processes
+from tests.test_e2e_lifecycle import lifetimes, slow_task
 
 pytestmark = pytest.mark.e2e
 
@@ -40,12 +40,12 @@ def trial_worker(served: str) -> int:
     pytest.fail(f"no Ray worker above the engine serving {served}; its ancestors: {ancestry}")
 
 
-def kill_worker_and_its_engine_goes(served: str) -> None:
+def kill_worker_and_its_engine_goes(served: str, root: Path) -> None:
+    assert genai_bench_processes(root), "the trial's genai-bench should be running"
     os.kill(trial_worker(served), signal.SIGKILL)
     deadline = time.monotonic() + 10  # the watchdog reacts at once; slack for a loaded machine
     while time.monotonic() < deadline:
-        benches = [pid for pid, argv in command_lines() if b"genai-bench" in argv and served.encode() in argv]
-        if not engine_processes(served) and not benches:
+        if not engine_processes(served) and not genai_bench_processes(root):
             return
         time.sleep(0.1)
     pytest.fail(f"the engine or genai-bench of a lost worker outlived it by 10 s: {engine_processes(served)}")
@@ -56,13 +56,13 @@ def test_a_lost_worker_runs_the_trial_again_and_a_second_loss_stops_the_run(tmp_
                                   confirm_repeats=0)
     with Driver(path) as driver:
         driver.read_until("trial 1: stage 1/3")
-        kill_worker_and_its_engine_goes(served)
+        kill_worker_and_its_engine_goes(served, tmp_path)
         driver.read_until("trial 1: Ray lost the trial's worker: its worker process died")
         driver.read_until("trial 1: done")
         driver.read_until("trial 2: stage 1/3")
-        kill_worker_and_its_engine_goes(served)
+        kill_worker_and_its_engine_goes(served, tmp_path)
         driver.read_until("trial 2: stage 1/3")  # its second attempt
-        kill_worker_and_its_engine_goes(served)
+        kill_worker_and_its_engine_goes(served, tmp_path)
         output = driver.finish(timeout_s=300)
     assert driver.process.returncode == 2, output[-4000:]
     assert "Traceback" not in output, output[-4000:]

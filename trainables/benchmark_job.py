@@ -64,6 +64,10 @@ class BenchmarkJobRunner:
             image=self.settings.image,
         )
 
+    def started_early(self, workdir: Path) -> contextlib.AbstractContextManager:
+        """Nothing to start before the engine: the job is made once the engine is up."""
+        return contextlib.nullcontext()
+
     @contextlib.contextmanager
     def run(self, endpoint: Endpoint, model_name: str, workdir: Path) -> Iterator[Iterator[tuple[Stage, dict]]]:
         trial_id = workdir.name  # the trial's folder is named by its id

@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import re
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from llm_autotuner.errors import BenchmarkError
 from llm_autotuner.metrics import METRICS
 from llm_autotuner.secrets import api_key, scrub_folder
 from llm_autotuner.task import Benchmark
-from llm_autotuner.trainables.timed_genai_bench import REQUEST_LOG_ENV
+from llm_autotuner.trainables.timed_genai_bench import ARGS_FROM_STDIN, REQUEST_LOG_ENV
 from llm_autotuner.trainables.warmup import warm_up
 
 POLL_S = 0.25
@@ -172,9 +173,39 @@ class GenaiBenchRunner:
         self.request_limits = request_limits or {}
         self.tokenizer = tokenizer
         self.api_backend = api_backend
+        self._waiting: ProcessGroup | None = None  # started early, waiting for its arguments
 
-    def argv(self, base_url: str, model_name: str, out_dir: Path) -> list[str]:
-        argv = [*genai_bench_argv(), "benchmark", "--api-backend", self.api_backend,
+    @contextlib.contextmanager
+    def started_early(self, workdir: Path) -> Iterator[None]:
+        """Start genai-bench now, before the engine: its Python imports (3-4 s of one core, a
+        trial's largest fixed cost: docs/benchmarks.md) then overlap the engine's start and warm-up
+        instead of following them. `run` hands it its arguments; killed on leaving the block if
+        `run` did not take it (the engine never came up)."""
+        self._waiting = self._genai_bench(workdir)
+        try:
+            yield
+        finally:
+            waiting, self._waiting = self._waiting, None
+            if waiting is not None:
+                _stopped(waiting, workdir)
+
+    def _genai_bench(self, workdir: Path) -> ProcessGroup:
+        """genai-bench, importing itself, then waiting for its arguments on stdin."""
+        out_dir = workdir / "genai-bench"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "ENABLE_UI": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+               "MPLCONFIGDIR": str(out_dir / "mpl"), REQUEST_LOG_ENV: str(out_dir / "requests.jsonl")}
+        # The key goes through genai-bench's environment, not its argv: a command line is visible
+        # to every user of the machine (ps) and gets logged. Only ours: it is the one we scrub.
+        env.pop("MODEL_API_KEY", None)
+        if api_key():
+            env["MODEL_API_KEY"] = api_key()
+        return ProcessGroup([*genai_bench_argv(), ARGS_FROM_STDIN], log_path=str(workdir / "genai-bench.log"),
+                            env=env, cwd=str(out_dir), stdin=subprocess.PIPE)
+
+    def arguments(self, base_url: str, model_name: str, out_dir: Path) -> list[str]:
+        """genai-bench's command line, less the program."""
+        argv = ["benchmark", "--api-backend", self.api_backend,
                 "--api-base", base_url, "--api-key", "none",  # the real one: MODEL_API_KEY
                 "--api-model-name", model_name, "--model-tokenizer", self.tokenizer,
                 "--task", "text-to-text", "--traffic-scenario", self.benchmark.traffic_scenario]
@@ -188,30 +219,29 @@ class GenaiBenchRunner:
 
     @contextlib.contextmanager
     def run(self, endpoint: Endpoint, model_name: str, workdir: Path) -> Iterator[Iterator[tuple[Stage, dict]]]:
-        """Warm the engine up, start genai-bench; yield an iterator of (stage, metrics) as each
-        stage finishes. genai-bench is killed on leaving the block, whether or not every stage ran."""
+        """Warm the engine up, start genai-bench's stages (genai-bench itself started by
+        `started_early`, else now, as the warm-up begins); yield an iterator of (stage, metrics) as
+        each stage finishes. genai-bench is killed on leaving the block, whether or not every stage ran."""
+        group, self._waiting = self._waiting or self._genai_bench(workdir), None
         out_dir = workdir / "genai-bench"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        warm_up(endpoint.url, model_name, self.benchmark, self.api_backend, out_dir / "warmup.json",
-                api_key(), endpoint.failure)
-        request_log = out_dir / "requests.jsonl"
-        env = {**os.environ, "ENABLE_UI": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-               "MPLCONFIGDIR": str(out_dir / "mpl"), REQUEST_LOG_ENV: str(request_log)}
-        # The key goes through genai-bench's environment, not its argv: a command line is visible
-        # to every user of the machine (ps) and gets logged. Only ours: it is the one we scrub.
-        env.pop("MODEL_API_KEY", None)
-        if api_key():
-            env["MODEL_API_KEY"] = api_key()
-        group = ProcessGroup(self.argv(endpoint.url, model_name, out_dir),
-                             log_path=str(workdir / "genai-bench.log"), env=env, cwd=str(out_dir))
         try:
+            warm_up(endpoint.url, model_name, self.benchmark, self.api_backend, out_dir / "warmup.json",
+                    api_key(), endpoint.failure)
+            arguments = json.dumps(self.arguments(endpoint.url, model_name, out_dir))
+            with contextlib.suppress(BrokenPipeError):  # it died: said below, from its exit code and log
+                group.process.stdin.write(arguments.encode() + b"\n")
+                group.process.stdin.close()
             yield watch_stages(self.benchmark, out_dir / "run",
                                lambda: endpoint.failure() or _nothing_finished(group) or _exit_reason(group),
-                               STARTUP_ALLOWANCE_S, self.request_limits, request_log,
+                               STARTUP_ALLOWANCE_S, self.request_limits, out_dir / "requests.jsonl",
                                fixed_length=self.api_backend in FIXED_LENGTH_BACKENDS)
         finally:
-            group.stop(grace_s=0)  # its result files are complete; nothing to shut down cleanly
-            scrub_folder(workdir)  # genai-bench.log and everything under genai-bench/
+            _stopped(group, workdir)
+
+
+def _stopped(group: ProcessGroup, workdir: Path) -> None:
+    group.stop(grace_s=0)  # its result files are complete; nothing to shut down cleanly
+    scrub_folder(workdir)  # genai-bench.log and everything under genai-bench/
 
 
 def watch_stages(benchmark: Benchmark, run_dir: Path, failure: Callable[[], str | None],

@@ -1,6 +1,7 @@
 """genai-bench, with a line per request: when it was sent, when its answer ended, how many output
 tokens it asked for and got. Run as `python -m llm_autotuner.trainables.timed_genai_bench ARGS`
-(ARGS as for `genai-bench`), with REQUEST_LOG_ENV naming the file to append to.
+(ARGS as for `genai-bench`, or `--args-from-stdin` alone: they then come on stdin as one JSON
+list, after the imports), with REQUEST_LOG_ENV naming the file to append to.
 
 Why: genai-bench 0.0.5 keeps no time of day per request, and its run duration ends at its next
 once-a-second check, so neither the window a stage's requests really took (first sent to last
@@ -23,6 +24,8 @@ import sys
 import time
 
 REQUEST_LOG_ENV = "AUTOTUNER_REQUEST_LOG"
+ARGS_FROM_STDIN = "--args-from-stdin"  # the only argument: genai-bench's come later, as a JSON list on one line
+WAITING = "genai-bench is imported and waits for its arguments"
 PER_TOKEN_FIELDS = {"tpot", "output_inference_speed", "output_throughput"}  # genai-bench's per-request ones
 
 
@@ -106,11 +109,22 @@ def install(log) -> None:
 
 
 def main() -> None:
+    began = time.monotonic()
     from genai_bench.cli.cli import cli
 
     with open(os.environ[REQUEST_LOG_ENV], "a", buffering=1) as log:
         install(log)
-        sys.argv[0] = "genai-bench"
+        args = sys.argv[1:]
+        if args == [ARGS_FROM_STDIN]:
+            # Started with the engine, so that the imports above overlap its start; the arguments
+            # (the engine's address among them) come once it is up and warmed up.
+            print(f"[autotuner] {WAITING} (imported in {time.monotonic() - began:.1f} s)", file=sys.stderr,
+                  flush=True)
+            line = sys.stdin.readline()
+            if not line:  # the trial ended before its benchmark
+                return
+            args = json.loads(line)
+        sys.argv[:] = ["genai-bench", *args]
         cli()
 
 

@@ -189,6 +189,7 @@ class TrialTrainable(tune.Trainable):
                         "error": None, "metrics": None, "outcome": Outcome.INFEASIBLE.value, "done": True}
             self._check_late_node()
             stop_watch = StopWatch(self.resolved.storage)
+            self.running.enter_context(self.runner.started_early(self.workdir))  # overlaps the engine's start
             self.endpoint = self.running.enter_context(backend_for(task.deployment).deployer().deployed(
                 self.spec, task.deployment.ready_timeout_s, stop_watch.check))
             self.timeline.mark("engine_ready")

@@ -151,8 +151,8 @@ def test_stage_is_found_by_concurrency_and_half_written_files_wait(tmp_path):
 def test_one_invocation_runs_every_stage_in_order():
     benchmark = Benchmark(concurrency=[1, 4, 8], traffic_scenario="D(100,64)", max_requests_per_stage=16)
     assert [(s.index, s.concurrency) for s in stages(benchmark)] == [(1, 1), (2, 4), (3, 8)]
-    argv = GenaiBenchRunner(benchmark, "/tok", "sglang").argv("http://127.0.0.1:9", "m", Path("/out"))
-    assert argv[1:3] == ["-m", "llm_autotuner.trainables.timed_genai_bench"] and argv[3] == "benchmark"
+    argv = GenaiBenchRunner(benchmark, "/tok", "sglang").arguments("http://127.0.0.1:9", "m", Path("/out"))
+    assert argv[0] == "benchmark"
     pairs = [argv[i + 1] for i, a in enumerate(argv) if a == "--num-concurrency"]
     assert pairs == ["1", "4", "8"]
     assert argv[argv.index("--api-base") + 1] == "http://127.0.0.1:9"  # no /v1: genai-bench adds it

@@ -10,6 +10,7 @@ prompt over 256 tokens is refused with 400 (both seen by hand on this llama.cpp 
 import json
 import urllib.request
 
+import psutil
 import pytest
 
 from llm_autotuner.cluster.deployer import EngineSpec
@@ -18,6 +19,8 @@ from llm_autotuner.cluster.local import LocalDeployer
 from llm_autotuner.objective import score_stages
 from llm_autotuner.task import parse_task
 from llm_autotuner.trainables.genai_bench import GenaiBenchRunner, read_request_log
+from llm_autotuner.trainables.timed_genai_bench import ARGS_FROM_STDIN, WAITING
+from tests.conftest import until
 
 pytestmark = pytest.mark.e2e
 
@@ -119,6 +122,46 @@ def test_requests_queued_behind_one_slot_do_not_look_faster(llama_server, smollm
     # Measured idle: 1.01 and 1.10 times. Not exactly 1: the client counts answer tokens by
     # re-tokenizing the text, and the engine's busy time includes requests cut off at the stage's end.
     assert queued["output_throughput"] <= 1.25 * engine_rate, (queued, counters)
+
+
+def genai_bench_waiting() -> list[psutil.Process]:
+    return [p for p in psutil.Process().children(recursive=True) if ARGS_FROM_STDIN in p.cmdline()]
+
+
+def test_genai_bench_started_before_the_engine_is_imported_by_the_time_it_is_up_then_measures_as_usual(
+        llama_server, smollm2, tokenizer, tmp_path):
+    # A trial starts genai-bench before its engine (trainables/trial.py): its imports, 3-4 s of one
+    # core, then overlap the engine's start and warm-up instead of following them.
+    runner = GenaiBenchRunner(task("D(100,64)").benchmark, tokenizer, "sglang")
+    log = tmp_path / "genai-bench.log"
+    with runner.started_early(tmp_path):
+        # Imported with no engine and no arguments yet.
+        assert until(lambda: log.exists() and WAITING in log.read_text(), 120), log.read_text()
+        [waiting] = genai_bench_waiting()
+        spec = EngineSpec(experiment="measure", run_id="measure-run", trial_id="t3", profile=LLAMA_CPP,
+                          executable=llama_server, model_path=smollm2, served_name="smol-measure",
+                          flags={"ctx-size": 1024, "parallel": 4, "threads": 1}, workdir=tmp_path / "engine")
+        with LocalDeployer().deployed(spec, 120) as endpoint:
+            with runner.run(endpoint, "smol-measure", tmp_path) as stages:
+                [(_, metrics)] = list(stages)
+                assert waiting.is_running()  # the process started early is the one that measured
+            assert not waiting.is_running()  # killed as the stages' block ended, the engine still up
+    warm_up = json.loads((tmp_path / "genai-bench" / "warmup.json").read_text())
+    measured = read_request_log(tmp_path / "genai-bench" / "requests.jsonl", 4)
+    assert min(r["sent"] for r in measured) > warm_up["ended"]  # given its arguments after the warm-up
+    assert metrics["num_requests"] == len(measured) >= 8 and metrics["error_rate"] == 0.0
+
+
+def test_genai_bench_started_before_an_engine_that_never_came_up_is_stopped_having_sent_nothing(
+        tokenizer, tmp_path):
+    runner = GenaiBenchRunner(task("D(100,64)").benchmark, tokenizer, "sglang")
+    log = tmp_path / "genai-bench.log"
+    with runner.started_early(tmp_path):
+        [waiting] = genai_bench_waiting()
+        assert until(lambda: log.exists() and WAITING in log.read_text(), 120), log.read_text()
+    assert not waiting.is_running()
+    assert not (tmp_path / "genai-bench" / "run").exists()
+    assert not (tmp_path / "genai-bench" / "requests.jsonl").read_text()
 
 
 def test_the_warm_up_sizes_its_requests_from_every_text_scenario_form():

@@ -51,7 +51,10 @@ def test_a_warm_up_that_got_no_answer_fails_the_trial_before_genai_bench_starts(
             pass
     warm_up = json.loads((tmp_path / "genai-bench" / "warmup.json").read_text())
     assert warm_up["answered"] == 0 and warm_up["ended"] - warm_up["started"] >= 59
-    assert not (tmp_path / "genai-bench.log").exists()  # genai-bench never ran
+    # genai-bench (started as the warm-up began, to import itself) never benchmarked: it was never
+    # given its arguments, so it made no run folder and sent no request.
+    assert not (tmp_path / "genai-bench" / "run").exists()
+    assert not (tmp_path / "genai-bench" / "requests.jsonl").read_text()
 
 
 def test_a_stage_that_finished_no_request_fails_at_its_end_not_after_the_next_stages(silent_engine, tokenizer,
