@@ -168,8 +168,10 @@ def ray_in_own_session():
     service manager, a scheduler ending a job): that SIGTERM killed the GCS too, and the driver,
     stopping the run, then waited 60 s for it and ended without its summary (seen). Ray keeps them
     from the terminal's Ctrl-C for the same reason (SIGINT blocked in them), and on Windows starts
-    them in a process group of their own, as here. They still end with the driver, however it ends
-    (Ray's kernel fate-sharing: PR_SET_PDEATHSIG); only where Ray has that are they moved."""
+    them in a process group of their own, as here. The GCS and raylet still end with the driver,
+    however it ends (Ray's kernel fate-sharing: PR_SET_PDEATHSIG), so only where Ray has that are
+    they moved; after a SIGKILL, the raylet's two agents follow it within about a minute (seen; the
+    same as before this, when only the driver was killed)."""
     from ray._private import services, utils
 
     if not utils.detect_fate_sharing_support():
