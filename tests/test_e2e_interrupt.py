@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from llm_autotuner.cluster.records import engine_records
-from tests.conftest import Driver, engine_processes, instant_engine, until
+from tests.conftest import Driver, engine_processes, genai_bench_processes, instant_engine, until
 
 NEVER_READY = Path(__file__).parent / "data" / "fake_engine_never_ready.py"
 
@@ -152,8 +152,8 @@ def loading_engine(path):
 
 
 def processes_of(served):
-    """PIDs of the processes whose argv names the served model: the engine (whatever runs it) and
-    genai-bench."""
+    """PIDs of the processes whose argv names the served model: the engine, whatever runs it
+    (genai-bench's arguments come on its stdin: tests/conftest.py genai_bench_processes)."""
     pids = set()
     for proc in Path("/proc").iterdir():
         try:
@@ -162,6 +162,39 @@ def processes_of(served):
         except OSError:
             continue
     return pids
+
+
+def test_genai_bench_started_with_an_engine_that_fails_to_start_is_gone_before_the_control_start(tmp_path):
+    """A trial starts genai-bench with its engine (to import itself while the engine starts). When
+    the engine fails at start, the trial tears down and then starts the engine with the task's own
+    flags only, to tell a bad config from a bad setup: genai-bench must be gone by then, not left
+    waiting until the trial's process ends. The engine here refuses the tuned --parallel at once
+    and, without it, loads for ever (the control start then waits deployment.ready_timeout_s)."""
+    path, _ = write_task(tmp_path, "failed-start", 0.05, {"concurrency": [2], "max_requests_per_stage": 2},
+                         {"num_samples": 1, "baseline": False})
+    engine = tmp_path / "refusing-engine"
+    instant = instant_engine(tmp_path / "instant-engine")
+    engine.write_text(f"#!{sys.executable}\nimport os, runpy, sys\n"
+                      f"if os.environ.get('REFUSING') and '--parallel' in sys.argv:\n"
+                      f"    sys.exit('error: invalid argument: --parallel')\n"
+                      f"if os.environ.get('REFUSING'):\n"
+                      f"    runpy.run_path({str(NEVER_READY)!r}, run_name='__main__')\n"
+                      f"os.execv({str(instant)!r}, [{str(instant)!r}, *sys.argv[1:]])\n")  # the driver's check
+    engine.chmod(0o755)
+    task = yaml.safe_load(path.read_text())
+    task["engine"] |= {"binary": str(engine), "env": {"REFUSING": "1"}}
+    task["deployment"] = {"ready_timeout_s": 15}
+    path.write_text(yaml.safe_dump(task))
+    with Driver(path) as driver:
+        control = tmp_path / "results" / "failed-start" / "trials"
+        assert until(lambda: any(control.glob("*/control")), 300), "the control start never began"
+        began = time.monotonic()
+        while time.monotonic() - began < 5:  # the control engine loads (for 15 s)
+            assert genai_bench_processes(tmp_path) == set(), "genai-bench outlived its trial's engine"
+            time.sleep(0.05)
+        output = driver.finish(timeout_s=120)
+    assert "the engine fails at start whatever its tuned flags" in output, output[-3000:]
+    assert genai_bench_processes(tmp_path) == set()
 
 
 @pytest.mark.parametrize("wait", ["ready", "warm-up", "stage"])
@@ -189,7 +222,7 @@ def test_a_trial_waiting_on_a_slow_engine_tears_it_down_itself_when_stopped(tmp_
         output = driver.finish(timeout_s=120)
     assert driver.process.returncode == 1, output[-3000:]
     assert "teardown was cut short" not in output, output[-3000:]
-    assert processes_of(served) == set()
+    assert processes_of(served) == set() and genai_bench_processes(tmp_path) == set()
     [timeline] = (tmp_path / "results" / "interrupted-slow" / "trials").glob("*/timeline.json")
     marks = json.loads(timeline.read_text())
     assert "stopped" in marks and ("engine_ready" in marks) is (wait != "ready"), marks
@@ -211,7 +244,7 @@ def test_the_time_budget_ending_reaches_a_trial_waiting_on_its_engine(tmp_path):
     # nothing waited for the first answer, 60 s into the stage.
     assert time.monotonic() - began < 100, output[-3000:]
     assert "Traceback" not in output and "teardown was cut short" not in output, output[-3000:]
-    assert processes_of(served) == set()
+    assert processes_of(served) == set() and genai_bench_processes(tmp_path) == set()
     [timeline] = (tmp_path / "results" / "budget-slow" / "trials").glob("*/timeline.json")
     marks = json.loads(timeline.read_text())
     assert "stopped" in marks and "engine_gone" in marks, marks

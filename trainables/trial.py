@@ -148,7 +148,7 @@ class TrialTrainable(tune.Trainable):
         self.runner = make_runner(task, resolved, task.benchmark.api_backend or self.spec.profile.api_backend)
         self.gpus = int(self.spec.profile.resources(self.spec.flags).get("GPU", 0))  # 0: per-GPU = per server
         self.measured: list[dict] = []
-        self.running = contextlib.ExitStack()  # the engine, then genai-bench: closed in reverse
+        self.running = contextlib.ExitStack()  # genai-bench, the engine, the stages: closed in reverse
         self.endpoint = None
         self.stages: Iterator | None = None
 
@@ -256,8 +256,11 @@ class TrialTrainable(tune.Trainable):
                             else Outcome.FAILED).value}
 
     def _teardown(self) -> None:
+        # genai-bench killed, then the engine torn down and waited for; also when the engine never
+        # came up (genai-bench, started with it, waits for arguments that will not come). Closing
+        # an emptied stack again does nothing.
+        self.running.close()
         if self.endpoint is not None or self.stages is not None:
-            self.running.close()  # genai-bench killed, then the engine torn down and waited for
             self.timeline.mark("engine_gone")
             self.endpoint = self.stages = None
 
